@@ -1,0 +1,46 @@
+"""The `bertjax` command: parses arguments, then calls one library function per subcommand.
+
+Each subcommand lives in its own module, which exposes `register(subparsers)`; the module
+adds its parser and sets `func=` to a function taking the parsed args and returning an exit
+code. Modules are imported only when listed here, so `bertjax --help` stays fast.
+"""
+
+import argparse
+import importlib
+import sys
+
+# subcommand module, in the order `bertjax --help` lists them.
+SUBCOMMAND_MODULES = (
+)
+
+
+class UserError(Exception):
+    """A mistake in the user's input: printed as one sentence, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the parser of the `bertjax` command with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="bertjax", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"bertjax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bertjax {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data preparation and input pipeline: tokenizers, corpora, instances, shards, loader."""

@@ -1,0 +1,1 @@
+"""Fine-tuning on GLUE: tasks, data readers, heads, metrics."""

@@ -1,0 +1,1 @@
+"""Pretraining: config, losses, optimizers, sharding, train step, loop, checkpoints."""
