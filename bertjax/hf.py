@@ -1,0 +1,354 @@
+"""HuggingFace folders (config.json + model.safetensors) <-> bertjax parameters.
+
+    from bertjax import hf
+    model = hf.load_pretrained("some/hf_folder")
+    out = model(input_ids, token_type_ids=tt, attention_mask=am)
+    hf.save_pretrained(model, "out_folder")
+
+Loading is strict: every weight the model needs must be present with the shape the config
+implies, and every weight in the file must be used; a `BertModel` folder (no heads) or a
+folder missing one whole head gets fresh heads and a warning, never a silent partial load.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bertjax import model as bert_model
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+TOKENIZER_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+# Buffers PyTorch may store beside the parameters; they carry no learned values.
+BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
+# HF config fields that change the architecture away from BERT as we build it.
+_REQUIRED_HF_VALUES = {
+    "position_embedding_type": "absolute",
+    "is_decoder": False,
+    "add_cross_attention": False,
+}
+
+
+class CheckpointError(ValueError):
+    """The folder is not a BERT checkpoint we can load exactly; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Weight:
+    """One HF tensor and where it lives in our tree. `kernel_in_dims`: ndims of a kernel's input
+    side in our layout (HF stores a Linear's weight as [out, in]); 0 for a non-kernel."""
+
+    hf_name: str
+    path: tuple[str, ...]
+    kernel_in_dims: int = 0
+    head: str = ""  # "" = encoder; "mlm" or "nsp" = a head that may be absent as a whole
+    flat: bool = False  # HF stores it 1-D; ours is [heads, kv]
+
+
+def _dense(hf: str, path: tuple[str, ...], in_dims: int = 1, head: str = "",
+           flat_bias: bool = False) -> list[_Weight]:
+    return [_Weight(f"{hf}.weight", path + ("kernel",), in_dims, head),
+            _Weight(f"{hf}.bias", path + ("bias",), 0, head, flat_bias)]
+
+
+def _layer_norm(hf: str, path: tuple[str, ...], head: str = "") -> list[_Weight]:
+    return [_Weight(f"{hf}.weight", path + ("scale",), 0, head),
+            _Weight(f"{hf}.bias", path + ("bias",), 0, head)]
+
+
+def weight_table(cfg: bert_model.BertConfig) -> list[_Weight]:
+    """Every parameter of BertForPreTraining: HF name (with the `bert.` prefix) -> our path."""
+    emb = ("bert", "embeddings")
+    table = [
+        _Weight("bert.embeddings.word_embeddings.weight", emb + ("word_embeddings", "embedding")),
+        _Weight("bert.embeddings.position_embeddings.weight",
+                emb + ("position_embeddings", "embedding")),
+        _Weight("bert.embeddings.token_type_embeddings.weight",
+                emb + ("token_type_embeddings", "embedding")),
+        *_layer_norm("bert.embeddings.LayerNorm", emb + ("LayerNorm",)),
+    ]
+    for i in range(cfg.num_hidden_layers):
+        hf, ours = f"bert.encoder.layer.{i}", ("bert", f"layer_{i}")
+        for proj in ("query", "key", "value"):
+            table += _dense(f"{hf}.attention.self.{proj}", ours + ("attention", proj),
+                            flat_bias=True)
+        table += _dense(f"{hf}.attention.output.dense", ours + ("attention", "output"), in_dims=2)
+        table += _layer_norm(f"{hf}.attention.output.LayerNorm",
+                             ours + ("attention", "output_LayerNorm"))
+        table += _dense(f"{hf}.intermediate.dense", ours + ("intermediate",))
+        table += _dense(f"{hf}.output.dense", ours + ("output",))
+        table += _layer_norm(f"{hf}.output.LayerNorm", ours + ("output_LayerNorm",))
+    table += _dense("bert.pooler.dense", ("bert", "pooler"))
+    table += _dense("cls.predictions.transform.dense", ("mlm_transform",), head="mlm")
+    table += _layer_norm("cls.predictions.transform.LayerNorm", ("mlm_LayerNorm",), head="mlm")
+    table += [_Weight("cls.predictions.bias", ("mlm_bias",), 0, "mlm")]
+    table += _dense("cls.seq_relationship", ("nsp",), head="nsp")
+    return table
+
+
+def _to_ours(tensor: np.ndarray, w: _Weight, shape: tuple[int, ...]) -> np.ndarray:
+    if w.kernel_in_dims:
+        tensor = tensor.T  # [out, in] -> [in, out]
+    if tensor.size != int(np.prod(shape)):
+        raise CheckpointError(f"weight {w.hf_name!r} has {tensor.size} values; the config needs "
+                              f"shape {shape} ({int(np.prod(shape))} values)")
+    return tensor.reshape(shape)
+
+
+def _to_hf(array: np.ndarray, w: _Weight) -> np.ndarray:
+    if w.flat:
+        return np.ascontiguousarray(array.reshape(-1))
+    if not w.kernel_in_dims:
+        return np.ascontiguousarray(array)
+    in_size = int(np.prod(array.shape[: w.kernel_in_dims]))
+    return np.ascontiguousarray(array.reshape(in_size, -1).T)
+
+
+def _hf_shape(shape: tuple[int, ...], w: _Weight) -> tuple[int, ...]:
+    if w.flat:
+        return (int(np.prod(shape)),)
+    if not w.kernel_in_dims:
+        return shape
+    return (int(np.prod(shape[w.kernel_in_dims:])), int(np.prod(shape[: w.kernel_in_dims])))
+
+
+# --- config.json ---------------------------------------------------------------------------
+
+
+def config_from_hf(hf_config: dict[str, Any]) -> bert_model.BertConfig:
+    """BertConfig from a HuggingFace config.json dict; refuses what is not BERT."""
+    model_type = hf_config.get("model_type")
+    if model_type != "bert":
+        raise CheckpointError(f"config.json has model_type {model_type!r}; expected 'bert'")
+    for key, required in _REQUIRED_HF_VALUES.items():
+        if key in hf_config and hf_config[key] != required:
+            raise CheckpointError(f"config.json sets {key}={hf_config[key]!r}; bertjax supports "
+                                  f"only {key}={required!r}")
+    fields = {f.name for f in dataclasses.fields(bert_model.BertConfig)}
+    # The remaining HF keys (architectures, torch_dtype, pad_token_id, ...) do not change the
+    # network's function; ours that HF lacks (compute_dtype, remat) keep their defaults.
+    kwargs = {k: v for k, v in hf_config.items() if k in fields}
+    try:
+        return bert_model.BertConfig(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json: {e}") from None
+
+
+def config_to_hf(cfg: bert_model.BertConfig) -> dict[str, Any]:
+    """The config.json dict transformers' BertForPreTraining expects."""
+    out = {"architectures": ["BertForPreTraining"], "model_type": "bert"}
+    for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "intermediate_size", "hidden_act", "hidden_dropout_prob",
+                 "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+                 "initializer_range", "layer_norm_eps"):
+        out[name] = getattr(cfg, name)
+    out["position_embedding_type"] = "absolute"
+    out["torch_dtype"] = "float32"
+    return out
+
+
+# --- reading and writing weights -------------------------------------------------------------
+
+
+def _read_safetensors(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    if (folder / WEIGHTS_NAME).exists():
+        return load_file(str(folder / WEIGHTS_NAME))
+    if (folder / WEIGHTS_INDEX_NAME).exists():
+        index = json.loads((folder / WEIGHTS_INDEX_NAME).read_text())
+        tensors: dict[str, np.ndarray] = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            tensors.update(load_file(str(folder / shard)))
+        return tensors
+    found = sorted(p.name for p in folder.iterdir())
+    raise CheckpointError(f"{folder} has no {WEIGHTS_NAME} (or {WEIGHTS_INDEX_NAME}); found "
+                          f"{found}. A pytorch_model.bin can be converted by loading it with "
+                          "transformers and calling save_pretrained(safe_serialization=True).")
+
+
+def _normalise_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Adds the `bert.` prefix of a bare BertModel and maps TF-era LayerNorm gamma/beta names."""
+    bare = not any(k.startswith(("bert.", "cls.")) for k in tensors)
+    out = {}
+    for name, tensor in tensors.items():
+        if bare:
+            name = "bert." + name
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight")
+        name = name.replace("LayerNorm.beta", "LayerNorm.bias")
+        out[name] = tensor
+    return out
+
+
+def params_from_hf(tensors: dict[str, np.ndarray], cfg: bert_model.BertConfig,
+                   rng: jax.Array | None = None, source: str = "checkpoint"):
+    """Our (unboxed) parameter tree from HF tensors; strict about missing/extra/mis-shaped keys.
+
+    A head that is absent as a whole is freshly initialised from `rng`, with a warning.
+    """
+    tensors = _normalise_names(tensors)
+    table = weight_table(cfg)
+    shapes = nn.meta.unbox(bert_model.abstract_params(cfg))
+    shape_of = lambda path: _get(shapes, path).shape  # noqa: E731
+    present_heads = {w.head for w in table if w.head and w.hf_name in tensors}
+    missing = [w.hf_name for w in table
+               if w.hf_name not in tensors and (not w.head or w.head in present_heads)]
+    if missing:
+        raise CheckpointError(f"{source} is missing {len(missing)} weight(s) BERT needs, e.g. "
+                              f"{missing[:5]}")
+    known = {w.hf_name for w in table}
+    unexpected = []
+    for name in tensors:
+        if name in known or name.endswith(BUFFER_SUFFIXES):
+            continue
+        if name in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias"):
+            continue  # tied copies, checked below
+        unexpected.append(name)
+    if unexpected:
+        raise CheckpointError(f"{source} has {len(unexpected)} weight(s) that are not part of "
+                              f"BERT (or of this config), e.g. {sorted(unexpected)[:5]}")
+    params: dict = {}
+    for w in table:
+        if w.hf_name in tensors:
+            shape = shape_of(w.path)
+            tensor = np.asarray(tensors[w.hf_name], np.float32)
+            if tensor.shape != _hf_shape(shape, w):
+                raise CheckpointError(
+                    f"weight {w.hf_name!r} has shape {tuple(tensor.shape)}; config.json implies "
+                    f"{_hf_shape(shape, w)}")
+            _set(params, w.path, _to_ours(tensor, w, shape))
+    _check_tied(tensors, params, source)
+    absent = sorted({w.head for w in table if w.head} - present_heads)
+    if absent:
+        rng = jax.random.key(0) if rng is None else rng
+        fresh = nn.meta.unbox(bert_model.init_params(cfg, rng))
+        for w in table:
+            if w.head in absent:
+                _set(params, w.path, np.asarray(_get(fresh, w.path)))
+        names = {"mlm": "masked-LM head (cls.predictions)", "nsp": "NSP head (cls.seq_relationship)"}
+        warnings.warn(f"{source} has no {' and no '.join(names[h] for h in absent)}: "
+                      "initialised freshly (random); train before using its outputs.",
+                      stacklevel=3)
+    return params
+
+
+def _check_tied(tensors, params, source):
+    decoder = tensors.get("cls.predictions.decoder.weight")
+    if decoder is not None:
+        embedding = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+        if decoder.shape != embedding.shape or not np.array_equal(decoder, embedding):
+            raise CheckpointError(f"{source}: cls.predictions.decoder.weight differs from the word "
+                                  "embeddings; BERT ties them and bertjax cannot load an untied "
+                                  "decoder")
+    decoder_bias = tensors.get("cls.predictions.decoder.bias")
+    if decoder_bias is not None and "mlm_bias" in params:
+        if not np.array_equal(decoder_bias, params["mlm_bias"]):
+            raise CheckpointError(f"{source}: cls.predictions.decoder.bias differs from "
+                                  "cls.predictions.bias; BERT ties them")
+
+
+def params_to_hf(params, cfg: bert_model.BertConfig) -> dict[str, np.ndarray]:
+    """HF tensors (BertForPreTraining names; tied decoder left out, as transformers saves it)."""
+    params = nn.meta.unbox(params)
+    return {w.hf_name: _to_hf(np.asarray(_get(params, w.path), np.float32), w)
+            for w in weight_table(cfg)}
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set(tree, path, value):
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+# --- the public API ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PretrainedBert:
+    """A BertForPreTraining with its weights; call it like the HF model."""
+
+    config: bert_model.BertConfig
+    params: Any
+    tokenizer_files: tuple[Path, ...] = ()
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None):
+        """Full forward pass; returns PreTrainingOutput with mlm_logits [B, L, V]."""
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        return _forward(self.config, self.params, input_ids,
+                        jnp.asarray(token_type_ids, jnp.int32),
+                        jnp.asarray(attention_mask, jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(cfg, params, input_ids, token_type_ids, attention_mask):
+    return bert_model.BertForPreTraining(cfg).apply(
+        {"params": params}, input_ids, token_type_ids, attention_mask, deterministic=True)
+
+
+def load_pretrained(path: str | os.PathLike, **config_overrides) -> PretrainedBert:
+    """Loads a HuggingFace BertForPreTraining or BertModel folder (config.json + safetensors).
+
+    `config_overrides` set fields HF does not store, e.g. compute_dtype="bfloat16".
+    """
+    folder = Path(path)
+    if not (folder / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{folder} has no {CONFIG_NAME}; expected a HuggingFace model folder")
+    cfg = config_from_hf(json.loads((folder / CONFIG_NAME).read_text()))
+    if config_overrides:
+        cfg = dataclasses.replace(cfg, **config_overrides)
+    params = params_from_hf(_read_safetensors(folder), cfg, source=str(folder))
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    tokenizer_files = tuple(folder / n for n in TOKENIZER_FILES if (folder / n).is_file())
+    return PretrainedBert(cfg, params, tokenizer_files)
+
+
+def write_folder(params, cfg: bert_model.BertConfig, out_dir: str | os.PathLike,
+                 tokenizer_files=()) -> Path:
+    """Writes config.json + model.safetensors (+ tokenizer files) that transformers loads."""
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = params_to_hf(jax.device_get(params), cfg)
+    # Temp name then rename: a killed export never leaves a truncated model.safetensors.
+    save_file(tensors, str(out / (WEIGHTS_NAME + ".tmp")), metadata={"format": "pt"})
+    os.replace(out / (WEIGHTS_NAME + ".tmp"), out / WEIGHTS_NAME)
+    (out / CONFIG_NAME).write_text(json.dumps(config_to_hf(cfg), indent=2) + "\n")
+    for f in tokenizer_files:
+        if Path(f).resolve().parent != out.resolve():
+            shutil.copy2(f, out / Path(f).name)
+    return out
+
+
+def save_pretrained(model: PretrainedBert, out_dir: str | os.PathLike) -> Path:
+    """Writes `model` as a HuggingFace BertForPreTraining folder."""
+    return write_folder(model.params, model.config, out_dir, model.tokenizer_files)

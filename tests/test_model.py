@@ -1,0 +1,243 @@
+"""Model parity with HuggingFace's PyTorch BertForPreTraining, HF folder I/O and bad input."""
+
+import json
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from bertjax import hf
+from bertjax import model as bert_model
+
+# Two deliberately different shapes: odd sizes, exact and tanh GELU, three segment types.
+HF_CONFIGS = {
+    "exact_gelu": dict(vocab_size=101, hidden_size=48, num_hidden_layers=2,
+                       num_attention_heads=4, intermediate_size=72, hidden_act="gelu",
+                       max_position_embeddings=64, type_vocab_size=2),
+    "tanh_gelu": dict(vocab_size=67, hidden_size=36, num_hidden_layers=3,
+                      num_attention_heads=3, intermediate_size=50, hidden_act="gelu_new",
+                      max_position_embeddings=40, type_vocab_size=3, layer_norm_eps=1e-12),
+}
+TOL = 2e-5
+
+
+def random_hf_model(config_kwargs, seed=0):
+    """A BertForPreTraining whose every weight is random, incl. biases and LayerNorm params
+    (HF's own init leaves them at 0/1, which would hide a wrong epsilon or a missing bias)."""
+    torch.manual_seed(seed)
+    model = transformers.BertForPreTraining(transformers.BertConfig(**config_kwargs))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm.weight" in name:
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif "LayerNorm.bias" in name or name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn_like(p))
+            else:
+                p.copy_(0.15 * torch.randn_like(p))
+    return model.eval()
+
+
+def random_batch(cfg_kwargs, batch=3, length=13, seed=1):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, cfg_kwargs["vocab_size"], (batch, length))
+    segments = np.zeros((batch, length), np.int64)
+    segments[:, length // 2:] = rng.integers(0, cfg_kwargs["type_vocab_size"], (batch, 1))
+    mask = np.ones((batch, length), np.int64)
+    mask[1, 9:] = 0  # padding in two rows, of different lengths
+    mask[2, 5:] = 0
+    return ids, segments, mask
+
+
+def hf_outputs(model, ids, segments, mask):
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(segments),
+                    attention_mask=torch.tensor(mask), output_hidden_states=True)
+    return (out.prediction_logits.numpy(), out.seq_relationship_logits.numpy(),
+            out.hidden_states[-1].numpy())
+
+
+@pytest.fixture(scope="module", params=sorted(HF_CONFIGS))
+def hf_folder(request, tmp_path_factory):
+    kwargs = HF_CONFIGS[request.param]
+    model = random_hf_model(kwargs)
+    folder = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(folder, safe_serialization=True)
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    return kwargs, model, folder
+
+
+def max_diff(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def test_forward_parity_with_transformers(hf_folder):
+    kwargs, torch_model, folder = hf_folder
+    ids, segments, mask = random_batch(kwargs)
+    ref_mlm, ref_nsp, ref_hidden = hf_outputs(torch_model, ids, segments, mask)
+    ours = hf.load_pretrained(folder)(ids, token_type_ids=segments, attention_mask=mask)
+    diffs = {"mlm": max_diff(ours.mlm_logits, ref_mlm), "nsp": max_diff(ours.nsp_logits, ref_nsp),
+             "hidden": max_diff(ours.last_hidden_state, ref_hidden)}
+    print(f"parity max-abs-diff {folder.name}: {diffs}")
+    assert max(diffs.values()) <= TOL, diffs
+    # The outputs are not trivially small: the tolerance means something.
+    assert np.abs(ref_mlm).max() > 1.0
+
+
+def test_masked_positions_gather_equals_full_logits(hf_folder):
+    kwargs, _, folder = hf_folder
+    loaded = hf.load_pretrained(folder)
+    ids, segments, mask = random_batch(kwargs)
+    positions = np.array([[1, 4, 0], [2, 3, 8], [0, 1, 4]])
+    full = loaded(ids, token_type_ids=segments, attention_mask=mask).mlm_logits
+    gathered = bert_model.BertForPreTraining(loaded.config).apply(
+        {"params": loaded.params}, jnp.asarray(ids), jnp.asarray(segments), jnp.asarray(mask),
+        masked_lm_positions=jnp.asarray(positions)).mlm_logits
+    assert gathered.shape == (3, 3, kwargs["vocab_size"])
+    np.testing.assert_allclose(gathered, np.take_along_axis(np.asarray(full), positions[..., None],
+                                                            axis=1), atol=1e-5)
+
+
+def test_save_then_transformers_load_gives_same_logits(hf_folder, tmp_path):
+    kwargs, _, folder = hf_folder
+    ours = hf.load_pretrained(folder)
+    hf.save_pretrained(ours, tmp_path / "out")
+    assert (tmp_path / "out" / "vocab.txt").exists()  # tokenizer files travel with the weights
+    reloaded, info = transformers.BertForPreTraining.from_pretrained(
+        tmp_path / "out", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert not info["mismatched_keys"], info
+    ids, segments, mask = random_batch(kwargs, seed=7)
+    ref_mlm, ref_nsp, _ = hf_outputs(reloaded.eval(), ids, segments, mask)
+    out = ours(ids, token_type_ids=segments, attention_mask=mask)
+    assert max_diff(out.mlm_logits, ref_mlm) <= TOL
+    assert max_diff(out.nsp_logits, ref_nsp) <= TOL
+
+
+def test_load_save_load_is_lossless(hf_folder, tmp_path):
+    _, _, folder = hf_folder
+    first = hf.load_pretrained(folder)
+    hf.save_pretrained(first, tmp_path / "a")
+    second = hf.load_pretrained(tmp_path / "a")
+    assert second.config == first.config
+    jax.tree_util.tree_map(np.testing.assert_array_equal, first.params, second.params)
+
+
+def test_bfloat16_compute_stays_within_bf16_tolerance(hf_folder):
+    kwargs, _, folder = hf_folder
+    ids, segments, mask = random_batch(kwargs)
+    f32 = hf.load_pretrained(folder)(ids, token_type_ids=segments, attention_mask=mask)
+    bf16_model = hf.load_pretrained(folder, compute_dtype="bfloat16")
+    assert jax.tree_util.tree_leaves(bf16_model.params)[0].dtype == jnp.float32  # params stay f32
+    bf16 = bf16_model(ids, token_type_ids=segments, attention_mask=mask)
+    assert bf16.mlm_logits.dtype == jnp.float32
+    scale = float(np.abs(f32.mlm_logits).max())
+    # bf16 keeps 8 mantissa bits (~0.4% relative); a few layers compound that.
+    assert max_diff(bf16.mlm_logits, f32.mlm_logits) <= 0.05 * scale
+    assert max_diff(bf16.last_hidden_state, f32.last_hidden_state) <= 0.1
+    assert max_diff(f32.mlm_logits, bf16.mlm_logits) > 0  # it really computed in bf16
+
+
+@pytest.mark.parametrize("preset", sorted(bert_model.PRESETS))
+def test_preset_parameter_count_equals_hf(preset):
+    cfg = bert_model.preset_config(preset)
+    with torch.device("meta"):
+        ref = transformers.BertForPreTraining(transformers.BertConfig(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+            intermediate_size=cfg.intermediate_size))
+    ours = bert_model.count_params(bert_model.abstract_params(cfg))
+    assert ours == sum(p.numel() for p in ref.parameters())
+    if preset == "base":
+        assert ours == 110_106_428  # BertForPreTraining for bert-base-uncased
+
+
+def test_every_parameter_has_logical_axis_names():
+    params = bert_model.abstract_params(bert_model.preset_config("tiny", vocab_size=50))
+    leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: hasattr(x, "names"))
+    assert leaves and all(len(leaf.names) == leaf.value.ndim for leaf in leaves)
+    names = {n for leaf in leaves for n in leaf.names}
+    assert {"vocab", "embed", "heads", "kv", "mlp"} <= names
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def _copy_folder(src, dst):
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def _rewrite_weights(folder, edit):
+    from safetensors.numpy import load_file, save_file
+    tensors = load_file(str(folder / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_config_sizes_disagreeing_with_weights_is_an_error(hf_folder, tmp_path):
+    folder = _copy_folder(hf_folder[2], tmp_path / "f")
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] += 4
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hf.CheckpointError, match=r"intermediate.dense.weight.*shape"):
+        hf.load_pretrained(folder)
+
+
+def test_missing_weight_is_an_error(hf_folder, tmp_path):
+    folder = _copy_folder(hf_folder[2], tmp_path / "f")
+    _rewrite_weights(folder, lambda t: t.pop("bert.encoder.layer.1.output.dense.bias"))
+    with pytest.raises(hf.CheckpointError, match=r"missing.*layer.1.output.dense.bias"):
+        hf.load_pretrained(folder)
+
+
+def test_unexpected_weight_is_an_error_but_buffers_are_not(hf_folder, tmp_path):
+    folder = _copy_folder(hf_folder[2], tmp_path / "f")
+    _rewrite_weights(folder, lambda t: t.update(
+        {"bert.embeddings.position_ids": np.arange(8)[None]}))
+    hf.load_pretrained(folder)  # a known buffer is fine
+    _rewrite_weights(folder, lambda t: t.update({"bert.extra.weight": np.zeros(3, np.float32)}))
+    with pytest.raises(hf.CheckpointError, match=r"not part of BERT.*bert.extra.weight"):
+        hf.load_pretrained(folder)
+
+
+def test_not_bert_is_an_error(hf_folder, tmp_path):
+    folder = _copy_folder(hf_folder[2], tmp_path / "f")
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "gpt2"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hf.CheckpointError, match="model_type 'gpt2'"):
+        hf.load_pretrained(folder)
+    with pytest.raises(hf.CheckpointError, match="no config.json"):
+        hf.load_pretrained(tmp_path)
+
+
+def test_plain_bert_model_folder_loads_with_fresh_heads_and_a_warning(hf_folder, tmp_path):
+    kwargs, torch_model, _ = hf_folder
+    torch_model.bert.save_pretrained(tmp_path / "plain", safe_serialization=True)
+    with pytest.warns(UserWarning, match="initialised freshly"):
+        loaded = hf.load_pretrained(tmp_path / "plain")
+    ids, segments, mask = random_batch(kwargs)
+    _, _, ref_hidden = hf_outputs(torch_model, ids, segments, mask)
+    out = loaded(ids, token_type_ids=segments, attention_mask=mask)
+    assert max_diff(out.last_hidden_state, ref_hidden) <= TOL
+
+
+def test_full_folder_loads_without_warnings(hf_folder):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        hf.load_pretrained(hf_folder[2])
+
+
+def test_unknown_config_keys_are_errors():
+    with pytest.raises(ValueError, match="unknown BertConfig keys.*hiden_size"):
+        bert_model.preset_config("tiny", hiden_size=3)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        bert_model.preset_config("huge")
+    with pytest.raises(ValueError, match="not divisible"):
+        bert_model.preset_config("tiny", num_attention_heads=3)
