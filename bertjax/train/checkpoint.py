@@ -1,0 +1,178 @@
+"""Orbax checkpoints: one step directory holds the train state (params, optimizer state, step),
+the RNG key, the data loader's state and the config; plus SIGTERM-driven preemption saves.
+
+Layout: WORKDIR/checkpoints/<step>/{state, loader, config}. Orbax writes each step under a
+temporary name and renames it when complete, so a run killed mid-save leaves the previous
+checkpoint as the latest one; a committed checkpoint that fails to restore (damaged files) is
+skipped with a warning in favour of the one before it.
+"""
+
+import logging
+import signal
+import threading
+import time
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+ITEMS = ("state", "loader", "config")
+log = logging.getLogger(__name__)
+
+
+def checkpoint_dir(workdir) -> epath.Path:
+    """Where a workdir keeps its checkpoints (local path, gs://, anything etils.epath opens)."""
+    return epath.Path(workdir) / "checkpoints"
+
+
+class Checkpointer:
+    """Saves and restores training checkpoints of one workdir.
+
+    Args:
+      workdir: the run's directory.
+      keep: how many of the most recent checkpoints to keep.
+      keep_every: also keep every checkpoint whose step is a multiple of this (None: none).
+      async_save: write in a background thread while training goes on.
+    """
+
+    def __init__(self, workdir, *, keep: int = 3, keep_every: int | None = None,
+                 async_save: bool = True, read_only: bool = False):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            keep_period=keep_every or None,
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            read_only=read_only,
+        )
+        self.directory = checkpoint_dir(workdir)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        self.last_save_blocking_s = 0.0  # how long the last save() held up the caller
+
+    def all_steps(self) -> list[int]:
+        """Steps of the complete checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, rng: jax.Array, loader_state: dict, config: dict,
+             *, force: bool = False) -> bool:
+        """Starts saving a checkpoint of `step` (asynchronously when enabled); returns whether
+        one was started. The arrays are copied before this returns, so the caller may donate
+        `state` to the next step at once."""
+        start = time.perf_counter()
+        tree = {"train": state, "rng": jax.random.key_data(rng)}
+        saved = self._manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(tree),
+                loader=ocp.args.JsonSave(loader_state),
+                config=ocp.args.JsonSave(config),
+            ),
+            force=force,
+        )
+        self.last_save_blocking_s = time.perf_counter() - start
+        return saved
+
+    def restore(self, abstract_state: Any, shardings: Any, step: int | None = None):
+        """Restores (state, rng, loader_state, config) onto `shardings`.
+
+        `abstract_state` gives shapes and dtypes (e.g. from `jax.eval_shape`), `shardings` the
+        NamedShardings of the mesh to restore onto, which may differ from the mesh that saved:
+        orbax reshards. With `step=None` the newest checkpoint that restores is taken; a damaged
+        one is skipped with a warning.
+        """
+        steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        target = {
+            "train": jax.tree.map(
+                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                abstract_state, shardings),
+            "rng": None,
+        }
+        for i, candidate in enumerate(steps):
+            try:
+                return self._restore_step(candidate, target)
+            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+                if step is not None or i == len(steps) - 1:
+                    raise RuntimeError(
+                        f"checkpoint {self.directory / str(candidate)} could not be restored: "
+                        f"{type(e).__name__}: {e}") from e
+                warnings.warn(
+                    f"checkpoint {self.directory / str(candidate)} could not be restored "
+                    f"({type(e).__name__}: {str(e)[:200]}); falling back to step {steps[i + 1]}",
+                    stacklevel=2)
+        raise AssertionError("unreachable")
+
+    def _restore_step(self, step: int, target):
+        # The rng key data is a small replicated array: restore it as a plain numpy value.
+        rng_meta = jax.ShapeDtypeStruct((2,), np.uint32)
+        target = dict(target, rng=rng_meta)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target),
+                loader=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
+            ),
+        )
+        tree = restored["state"]
+        rng = jax.random.wrap_key_data(np.asarray(jax.device_get(tree["rng"]), np.uint32))
+        return tree["train"], rng, dict(restored["loader"]), dict(restored["config"])
+
+    def restore_config(self, step: int | None = None) -> dict:
+        """Only the config saved with a checkpoint (newest when `step` is None)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore()))
+        return dict(restored["config"])
+
+    def wait(self) -> None:
+        """Blocks until every started save is complete on storage."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finishes pending saves and releases the manager's threads."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+class PreemptionWatcher:
+    """Turns SIGTERM (TPU maintenance, Slurm pre-emption, `kill`) into "stop at a step boundary".
+
+    With several processes all must stop at the same step, or the collectives of the next step
+    would hang: JAX's preemption sync point (the distributed runtime's SIGTERM notifier) gives
+    every process the same answer for a given step. With one process a signal flag suffices.
+    """
+
+    def __init__(self):
+        self._requested = threading.Event()
+        self._multiprocess = jax.process_count() > 1
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint at the next step boundary, then exit")
+        self._requested.set()
+
+    def should_stop(self, step: int) -> bool:
+        """True when the run must save at `step` and exit; the same on every process."""
+        if self._multiprocess:
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+        return self._requested.is_set()
+
+    def close(self) -> None:
+        """Restores the previous SIGTERM handler."""
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
