@@ -141,3 +141,16 @@ def test_sigterm_sets_the_stop_flag_and_handler_is_restored():
     assert watcher.should_stop(1)
     watcher.close()
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_restore_params_needs_neither_optimizer_nor_mesh(tmp_path):
+    setup = make_setup(data=2, fsdp=4)
+    state = trained_state(setup, steps=1)
+    ckpt = checkpoint.Checkpointer(tmp_path)
+    ckpt.save(1, state, jax.random.key(0), {"step": 1}, {"model": {"preset": "tiny"}})
+    ckpt.wait()
+    params, config = checkpoint.Checkpointer(tmp_path, read_only=True).restore_params()
+    assert config == {"model": {"preset": "tiny"}}
+    assert_trees_equal(jax.device_get(state.params), jax.device_get(params))
+    with pytest.raises(FileNotFoundError, match="step 5"):
+        checkpoint.Checkpointer(tmp_path, read_only=True).restore_params(step=5)

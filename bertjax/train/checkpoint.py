@@ -19,7 +19,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-ITEMS = ("state", "loader", "config")
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +47,11 @@ class Checkpointer:
             read_only=read_only,
         )
         self.directory = checkpoint_dir(workdir)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        # Handlers named up front, so a fresh manager can read metadata before any save.
+        handlers = {"state": ocp.StandardCheckpointHandler(),
+                    "loader": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_handlers=handlers)
         self.last_save_blocking_s = 0.0  # how long the last save() held up the caller
 
     def all_steps(self) -> list[int]:
@@ -124,6 +127,26 @@ class Checkpointer:
         tree = restored["state"]
         rng = jax.random.wrap_key_data(np.asarray(jax.device_get(tree["rng"]), np.uint32))
         return tree["train"], rng, dict(restored["loader"]), dict(restored["config"])
+
+    def restore_params(self, step: int | None = None, sharding=None):
+        """(params, config) of a checkpoint, without knowing its optimizer or mesh.
+
+        The restore target comes from the checkpoint's own metadata, each array placed with
+        `sharding` (default: whole on this process's first device), so export, `--init-from`
+        and fine-tuning can read a checkpoint written on any topology.
+        """
+        step = self.latest_step() if step is None else int(step)
+        if step is None or step not in self.all_steps():
+            raise FileNotFoundError(f"no complete checkpoint of step {step} in {self.directory}; "
+                                    f"steps there: {self.all_steps()}")
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        meta = self._manager.item_metadata(step)["state"].tree
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta,
+            is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()))
+        return restored["state"]["train"]["params"], dict(restored["config"])
 
     def restore_config(self, step: int | None = None) -> dict:
         """Only the config saved with a checkpoint (newest when `step` is None)."""
