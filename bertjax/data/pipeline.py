@@ -1,0 +1,335 @@
+"""The prepare pipeline: document blocks -> (worker processes) -> instance arrays -> shards.
+
+The corpus is cut into blocks of documents, numbered in stream order. Block b is tokenized
+and turned into instances by `process_block` with a `random.Random` seeded by (seed, b)
+alone, so its rows do not depend on the number of workers or machines.
+
+With `held_out` N > 0, the stream starts with small eval blocks of `EVAL_BLOCK_DOCS` (at
+most `block_docs`) documents, processed one at a time until they give N instances; the rest
+of the last eval block is dropped, so no eval document reaches training. Then come
+training blocks of `block_docs` documents; training block t (counted from the first after
+the eval blocks) belongs to part `t % num_shards`. The parent writes results in block
+order, so a one-shot run and the merge of all parts write the same rows in the same
+order: byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import multiprocessing
+import os
+import random
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from bertjax.cli import UserError
+from bertjax.data import instances as inst
+from bertjax.data import shards
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceOptions:
+    """How instances are made; recorded in the manifest's `settings`."""
+
+    max_seq_len: int = 128
+    short_seq_prob: float = 0.1
+    dupe_factor: int = 1
+    seed: int = 12345
+    nsp: bool = True
+    block_docs: int = 1000
+    shard_size: int = shards.DEFAULT_SHARD_SIZE
+
+    def validate(self) -> None:
+        """Raises UserError on values outside their range."""
+        if not 8 <= self.max_seq_len <= 4096:
+            raise UserError(f"--max-seq-len {self.max_seq_len} must be between 8 and 4096")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise UserError(f"--short-seq-prob {self.short_seq_prob} must be in [0, 1]")
+        if self.dupe_factor < 1:
+            raise UserError(f"--dupe-factor {self.dupe_factor} must be at least 1")
+        if self.block_docs < 2:
+            raise UserError(
+                f"--block-docs {self.block_docs} must be at least 2 (the random "
+                "next segment comes from another document of the block)"
+            )
+        if self.shard_size < 1:
+            raise UserError(f"--shard-size {self.shard_size} must be at least 1")
+
+
+def block_rng(seed: int, block_index: int) -> random.Random:
+    """The random generator of one block: a function of (seed, block index) only."""
+    return random.Random(f"bertjax-block:{seed}:{block_index}")  # str seeds hash via sha512
+
+
+def process_block(
+    block_index: int, documents: list[list[str]], tokenizer, opts: InstanceOptions
+) -> tuple[dict, int]:
+    """Tokenizes one block of documents and builds its instances.
+
+    Returns the shard arrays of the block's instances and the number of tokens read.
+    """
+    sentences = [s for doc in documents for s in doc]
+    ids = tokenizer.encode_batch(sentences)  # one call for the block: fast path
+    docs, pos = [], 0
+    for doc in documents:
+        docs.append(ids[pos : pos + len(doc)])
+        pos += len(doc)
+    rng = block_rng(opts.seed, block_index)
+    if opts.nsp:
+        rows = inst.create_nsp_instances(
+            docs, opts.max_seq_len, opts.short_seq_prob, opts.dupe_factor, rng
+        )
+    else:
+        rows = inst.create_contiguous_instances(
+            docs, opts.max_seq_len, opts.dupe_factor, tokenizer.sep_id, rng
+        )
+    arrays = inst.pack_instances(
+        rows, opts.max_seq_len, tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
+    )
+    # Smallest dtypes before the arrays cross a process boundary.
+    arrays["input_ids"] = arrays["input_ids"].astype(shards.ids_dtype(tokenizer.vocab_size))
+    arrays["length"] = arrays["length"].astype(np.int16)
+    arrays["b_start"] = arrays["b_start"].astype(np.int16)
+    return arrays, sum(len(x) for x in ids)
+
+
+def iter_blocks(documents: Iterable[list[str]], block_docs: int) -> Iterator[list[list[str]]]:
+    """Groups a document stream into lists of `block_docs` documents (the last may be short)."""
+    block = []
+    for doc in documents:
+        block.append(doc)
+        if len(block) == block_docs:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+EVAL_BLOCK_DOCS = 100  # documents per eval block: the unused rest of the last one is lost
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_path: str, lowercase: bool, opts: InstanceOptions) -> None:
+    # K worker processes share the cores: no extra Rust threads inside each of them.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from bertjax.data.tokenizer import load_tokenizer
+
+    _WORKER["tokenizer"] = load_tokenizer(tokenizer_path, lowercase=lowercase)
+    _WORKER["opts"] = opts
+
+
+def _work(block_index: int, documents: list[list[str]]) -> tuple[dict, int]:
+    return process_block(block_index, documents, _WORKER["tokenizer"], _WORKER["opts"])
+
+
+def run_blocks(
+    blocks: Iterable[tuple[int, list[list[str]]]],
+    wanted,
+    tokenizer,
+    opts: InstanceOptions,
+    workers: int,
+) -> Iterator[tuple[int, dict | None, int]]:
+    """Yields (block index, arrays or None if not `wanted(b)`, tokens) in block order.
+
+    With K > 1 workers at most 2K blocks are in flight, so memory stays bounded however
+    large the corpus.
+    """
+    if workers == 1:
+        for b, docs in blocks:
+            yield (b, *process_block(b, docs, tokenizer, opts)) if wanted(b) else (b, None, 0)
+        return
+    ctx = multiprocessing.get_context("spawn")  # fork after Rust threads started is unsafe
+    init = (str(tokenizer.vocab_file), tokenizer.lowercase, opts)
+    with ctx.Pool(workers, initializer=_init_worker, initargs=init) as pool:
+        pending: collections.deque = collections.deque()
+        for b, docs in blocks:
+            pending.append((b, pool.apply_async(_work, (b, docs)) if wanted(b) else None))
+            while len(pending) >= 2 * workers or (pending and pending[0][1] is None):
+                yield _result(pending.popleft())
+        while pending:
+            yield _result(pending.popleft())
+
+
+def _result(item) -> tuple[int, dict | None, int]:
+    b, res = item
+    return (b, None, 0) if res is None else (b, *res.get())
+
+
+class Progress:
+    """A one-line progress report on stderr: documents, tokens/s, ETA when the size is known."""
+
+    def __init__(self, corpus, enabled: bool = True, label: str = "prepare"):
+        self.corpus, self.enabled, self.label = corpus, enabled, label
+        self.tty = sys.stderr.isatty()
+        self.start = self.last = time.monotonic()
+        self.documents = self.tokens = self.instances = 0
+
+    def update(self, force: bool = False) -> None:
+        """Prints the line if enough time passed (1 s on a terminal, 30 s in a log)."""
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last < (1 if self.tty else 30)):
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-9)
+        line = (
+            f"{self.label}: {self.documents:,} docs, {self.instances:,} instances, "
+            f"{self.tokens:,} tokens, {self.tokens / elapsed:,.0f} tokens/s, "
+            f"{elapsed:.0f}s"
+        )
+        total, done = getattr(self.corpus, "total", None), getattr(self.corpus, "done", 0)
+        if total and done:
+            frac = min(done / total, 1.0)
+            eta = elapsed * (1 - frac) / frac
+            line += f", {100 * frac:.0f}% ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+        print(
+            ("\r" + line + " " * 4) if self.tty else line,
+            end="" if self.tty else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        """Prints the final line."""
+        self.update(force=True)
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+def prepare_dataset(
+    corpus,
+    tokenizer,
+    out_dir,
+    opts: InstanceOptions,
+    *,
+    workers: int = 1,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    held_out: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    extra: dict | None = None,
+) -> dict:
+    """Turns a document stream into a dataset directory (and DIR/eval). Returns the manifest."""
+    opts.validate()
+    if workers < 1:
+        raise UserError(f"--workers {workers} must be at least 1")
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise UserError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+    if held_out < 0:
+        raise UserError(f"--held-out {held_out} must be >= 0")
+    out_dir = Path(out_dir)
+    shards.prepare_output_dir(out_dir, overwrite)
+    try:
+        return _prepare(
+            corpus,
+            tokenizer,
+            out_dir,
+            opts,
+            workers,
+            shard_index,
+            num_shards,
+            held_out,
+            progress,
+            extra or {},
+        )
+    except BaseException:
+        shards.remove_partial(out_dir)  # a failed run leaves nothing that looks usable
+        raise
+
+
+def _prepare(
+    corpus, tokenizer, out_dir, opts, workers, shard_index, num_shards, held_out, progress, extra
+) -> dict:
+    shards.copy_tokenizer(tokenizer, out_dir)
+    writer = shards.ShardWriter(out_dir, opts.max_seq_len, tokenizer.vocab_size, opts.shard_size)
+    write_eval = held_out > 0 and shard_index == 0
+    if write_eval:
+        (out_dir / "eval").mkdir()
+        shards.copy_tokenizer(tokenizer, out_dir / "eval")
+        eval_writer = shards.ShardWriter(
+            out_dir / "eval", opts.max_seq_len, tokenizer.vocab_size, opts.shard_size
+        )
+    prog = Progress(corpus, progress)
+
+    def counted(docs_iter):
+        for d in docs_iter:
+            prog.documents += 1
+            yield d
+
+    docs = counted(corpus)
+    # 1. the eval split: small blocks, one at a time, until they give `held_out` instances
+    eval_blocks: list[list[int]] = []
+    eval_left = held_out
+    while eval_left > 0:
+        block = list(itertools.islice(docs, min(EVAL_BLOCK_DOCS, opts.block_docs)))
+        if not block:
+            break
+        arrays, n_tokens = process_block(len(eval_blocks), block, tokenizer, opts)
+        take = min(eval_left, len(arrays["length"]))
+        if write_eval:
+            eval_writer.add({k: v[:take] for k, v in arrays.items()})
+        eval_blocks.append([len(eval_blocks), take])
+        eval_left -= take
+        prog.tokens += n_tokens
+        prog.update()
+    if eval_left > 0 and prog.documents:
+        raise UserError(
+            f"--held-out {held_out} asks for more instances than the whole corpus "
+            f"gives ({held_out - eval_left}); lower it"
+        )
+    # 2. training blocks, this part's share, in block order
+    first = len(eval_blocks)
+    numbered = enumerate(iter_blocks(docs, opts.block_docs), start=first)
+    train_tokens = 0
+    blocks_done: list[list[int]] = []
+    for b, arrays, n_tokens in run_blocks(
+        numbered, lambda b: (b - first) % num_shards == shard_index, tokenizer, opts, workers
+    ):
+        if arrays is not None:
+            writer.add(arrays)
+            train_tokens += n_tokens
+            prog.tokens += n_tokens
+            prog.instances += len(arrays["length"])
+            blocks_done.append([b, len(arrays["length"])])
+        prog.update()
+    prog.close()
+
+    if prog.documents == 0:
+        raise UserError("the corpus is empty: no document with any text was found")
+    if writer.rows == 0 and num_shards == 1:
+        raise UserError(
+            "no training instances are left after holding out "
+            f"{held_out} for eval; lower --held-out or add text"
+        )
+    if getattr(corpus, "replacements", 0):
+        print(
+            f"prepare: replaced {corpus.replacements:,} invalid UTF-8 sequence(s) with "
+            "U+FFFD (--errors replace)",
+            file=sys.stderr,
+        )
+    fields = {
+        "tokenizer": shards.tokenizer_manifest(tokenizer),
+        "nsp": opts.nsp,
+        "seed": opts.seed,
+        "command": list(sys.argv),
+        "settings": dataclasses.asdict(opts) | {"held_out": held_out},
+        "part": {"index": shard_index, "count": num_shards} if num_shards > 1 else None,
+        "blocks": blocks_done,
+        "eval_blocks": eval_blocks,
+        "stats": {
+            "documents": prog.documents,
+            "tokens": train_tokens,
+            "utf8_replacements": getattr(corpus, "replacements", 0),
+        },
+        **extra,
+    }
+    if write_eval:
+        eval_writer.close(fields | {"split": "eval", "blocks": eval_blocks})
+    return writer.close(fields | {"split": "train", "eval": "eval" if write_eval else None})

@@ -1,0 +1,279 @@
+"""`bertjax prepare`: text -> tokenizer -> BERT sentence-pair instances -> array shards.
+
+    bertjax prepare --input wiki.txt --tokenizer vocab.txt --out data/wiki128 \\
+        --max-seq-len 128 --workers 8 --held-out 10000
+    # many machines: part i of n, then one merge
+    bertjax prepare --input ... --out parts/p$i --shard-index $i --num-shards $n
+    bertjax prepare merge parts/p* --out data/wiki128
+
+The output is the same for any --workers, and the merge of all --num-shards parts is the
+same (byte-identical shards) as a one-shot run: see bertjax/data/pipeline.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from bertjax.cli import UserError
+from bertjax.data import shards
+from bertjax.data.pipeline import InstanceOptions, prepare_dataset
+
+# Settings that must agree between parts for a merge to mean anything.
+_MERGE_KEYS = (
+    "max_seq_len",
+    "short_seq_prob",
+    "dupe_factor",
+    "seed",
+    "nsp",
+    "block_docs",
+    "shard_size",
+    "held_out",
+)
+
+
+def register(subparsers) -> None:
+    """Adds `prepare` (and `prepare merge`) to the `bertjax` command."""
+    p = subparsers.add_parser(
+        "prepare",
+        help="text -> BERT sentence-pair instances in numpy shards",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    src = p.add_argument_group("input (one of --input or --hf-dataset)")
+    src.add_argument("--input", nargs="+", metavar="FILE", help="text files")
+    src.add_argument(
+        "--input-format",
+        default="bert",
+        choices=("bert", "docs-lines", "docs-blocks"),
+        help="bert: a sentence per line, blank line between documents; "
+        "docs-lines: a document per line; docs-blocks: a document per "
+        "blank-line block (both split into sentences by a simple regex)",
+    )
+    src.add_argument(
+        "--errors",
+        default="strict",
+        choices=("strict", "replace"),
+        help="bytes that are not UTF-8: stop (strict) or replace and count",
+    )
+    src.add_argument(
+        "--hf-dataset",
+        metavar="NAME[:CONFIG]",
+        help="a `datasets` dataset, or a local .parquet/.json/.jsonl/.csv/.txt",
+    )
+    src.add_argument("--split", default="train", help="with --hf-dataset (default train)")
+    src.add_argument("--text-column", default="text", help="with --hf-dataset (default text)")
+    src.add_argument("--data-files", nargs="+", help="with --hf-dataset: data_files")
+    p.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="vocab.txt, sentencepiece .model, or a directory holding one",
+    )
+    p.add_argument(
+        "--cased",
+        action="store_true",
+        help="do not lower-case (default: the tokenizer's do_lower_case, else "
+        "uncased for WordPiece)",
+    )
+    p.add_argument("--out", metavar="DIR", help="output dataset directory")
+    p.add_argument("--max-seq-len", type=int, default=128)
+    p.add_argument("--short-seq-prob", type=float, default=0.1)
+    p.add_argument(
+        "--dupe-factor",
+        type=int,
+        default=1,
+        help="passes over the corpus (default 1: masking is dynamic, done later)",
+    )
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument(
+        "--no-nsp",
+        action="store_true",
+        help="no next-sentence pairs: contiguous full-length single segments",
+    )
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--shard-index", type=int, default=0, help="this machine's part")
+    p.add_argument("--num-shards", type=int, default=1, help="number of parts (machines)")
+    p.add_argument(
+        "--held-out",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N instances from held-out documents into DIR/eval",
+    )
+    p.add_argument(
+        "--block-docs",
+        type=int,
+        default=1000,
+        help="documents per block (the random next sentence is drawn in-block)",
+    )
+    p.add_argument(
+        "--shard-size", type=int, default=shards.DEFAULT_SHARD_SIZE, help="instances per shard file"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a complete dataset")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=run)
+    sub = p.add_subparsers(dest="prepare_command", metavar="merge", title="subcommand")
+    m = sub.add_parser(
+        "merge",
+        help="bertjax prepare merge PART_DIR... --out DIR: join the parts of a --num-shards run",
+        description="Merges the parts of a --num-shards run into one dataset, identical to "
+        "what a one-shot run would have written.",
+    )
+    m.add_argument("parts", nargs="+", metavar="PART_DIR", help="every part, 0..n-1, once")
+    m.add_argument("--out", required=True, metavar="DIR", help="merged dataset directory")
+    m.add_argument("--overwrite", action="store_true", help="replace a complete dataset")
+    m.set_defaults(func=run_merge)
+
+
+def open_corpus(args):
+    """The document stream the arguments name (text files or a `datasets` dataset)."""
+    from bertjax.data.corpus import HFCorpus, TextCorpus
+
+    if bool(args.input) == bool(args.hf_dataset):
+        raise UserError("give exactly one of --input FILE... or --hf-dataset NAME")
+    if args.input:
+        return TextCorpus(args.input, args.input_format, args.errors)
+    return HFCorpus(args.hf_dataset, args.split, args.text_column, args.data_files)
+
+
+def run(args) -> int:
+    """`bertjax prepare`."""
+    from bertjax.data.tokenizer import load_tokenizer
+
+    if not args.tokenizer or not args.out:
+        raise UserError("--tokenizer PATH and --out DIR are required")
+    opts = InstanceOptions(
+        max_seq_len=args.max_seq_len,
+        short_seq_prob=args.short_seq_prob,
+        dupe_factor=args.dupe_factor,
+        seed=args.seed,
+        nsp=not args.no_nsp,
+        block_docs=args.block_docs,
+        shard_size=args.shard_size,
+    )
+    opts.validate()  # before reading anything
+    tokenizer = load_tokenizer(args.tokenizer, lowercase=False if args.cased else None)
+    corpus = open_corpus(args)
+    source = (
+        {"inputs": [str(p) for p in args.input], "input_format": args.input_format}
+        if args.input
+        else {"hf_dataset": args.hf_dataset, "split": args.split, "text_column": args.text_column}
+    )
+    manifest = prepare_dataset(
+        corpus,
+        tokenizer,
+        args.out,
+        opts,
+        workers=args.workers,
+        shard_index=args.shard_index,
+        num_shards=args.num_shards,
+        held_out=args.held_out,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        extra={"source": source},
+    )
+    ev = f", eval {args.held_out:,} in {args.out}/eval" if manifest.get("eval") else ""
+    print(
+        f"prepare: wrote {manifest['num_instances']:,} instances in "
+        f"{len(manifest['shards'])} shard(s) to {args.out}{ev}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def merge_parts(part_dirs, out_dir, overwrite: bool = False) -> dict:
+    """Merges the parts of a `--num-shards n` run into one dataset; returns its manifest.
+
+    Checks that the parts come from the same settings and tokenizer, and are exactly parts
+    0..n-1 once each; verifies their checksums; writes blocks in global block order.
+    """
+    parts = [shards.open_dataset(d, verify=True) for d in part_dirs]
+    first = parts[0].manifest
+    for ds in parts:
+        m = ds.manifest
+        if not m.get("part"):
+            raise UserError(
+                f"{ds.path} is not a part of a --num-shards run (no 'part' in its manifest)"
+            )
+        for key in _MERGE_KEYS:
+            if m["settings"].get(key) != first["settings"].get(key):
+                raise UserError(
+                    f"{ds.path} was prepared with {key}={m['settings'].get(key)!r}"
+                    f" but {parts[0].path} with {first['settings'].get(key)!r}"
+                )
+        if m["tokenizer"]["identity"] != first["tokenizer"]["identity"]:
+            raise UserError(f"{ds.path} and {parts[0].path} use different tokenizers")
+    n = first["part"]["count"]
+    indices = sorted(ds.manifest["part"]["index"] for ds in parts)
+    if indices != list(range(n)) or any(ds.manifest["part"]["count"] != n for ds in parts):
+        raise UserError(
+            f"merge needs parts 0..{n - 1} of one {n}-part run exactly once; got indices {indices}"
+        )
+    out_dir = Path(out_dir)
+    if out_dir.resolve() in {ds.path.resolve() for ds in parts}:
+        raise UserError(f"--out {out_dir} is one of the parts; choose a new directory")
+    shards.prepare_output_dir(out_dir, overwrite)
+    try:
+        return _merge(parts, out_dir)
+    except BaseException:
+        shards.remove_partial(out_dir)
+        raise
+
+
+def _merge(parts, out_dir: Path) -> dict:
+    first = parts[0].manifest
+    tok = parts[0].load_tokenizer()
+    shards.copy_tokenizer(tok, out_dir)
+    spans = []  # (global block index, part, first row, rows)
+    for ds in parts:
+        row = 0
+        for b, count in ds.manifest["blocks"]:
+            spans.append((b, ds, row, count))
+            row += count
+    spans.sort(key=lambda s: s[0])
+    writer = shards.ShardWriter(
+        out_dir,
+        first["max_seq_len"],
+        first["tokenizer"]["vocab_size"],
+        first["settings"]["shard_size"],
+    )
+    for _, ds, start, count in spans:
+        writer.add(ds.get_raw(range(start, start + count)))
+    part0 = next(ds for ds in parts if ds.manifest["part"]["index"] == 0)
+    if part0.manifest.get("eval"):
+        shards.open_dataset(part0.path / "eval", verify=True)
+        shutil.copytree(part0.path / "eval", out_dir / "eval")
+    stats = {
+        k: sum(ds.manifest["stats"][k] for ds in parts) for k in ("tokens", "utf8_replacements")
+    }
+    stats["documents"] = first["stats"]["documents"]  # every part reads all documents
+    fields = {
+        k: first[k]
+        for k in ("tokenizer", "nsp", "seed", "settings", "eval_blocks", "split", "source")
+        if k in first
+    }
+    return writer.close(
+        fields
+        | {
+            "command": list(sys.argv),
+            "part": None,
+            "stats": stats,
+            "eval": part0.manifest.get("eval"),
+            "blocks": [[b, count] for b, _, _, count in spans],
+            "merged_from": [str(ds.path) for ds in parts],
+        }
+    )
+
+
+def run_merge(args) -> int:
+    """`bertjax prepare merge`."""
+    manifest = merge_parts(args.parts, args.out, args.overwrite)
+    print(
+        f"prepare merge: wrote {manifest['num_instances']:,} instances in "
+        f"{len(manifest['shards'])} shard(s) to {args.out}",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,398 @@
+"""The array-shard dataset format: writer, reader (`open_dataset`), manifest and checksums.
+
+A dataset directory holds fixed-shape `.npy` arrays per shard (see docs/ARCHITECTURE.md):
+`input_ids [n, L]` (uint16, or int32 for vocabularies above 65,536 ids) padded with the pad
+id, `length [n]` (int16: real tokens incl. [CLS]/[SEP]), `b_start [n]` (int16: first
+position of segment B, == length when there is no B) and `next_sentence_label [n]` (uint8,
+1 = B is a random next sentence). Every file is written under a temporary name and renamed;
+`manifest.json` is written last (temp file + `os.replace`), so a directory without a manifest
+is never mistaken for a complete dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bertjax.cli import UserError
+from bertjax.data.instances import pack_instances
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+ARRAYS = ("input_ids", "length", "b_start", "next_sentence_label")
+DEFAULT_SHARD_SIZE = 65_536  # instances per shard: 16 MB of input_ids at L=128 (uint16)
+_SMALL_DTYPES = {"length": np.int16, "b_start": np.int16, "next_sentence_label": np.uint8}
+
+
+def ids_dtype(vocab_size: int) -> np.dtype:
+    """The smallest dtype that holds every token id of a vocabulary of this size."""
+    return np.dtype(np.uint16 if vocab_size <= 65_536 else np.int32)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """The sha256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_file(shard_name: str, array: str) -> str:
+    """File name of one array of one shard, e.g. `shard-00000.input_ids.npy`."""
+    return f"{shard_name}.{array}.npy"
+
+
+def _write_npy_atomic(path: Path, array: np.ndarray) -> str:
+    """Writes `array` to `path` via a temporary name; returns the file's sha256."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    digest = file_sha256(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Writes JSON to `path.tmp`, fsyncs, then renames: readers see all of it or nothing."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _is_ours(name: str) -> bool:
+    """True for file names a dataset directory may hold (shards, temporaries, manifest...)."""
+    return name.startswith(("shard-", ".shard-", "manifest.json")) or name in (
+        "tokenizer",
+        "eval",
+        ".tokenizer.tmp",
+    )
+
+
+def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Makes `out_dir` ready for a new dataset.
+
+    Refuses a directory holding a complete dataset unless `overwrite`, and a directory with
+    files that are not ours. Leftovers of an interrupted run (no manifest) are removed. The
+    old manifest goes first so that a run killed while cleaning leaves nothing that reads
+    as complete.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / MANIFEST).exists() and not overwrite:
+        raise UserError(
+            f"{out_dir} already holds a complete dataset ({MANIFEST}); "
+            "pass --overwrite to replace it or choose another --out"
+        )
+    foreign = sorted(p.name for p in out_dir.iterdir() if not _is_ours(p.name))
+    if foreign:
+        raise UserError(
+            f"{out_dir} holds files that are not part of a bertjax dataset "
+            f"({', '.join(foreign[:3])}); choose an empty or new --out directory"
+        )
+    remove_partial(out_dir)
+
+
+def remove_partial(out_dir: Path) -> None:
+    """Deletes a dataset's files from `out_dir`, manifests first; leaves other files alone."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    for name in (MANIFEST, "eval/" + MANIFEST):
+        (out_dir / name).unlink(missing_ok=True)
+    for p in out_dir.iterdir():
+        if not _is_ours(p.name):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+class ShardWriter:
+    """Buffers instance arrays and writes them as fixed-size shards, then the manifest.
+
+    Use `add(arrays)` with dicts of `ARRAYS` (one row per instance), then `close(extra)`.
+    Shard boundaries depend only on the order and number of rows added, so the same rows
+    give byte-identical shards whatever produced them.
+    """
+
+    def __init__(
+        self, out_dir, max_seq_len: int, vocab_size: int, shard_size: int = DEFAULT_SHARD_SIZE
+    ):
+        self.out_dir = Path(out_dir)
+        self.max_seq_len = max_seq_len
+        self.dtype = ids_dtype(vocab_size)
+        self.shard_size = shard_size
+        self.shards: list[dict] = []
+        self.num_instances = 0
+        self._buf: list[dict[str, np.ndarray]] = []
+        self._buffered = 0
+
+    @property
+    def rows(self) -> int:
+        """Rows added so far (written or still buffered)."""
+        return self.num_instances + self._buffered
+
+    def add(self, arrays: dict[str, np.ndarray]) -> None:
+        """Appends rows; writes every shard that becomes full."""
+        n = len(arrays["length"])
+        if arrays["input_ids"].shape != (n, self.max_seq_len):
+            raise ValueError(
+                f"input_ids shape {arrays['input_ids'].shape} != ({n}, {self.max_seq_len})"
+            )
+        if n == 0:
+            return
+        self._buf.append(arrays)
+        self._buffered += n
+        while self._buffered >= self.shard_size:
+            self._flush(self.shard_size)
+
+    def _flush(self, n: int) -> None:
+        merged = {k: np.concatenate([b[k] for b in self._buf]) for k in ARRAYS}
+        head = {k: v[:n] for k, v in merged.items()}
+        rest = {k: v[n:] for k, v in merged.items()}
+        self._buf = [rest] if len(rest["length"]) else []
+        self._buffered -= n
+        name = f"shard-{len(self.shards):05d}"
+        digests = {}
+        for k in ARRAYS:
+            dtype = self.dtype if k == "input_ids" else _SMALL_DTYPES[k]
+            arr = np.ascontiguousarray(head[k], dtype=dtype)
+            digests[k] = _write_npy_atomic(self.out_dir / shard_file(name, k), arr)
+        self.shards.append({"name": name, "count": n, "sha256": digests})
+        self.num_instances += n
+
+    def close(self, manifest_fields: dict) -> dict:
+        """Writes the last partial shard, then the manifest (last, atomically). Returns it."""
+        if self._buffered:
+            self._flush(self._buffered)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "format": "bertjax-instances",
+            "max_seq_len": self.max_seq_len,
+            "input_ids_dtype": self.dtype.name,
+            "num_instances": self.num_instances,
+            "shards": self.shards,
+            **manifest_fields,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_json_atomic(self.out_dir / MANIFEST, manifest)
+        return manifest
+
+
+def tokenizer_manifest(tokenizer) -> dict:
+    """The manifest's `tokenizer` entry: identity, special ids and vocab size."""
+    return {
+        "identity": tokenizer.identity,
+        "special_ids": tokenizer.special_ids,
+        "vocab_size": tokenizer.vocab_size,
+    }
+
+
+def copy_tokenizer(tokenizer, out_dir: Path) -> None:
+    """Saves the tokenizer's files into `out_dir/tokenizer` (via a temporary directory)."""
+    tmp = Path(out_dir) / ".tokenizer.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save(tmp)
+    os.replace(tmp, Path(out_dir) / "tokenizer")
+
+
+def write_dataset(
+    out_dir,
+    instances,
+    tokenizer,
+    max_seq_len: int,
+    *,
+    nsp: bool = True,
+    seed: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    overwrite: bool = False,
+    extra: dict | None = None,
+) -> Path:
+    """Writes a complete dataset directory (e.g. a tiny one for a test).
+
+    Args:
+      instances: an iterable of `(tokens_a, tokens_b, is_random_next)` (id lists without
+        specials; an empty B makes a single-segment instance), or a dict of `ARRAYS`.
+      tokenizer: a tokenizer object (see `bertjax.data.tokenizer`) or a path to load one.
+    Returns:
+      the directory, readable with `open_dataset`.
+    """
+    if not hasattr(tokenizer, "identity"):
+        from bertjax.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    out_dir = Path(out_dir)
+    prepare_output_dir(out_dir, overwrite)
+    if not isinstance(instances, dict):
+        instances = pack_instances(
+            instances, max_seq_len, tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
+        )
+    copy_tokenizer(tokenizer, out_dir)
+    writer = ShardWriter(out_dir, max_seq_len, tokenizer.vocab_size, shard_size)
+    writer.add(instances)
+    writer.close(
+        {
+            "tokenizer": tokenizer_manifest(tokenizer),
+            "nsp": nsp,
+            "seed": seed,
+            "command": list(sys.argv),
+            **(extra or {}),
+        }
+    )
+    return out_dir
+
+
+class Dataset:
+    """Random access to a dataset directory's instances (memory-mapped shards)."""
+
+    def __init__(self, path, verify: bool = False):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.max_seq_len = int(self.manifest["max_seq_len"])
+        tok = self.manifest["tokenizer"]
+        self.vocab_size = int(tok["vocab_size"])
+        self.special_ids = dict(tok["special_ids"])
+        self.tokenizer_dir = self.path / "tokenizer"
+        self._arrays = [self._open_shard(s, verify) for s in self.manifest["shards"]]
+        counts = np.array([s["count"] for s in self.manifest["shards"]], np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)])
+        self._len = int(self._offsets[-1])
+        if self._len != self.manifest["num_instances"]:
+            raise UserError(
+                f"{self.path / MANIFEST}: shard counts add up to {self._len}, "
+                f"not num_instances={self.manifest['num_instances']}"
+            )
+        self._positions = np.arange(self.max_seq_len, dtype=np.int32)
+
+    def _open_shard(self, shard: dict, verify: bool) -> dict[str, np.ndarray]:
+        arrays = {}
+        ids_dtype_ = np.dtype(self.manifest["input_ids_dtype"])
+        for k in ARRAYS:
+            f = self.path / shard_file(shard["name"], k)
+            if not f.exists():
+                raise UserError(f"shard file {f} is missing (listed in {MANIFEST})")
+            if verify:
+                digest = file_sha256(f)
+                if digest != shard["sha256"][k]:
+                    raise UserError(
+                        f"shard file {f} is corrupted: sha256 {digest} does not "
+                        f"match the manifest's {shard['sha256'][k]}"
+                    )
+            try:
+                arr = np.load(f, mmap_mode="r", allow_pickle=False)
+            except ValueError as e:  # numpy raises ValueError on truncated data or header
+                raise UserError(f"shard file {f} is truncated or unreadable ({e})") from None
+            want_shape = (
+                (shard["count"], self.max_seq_len) if k == "input_ids" else (shard["count"],)
+            )
+            want_dtype = ids_dtype_ if k == "input_ids" else np.dtype(_SMALL_DTYPES[k])
+            if arr.shape != want_shape or arr.dtype != want_dtype:
+                raise UserError(
+                    f"shard file {f} holds {arr.dtype}{list(arr.shape)}, the "
+                    f"manifest expects {want_dtype}{list(want_shape)}"
+                )
+            arrays[k] = arr
+        return arrays
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        i = int(i)
+        if not -self._len <= i < self._len:
+            raise IndexError(f"index {i} out of range for a dataset of {self._len}")
+        batch = self.get_batch(np.array([i % self._len]))
+        return {k: v[0] for k, v in batch.items()}
+
+    def get_raw(self, indices) -> dict[str, np.ndarray]:
+        """The stored arrays (`ARRAYS`) of these instances, gathered across shards."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self._len):
+            raise IndexError(f"indices outside [0, {self._len})")
+        shard = np.searchsorted(self._offsets, idx, side="right") - 1
+        out = {"input_ids": np.empty((idx.size, self.max_seq_len), np.int32)}
+        for k in ARRAYS[1:]:
+            out[k] = np.empty(idx.size, np.int32)
+        for s in np.unique(shard):
+            rows = np.nonzero(shard == s)[0]
+            local = idx[rows] - self._offsets[s]
+            for k in ARRAYS:
+                out[k][rows] = self._arrays[s][k][local]
+        return out
+
+    def get_batch(self, indices) -> dict[str, np.ndarray]:
+        """`input_ids, token_type_ids, attention_mask` [n, L] and `next_sentence_label` [n]
+        (all int32) for these indices, which may span shards."""
+        raw = self.get_raw(indices)
+        pos = self._positions[None, :]
+        attention = pos < raw["length"][:, None]
+        token_type = (pos >= raw["b_start"][:, None]) & attention
+        return {
+            "input_ids": raw["input_ids"],
+            "token_type_ids": token_type.astype(np.int32),
+            "attention_mask": attention.astype(np.int32),
+            "next_sentence_label": raw["next_sentence_label"],
+        }
+
+    def load_tokenizer(self):
+        """The tokenizer this dataset was made with (from its `tokenizer/` copy)."""
+        from bertjax.data.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(self.tokenizer_dir)
+        if tok.identity != self.manifest["tokenizer"]["identity"]:
+            raise UserError(
+                f"{self.tokenizer_dir} does not match the tokenizer identity in "
+                f"{self.path / MANIFEST}"
+            )
+        return tok
+
+    def __repr__(self) -> str:
+        return f"Dataset({str(self.path)!r}, n={self._len}, max_seq_len={self.max_seq_len})"
+
+
+def read_manifest(path) -> dict:
+    """Reads and validates `path/manifest.json` (a complete dataset directory)."""
+    path = Path(path)
+    f = path / MANIFEST
+    if not f.exists():
+        hint = " (an interrupted prepare?)" if path.is_dir() else ""
+        raise UserError(f"{path} is not a complete dataset: {f} is missing{hint}")
+    try:
+        manifest = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{f} is not valid JSON ({e})") from None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(
+            f"{f} has schema_version {manifest.get('schema_version')!r}; this "
+            f"bertjax reads version {SCHEMA_VERSION}"
+        )
+    for key in ("max_seq_len", "num_instances", "shards", "tokenizer", "input_ids_dtype"):
+        if key not in manifest:
+            raise UserError(f"{f} lacks the key {key!r}")
+    return manifest
+
+
+def open_dataset(path, verify: bool = False) -> Dataset:
+    """Opens a dataset directory written by `bertjax prepare` (or `write_dataset`).
+
+    Shapes, dtypes and file sizes are always checked; `verify=True` also checks every
+    file's sha256 against the manifest (reads all bytes: a few seconds per GB).
+    """
+    return Dataset(path, verify=verify)

@@ -1,0 +1,339 @@
+"""WordPiece (via `tokenizers`) and sentencepiece tokenizers behind one small interface.
+
+`load_tokenizer(path)` takes a BERT `vocab.txt`, a sentencepiece `.model`, or a directory
+holding either (plus an optional `tokenizer_config.json` whose `do_lower_case` says whether
+the vocabulary is uncased). Both classes offer: `kind`, `vocab_size`, `lowercase`,
+`pad_id unk_id cls_id sep_id mask_id`, `special_ids`, `encode`, `encode_batch`,
+`id_to_token`, `token_to_id`, `continuation_mask()`, `files`, `identity`, `save(dir)`.
+Special tokens are looked up in the vocabulary, never assumed to sit at fixed ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from bertjax.cli import UserError
+
+SPECIAL_TOKENS = {
+    "pad_id": "[PAD]",
+    "unk_id": "[UNK]",
+    "cls_id": "[CLS]",
+    "sep_id": "[SEP]",
+    "mask_id": "[MASK]",
+}
+CONFIG_FILE = "tokenizer_config.json"
+MAX_INPUT_CHARS_PER_WORD = 100  # as the original BERT: longer words become [UNK]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class _Base:
+    """What both tokenizers share: special ids, identity, saving."""
+
+    kind: str
+    lowercase: bool
+    vocab_file: Path
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """`{"pad_id": .., "unk_id": .., "cls_id": .., "sep_id": .., "mask_id": ..}`."""
+        return {k: getattr(self, k) for k in SPECIAL_TOKENS}
+
+    @property
+    def files(self) -> list[Path]:
+        """The files that define this tokenizer (copied into datasets and HF exports)."""
+        return [self.vocab_file]
+
+    @property
+    def identity(self) -> dict:
+        """What makes two tokenizers the same: kind, lower-casing, vocabulary hash."""
+        return {"kind": self.kind, "lowercase": self.lowercase, "vocab_sha256": self._vocab_sha256}
+
+    def save(self, out_dir) -> Path:
+        """Copies `files` into `out_dir` and writes `tokenizer_config.json` (HF-compatible)."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in self.files:
+            if (out_dir / f.name).resolve() != f.resolve():
+                shutil.copyfile(f, out_dir / f.name)
+        config = {
+            "tokenizer_kind": self.kind,
+            "do_lower_case": self.lowercase,
+            **{tok.strip("[]").lower() + "_token": tok for tok in SPECIAL_TOKENS.values()},
+        }
+        if self.kind == "wordpiece":
+            config["tokenizer_class"] = "BertTokenizer"
+        (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+        return out_dir
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.vocab_file)!r}, vocab_size={self.vocab_size},"
+            f" lowercase={self.lowercase})"
+        )
+
+
+class WordPieceTokenizer(_Base):
+    """BERT WordPiece from a vocab.txt, tokenized by the `tokenizers` library.
+
+    Same pipeline as the original BERT and HF `BertTokenizerFast`: clean text, split CJK
+    characters, lower-case + strip accents when uncased, split on whitespace/punctuation,
+    greedy longest-match WordPiece with the `##` prefix.
+    """
+
+    kind = "wordpiece"
+
+    def __init__(self, vocab_file, lowercase: bool = True):
+        from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
+        from tokenizers.models import WordPiece
+
+        self.vocab_file = Path(vocab_file)
+        self.lowercase = bool(lowercase)
+        lines = self.vocab_file.read_text(encoding="utf-8").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the final newline
+        self._tokens = [t.rstrip("\r") for t in lines]
+        vocab = {}
+        for i, t in enumerate(self._tokens):
+            if t in vocab:
+                raise UserError(
+                    f"{self.vocab_file} line {i + 1} repeats the token {t!r} "
+                    f"(first on line {vocab[t] + 1})"
+                )
+            vocab[t] = i
+        missing = [t for t in SPECIAL_TOKENS.values() if t not in vocab]
+        if missing:
+            raise UserError(
+                f"{self.vocab_file} lacks the special token(s) {' '.join(missing)};"
+                " a BERT vocab needs [PAD] [UNK] [CLS] [SEP] [MASK]"
+            )
+        for attr, tok in SPECIAL_TOKENS.items():
+            setattr(self, attr, vocab[tok])
+        self._vocab = vocab
+        self.vocab_size = len(self._tokens)
+        self._vocab_sha256 = _sha256(self.vocab_file)
+
+        tok = Tokenizer(
+            WordPiece(
+                vocab,
+                unk_token="[UNK]",
+                continuing_subword_prefix="##",
+                max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD,
+            )
+        )
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=True,
+            strip_accents=None,  # None: as lowercase
+            lowercase=self.lowercase,
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        # HF BertTokenizerFast matches the specials in raw text ("[MASK]" -> mask id); so do we.
+        tok.add_special_tokens(
+            [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS.values()]
+        )
+        self._tok = tok
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without [CLS]/[SEP]."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` over many texts at once (parallel in Rust, no offsets kept)."""
+        return [e.ids for e in self._tok.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    def id_to_token(self, i: int) -> str:
+        """The vocabulary entry of id `i`."""
+        return self._tokens[i]
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of `token`, or None when it is not in the vocabulary."""
+        return self._vocab.get(token)
+
+    def continuation_mask(self) -> np.ndarray:
+        """bool [vocab_size]: True for `##` pieces, which continue the previous word."""
+        return np.array([t.startswith("##") and len(t) > 2 for t in self._tokens], bool)
+
+
+class SentencePieceTokenizer(_Base):
+    """A sentencepiece `.model`; [CLS] [SEP] [MASK] must be pieces of the model."""
+
+    kind = "sentencepiece"
+
+    def __init__(self, model_file, lowercase: bool = False):
+        import sentencepiece as spm
+
+        self.vocab_file = Path(model_file)
+        self.lowercase = bool(lowercase)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=str(self.vocab_file))
+        except (RuntimeError, OSError) as e:
+            raise UserError(f"{self.vocab_file} is not a sentencepiece model ({e})") from None
+        sp = self._sp
+        self.vocab_size = sp.get_piece_size()
+        found = {k: self._piece_id(t) for k, t in SPECIAL_TOKENS.items()}
+        # Models trained elsewhere (ALBERT, T5) name their pad/unk "<pad>"/"<unk>".
+        if found["pad_id"] is None and sp.pad_id() >= 0:
+            found["pad_id"] = sp.pad_id()
+        if found["unk_id"] is None:
+            found["unk_id"] = sp.unk_id()
+        missing = [SPECIAL_TOKENS[k] for k, v in found.items() if v is None]
+        if missing:
+            raise UserError(
+                f"{self.vocab_file} lacks the special piece(s) {' '.join(missing)};"
+                " train it with user_defined_symbols=[CLS],[SEP],[MASK]"
+            )
+        for attr, i in found.items():
+            setattr(self, attr, i)
+        self._vocab_sha256 = _sha256(self.vocab_file)
+
+    def _piece_id(self, piece: str) -> int | None:
+        i = self._sp.piece_to_id(piece)
+        return i if self._sp.id_to_piece(i) == piece else None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without [CLS]/[SEP]."""
+        return self._sp.encode(text.lower() if self.lowercase else text, out_type=int)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` over many texts at once."""
+        texts = [t.lower() for t in texts] if self.lowercase else list(texts)
+        return self._sp.encode(texts, out_type=int)
+
+    def id_to_token(self, i: int) -> str:
+        """The piece of id `i`."""
+        return self._sp.id_to_piece(int(i))
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of piece `token`, or None when it is not in the model."""
+        return self._piece_id(token)
+
+    def continuation_mask(self) -> np.ndarray:
+        """bool [vocab_size]: True for ordinary pieces that do not start a word (no `▁`)."""
+        sp = self._sp
+        return np.array(
+            [
+                not (
+                    sp.id_to_piece(i).startswith("\u2581")
+                    or sp.is_control(i)
+                    or sp.is_unknown(i)
+                    or sp.is_unused(i)
+                    or sp.is_byte(i)
+                    or i in self.special_ids.values()
+                )
+                for i in range(self.vocab_size)
+            ],
+            bool,
+        )
+
+
+def load_tokenizer(path, lowercase: bool | None = None):
+    """Loads a tokenizer from a vocab.txt, a sentencepiece .model, or a directory of either.
+
+    `lowercase=None` takes `do_lower_case` from the directory's tokenizer_config.json, else
+    lower-cases WordPiece (the original BERT's default, uncased) and not sentencepiece.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"tokenizer {path} does not exist")
+    config = {}
+    if path.is_dir():
+        if (path / CONFIG_FILE).exists():
+            config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        models = sorted(path.glob("*.model"))
+        if (path / "vocab.txt").exists() and config.get("tokenizer_kind") != "sentencepiece":
+            path = path / "vocab.txt"
+        elif len(models) == 1:
+            path = models[0]
+        else:
+            raise UserError(
+                f"tokenizer directory {path} holds neither vocab.txt nor exactly "
+                f"one sentencepiece .model ({len(models)} found)"
+            )
+    if lowercase is None:
+        lowercase = config.get("do_lower_case", path.suffix != ".model")
+    if path.suffix == ".model":
+        return SentencePieceTokenizer(path, lowercase=lowercase)
+    return WordPieceTokenizer(path, lowercase=lowercase)
+
+
+def train_wordpiece(
+    lines,
+    vocab_size: int,
+    out_dir,
+    lowercase: bool = True,
+    min_frequency: int = 2,
+    total: int | None = None,
+) -> WordPieceTokenizer:
+    """Trains a WordPiece vocabulary on an iterable of text lines; writes out_dir/vocab.txt.
+
+    The five BERT specials come first ([PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4).
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordPiece
+    from tokenizers.trainers import WordPieceTrainer
+
+    tok = Tokenizer(WordPiece(unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        continuing_subword_prefix="##",
+        show_progress=True,
+    )
+    tok.train_from_iterator(lines, trainer, length=total)
+    vocab = tok.get_vocab()
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    result = WordPieceTokenizer(out_dir / "vocab.txt", lowercase=lowercase)
+    result.save(out_dir)
+    return result
+
+
+def train_sentencepiece(
+    lines, vocab_size: int, out_dir, lowercase: bool = False, model_type: str = "unigram"
+) -> SentencePieceTokenizer:
+    """Trains a sentencepiece model on text lines; writes out_dir/spm.model (+ .vocab).
+
+    [PAD]=0 and [UNK]=1 are the model's pad/unk pieces; [CLS] [SEP] [MASK] are user-defined
+    symbols (ids 2, 3, 4), so they have ids and are never split.
+    """
+    import sentencepiece as spm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = (line.lower() for line in lines) if lowercase else lines
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines),
+            model_prefix=str(out_dir / "spm"),
+            vocab_size=vocab_size,
+            model_type=model_type,
+            pad_id=0,
+            unk_id=1,
+            bos_id=-1,
+            eos_id=-1,
+            pad_piece="[PAD]",
+            unk_piece="[UNK]",
+            user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"],
+            minloglevel=1,
+        )
+    except RuntimeError as e:  # e.g. "Vocabulary size too high" on a small corpus
+        raise UserError(f"sentencepiece training failed: {str(e).strip()}") from None
+    result = SentencePieceTokenizer(out_dir / "spm.model", lowercase=lowercase)
+    result.save(out_dir)
+    return result
