@@ -1,0 +1,196 @@
+"""The train state, the pure train and eval steps, and their one-time jit with shardings."""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from bertjax import model as model_lib
+from bertjax.train import losses, sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes from step to step (and goes into a checkpoint)."""
+
+    step: jax.Array  # int32 scalar: optimizer steps taken so far
+    params: Any  # float32 parameters (plain arrays; shardings kept separately)
+    opt_state: Any  # optax state, float32
+
+
+def init_state(
+    rng: jax.Array, *, model_cfg: model_lib.BertConfig, tx: optax.GradientTransformation
+) -> TrainState:
+    """A fresh state whose parameters (and the optimizer moments that mirror them) are still
+    boxed with their logical axis names; `nn.meta.unbox` it, or take its partition specs."""
+    params = model_lib.init_params(model_cfg, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def state_shardings(model_cfg, tx, mesh, rules):
+    """(abstract boxed state, NamedShardings of the unboxed state), without allocating."""
+    abstract = jax.eval_shape(
+        functools.partial(init_state, model_cfg=model_cfg, tx=tx), jax.random.key(0)
+    )
+    return abstract, sharding.tree_shardings(abstract, mesh, rules)
+
+
+def create_sharded_state(rng, *, model_cfg, tx, shardings) -> TrainState:
+    """Initialises the state directly into its shardings: no device ever holds all of it."""
+
+    def init(rng):
+        return nn.meta.unbox(init_state(rng, model_cfg=model_cfg, tx=tx))
+
+    return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def _forward_sums(params, batch, dropout_rng, *, model, nsp: bool, deterministic: bool):
+    out = model.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["segment_ids"],
+        batch["input_mask"],
+        batch["masked_lm_positions"],
+        deterministic=deterministic,
+        rngs=None if deterministic else {"dropout": dropout_rng},
+    )
+    return losses.pretraining_sums(out.mlm_logits, out.nsp_logits, batch, nsp)
+
+
+def _split_micro_batches(batch, accum_steps: int, micro_sharding):
+    """[B, ...] -> [K, B/K, ...], micro-batch k taking rows k, k+K, k+2K, ...
+
+    Interleaving (rather than contiguous blocks) keeps every micro-batch spread over all
+    data-parallel devices: each device splits its own rows, with no data movement.
+    """
+
+    def split(x):
+        x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+        if micro_sharding is not None:
+            x = jax.lax.with_sharding_constraint(x, micro_sharding)
+        return x
+
+    return jax.tree.map(split, batch)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    accum_steps: int = 1,
+    nsp: bool = True,
+    deterministic: bool = False,
+    micro_sharding=None,
+) -> tuple[TrainState, dict]:
+    """One optimizer step on `batch` (the global batch), in `accum_steps` micro-batches.
+
+    The loss is BERT's: MLM cross-entropy weighted by `masked_lm_weights` over their sum,
+    plus the mean NSP cross-entropy. Its denominators are taken over the whole batch
+    first, so the gradients of the K micro-batches add up to the gradient of the whole.
+    Returns the new state and a dict of float32 scalars.
+    """
+    dropout_rng = jax.random.fold_in(rng, state.step)
+    mlm_denominator = jnp.sum(batch["masked_lm_weights"]) + losses.MLM_DENOMINATOR_EPS
+    nsp_denominator = batch["input_ids"].shape[0]
+    forward = functools.partial(_forward_sums, model=model, nsp=nsp, deterministic=deterministic)
+
+    def loss_fn(params, micro_batch, micro_rng):
+        sums = forward(params, micro_batch, micro_rng)
+        return losses.loss_from_sums(sums, mlm_denominator, nsp_denominator), sums
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        grads, sums = grad_fn(state.params, batch, dropout_rng)
+    else:
+        micro_batches = _split_micro_batches(batch, accum_steps, micro_sharding)
+
+        def accumulate(carry, inputs):
+            micro_batch, k = inputs
+            grads, sums = grad_fn(state.params, micro_batch, jax.random.fold_in(dropout_rng, k))
+            return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+        first = jax.tree.map(lambda x: x[0], micro_batches)
+        zeros = jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype),
+            jax.eval_shape(grad_fn, state.params, first, dropout_rng),
+        )
+        (grads, sums), _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(accum_steps)))
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = losses.metrics_from_sums(sums)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+
+def eval_step(params, batch: dict, *, model: nn.Module, nsp: bool = True) -> dict:
+    """Loss and accuracy *sums* over one evaluation batch (dropout off); the caller adds
+    them over the split and finishes with `losses.metrics_from_sums`."""
+    return _forward_sums(params, batch, None, model=model, nsp=nsp, deterministic=True)
+
+
+# The model's `nn.with_logical_constraint` calls on activations only act when a mesh is in
+# scope while tracing. Off for now: with a mesh in scope, flax's DenseGeneral (the model's
+# q/k/v and attention-output projections) re-runs its kernel initializer to check shapes
+# and applies the 3-axis logical constraint to the flat 2-D kernel, which fails. Parameter
+# and batch shardings are set either way; XLA propagates them to the activations.
+CONSTRAIN_ACTIVATIONS = False
+
+
+def _under_rules(fn, mesh, rules):
+    """`fn` traced with the mesh and logical-axis rules in scope (when CONSTRAIN_ACTIVATIONS),
+    so that the model's activation constraints become real sharding constraints."""
+    if not CONSTRAIN_ACTIVATIONS:
+        return fn
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def jit_train_step(
+    mesh, rules, shardings, *, model, tx, schedule, accum_steps=1, nsp=True, deterministic=False
+):
+    """`train_step` compiled once for `mesh`: state in `shardings` (donated), batch split
+    over the batch axes, rng and metrics replicated."""
+    fn = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        schedule=schedule,
+        accum_steps=accum_steps,
+        nsp=nsp,
+        deterministic=deterministic,
+        micro_sharding=sharding.micro_batch_sharding(mesh),
+    )
+    fn = _under_rules(fn, mesh, rules)
+    repl = sharding.replicated(mesh)
+    return jax.jit(
+        fn,
+        in_shardings=(shardings, sharding.batch_sharding(mesh), repl),
+        out_shardings=(shardings, repl),
+        donate_argnums=0,
+    )
+
+
+def jit_eval_step(mesh, rules, param_shardings, *, model, nsp=True):
+    """`eval_step` compiled for `mesh`: parameters as trained, batch split, sums replicated."""
+    fn = _under_rules(functools.partial(eval_step, model=model, nsp=nsp), mesh, rules)
+    return jax.jit(
+        fn,
+        in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )

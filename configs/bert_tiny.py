@@ -1,0 +1,97 @@
+r"""BERT-tiny (2 layers, hidden 128) pretraining, MLM + NSP: small enough for a laptop CPU.
+
+bertjax train --config configs/bert_tiny.py --workdir $WORKDIR \
+    --config.data.train_dir=$DATA [--config.train.steps=20 ...]
+
+Every pretraining config has these keys, so scripts drive any of them the same way;
+`get_config("mini")` (`--config configs/bert_tiny.py:mini`) swaps in another preset.
+"""
+
+import ml_collections
+
+
+def get_config(preset=None):
+    """The config; `preset` overrides model.preset (e.g. "mini")."""
+    config = ml_collections.ConfigDict()
+
+    config.model = dict(
+        preset=preset or "tiny",  # bertjax.model.PRESETS: tiny mini small medium base large
+        compute_dtype="float32",  # "bfloat16": bf16 matmuls/activations, params stay float32
+        vocab_size=0,  # 0 = the dataset tokenizer's vocabulary size
+        num_hidden_layers=0,  # 0 = the preset's (tiny: 2)
+        hidden_size=0,  # 0 = the preset's (tiny: 128)
+        num_attention_heads=0,  # 0 = the preset's (tiny: 2)
+        intermediate_size=0,  # 0 = 4 x hidden_size
+        max_position_embeddings=512,  # longest sequence the model accepts
+        remat=False,  # recompute each layer's activations in the backward pass (saves memory)
+        attention_impl="xla",  # "cudnn" for the fused kernel on GPU (needs attention dropout 0)
+        hidden_dropout_prob=0.1,  # dropout after embeddings, attention output and feed-forward
+        attention_probs_dropout_prob=0.1,  # dropout on the attention probabilities
+    )
+
+    config.data = dict(
+        train_dir="",  # dataset directory written by `bertjax prepare` (required)
+        eval_dir="",  # held-out dataset; "" = TRAIN_DIR/eval
+        masked_lm_prob=0.15,  # fraction of tokens masked (BERT: 0.15)
+        max_predictions_per_seq=0,  # masked positions per sequence; 0 = the loader's default
+        whole_word_masking=False,  # mask all pieces of a word together
+        workers=0,  # loader worker processes; 0 = background threads
+        threads=2,  # loader threads when workers=0
+        prefetch=4,  # batches built ahead of the device
+    )
+
+    config.train = dict(
+        steps=1000,  # optimizer steps
+        global_batch_size=64,  # sequences per step over all devices and processes
+        grad_accum_steps=1,  # micro-batches per step (each global_batch_size / this)
+        seed=0,  # parameters, data order, masks and dropout all derive from it
+        nsp=True,  # add the next-sentence loss; False = MLM alone
+        log_every=10,  # steps between metrics.jsonl lines (and NaN/Inf checks)
+        eval_every=200,  # steps between evaluations on the whole eval split; 0 = never
+        eval_batch_size=64,  # sequences per evaluation batch over all devices
+        checkpoint_every=500,  # steps between checkpoints (and one at the end)
+        keep_checkpoints=3,  # most recent checkpoints kept
+        keep_checkpoints_every=0,  # also keep every checkpoint at a multiple of this; 0 = none
+        async_checkpointing=True,  # write checkpoints in the background while training goes on
+        init_from="",  # warm start: a HuggingFace folder or a training workdir (--init-from)
+        init_opt_state=False,  # with a workdir init_from: carry its Adam moments (phase 2)
+        eval_at_start=False,  # evaluate the initial parameters too (logged as step 0)
+        profile_steps="",  # "A:B": jax.profiler trace of steps A..B into WORKDIR/profile
+    )
+
+    config.optim = dict(
+        name="adamw",  # "adamw" or "lamb" (large batches)
+        peak_lr=1e-3,  # learning rate at the end of warm-up (tiny models take a large one)
+        warmup_steps=100,  # linear warm-up from 0
+        schedule="linear",  # decay after warm-up: "linear" (BERT), "polynomial", "cosine"
+        end_lr=0.0,  # learning rate at the last step
+        power=1.0,  # exponent of the "polynomial" schedule
+        b1=0.9,  # Adam beta1
+        b2=0.999,  # Adam beta2
+        eps=1e-6,  # Adam epsilon (BERT: 1e-6)
+        weight_decay=0.01,  # decoupled, not on LayerNorm parameters or biases
+        clip_norm=1.0,  # global gradient-norm clipping; 0 = off
+    )
+
+    config.mesh = dict(
+        data=-1,  # replicated parameters, split batch (pmap-style); -1 = remaining devices
+        fsdp=1,  # split batch and split parameters/optimizer state (ZeRO-3)
+        tensor=1,  # split heads, MLP and vocabulary dimensions of each matmul
+    )
+
+    # Logical axis -> mesh axes, first match wins. "batch" comes first so that activations
+    # keep it on ('data', 'fsdp') and "embed" falls back to unsplit on them; parameters
+    # (which have no batch axis) get "embed" split over 'fsdp'.
+    config.logical_axis_rules = (
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("vocab", "tensor"),
+        ("kv", None),
+        ("length", None),
+        ("position", None),
+        ("segment", None),
+        ("embed_out", None),
+    )
+    return config

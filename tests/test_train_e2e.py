@@ -1,0 +1,174 @@
+"""`bertjax train` end to end: metrics.jsonl and evaluation, every bad input named before
+compiling, NaN stops with the step, and (e) a tiny BERT learning real text."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertjax import cli
+from bertjax.data.bench_loader import synthetic_dataset
+from bertjax.train import config as config_lib
+from bertjax.train.report import read_metrics
+
+CONFIG = str(Path(__file__).parents[1] / "configs" / "bert_tiny.py")
+ISSUE_KEYS = (
+    "model.preset",
+    "model.compute_dtype",
+    "data.train_dir",
+    "data.eval_dir",
+    "train.steps",
+    "train.global_batch_size",
+    "train.seed",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "optim.name",
+    "optim.peak_lr",
+    "optim.warmup_steps",
+    "mesh.data",
+    "mesh.fsdp",
+    "mesh.tensor",
+)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """256 training and 40 eval examples of 32 tokens, vocabulary 512."""
+    root = tmp_path_factory.mktemp("train_e2e")
+    path = synthetic_dataset(root / "data", 256, 32, vocab_size=512, shard_size=100)
+    synthetic_dataset(root / "data" / "eval", 40, 32, vocab_size=512, seed=1)
+    return path
+
+
+def train_args(data_dir, workdir, *extra):
+    return [
+        "train",
+        "--config",
+        CONFIG,
+        "--workdir",
+        str(workdir),
+        f"--config.data.train_dir={data_dir}",
+        "--config.train.global_batch_size=16",
+        "--config.model.num_hidden_layers=1",
+        *extra,
+    ]
+
+
+def test_every_pretraining_key_exists_and_overrides_are_typed():
+    config = config_lib.load_config(
+        CONFIG, ["train.steps=20", "optim.peak_lr=2e-4", "train.nsp=false", "mesh.data=-1"]
+    )
+    keys = config_lib.flat_keys(config)
+    assert set(ISSUE_KEYS) <= set(keys) and "logical_axis_rules" in keys
+    assert config.train.steps == 20 and config.optim.peak_lr == 2e-4 and config.train.nsp is False
+    assert config_lib.load_config(CONFIG + ":mini").model.preset == "mini"
+
+
+@pytest.mark.slow
+def test_cli_trains_evaluates_and_writes_metrics(data_dir, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    code = cli.main(
+        train_args(
+            data_dir,
+            workdir,
+            "--config.train.steps=6",
+            "--config.train.log_every=2",
+            "--config.train.eval_every=3",
+            "--config.mesh.fsdp",
+            "2",
+            "--config.train.grad_accum_steps=2",
+        )
+    )
+    assert code == 0, capsys.readouterr().err
+    records = read_metrics(workdir)
+    train = [r for r in records if r["split"] == "train"]
+    evals = [r for r in records if r["split"] == "eval"]
+    assert [r["step"] for r in train] == [2, 3, 4, 6]  # log steps, plus every eval step
+    assert [r["step"] for r in evals] == [3, 6]
+    for r in train:
+        for key in (
+            "loss",
+            "mlm_loss",
+            "mlm_accuracy",
+            "nsp_loss",
+            "nsp_accuracy",
+            "learning_rate",
+            "grad_norm",
+            "tokens_per_s",
+        ):
+            assert np.isfinite(r[key]), key
+    for key in ("eval_loss", "eval_mlm_accuracy", "eval_nsp_accuracy"):
+        assert np.isfinite(evals[-1][key])
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["train"]["steps"] == 6 and saved["mesh"]["fsdp"] == 2
+    assert "mesh data=4, fsdp=2, tensor=1 over 8 cpu devices" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--config.optim.peak_rl=1e-4"], "did you mean --config.optim.peak_lr?"),
+        (["--config.train.steps=many"], "--config.train.steps=many: expected an integer"),
+        (["--config.train.nsp=maybe"], "expected true or false"),
+        (
+            ["--config.model.vocab_size=500"],
+            "model.vocab_size=500 differs from the vocabulary size 512 of the tokenizer",
+        ),
+        (
+            ["--config.model.max_position_embeddings=16"],
+            "has max_seq_len 32, above the model's max_position_embeddings=16",
+        ),
+        (
+            ["--config.mesh.data=3"],
+            "mesh: axis sizes data=3 x fsdp=1 x tensor=1 multiply to 3, but there are 8 devices",
+        ),
+        (["--config.train.global_batch_size=12"], "not divisible by the data-parallel size"),
+        (
+            [
+                "--config.mesh.tensor=2",
+                "--config.model.vocab_size=0",
+                "--config.model.hidden_size=96",
+                "--config.model.num_attention_heads=3",
+            ],
+            "cannot be split 2 ways",
+        ),
+        (["--config.optim.name=sgd"], "optim.name='sgd': expected one of"),
+        (["--config.data.eval_dir=/nonexistent"], "evaluation dataset /nonexistent does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_error_before_compiling(data_dir, tmp_path, capsys, extra, message):
+    code = cli.main(train_args(data_dir, tmp_path / "run", *extra))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_config_file_and_train_dir(tmp_path, capsys):
+    assert cli.main(["train", "--config", str(tmp_path / "nope.py"), "--workdir", "w"]) == 2
+    assert "nope.py does not exist" in capsys.readouterr().err
+    assert cli.main(["train", "--config", CONFIG, "--workdir", str(tmp_path)]) == 2
+    assert "data.train_dir is not set" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_run_naming_the_step(data_dir, tmp_path, capsys):
+    # A learning rate of 1e30 turns the parameters into ~1e30 after one step: the loss of
+    # the second step overflows.
+    code = cli.main(
+        train_args(
+            data_dir,
+            tmp_path / "run",
+            "--config.train.steps=8",
+            "--config.train.log_every=1",
+            "--config.train.eval_every=0",
+            "--config.optim.peak_lr=1e30",
+            "--config.optim.warmup_steps=0",
+        )
+    )
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "error: loss is nan at step 2" in err or "error: loss is inf at step 2" in err, err
+    steps = [r["step"] for r in read_metrics(tmp_path / "run")]
+    assert steps == [1, 2]  # nothing logged after the divergence
