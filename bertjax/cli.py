@@ -11,6 +11,14 @@ import sys
 
 # subcommand module, in the order `bertjax --help` lists them.
 SUBCOMMAND_MODULES = (
+    "bertjax.data.tokenizer_cli",
+    "bertjax.data.prepare",
+    "bertjax.bench",
+    "bertjax.data.batches_cli",
+    "bertjax.train.loop",
+    "bertjax.export",
+    "bertjax.demo",
+    "bertjax.plot",
 )
 
 
@@ -43,4 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m bertjax.cli`, this file is `__main__`, a second copy of the module whose
+    # UserError is not the one library code raises: go through the imported module.
+    from bertjax import cli as _cli
+
+    sys.exit(_cli.main())

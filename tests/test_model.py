@@ -241,3 +241,32 @@ def test_unknown_config_keys_are_errors():
         bert_model.preset_config("huge")
     with pytest.raises(ValueError, match="not divisible"):
         bert_model.preset_config("tiny", num_attention_heads=3)
+
+
+def test_loss_parity_with_transformers(hf_folder):
+    """Our MLM+NSP loss (gathered positions, weights) equals HF's with the same labels."""
+    from bertjax.train import losses
+
+    kwargs, torch_model, folder = hf_folder
+    ids, segments, mask = random_batch(kwargs)
+    positions = np.array([[1, 4, 6, 0], [2, 3, 8, 0], [1, 2, 4, 0]])  # last slot is padding
+    weights = np.array([[1, 1, 1, 0]] * 3, np.float32)
+    masked_ids = np.random.default_rng(3).integers(0, kwargs["vocab_size"], positions.shape)
+    nsp_labels = np.array([0, 1, 1])
+    hf_labels = np.full(ids.shape, -100)
+    for b in range(ids.shape[0]):
+        for p, w, t in zip(positions[b], weights[b], masked_ids[b]):
+            if w:
+                hf_labels[b, p] = t
+    with torch.no_grad():
+        ref = torch_model(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(segments),
+                          attention_mask=torch.tensor(mask), labels=torch.tensor(hf_labels),
+                          next_sentence_label=torch.tensor(nsp_labels)).loss.item()
+    loaded = hf.load_pretrained(folder)
+    out = bert_model.BertForPreTraining(loaded.config).apply(
+        {"params": loaded.params}, jnp.asarray(ids), jnp.asarray(segments), jnp.asarray(mask),
+        masked_lm_positions=jnp.asarray(positions))
+    batch = {"masked_lm_ids": jnp.asarray(masked_ids), "masked_lm_weights": jnp.asarray(weights),
+             "next_sentence_labels": jnp.asarray(nsp_labels)}
+    ours = losses.metrics_from_sums(losses.pretraining_sums(out.mlm_logits, out.nsp_logits, batch))
+    assert abs(float(ours["loss"]) - ref) <= 1e-5 * max(1.0, abs(ref)), (float(ours["loss"]), ref)

@@ -357,6 +357,16 @@ def build_demo_corpus(
 
 
 if __name__ == "__main__":
-    # `python -m bertjax.data.demo_corpus OUT_DIR [PACKAGE...]`: build and print the counts.
-    result = build_demo_corpus(sys.argv[1], packages=sys.argv[2:], log=print)
-    print({k: v for k, v in result.items() if k != "paths"})
+    # `python -m bertjax.data.demo_corpus OUT_DIR [PACKAGE...] [--max-documents N]`: build it and
+    # print the counts as JSON on the last line (what `bertjax demo` reads).
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Build the offline demo corpus.")
+    parser.add_argument("out_dir")
+    parser.add_argument("packages", nargs="*", help="also read these installed packages' docs")
+    parser.add_argument("--max-documents", type=int, default=None)
+    cli_args = parser.parse_args()
+    result = build_demo_corpus(cli_args.out_dir, cli_args.max_documents,
+                               packages=cli_args.packages)
+    print(json.dumps({k: v for k, v in result.items() if k != "paths"}))

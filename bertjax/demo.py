@@ -1,0 +1,168 @@
+"""`bertjax demo`: the whole product on a laptop with no network, in one command.
+
+corpus (the Python standard library's own docs) -> WordPiece tokenizer -> 128-token shards with a
+held-out split -> bert-tiny pretraining with evaluation before and after -> checkpoint,
+HuggingFace export, metrics.jsonl, TensorBoard events and a PNG of the curves, in one workdir.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bertjax.cli import UserError
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TABLE_ROWS = ("mlm_accuracy", "nsp_accuracy", "mlm_loss", "nsp_loss", "loss", "mlm_perplexity")
+
+
+def register(subparsers) -> None:
+    """Adds `demo` to the `bertjax` command."""
+    p = subparsers.add_parser(
+        "demo", help="build an offline corpus and pretrain a tiny BERT on it, end to end",
+        description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default="demo_workdir", help="where everything is written")
+    p.add_argument("--corpus", choices=("stdlib", "wikitext"), default="stdlib",
+                   help="stdlib: offline, from this Python's docs; wikitext: via `datasets`")
+    p.add_argument("--steps", type=int, default=600, help="pretraining steps")
+    p.add_argument("--max-documents", type=int, default=None,
+                   help="cap the corpus (shortened demos and tests)")
+    p.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary size")
+    p.add_argument("--held-out", type=int, default=512, help="eval instances")
+    p.add_argument("--config", default=str(REPO_CONFIGS / "bert_tiny.py"),
+                   help="training config (model and optimizer of the demo)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Entry point of `bertjax demo`."""
+    summary = run_demo(args.workdir, corpus=args.corpus, steps=args.steps,
+                       max_documents=args.max_documents, vocab_size=args.vocab_size,
+                       held_out=args.held_out, config_path=args.config)
+    print(format_table(summary))
+    return 0
+
+
+def _say(msg: str) -> None:
+    print(f"bertjax demo: {msg}", flush=True)
+
+
+def build_corpus(out_dir: Path, corpus: str, max_documents: int | None) -> list[Path]:
+    """Corpus files in BERT format; reused when a previous demo already built them."""
+    done = out_dir / "DONE.json"
+    if done.exists() and json.loads(done.read_text()).get("max_documents") == max_documents:
+        return sorted(out_dir.glob("*.txt"))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if corpus == "wikitext":
+        from bertjax.data.wikitext import build_wikitext_corpus
+
+        stats = build_wikitext_corpus(out_dir, max_documents)
+    else:
+        # A child process: building imports hundreds of stdlib modules to read their
+        # docstrings, which the training process is better without.
+        cmd = [sys.executable, "-m", "bertjax.data.demo_corpus", str(out_dir)]
+        if max_documents:
+            cmd += ["--max-documents", str(max_documents)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise UserError(f"building the demo corpus failed: {proc.stderr.strip()[-500:]}")
+        stats = json.loads(proc.stdout.strip().splitlines()[-1])
+    _say(f"corpus: {stats['documents']} documents, {stats['sentences']} sentences, "
+         f"{stats['words']} words in {out_dir}")
+    done.write_text(json.dumps({"max_documents": max_documents, **{
+        k: stats[k] for k in ("documents", "sentences", "words")}}))
+    return sorted(out_dir.glob("*.txt"))
+
+
+def build_tokenizer(files: list[Path], out_dir: Path, vocab_size: int):
+    """A WordPiece vocabulary trained on the corpus (reused when already there)."""
+    from bertjax.data.tokenizer import load_tokenizer, train_wordpiece
+
+    if (out_dir / "vocab.txt").exists():
+        return load_tokenizer(out_dir)
+
+    def lines():
+        for f in files:
+            with open(f, encoding="utf-8") as fh:
+                yield from (line for line in fh if line.strip())
+
+    tok = train_wordpiece(lines(), vocab_size, out_dir)
+    _say(f"tokenizer: WordPiece, {tok.vocab_size} tokens in {out_dir}")
+    return tok
+
+
+def build_dataset(files: list[Path], tokenizer, out_dir: Path, held_out: int) -> Path:
+    """128-token sentence-pair shards with a held-out eval split (reused when complete)."""
+    from bertjax.data.corpus import TextCorpus
+    from bertjax.data.pipeline import InstanceOptions, prepare_dataset
+
+    if (out_dir / "manifest.json").exists():
+        return out_dir
+    manifest = prepare_dataset(TextCorpus([str(f) for f in files], "bert", "strict"), tokenizer,
+                               out_dir, InstanceOptions(max_seq_len=128, seed=0, block_docs=200),
+                               held_out=held_out, progress=sys.stderr.isatty())
+    _say(f"dataset: {manifest['num_instances']} training instances (+{held_out} held out) "
+         f"in {out_dir}")
+    return out_dir
+
+
+def run_demo(workdir, *, corpus="stdlib", steps=600, max_documents=None, vocab_size=8000,
+             held_out=512, config_path=None, overrides=()) -> dict:
+    """Runs every stage; returns {before, after, tokens_per_s, paths, seconds}."""
+    from bertjax import export, plot
+    from bertjax.train import config as config_lib, loop
+
+    start = time.perf_counter()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = build_corpus(workdir / "corpus", corpus, max_documents)
+    tokenizer = build_tokenizer(files, workdir / "tokenizer", vocab_size)
+    data_dir = build_dataset(files, tokenizer, workdir / "data", held_out)
+
+    run_dir = workdir / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # the demo always trains afresh
+    config = config_lib.load_config(str(config_path or REPO_CONFIGS / "bert_tiny.py"), [
+        f"--config.data.train_dir={data_dir}", f"--config.train.steps={steps}",
+        f"--config.train.eval_every={steps}", "--config.train.eval_at_start=True",
+        f"--config.train.checkpoint_every={steps}", *overrides])
+    _say(f"pretraining bert-{config.model.preset} for {steps} steps in {run_dir}")
+    history = loop.train(config, run_dir)
+
+    hf_dir = workdir / "hf_export"
+    loaded = export.load_model(run_dir)
+    from bertjax import hf
+
+    hf.write_folder(loaded.params, loaded.model_cfg, hf_dir, loaded.tokenizer_files)
+    png = plot.plot_workdir(run_dir, workdir / "metrics.png")
+    before = _eval_at(history, 0)
+    after = _eval_at(history, steps)
+    train_rows = [h for h in history if "tokens_per_s" in h and h["step"] > 0]
+    tokens_per_s = train_rows[-1]["tokens_per_s"] if train_rows else float("nan")
+    return {
+        "before": before, "after": after, "tokens_per_s": tokens_per_s,
+        "seconds": time.perf_counter() - start,
+        "paths": {"workdir": str(workdir), "checkpoints": str(run_dir / "checkpoints"),
+                  "hf_export": str(hf_dir), "metrics": str(run_dir / "metrics.jsonl"),
+                  "tensorboard": str(run_dir / "tb"), "plot": str(png)},
+    }
+
+
+def _eval_at(history: list[dict], step: int) -> dict:
+    for h in history:
+        if h["step"] == step and any(k.startswith("eval_") for k in h):
+            return {k[len("eval_"):]: v for k, v in h.items() if k.startswith("eval_")}
+    raise RuntimeError(f"no evaluation at step {step} in the run's history")
+
+
+def format_table(summary: dict) -> str:
+    """The before/after table the demo prints."""
+    lines = [f"{'held-out metric':<18}{'before':>12}{'after':>12}"]
+    for key in TABLE_ROWS:
+        if key in summary["before"] and key in summary["after"]:
+            lines.append(f"{key:<18}{summary['before'][key]:>12.4f}{summary['after'][key]:>12.4f}")
+    lines.append(f"{'train tokens/s':<18}{'':>12}{summary['tokens_per_s']:>12.0f}")
+    lines.append(f"wall time {summary['seconds']:.0f} s")
+    lines += [f"{name:<12} {path}" for name, path in summary["paths"].items()]
+    return "\n".join(lines)
