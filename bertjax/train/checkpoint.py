@@ -40,7 +40,8 @@ class Checkpointer:
     def __init__(self, workdir, *, keep: int = 3, keep_every: int | None = None,
                  async_save: bool = True, read_only: bool = False):
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
+            max_to_keep=None if read_only else keep,
+            save_interval_steps=0 if read_only else 1,  # what orbax forces (and warns) otherwise
             keep_period=keep_every or None,
             enable_async_checkpointing=async_save,
             create=not read_only,
@@ -68,7 +69,9 @@ class Checkpointer:
         one was started. The arrays are copied before this returns, so the caller may donate
         `state` to the next step at once."""
         start = time.perf_counter()
-        tree = {"train": state, "rng": jax.random.key_data(rng)}
+        # The key is the same on every process: saved as numpy, since orbax refuses a host-local
+        # jax.Array in a multi-host run.
+        tree = {"train": state, "rng": np.asarray(jax.random.key_data(rng))}
         saved = self._manager.save(
             int(step),
             args=ocp.args.Composite(
@@ -113,9 +116,8 @@ class Checkpointer:
         raise AssertionError("unreachable")
 
     def _restore_step(self, step: int, target):
-        # The rng key data is a small replicated array: restore it as a plain numpy value.
-        rng_meta = jax.ShapeDtypeStruct((2,), np.uint32)
-        target = dict(target, rng=rng_meta)
+        # The rng key data is a small array, identical everywhere: restored as numpy.
+        target = dict(target, rng=np.zeros((2,), np.uint32))
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
