@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "bertjax.bench",
     "bertjax.data.batches_cli",
     "bertjax.train.loop",
+    "bertjax.train.eval_cli",
     "bertjax.export",
     "bertjax.demo",
     "bertjax.plot",

@@ -353,7 +353,12 @@ def evaluate(run: Run, eval_fn, params) -> dict:
         sums = jax.device_get(eval_fn(params, sharding.global_batch(batch, run.mesh)))
         for k, v in sums.items():  # float64 on the host: exact enough over any split
             totals[k] = totals.get(k, 0.0) + float(v)
-    return {k: float(v) for k, v in losses.metrics_from_sums(totals).items()}
+    metrics = {k: float(v) for k, v in losses.metrics_from_sums(totals).items()}
+    metrics["mlm_perplexity"] = math.exp(min(metrics["mlm_loss"], 700.0))  # no overflow
+    metrics["masked_tokens"] = int(round(totals["mlm_weight_sum"]))
+    if "nsp_weight_sum" in totals:
+        metrics["examples"] = int(round(totals["nsp_weight_sum"]))
+    return metrics
 
 
 def open_writer(workdir, total_steps: int, enabled: bool):

@@ -1,0 +1,73 @@
+"""`bertjax eval`: MLM and NSP metrics of a checkpoint (or HF folder) over a whole eval split."""
+
+import json
+from pathlib import Path
+
+import ml_collections
+
+from bertjax.cli import UserError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "bert_tiny.py"
+
+
+def register(subparsers) -> None:
+    """Adds `eval` to the `bertjax` command."""
+    p = subparsers.add_parser(
+        "eval", help="evaluate MLM/NSP loss, accuracy and perplexity on a prepared split",
+        description="Evaluate a checkpoint (or a HuggingFace folder) on every example of a "
+        "prepared dataset once; prints one JSON object.")
+    p.add_argument("--workdir", required=True, help="training workdir, or a HuggingFace folder")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.add_argument("--data", required=True, help="dataset directory (e.g. DATA/eval)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sequences per batch (default: the run's train.eval_batch_size)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Entry point of `bertjax eval`."""
+    print(json.dumps(evaluate_model(args.workdir, args.data, step=args.step,
+                                    batch_size=args.batch_size)))
+    return 0
+
+
+def _run_config(loaded, workdir) -> ml_collections.ConfigDict:
+    """The training config saved with the checkpoint; for an HF folder, the default config."""
+    from bertjax.train import checkpoint, config as config_lib
+
+    if loaded.step is not None:
+        saved = checkpoint.Checkpointer(workdir, read_only=True).restore_config(loaded.step)
+        return ml_collections.ConfigDict(saved["config"])
+    return config_lib.load_config(str(DEFAULT_CONFIG))
+
+
+def evaluate_model(workdir, data_dir, *, step=None, batch_size=None) -> dict:
+    """Metrics of the model in `workdir` over every example of `data_dir` (exactly once)."""
+    import jax
+
+    from bertjax import export, model as model_lib
+    from bertjax.data.shards import open_dataset
+    from bertjax.train import config as config_lib, loop, sharding, step as step_lib
+
+    loaded = export.load_model(workdir, step)
+    config = _run_config(loaded, workdir)
+    try:
+        ds = open_dataset(data_dir)
+    except FileNotFoundError as e:
+        raise UserError(f"--data={data_dir}: {e}") from None
+    config_lib.validate_against_data(config, loaded.model_cfg, ds.max_seq_len, ds.vocab_size,
+                                     f"--data={data_dir}")
+    # Evaluation replicates the parameters and splits batches over every device.
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    config.train.eval_batch_size = batch_size or config.train.eval_batch_size
+    if config.train.eval_batch_size % sharding.data_parallel_size(mesh):
+        raise UserError(f"--batch-size {config.train.eval_batch_size} is not divisible by the "
+                        f"{sharding.data_parallel_size(mesh)} devices")
+    model = model_lib.BertForPreTraining(loaded.model_cfg)
+    replicated = jax.tree.map(lambda _: sharding.replicated(mesh), loaded.params)
+    params = jax.device_put(jax.device_get(loaded.params), replicated)
+    eval_fn = step_lib.jit_eval_step(mesh, sharding.logical_rules(config), replicated,
+                                     model=model, nsp=config.train.nsp)
+    run = loop.Run(config=config, workdir=Path(workdir), mesh=mesh, eval_ds=ds)
+    metrics = loop.evaluate(run, eval_fn, params)
+    return {"model": loaded.source, "data": str(data_dir), **metrics}
