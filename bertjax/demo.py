@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--workdir", default="demo_workdir", help="where everything is written")
     p.add_argument("--corpus", choices=("stdlib", "wikitext"), default="stdlib",
                    help="stdlib: offline, from this Python's docs; wikitext: via `datasets`")
-    p.add_argument("--steps", type=int, default=600, help="pretraining steps")
+    p.add_argument("--steps", type=int, default=300, help="pretraining steps")
     p.add_argument("--max-documents", type=int, default=None,
                    help="cap the corpus (shortened demos and tests)")
     p.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary size")
@@ -108,7 +108,7 @@ def build_dataset(files: list[Path], tokenizer, out_dir: Path, held_out: int) ->
     return out_dir
 
 
-def run_demo(workdir, *, corpus="stdlib", steps=600, max_documents=None, vocab_size=8000,
+def run_demo(workdir, *, corpus="stdlib", steps=300, max_documents=None, vocab_size=8000,
              held_out=512, config_path=None, overrides=()) -> dict:
     """Runs every stage; returns {before, after, tokens_per_s, paths, seconds}."""
     from bertjax import export, plot
@@ -125,7 +125,7 @@ def run_demo(workdir, *, corpus="stdlib", steps=600, max_documents=None, vocab_s
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo always trains afresh
     config = config_lib.load_config(str(config_path or REPO_CONFIGS / "bert_tiny.py"), [
         f"--config.data.train_dir={data_dir}", f"--config.train.steps={steps}",
-        f"--config.train.eval_every={steps}", "--config.train.eval_at_start=True",
+        f"--config.train.eval_every={max(1, steps // 3)}", "--config.train.eval_at_start=True",
         f"--config.train.checkpoint_every={steps}", *overrides])
     _say(f"pretraining bert-{config.model.preset} for {steps} steps in {run_dir}")
     history = loop.train(config, run_dir)
