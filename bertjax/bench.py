@@ -14,6 +14,7 @@ BENCHMARKS = {
     "prepare": "bertjax.data.bench_prepare",  # prepare tokens/s vs raw tokenizer tokens/s
     "loader": "bertjax.data.bench_loader",  # input pipeline sequences/s
     "train": "bertjax.train.bench",  # training step throughput
+    "checkpoint": "bertjax.train.bench_checkpoint",  # save (blocking/total) and restore time
 }
 
 

@@ -1,6 +1,7 @@
 """Orbax checkpoints: round trip, restore onto another mesh, damaged-checkpoint fallback, keep
 policy, and the SIGTERM watcher."""
 
+import json
 import os
 import signal
 
@@ -154,3 +155,14 @@ def test_restore_params_needs_neither_optimizer_nor_mesh(tmp_path):
     assert_trees_equal(jax.device_get(state.params), jax.device_get(params))
     with pytest.raises(FileNotFoundError, match="step 5"):
         checkpoint.Checkpointer(tmp_path, read_only=True).restore_params(step=5)
+
+
+def test_checkpoint_benchmark_reports_size_and_times(capsys):
+    from bertjax import cli
+
+    assert cli.main(["bench", "checkpoint", "--preset", "tiny", "--vocab-size", "128",
+                     "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # params + two Adam moments, float32, barely compressible: about 12 bytes per parameter.
+    assert result["checkpoint_bytes"] > 10 * result["params"]
+    assert 0 < result["save_blocking_s"] <= result["save_total_s"] and result["restore_s"] > 0

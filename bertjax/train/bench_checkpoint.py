@@ -1,0 +1,85 @@
+"""Checkpoint cost of a preset's full train state (params + AdamW moments): size on disk, how
+long training is blocked by an asynchronous save, the full save time, and the restore time."""
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    """The benchmark's options."""
+    parser.add_argument("--preset", default="base", help="model preset (default: base)")
+    parser.add_argument("--vocab-size", type=int, default=30522)
+    parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
+
+
+def _size_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def measure(preset: str, vocab_size: int, directory: Path) -> dict:
+    """Saves and restores one train state of `preset` in `directory`; returns the timings."""
+    import flax.linen as nn
+    import jax
+    import ml_collections
+
+    from bertjax import model as model_lib
+    from bertjax.train import checkpoint, optim, sharding, step as step_lib
+
+    model_cfg = model_lib.preset_config(preset, vocab_size=vocab_size)
+    optim_cfg = ml_collections.ConfigDict(dict(
+        name="adamw", peak_lr=1e-4, warmup_steps=10, schedule="linear", end_lr=0.0, power=1.0,
+        b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=1.0))
+    tx, _ = optim.make_optimizer(optim_cfg, 100)
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    abstract, shardings = step_lib.state_shardings(model_cfg, tx, mesh, ())
+    state = step_lib.create_sharded_state(jax.random.key(0), model_cfg=model_cfg, tx=tx,
+                                          shardings=shardings)
+    # Fresh Adam moments are zeros, which storage compresses to nothing: give them the
+    # incompressible values a trained run has, so size and times are those of a real run.
+    keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state.opt_state))))
+    opt_state = jax.tree.map(
+        lambda x: jax.random.normal(next(keys), x.shape, x.dtype) * 1e-3
+        if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) and x.ndim else x, state.opt_state)
+    state = jax.block_until_ready(state.replace(opt_state=opt_state))
+    ckpt = checkpoint.Checkpointer(directory, async_save=True)
+    start = time.perf_counter()
+    ckpt.save(1, state, jax.random.key(0), {"step": 1}, {"preset": preset})
+    blocked = time.perf_counter() - start
+    ckpt.wait()
+    full_save = time.perf_counter() - start
+    ckpt.close()
+    step_dir = checkpoint.checkpoint_dir(directory) / "1"
+    start = time.perf_counter()
+    restored = checkpoint.Checkpointer(directory, read_only=True).restore(
+        nn.meta.unbox(abstract), shardings)
+    jax.block_until_ready(restored[0])
+    restore = time.perf_counter() - start
+    return {
+        "preset": preset,
+        "params": model_lib.count_params(abstract.params),
+        "checkpoint_bytes": _size_bytes(Path(step_dir)),
+        "save_blocking_s": round(blocked, 3),
+        "save_total_s": round(full_save, 3),
+        "restore_s": round(restore, 3),
+    }
+
+
+def run(args) -> int:
+    """Entry point of `bertjax bench checkpoint`."""
+    directory = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_ckpt_"))
+    try:
+        result = measure(args.preset, args.vocab_size, directory)
+    finally:
+        if not args.dir:
+            shutil.rmtree(directory, ignore_errors=True)
+    mb = result["checkpoint_bytes"] / 2**20
+    print(f"{result['preset']}: {result['params'] / 1e6:.1f}M params, checkpoint {mb:.0f} MiB; "
+          f"training blocked {result['save_blocking_s']:.2f} s per async save, full save "
+          f"{result['save_total_s']:.2f} s, restore {result['restore_s']:.2f} s")
+    if args.json:
+        print(json.dumps(result))
+    return 0
