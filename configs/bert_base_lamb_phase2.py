@@ -29,6 +29,7 @@ def get_config():
     config.train.global_batch_size = 32_768  # 8 GPUs x 4,096 in NVIDIA's script
     config.train.grad_accum_steps = 128  # micro-batches of 256 sequences per step
     config.train.eval_batch_size = 64  # sequences per evaluation batch at length 512
+    config.train.init_opt_state = True  # with --init-from PHASE1_WORKDIR: carry the moments
 
     config.optim.peak_lr = 4e-3  # NVIDIA phase 2 learning_rate
     config.optim.warmup_steps = round(WARMUP_FRACTION * STEPS)  # 200 steps

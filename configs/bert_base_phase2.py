@@ -28,6 +28,7 @@ def get_config():
     config.train.global_batch_size = 256  # the paper keeps the batch at 256 sequences
     config.train.grad_accum_steps = 1  # raise to 2 if 32 x 512 tokens per device do not fit
     config.train.eval_batch_size = 64  # sequences per evaluation batch at length 512
+    config.train.init_opt_state = True  # with --init-from PHASE1_WORKDIR: carry the moments
 
     config.optim.peak_lr = phase1_end_lr  # continue where phase 1 stopped: 1.0101e-5
     config.optim.warmup_steps = 0  # no second warm-up in a continuous schedule

@@ -75,3 +75,21 @@ def test_profiler_writes_a_trace_holding_the_jitted_step(tmp_path):
         e.get("name") for e in json.loads(gzip.decompress(perfetto.read_bytes()))["traceEvents"]
     }
     assert any("tiny_step" in str(name) for name in names)
+
+
+@pytest.mark.slow
+def test_train_profile_steps_writes_a_trace(tmp_path):
+    from pathlib import Path
+
+    from bertjax import cli
+    from bertjax.data.bench_loader import synthetic_dataset
+
+    data = synthetic_dataset(tmp_path / "data", 64, 32, vocab_size=128)
+    workdir = tmp_path / "run"
+    config = str(Path(__file__).parents[1] / "configs" / "bert_tiny.py")
+    assert cli.main(["train", "--config", config, "--workdir", str(workdir),
+                     f"--config.data.train_dir={data}", "--config.train.steps=4",
+                     "--config.train.global_batch_size=16", "--config.train.eval_every=0",
+                     "--config.model.num_hidden_layers=1", "--profile-steps", "2:3"]) == 0
+    traces = list((workdir / "profile").rglob("*.xplane.pb"))
+    assert traces and traces[0].stat().st_size > 0
