@@ -169,7 +169,7 @@ def time_hf(model_cfg, optim_cfg, batch_np, steps: int) -> float:
         if optim_cfg.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(optim_cfg.clip_norm))
         optimizer.step()
-        return float(loss)
+        return loss.detach().item()
 
     for _ in range(2):
         step()
