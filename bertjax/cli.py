@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "bertjax.export",
     "bertjax.demo",
     "bertjax.plot",
+    "bertjax.finetune.train",
 )
 
 

@@ -1,6 +1,8 @@
 """The train state, the pure train and eval steps, and their one-time jit with shardings."""
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -23,29 +25,77 @@ class TrainState:
 
 
 def init_state(
-    rng: jax.Array, *, model_cfg: model_lib.BertConfig, tx: optax.GradientTransformation
+    rng: jax.Array,
+    *,
+    model_cfg: model_lib.BertConfig,
+    tx: optax.GradientTransformation,
+    init_params: Callable = model_lib.init_params,
 ) -> TrainState:
     """A fresh state whose parameters (and the optimizer moments that mirror them) are still
-    boxed with their logical axis names; `nn.meta.unbox` it, or take its partition specs."""
-    params = model_lib.init_params(model_cfg, rng)
+    boxed with their logical axis names; `nn.meta.unbox` it, or take its partition specs.
+
+    `init_params(model_cfg, rng)` makes the boxed parameters: BertForPreTraining's by default,
+    a fine-tuning head model's otherwise.
+    """
+    params = init_params(model_cfg, rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def state_shardings(model_cfg, tx, mesh, rules):
+def state_shardings(model_cfg, tx, mesh, rules, init_params=model_lib.init_params):
     """(abstract boxed state, NamedShardings of the unboxed state), without allocating."""
     abstract = jax.eval_shape(
-        functools.partial(init_state, model_cfg=model_cfg, tx=tx), jax.random.key(0)
+        functools.partial(init_state, model_cfg=model_cfg, tx=tx, init_params=init_params),
+        jax.random.key(0),
     )
     return abstract, sharding.tree_shardings(abstract, mesh, rules)
 
 
-def create_sharded_state(rng, *, model_cfg, tx, shardings) -> TrainState:
+def create_sharded_state(
+    rng, *, model_cfg, tx, shardings, init_params=model_lib.init_params
+) -> TrainState:
     """Initialises the state directly into its shardings: no device ever holds all of it."""
 
     def init(rng):
-        return nn.meta.unbox(init_state(rng, model_cfg=model_cfg, tx=tx))
+        return nn.meta.unbox(init_state(rng, model_cfg=model_cfg, tx=tx, init_params=init_params))
 
     return jax.jit(init, out_shardings=shardings)(rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a step optimises, built from sums over a batch's examples (see losses.py), so
+    that micro-batches, and evaluation batches, add up exactly to the figures of the whole.
+
+    sums(model, params, batch, dropout_rng, deterministic) -> dict of float32 scalar sums
+      (dropout_rng is None when deterministic);
+    denominators(batch) -> what the loss divides by, taken over the whole global batch;
+    loss(sums, denominators) -> the scalar loss (of one micro-batch's sums);
+    metrics(sums) -> dict of metrics (jax arrays or host floats).
+    """
+
+    sums: Callable[..., dict]
+    denominators: Callable[[dict], Any]
+    loss: Callable[[dict, Any], jax.Array]
+    metrics: Callable[[dict], dict]
+
+
+def pretraining_objective(nsp: bool = True) -> Objective:
+    """BERT's loss: MLM cross-entropy weighted by `masked_lm_weights` over their sum, plus
+    the mean NSP cross-entropy when `nsp`."""
+
+    def sums(model, params, batch, dropout_rng, deterministic):
+        return _forward_sums(
+            params, batch, dropout_rng, model=model, nsp=nsp, deterministic=deterministic
+        )
+
+    def denominators(batch):
+        mlm = jnp.sum(batch["masked_lm_weights"]) + losses.MLM_DENOMINATOR_EPS
+        return mlm, batch["input_ids"].shape[0]
+
+    def loss(sums, denominators):
+        return losses.loss_from_sums(sums, *denominators)
+
+    return Objective(sums, denominators, loss, losses.metrics_from_sums)
 
 
 def _forward_sums(params, batch, dropout_rng, *, model, nsp: bool, deterministic: bool):
@@ -89,22 +139,22 @@ def train_step(
     nsp: bool = True,
     deterministic: bool = False,
     micro_sharding=None,
+    objective: Objective | None = None,
 ) -> tuple[TrainState, dict]:
     """One optimizer step on `batch` (the global batch), in `accum_steps` micro-batches.
 
-    The loss is BERT's: MLM cross-entropy weighted by `masked_lm_weights` over their sum,
-    plus the mean NSP cross-entropy. Its denominators are taken over the whole batch
-    first, so the gradients of the K micro-batches add up to the gradient of the whole.
-    Returns the new state and a dict of float32 scalars.
+    The loss is `objective`'s, by default BERT's pretraining loss (`pretraining_objective(nsp)`).
+    Its denominators are taken over the whole batch first, so the gradients of the K
+    micro-batches add up to the gradient of the whole. Returns the new state and a dict of
+    float32 scalars.
     """
+    objective = objective or pretraining_objective(nsp)
     dropout_rng = jax.random.fold_in(rng, state.step)
-    mlm_denominator = jnp.sum(batch["masked_lm_weights"]) + losses.MLM_DENOMINATOR_EPS
-    nsp_denominator = batch["input_ids"].shape[0]
-    forward = functools.partial(_forward_sums, model=model, nsp=nsp, deterministic=deterministic)
+    denominators = objective.denominators(batch)
 
     def loss_fn(params, micro_batch, micro_rng):
-        sums = forward(params, micro_batch, micro_rng)
-        return losses.loss_from_sums(sums, mlm_denominator, nsp_denominator), sums
+        sums = objective.sums(model, params, micro_batch, micro_rng, deterministic)
+        return objective.loss(sums, denominators), sums
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
     if accum_steps == 1:
@@ -126,17 +176,20 @@ def train_step(
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = losses.metrics_from_sums(sums)
+    metrics = objective.metrics(sums)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
 
-def eval_step(params, batch: dict, *, model: nn.Module, nsp: bool = True) -> dict:
+def eval_step(
+    params, batch: dict, *, model: nn.Module, nsp: bool = True, objective: Objective | None = None
+) -> dict:
     """Loss and accuracy *sums* over one evaluation batch (dropout off); the caller adds
-    them over the split and finishes with `losses.metrics_from_sums`."""
-    return _forward_sums(params, batch, None, model=model, nsp=nsp, deterministic=True)
+    them over the split and finishes with `objective.metrics` (`losses.metrics_from_sums`)."""
+    objective = objective or pretraining_objective(nsp)
+    return objective.sums(model, params, batch, None, True)
 
 
 # The model's `nn.with_logical_constraint` calls on activations only act when a mesh is in
@@ -162,10 +215,20 @@ def _under_rules(fn, mesh, rules):
 
 
 def jit_train_step(
-    mesh, rules, shardings, *, model, tx, schedule, accum_steps=1, nsp=True, deterministic=False
+    mesh,
+    rules,
+    shardings,
+    *,
+    model,
+    tx,
+    schedule,
+    accum_steps=1,
+    nsp=True,
+    deterministic=False,
+    objective=None,
 ):
     """`train_step` compiled once for `mesh`: state in `shardings` (donated), batch split
-    over the batch axes, rng and metrics replicated."""
+    over the batch axes, rng and metrics replicated. `objective`: see `train_step`."""
     fn = functools.partial(
         train_step,
         model=model,
@@ -175,6 +238,7 @@ def jit_train_step(
         nsp=nsp,
         deterministic=deterministic,
         micro_sharding=sharding.micro_batch_sharding(mesh),
+        objective=objective,
     )
     fn = _under_rules(fn, mesh, rules)
     repl = sharding.replicated(mesh)
@@ -186,9 +250,10 @@ def jit_train_step(
     )
 
 
-def jit_eval_step(mesh, rules, param_shardings, *, model, nsp=True):
+def jit_eval_step(mesh, rules, param_shardings, *, model, nsp=True, objective=None):
     """`eval_step` compiled for `mesh`: parameters as trained, batch split, sums replicated."""
-    fn = _under_rules(functools.partial(eval_step, model=model, nsp=nsp), mesh, rules)
+    fn = functools.partial(eval_step, model=model, nsp=nsp, objective=objective)
+    fn = _under_rules(fn, mesh, rules)
     return jax.jit(
         fn,
         in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
