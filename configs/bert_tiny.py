@@ -9,6 +9,8 @@ Every pretraining config has these keys, so scripts drive any of them the same w
 
 import ml_collections
 
+from bertjax.train.sharding import DEFAULT_LOGICAL_AXIS_RULES
+
 
 def get_config(preset=None):
     """The config; `preset` overrides model.preset (e.g. "mini")."""
@@ -79,19 +81,6 @@ def get_config(preset=None):
         tensor=1,  # split heads, MLP and vocabulary dimensions of each matmul
     )
 
-    # Logical axis -> mesh axes, first match wins. "batch" comes first so that activations
-    # keep it on ('data', 'fsdp') and "embed" falls back to unsplit on them; parameters
-    # (which have no batch axis) get "embed" split over 'fsdp'.
-    config.logical_axis_rules = (
-        ("batch", ("data", "fsdp")),
-        ("embed", "fsdp"),
-        ("mlp", "tensor"),
-        ("heads", "tensor"),
-        ("vocab", "tensor"),
-        ("kv", None),
-        ("length", None),
-        ("position", None),
-        ("segment", None),
-        ("embed_out", None),
-    )
+    # Logical axis -> mesh axes, first match wins (bertjax/train/sharding.py explains them).
+    config.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
     return config

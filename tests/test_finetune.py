@@ -111,7 +111,7 @@ def read_submission(path: Path) -> tuple[list[int], list[str]]:
 
 def test_rules_are_the_pretraining_configs():
     config = config_lib.load_config(CONFIG)
-    assert sharding.logical_rules(config) == ft.LOGICAL_AXIS_RULES
+    assert sharding.logical_rules(config) == sharding.DEFAULT_LOGICAL_AXIS_RULES
 
 
 def test_head_reuses_bert_and_names_its_axes():

@@ -19,18 +19,6 @@ from bertjax.cli import UserError
 PAPER_LEARNING_RATES = (2e-5, 3e-5, 5e-5)  # BERT paper, section A.3 (batch 32, 3 epochs)
 # The default logical-axis rules of configs/bert_tiny.py (and every pretraining config);
 # tests check the two agree.
-LOGICAL_AXIS_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("kv", None),
-    ("length", None),
-    ("position", None),
-    ("segment", None),
-    ("embed_out", None),
-)
 INPUT_KEYS = ("input_ids", "input_mask", "segment_ids")
 RESULTS_FILE = "eval_results.json"
 
@@ -370,7 +358,7 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
     tx, schedule = optim.make_optimizer(optim_cfg, total)
     init_params = functools.partial(heads.init_params, num_labels=task.num_labels)
     abstract, shardings = step_lib.state_shardings(
-        model_cfg, tx, mesh, LOGICAL_AXIS_RULES, init_params
+        model_cfg, tx, mesh, sharding.DEFAULT_LOGICAL_AXIS_RULES, init_params
     )
     sharding.check_divisible(abstract, shardings)
     ckpt = checkpoint.Checkpointer(workdir, keep=1)
@@ -392,7 +380,7 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
     model = heads.BertForSequenceClassification(model_cfg, task.num_labels)
     train_fn = step_lib.jit_train_step(
         mesh,
-        LOGICAL_AXIS_RULES,
+        sharding.DEFAULT_LOGICAL_AXIS_RULES,
         shardings,
         model=model,
         tx=tx,

@@ -17,6 +17,21 @@ from bertjax.cli import UserError
 MESH_AXES = ("data", "fsdp", "tensor")
 # The batch dimension is split over both batch-parallel axes.
 BATCH_AXES = ("data", "fsdp")
+# Logical axis -> mesh axes, first match wins: the default of every config. "batch" comes first
+# so that activations keep it on ('data', 'fsdp') and "embed" falls back to unsplit on them;
+# parameters (which have no batch axis) get "embed" split over 'fsdp'.
+DEFAULT_LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+    ("position", None),
+    ("segment", None),
+    ("embed_out", None),
+)
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
