@@ -166,3 +166,14 @@ def test_checkpoint_benchmark_reports_size_and_times(capsys):
     # params + two Adam moments, float32, barely compressible: about 12 bytes per parameter.
     assert result["checkpoint_bytes"] > 10 * result["params"]
     assert 0 < result["save_blocking_s"] <= result["save_total_s"] and result["restore_s"] > 0
+
+
+def test_a_relative_workdir_works(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    setup = make_setup(data=8)
+    state = trained_state(setup, steps=0)
+    ckpt = checkpoint.Checkpointer("runs/relative", async_save=False)
+    ckpt.save(1, state, jax.random.key(0), {"step": 1}, {})
+    ckpt.close()
+    assert (tmp_path / "runs" / "relative" / "checkpoints" / "1").is_dir()
+    assert checkpoint.Checkpointer("runs/relative", read_only=True).all_steps() == [1]

@@ -11,9 +11,10 @@ from bertjax.train.report import read_metrics
 
 
 @pytest.mark.slow
-def test_short_demo_end_to_end(tmp_path, capsys):
+def test_short_demo_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --workdir, as `make demo` passes
     workdir = tmp_path / "demo"
-    assert cli.main(["demo", "--workdir", str(workdir), "--max-documents", "400",
+    assert cli.main(["demo", "--workdir", "demo", "--max-documents", "400",
                      "--steps", "45", "--vocab-size", "3000", "--held-out", "96"]) == 0
     out = capsys.readouterr().out
     table = {line.split()[0]: line.split()[1:] for line in out.splitlines()

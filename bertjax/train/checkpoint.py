@@ -8,6 +8,7 @@ skipped with a warning in favour of the one before it.
 """
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 
 def checkpoint_dir(workdir) -> epath.Path:
     """Where a workdir keeps its checkpoints (local path, gs://, anything etils.epath opens)."""
+    workdir = str(workdir)
+    if "://" not in workdir:
+        # orbax refuses relative paths (`--workdir runs/x` is the common case).
+        workdir = os.path.abspath(workdir)
     return epath.Path(workdir) / "checkpoints"
 
 
