@@ -82,9 +82,26 @@ def test_small_corpus_format_and_determinism(tmp_path):
     assert sum(len(s.split()) for d in docs for s in d) == first["words"]
     assert all(line.strip() == line and line for d in docs for line in d)
     assert all(sum(len(s.split()) for s in d) >= demo_corpus.MIN_DOCUMENT_WORDS for d in docs)
-    # Topics come first: the "assert" statement is the first pydoc topic.
-    assert docs[0][0].startswith("Assert statements are a convenient way")
     assert first["texts_read"]["pydoc topics"] == 79 or sys.version_info[:2] != (3, 11)
+
+
+def test_documents_are_written_in_a_seeded_random_order(tmp_path):
+    """Source order puts the 79 pydoc topics first, and `prepare --held-out` holds out the
+    first documents: shuffled, the topics spread over the whole corpus."""
+    ordered = demo_corpus.build_demo_corpus(tmp_path / "o", 300, num_files=1, shuffle_seed=None)
+    shuffled = demo_corpus.build_demo_corpus(tmp_path / "s", 300, num_files=1)
+    other = demo_corpus.build_demo_corpus(tmp_path / "t", 300, num_files=1, shuffle_seed=1)
+    in_order, docs, docs_other = (
+        _documents(r["paths"]) for r in (ordered, shuffled, other)
+    )
+    # The "assert" statement is the first pydoc topic.
+    assert in_order[0][0].startswith("Assert statements are a convenient way")
+    assert sorted(map(tuple, docs)) == sorted(map(tuple, in_order))  # same documents
+    assert docs != in_order and docs != docs_other
+    topics = {tuple(d) for d in in_order[:79]}
+    positions = [i for i, d in enumerate(docs) if tuple(d) in topics]
+    assert len(positions) == 79 and positions[-1] > 150  # not all at the front
+    assert sum(p < 79 for p in positions) < 40
 
 
 def test_rebuild_replaces_files_of_an_earlier_run(tmp_path):

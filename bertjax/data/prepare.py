@@ -101,7 +101,8 @@ def register(subparsers) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="N instances from held-out documents into DIR/eval",
+        help="N instances from held-out documents into DIR/eval: the first documents of the "
+        "input, so shuffle documents whose order is not random (sorted by topic or source)",
     )
     p.add_argument(
         "--block-docs",
