@@ -2,6 +2,7 @@
 policy, and the SIGTERM watcher."""
 
 import json
+import logging
 import os
 import signal
 
@@ -126,6 +127,17 @@ def test_keep_last_n_plus_every_mth(tmp_path):
         ckpt.save(s, state, jax.random.key(0), {"step": s}, {})
     ckpt.close()
     assert checkpoint.Checkpointer(tmp_path, read_only=True).all_steps() == [4, 8, 9]
+
+
+def test_reading_a_run_does_not_warn_that_it_is_read_only(tmp_path, caplog):
+    """Orbax warns on every read-only manager; export/eval/plot read runs by design."""
+    checkpoint.Checkpointer(tmp_path, async_save=False).close()
+    with caplog.at_level(logging.INFO):
+        checkpoint.Checkpointer(tmp_path, read_only=True).all_steps()
+        logging.getLogger("absl").warning("Given directory is read only=x (after: not dropped)")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("read only=" + str(tmp_path) in m for m in messages), messages
+    assert "Given directory is read only=x (after: not dropped)" in messages
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path):

@@ -7,6 +7,7 @@ checkpoint as the latest one; a committed checkpoint that fails to restore (dama
 skipped with a warning in favour of the one before it.
 """
 
+import contextlib
 import logging
 import os
 import signal
@@ -30,6 +31,27 @@ def checkpoint_dir(workdir) -> epath.Path:
         # orbax refuses relative paths (`--workdir runs/x` is the common case).
         workdir = os.path.abspath(workdir)
     return epath.Path(workdir) / "checkpoints"
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def _without_absl_warning(prefix: str):
+    """Drops absl log records starting with `prefix` while the block runs."""
+    absl_logger = logging.getLogger("absl")
+    drop = _DropMessage(prefix)
+    absl_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(drop)
 
 
 class Checkpointer:
@@ -56,8 +78,11 @@ class Checkpointer:
         # Handlers named up front, so a fresh manager can read metadata before any save.
         handlers = {"state": ocp.StandardCheckpointHandler(),
                     "loader": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_handlers=handlers)
+        with _without_absl_warning("Given directory is read only"):
+            # Orbax warns on every read-only manager; reading a run (export, eval, plot)
+            # is read-only by design, not a problem the user should be told about.
+            self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                                  item_handlers=handlers)
         self.last_save_blocking_s = 0.0  # how long the last save() held up the caller
 
     def all_steps(self) -> list[int]:
