@@ -14,33 +14,13 @@ import pytest
 from bertjax.cli import UserError
 from bertjax.model import abstract_params, count_params
 from bertjax.train import optim
-from bertjax.train.config import flat_keys, load_config, validate
+from bertjax.train.config import REQUIRED_KEYS, flat_keys, load_config, validate
 from bertjax.train.loop import model_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))
 VOCAB = 30522  # bert-base-uncased's vocab.txt
 
-# The keys every pretraining config has (issue 5), so scripts can drive any of them.
-REQUIRED_KEYS = (
-    "model.preset",
-    "model.compute_dtype",
-    "data.train_dir",
-    "data.eval_dir",
-    "train.steps",
-    "train.global_batch_size",
-    "train.seed",
-    "train.log_every",
-    "train.eval_every",
-    "train.checkpoint_every",
-    "optim.name",
-    "optim.peak_lr",
-    "optim.warmup_steps",
-    "mesh.data",
-    "mesh.fsdp",
-    "mesh.tensor",
-    "logical_axis_rules",
-)
 # BertForPreTraining with vocab 30522 (the same count as HF's); the paper rounds to 110M/340M.
 PAPER_PARAMS = {"base": 110_106_428, "large": 336_226_108}
 
@@ -75,6 +55,15 @@ def test_configs_are_found():
         "bert_large_lamb_phase2.py",
         "bert_budget.py",
     } <= names
+
+
+def test_a_config_without_a_required_key_is_named_before_anything_runs():
+    config = load("bert_tiny.py")
+    with config.unlocked():
+        del config.train["eval_every"]
+        del config.mesh["fsdp"]
+    with pytest.raises(UserError, match=r"lacks train.eval_every, mesh.fsdp: every pretraining"):
+        validate(config, num_devices=1)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -16,6 +16,26 @@ OVERRIDE_PREFIX = "--config."
 OPTIMIZERS = ("adamw", "lamb")
 SCHEDULES = ("linear", "polynomial", "cosine")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# Keys every pretraining config has, so that scripts drive any of them the same way.
+REQUIRED_KEYS = (
+    "model.preset",
+    "model.compute_dtype",
+    "data.train_dir",
+    "data.eval_dir",
+    "train.steps",
+    "train.global_batch_size",
+    "train.seed",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "optim.name",
+    "optim.peak_lr",
+    "optim.warmup_steps",
+    "mesh.data",
+    "mesh.fsdp",
+    "mesh.tensor",
+    "logical_axis_rules",
+)
 
 
 def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
@@ -189,6 +209,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     """Checks what can be checked before any data is read or anything compiled."""
     from bertjax.train import sharding  # local: sharding imports jax
 
+    keys = set(flat_keys(config))
+    missing = [k for k in REQUIRED_KEYS if k not in keys]
+    if missing:
+        raise UserError(f"the config lacks {', '.join(missing)}: every pretraining config "
+                        "has these keys (start from configs/bert_tiny.py)")
     if config.model.compute_dtype not in COMPUTE_DTYPES:
         raise UserError(
             f"model.compute_dtype={config.model.compute_dtype!r}: expected one of {COMPUTE_DTYPES}"
