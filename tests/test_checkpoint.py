@@ -8,20 +8,19 @@ import signal
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 import pytest
+from helpers import optim_config
 
 from bertjax import model as model_lib
-from bertjax.train import checkpoint, optim, sharding, step as step_lib
+from bertjax.train import checkpoint, optim, sharding
+from bertjax.train import step as step_lib
 
 RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
          ("vocab", "tensor"))
 MODEL_CFG = model_lib.preset_config("tiny", vocab_size=96, max_position_embeddings=32,
                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-OPTIM_CFG = ml_collections.ConfigDict(dict(
-    name="adamw", peak_lr=1e-3, warmup_steps=2, schedule="linear", end_lr=0.0, power=1.0,
-    b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=1.0))
+OPTIM_CFG = optim_config(warmup_steps=2)
 
 
 def make_setup(data, fsdp=1, tensor=1, num_devices=8):

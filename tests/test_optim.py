@@ -2,31 +2,18 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 from flax import linen as nn
+from helpers import optim_config
 
 from bertjax import model as model_lib
 from bertjax.train import optim
 
 
 def optim_cfg(**overrides):
-    cfg = dict(
-        name="adamw",
-        peak_lr=1e-3,
-        warmup_steps=10,
-        schedule="linear",
-        end_lr=0.0,
-        power=1.0,
-        b1=0.9,
-        b2=0.999,
-        eps=1e-6,
-        weight_decay=0.01,
-        clip_norm=1.0,
-    )
-    return ml_collections.ConfigDict(cfg | overrides)
+    return optim_config(**{"warmup_steps": 10} | overrides)
 
 
 @pytest.fixture(scope="module")

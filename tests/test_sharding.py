@@ -2,9 +2,9 @@
 losses on every mesh (data-parallel, FSDP, tensor-parallel, one device)."""
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
+from helpers import optim_config
 from jax.sharding import PartitionSpec as P
 
 from bertjax import model as model_lib
@@ -27,21 +27,7 @@ MODEL_CFG = model_lib.preset_config(
     hidden_dropout_prob=0.0,
     attention_probs_dropout_prob=0.0,
 )
-OPTIM_CFG = ml_collections.ConfigDict(
-    dict(
-        name="adamw",
-        peak_lr=1e-3,
-        warmup_steps=3,
-        schedule="linear",
-        end_lr=0.0,
-        power=1.0,
-        b1=0.9,
-        b2=0.999,
-        eps=1e-6,
-        weight_decay=0.01,
-        clip_norm=1.0,
-    )
-)
+OPTIM_CFG = optim_config(warmup_steps=3)
 
 
 def mesh_of(data, fsdp=1, tensor=1):

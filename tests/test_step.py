@@ -5,10 +5,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import linen as nn
+from helpers import optim_config
 
 from bertjax import model as model_lib
 from bertjax.train import losses, optim, sharding
@@ -22,21 +22,7 @@ RULES = (
     ("vocab", "tensor"),
 )
 VOCAB, LENGTH = 96, 16
-OPTIM_CFG = ml_collections.ConfigDict(
-    dict(
-        name="adamw",
-        peak_lr=1e-3,
-        warmup_steps=0,
-        schedule="linear",
-        end_lr=0.0,
-        power=1.0,
-        b1=0.9,
-        b2=0.999,
-        eps=1e-6,
-        weight_decay=0.01,
-        clip_norm=1.0,
-    )
-)
+OPTIM_CFG = optim_config(warmup_steps=0)
 
 
 def model_cfg(dropout=0.0, **overrides):

@@ -1,0 +1,17 @@
+"""Small builders shared by several test modules."""
+
+from pathlib import Path
+
+import ml_collections
+
+from bertjax.train.config import load_config
+
+TINY_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "bert_tiny.py")
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+    """configs/bert_tiny.py's optimizer section (BERT's AdamW settings) with `overrides`."""
+    optim = load_config(TINY_CONFIG).optim
+    with optim.unlocked():
+        optim.update(overrides)
+    return optim
