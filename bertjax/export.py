@@ -49,11 +49,11 @@ def is_checkpoint_dir(path) -> bool:
 def load_model(path, step: int | None = None) -> LoadedModel:
     """Loads a model from a training workdir (newest checkpoint, or `step`) or an HF folder."""
     from bertjax import hf, model as model_lib
-    from bertjax.train import checkpoint
+    from bertjax.train import checkpoint, workdir_io
 
     path = str(path)
     if not is_checkpoint_dir(path):
-        if not Path(path, hf.CONFIG_NAME).is_file():
+        if not (workdir_io.path(path) / hf.CONFIG_NAME).is_file():
             raise UserError(f"{path} is neither a training workdir with checkpoints (no "
                             f"{checkpoint.checkpoint_dir(path)}/<step>) nor a HuggingFace "
                             f"folder (no {hf.CONFIG_NAME})")

@@ -1,11 +1,12 @@
 """`bertjax plot`: training and evaluation curves from a workdir's metrics.jsonl, in one image."""
 
 import argparse
+import io
 import pathlib
 from collections.abc import Sequence
 
 from bertjax.cli import UserError
-from bertjax.train import report
+from bertjax.train import report, workdir_io
 
 # (title, y-axis label, train key, eval key or None, smooth); one panel each, in reading order.
 PANELS = (
@@ -127,17 +128,22 @@ def load_records(workdir: str | pathlib.Path) -> list[dict]:
     return records
 
 
-def plot_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path:
-    """Draws the workdir's curves into `out` (format from the extension, e.g. .png)."""
+def plot_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path):
+    """Draws the workdir's curves into `out` (format from the extension, e.g. .png); either may
+    be local or a URL (gs://...). Returns the path written."""
     records = load_records(workdir)
     last = max(r["step"] for r in records)
-    fig = build_figure(records, title=f"{pathlib.Path(workdir).resolve().name}: step {last}")
-    out = pathlib.Path(out)
+    wd = workdir_io.path(workdir)
+    name = wd.name if workdir_io.is_remote(workdir) else wd.resolve().name
+    fig = build_figure(records, title=f"{name}: step {last}")
+    out = workdir_io.path(out)
     fmt = out.suffix.lstrip(".").lower()
     if fmt not in fig.canvas.get_supported_filetypes():
         raise UserError(f"--out {out} has an unsupported extension; use .png (or .svg, .pdf)")
+    image = io.BytesIO()  # rendered here, written in one go: the same for a file and an object
+    fig.savefig(image, format=fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    out.write_bytes(image.getvalue())
     return out
 
 
@@ -155,6 +161,6 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs `bertjax plot`."""
-    out = plot_workdir(args.workdir, args.out or pathlib.Path(args.workdir) / "metrics.png")
+    out = plot_workdir(args.workdir, args.out or workdir_io.path(args.workdir) / "metrics.png")
     print(f"wrote {out}")
     return 0

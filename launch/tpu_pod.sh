@@ -195,7 +195,7 @@ case $subcommand in
     install="command -v uv >/dev/null || curl -LsSf $UV_INSTALLER | sh"
     install+=" && export PATH=\$HOME/.local/bin:\$PATH"
     install+=" && { [ -x $REMOTE_VENV/bin/python ] || uv venv --python $python_version $REMOTE_VENV; }"
-    install+=" && uv pip install --python $REMOTE_VENV/bin/python 'jax[tpu]' ./$REMOTE_SRC"
+    install+=" && uv pip install --python $REMOTE_VENV/bin/python 'jax[tpu]' './${REMOTE_SRC}[gcs]'"
     if [[ -n $git_url ]]; then
       fetch="rm -rf $REMOTE_SRC && git clone --quiet $(quote "$git_url") $REMOTE_SRC"
       [[ -z $git_ref ]] || fetch+=" && git -C $REMOTE_SRC checkout --quiet $(quote "$git_ref")"

@@ -237,7 +237,7 @@ def test_tpu_dry_run_setup_copies_this_checkout(tmp_path):
     assert remote.startswith("set -e; rm -rf bertjax && mkdir bertjax && "
                              "tar -xzf bertjax-src.tar.gz -C bertjax && ")
     assert "uv venv --python 3.11 bertjax-venv" in remote
-    assert remote.endswith("uv pip install --python bertjax-venv/bin/python 'jax[tpu]' ./bertjax")
+    assert remote.endswith("uv pip install --python bertjax-venv/bin/python 'jax[tpu]' './bertjax[gcs]'")
     assert len(lines) == 3
     # The printed tar command really packs the checkout, without .venv or .git.
     subprocess.run(shlex.split(lines[0]), check=True)

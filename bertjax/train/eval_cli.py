@@ -47,7 +47,7 @@ def evaluate_model(workdir, data_dir, *, step=None, batch_size=None) -> dict:
 
     from bertjax import export, model as model_lib
     from bertjax.data.shards import open_dataset
-    from bertjax.train import config as config_lib, loop, sharding, step as step_lib
+    from bertjax.train import config as config_lib, loop, sharding, step as step_lib, workdir_io
 
     loaded = export.load_model(workdir, step)
     config = _run_config(loaded, workdir)
@@ -68,6 +68,6 @@ def evaluate_model(workdir, data_dir, *, step=None, batch_size=None) -> dict:
     params = jax.device_put(jax.device_get(loaded.params), replicated)
     eval_fn = step_lib.jit_eval_step(mesh, sharding.logical_rules(config), replicated,
                                      model=model, nsp=config.train.nsp)
-    run = loop.Run(config=config, workdir=Path(workdir), mesh=mesh, eval_ds=ds)
+    run = loop.Run(config=config, workdir=workdir_io.path(workdir), mesh=mesh, eval_ds=ds)
     metrics = loop.evaluate(run, eval_fn, params)
     return {"model": loaded.source, "data": str(data_dir), **metrics}

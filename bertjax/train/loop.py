@@ -384,11 +384,11 @@ def train(config, workdir) -> list[dict]:
     import jax
 
     from bertjax import export
-    from bertjax.train import checkpoint, sharding
+    from bertjax.train import checkpoint, sharding, workdir_io
     from bertjax.train import step as step_lib
     from bertjax.train.profiling import StepProfiler
 
-    run = Run(config=config, workdir=Path(workdir))
+    run = Run(config=config, workdir=workdir_io.path(workdir))  # pathlib would turn gs:// into gs:/
     setup_mesh(run)  # 1. mesh
     setup_data(run)  # 2. data
     setup_state_shardings(run)  # 3. model, optimizer, shardings
@@ -486,6 +486,7 @@ def train(config, workdir) -> list[dict]:
                 if pending is not None:  # a NaN stops the run here, before it is saved
                     fetch(*pending)
                     pending = None
+                writer.sync()  # a remote metrics.jsonl holds every row up to the checkpoint
                 ckpt.save(done, state, dropout_rng, loader.state(), ckpt_meta, force=True)
             if preempted:
                 _log(f"SIGTERM: saved the checkpoint of step {done}; exiting")

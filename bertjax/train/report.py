@@ -1,10 +1,11 @@
-"""Training logs in the workdir: metrics.jsonl, TensorBoard scalars and a progress line."""
+"""Training logs in the workdir (local or gs://): metrics.jsonl, TensorBoard scalars and a
+progress line."""
 
 import collections
+import itertools
 import json
 import math
 import os
-import pathlib
 import shutil
 import sys
 import time
@@ -13,9 +14,12 @@ from typing import TextIO
 
 import numpy as np
 
+from bertjax.train import workdir_io
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
 _RESERVED = frozenset({"step", "split", "time"})
+_TB_FILE_NUMBERS = itertools.count()  # event files opened by this process, as TF names them
 _RATE_WINDOW = 20  # ETA from the step rate over the last 20 writes: recent, yet not jumpy
 
 # Metrics shown on the progress line, with their short labels and formats, in this order.
@@ -33,9 +37,9 @@ _EVAL_FIELDS = (
 )
 
 
-def metrics_path(workdir: str | os.PathLike) -> pathlib.Path:
-    """The metrics.jsonl file of a workdir."""
-    return pathlib.Path(workdir) / METRICS_FILE
+def metrics_path(workdir: str | os.PathLike):
+    """The metrics.jsonl file of a workdir (a pathlib.Path, or an epath.Path for a URL)."""
+    return workdir_io.path(workdir) / METRICS_FILE
 
 
 def to_json_number(name: str, value) -> int | float | bool | None:
@@ -94,6 +98,11 @@ class MetricsWriter:
     run appends to the same file; read_metrics() drops the records a restart superseded.
     TensorBoard scalars go to WORKDIR/tb as `train/<name>` and `eval/<name>`.
 
+    A remote workdir (gs://bucket/run) gets the same files: metrics.jsonl is kept in memory
+    and uploaded whole, TensorBoard writes to a local staging directory that is uploaded to
+    WORKDIR/tb; both at most every `sync_secs` and at close() (see workdir_io). A local
+    workdir is written in place at every write, as before.
+
     Use one per run, in process 0 only (`enabled=jax.process_index() == 0`): a disabled
     writer creates no file and prints nothing. On a terminal the progress line is rewritten
     in place (`\\r`); when the stream is not a TTY (a log file, CI) each write prints one line.
@@ -108,10 +117,11 @@ class MetricsWriter:
         stream: TextIO | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        sync_secs: float = workdir_io.SYNC_SECS,
     ):
         if total_steps < 0:
             raise ValueError(f"total_steps must be >= 0, got {total_steps}")
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = workdir_io.path(workdir)
         self.total_steps = int(total_steps)
         self.enabled = enabled
         self._stream = stream if stream is not None else sys.stdout
@@ -121,19 +131,22 @@ class MetricsWriter:
         self._live_width = 0  # length of the live line on screen (TTY), 0 if none
         self._file = None
         self._tb = None
+        self._tb_dir = None
         if not enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        path = metrics_path(self.workdir)
-        # A killed run may have left half a line: start ours on a fresh line.
-        needs_newline = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        if needs_newline:
-            self._file.write("\n")
+        self._file = workdir_io.open_append(metrics_path(self.workdir), sync_secs=sync_secs)
         if tensorboard:
             from tensorboardX import SummaryWriter  # heavy (protobuf): only when used
 
-            self._tb = SummaryWriter(logdir=str(self.workdir / TENSORBOARD_DIR), flush_secs=30)
+            # tensorboardX writes local files only (its gs:// needs google-cloud-storage).
+            self._tb_dir = workdir_io.StagedDir(self.workdir / TENSORBOARD_DIR, sync_secs=sync_secs)
+            # tensorboardX names files by the second and host only: a run resumed within the
+            # same second would overwrite the previous file (remote: its uploaded copy).
+            suffix = f".{os.getpid()}.{next(_TB_FILE_NUMBERS)}"
+            self._tb = SummaryWriter(
+                logdir=str(self._tb_dir.local), flush_secs=30, filename_suffix=suffix
+            )
 
     def write(self, step: int, metrics: Mapping[str, object]) -> dict:
         """Logs training metrics of `step` (loss, mlm_accuracy, learning_rate, tokens_per_s...)."""
@@ -162,6 +175,16 @@ class MetricsWriter:
         self._show(line, keep=True)
         return record
 
+    def sync(self) -> None:
+        """Uploads what a remote workdir's files have pending now, not at the next
+        `sync_secs` (the loop calls it at each checkpoint, so that a killed run's resume never
+        lacks rows before its checkpoint step). Local files are already on disk: no-op."""
+        if isinstance(self._file, workdir_io.RewrittenTextFile):
+            self._file.sync()
+        if self._tb_dir is not None and self._tb_dir.remote:
+            self._tb.flush()
+            self._tb_dir.sync(force=True)
+
     def close(self) -> None:
         """Ends the live line and closes the files (safe to call twice)."""
         if self._live_width:
@@ -174,6 +197,9 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._tb_dir is not None:
+            self._tb_dir.close()
+            self._tb_dir = None
 
     def __enter__(self):
         return self
@@ -202,6 +228,7 @@ class MetricsWriter:
 
     def _append(self, record: dict, *, tb_prefix: str, strip: str) -> None:
         # One write call per complete line, flushed: a kill leaves at most one partial line.
+        # (Remote: flush() uploads the whole file, at most every sync_secs.)
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
         if self._tb is None:
@@ -210,6 +237,7 @@ class MetricsWriter:
             if key not in _RESERVED and value is not None:
                 self._tb.add_scalar(tb_prefix + key.removeprefix(strip), value, record["step"])
         self._tb.flush()
+        self._tb_dir.sync()
 
     def _step_text(self, step: int) -> str:
         width = len(str(self.total_steps))
@@ -240,14 +268,8 @@ class MetricsWriter:
         self._stream.flush()
 
 
-def _last_byte(path: pathlib.Path) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1)
-
-
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-    """Reads WORKDIR/metrics.jsonl into a list of records, in file order.
+    """Reads WORKDIR/metrics.jsonl (local or remote) into a list of records, in file order.
 
     Tolerates a killed run: a line cut short (not ending in "}") is skipped. Resolves restarts:
     a resumed run starts again from its checkpoint step, so when a record's step is not past
@@ -261,23 +283,24 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     path = metrics_path(workdir)
     kept: list[dict | None] = []
     last_index: dict[str, list[int]] = collections.defaultdict(list)  # split -> indices in kept
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if not line.endswith("}"):
-                    continue  # cut short by a kill
-                raise ValueError(f"{path}:{lineno}: not a valid JSON line") from None
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                # A bad file, not a bad argument: ValueError, like the JSON error above.
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with an integer step")  # noqa: TRY004
-            indices = last_index[record.setdefault("split", "train")]
-            while indices and kept[indices[-1]]["step"] >= record["step"]:
-                kept[indices.pop()] = None  # superseded by the resumed run
-            indices.append(len(kept))
-            kept.append(record)
+    # Read whole, as bytes: epath's text mode (remote) would decode in the locale's encoding.
+    text = path.read_bytes().decode("utf-8")
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if not line.endswith("}"):
+                continue  # cut short by a kill
+            raise ValueError(f"{path}:{lineno}: not a valid JSON line") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            # A bad file, not a bad argument: ValueError, like the JSON error above.
+            raise ValueError(f"{path}:{lineno}: expected a JSON object with an integer step")  # noqa: TRY004
+        indices = last_index[record.setdefault("split", "train")]
+        while indices and kept[indices[-1]]["step"] >= record["step"]:
+            kept[indices.pop()] = None  # superseded by the resumed run
+        indices.append(len(kept))
+        kept.append(record)
     return [record for record in kept if record is not None]
