@@ -57,6 +57,10 @@ def load_model(path, step: int | None = None) -> LoadedModel:
             raise UserError(f"{path} is neither a training workdir with checkpoints (no "
                             f"{checkpoint.checkpoint_dir(path)}/<step>) nor a HuggingFace "
                             f"folder (no {hf.CONFIG_NAME})")
+        if "train" in json.loads((workdir_io.path(path) / hf.CONFIG_NAME).read_text()):
+            # bertjax train's own config.json, not a HuggingFace one: say what is missing.
+            raise UserError(f"{path} is a training workdir without checkpoints yet (no "
+                            f"{checkpoint.checkpoint_dir(path)}/<step>)")
         if step is not None:
             raise UserError(f"{path} is a HuggingFace folder: --step applies to checkpoints only")
         try:

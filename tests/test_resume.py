@@ -177,3 +177,14 @@ def test_init_from_a_missing_path_is_a_clear_error(data_dir, tmp_path):
                           env=child_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "neither a training workdir" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_workdir_without_checkpoints_is_not_taken_for_a_huggingface_folder(tmp_path):
+    """A run writes its config.json at the start: before the first checkpoint, export and
+    --init-from must say the checkpoints are missing, not fail parsing it as an HF config."""
+    from bertjax.cli import UserError
+    from bertjax.train.config import load_config
+
+    (tmp_path / "config.json").write_text(load_config(CONFIG).to_json(indent=2))
+    with pytest.raises(UserError, match=r"training workdir without checkpoints yet"):
+        load_model(tmp_path)
