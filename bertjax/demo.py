@@ -65,7 +65,7 @@ def build_corpus(out_dir: Path, corpus: str, max_documents: int | None) -> list[
         cmd = [sys.executable, "-m", "bertjax.data.demo_corpus", str(out_dir)]
         if max_documents:
             cmd += ["--max-documents", str(max_documents)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode:
             raise UserError(f"building the demo corpus failed: {proc.stderr.strip()[-500:]}")
         stats = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -112,7 +112,8 @@ def run_demo(workdir, *, corpus="stdlib", steps=300, max_documents=None, vocab_s
              held_out=512, config_path=None, overrides=()) -> dict:
     """Runs every stage; returns {before, after, tokens_per_s, paths, seconds}."""
     from bertjax import export, plot
-    from bertjax.train import config as config_lib, loop
+    from bertjax.train import config as config_lib
+    from bertjax.train import loop
 
     start = time.perf_counter()
     workdir = Path(workdir)

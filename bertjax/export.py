@@ -48,7 +48,8 @@ def is_checkpoint_dir(path) -> bool:
 
 def load_model(path, step: int | None = None) -> LoadedModel:
     """Loads a model from a training workdir (newest checkpoint, or `step`) or an HF folder."""
-    from bertjax import hf, model as model_lib
+    from bertjax import hf
+    from bertjax import model as model_lib
     from bertjax.train import checkpoint, workdir_io
 
     path = str(path)

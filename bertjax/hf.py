@@ -208,7 +208,7 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: bert_model.BertConfig,
     tensors = _normalise_names(tensors)
     table = weight_table(cfg)
     shapes = nn.meta.unbox(bert_model.abstract_params(cfg))
-    shape_of = lambda path: _get(shapes, path).shape  # noqa: E731
+    shape_of = lambda path: _get(shapes, path).shape
     present_heads = {w.head for w in table if w.head and w.hf_name in tensors}
     missing = [w.hf_name for w in table
                if w.hf_name not in tensors and (not w.head or w.head in present_heads)]

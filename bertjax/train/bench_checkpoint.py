@@ -27,7 +27,8 @@ def measure(preset: str, vocab_size: int, directory: Path) -> dict:
     import ml_collections
 
     from bertjax import model as model_lib
-    from bertjax.train import checkpoint, optim, sharding, step as step_lib
+    from bertjax.train import checkpoint, optim, sharding
+    from bertjax.train import step as step_lib
 
     model_cfg = model_lib.preset_config(preset, vocab_size=vocab_size)
     optim_cfg = ml_collections.ConfigDict(dict(

@@ -134,7 +134,7 @@ class Checkpointer:
         for i, candidate in enumerate(steps):
             try:
                 return self._restore_step(candidate, target)
-            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+            except Exception as e:
                 if step is not None or i == len(steps) - 1:
                     raise RuntimeError(
                         f"checkpoint {self.directory / str(candidate)} could not be restored: "

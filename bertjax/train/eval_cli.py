@@ -33,7 +33,8 @@ def run(args) -> int:
 
 def _run_config(loaded, workdir) -> ml_collections.ConfigDict:
     """The training config saved with the checkpoint; for an HF folder, the default config."""
-    from bertjax.train import checkpoint, config as config_lib
+    from bertjax.train import checkpoint
+    from bertjax.train import config as config_lib
 
     if loaded.step is not None:
         saved = checkpoint.Checkpointer(workdir, read_only=True).restore_config(loaded.step)
@@ -45,9 +46,12 @@ def evaluate_model(workdir, data_dir, *, step=None, batch_size=None) -> dict:
     """Metrics of the model in `workdir` over every example of `data_dir` (exactly once)."""
     import jax
 
-    from bertjax import export, model as model_lib
+    from bertjax import export
+    from bertjax import model as model_lib
     from bertjax.data.shards import open_dataset
-    from bertjax.train import config as config_lib, loop, sharding, step as step_lib, workdir_io
+    from bertjax.train import config as config_lib
+    from bertjax.train import loop, sharding, workdir_io
+    from bertjax.train import step as step_lib
 
     loaded = export.load_model(workdir, step)
     config = _run_config(loaded, workdir)

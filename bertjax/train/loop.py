@@ -355,9 +355,9 @@ def evaluate(run: Run, eval_fn, params) -> dict:
             totals[k] = totals.get(k, 0.0) + float(v)
     metrics = {k: float(v) for k, v in losses.metrics_from_sums(totals).items()}
     metrics["mlm_perplexity"] = math.exp(min(metrics["mlm_loss"], 700.0))  # no overflow
-    metrics["masked_tokens"] = int(round(totals["mlm_weight_sum"]))
+    metrics["masked_tokens"] = round(totals["mlm_weight_sum"])
     if "nsp_weight_sum" in totals:
-        metrics["examples"] = int(round(totals["nsp_weight_sum"]))
+        metrics["examples"] = round(totals["nsp_weight_sum"])
     return metrics
 
 
