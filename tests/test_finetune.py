@@ -15,12 +15,14 @@ from flax import linen as nn
 
 from bertjax import cli, export, hf
 from bertjax import model as model_lib
-from bertjax.finetune import heads
+from bertjax.data.bench_loader import synthetic_dataset
+from bertjax.finetune import batches, heads
 from bertjax.finetune import train as ft
 from bertjax.train import config as config_lib
 from bertjax.train import optim, sharding
 from bertjax.train import step as step_lib
 from bertjax.train.checkpoint import Checkpointer
+from bertjax.train.loop import check_finite
 from bertjax.train.report import read_metrics
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "bert_tiny.py")
@@ -127,16 +129,17 @@ def test_head_reuses_bert_and_names_its_axes():
 
 
 def test_epoch_rows_cover_each_example_once_and_pad_the_last_batch():
-    rows = ft.epoch_rows(70, 32, seed=3, epoch=0)
+    rows = batches.epoch_rows(70, 32, seed=3, epoch=0)
     assert rows.shape == (3, 32)
     real = rows[rows >= 0]
     assert sorted(real) == list(range(70)) and (rows[-1, 6:] == -1).all()
-    assert (rows == ft.epoch_rows(70, 32, seed=3, epoch=0)).all()  # a function of (seed, epoch)
-    assert not (rows == ft.epoch_rows(70, 32, seed=3, epoch=1)).all()
-    split = ft.Split(
+    # A function of (seed, epoch):
+    assert (rows == batches.epoch_rows(70, 32, seed=3, epoch=0)).all()
+    assert not (rows == batches.epoch_rows(70, 32, seed=3, epoch=1)).all()
+    split = batches.Split(
         "x", {"labels": np.arange(70), "input_ids": np.arange(70)[:, None]}, np.arange(70)
     )
-    batch = ft.take(split, rows[-1], keys=("input_ids", "labels"))
+    batch = batches.take(split, rows[-1], keys=("input_ids", "labels"))
     assert batch["weights"].sum() == 6 and (batch["labels"][:6] == rows[-1, :6]).all()
 
 
@@ -330,6 +333,57 @@ def test_stsb_regression_with_an_lr_sweep_keeps_the_best_spearman(
     ).read_text()
 
 
+@pytest.fixture(scope="module")
+def pretrained_workdir(tmp_path_factory) -> Path:
+    """A `bertjax train` workdir of 4 steps of configs/bert_tiny.py (1 layer) on generated
+    data, with orbax checkpoints at steps 2 and 4 (and the dataset's tokenizer recorded)."""
+    root = tmp_path_factory.mktemp("pretrained")
+    data = synthetic_dataset(root / "data", 64, 32, vocab_size=64)
+    workdir = root / "run"
+    overrides = ("train.steps=4 train.checkpoint_every=2 train.keep_checkpoints=2 "
+                 "train.global_batch_size=16 train.eval_every=0 model.num_hidden_layers=1 "
+                 "optim.warmup_steps=1 train.async_checkpointing=false")  # fmt: skip
+    argv = ["train", "--config", CONFIG, "--workdir", str(workdir)]
+    argv += [f"--config.{o}" for o in [f"data.train_dir={data}", *overrides.split()]]
+    assert cli.main(argv) == 0
+    return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("init_step", [None, 2])
+def test_a_pretraining_workdir_fine_tunes_through_the_cli(
+    pretrained_workdir, rte_dir, tmp_path, capsys, init_step
+):
+    """--init WORKDIR starts from the newest checkpoint's encoder (or --init-step's): the
+    tuned `bert` weights stay within one small step of it, and far from the other one."""
+    workdir = tmp_path / "run"
+    argv = ["finetune", "--task", "rte", "--init", str(pretrained_workdir), "--data",
+            str(rte_dir), "--workdir", str(workdir), "--max-seq-len", "16", "--batch-size", "8",
+            "--epochs", "1", "--lr", "1e-5"]  # fmt: skip
+    if init_step is not None:
+        argv += ["--init-step", str(init_step)]
+    code = cli.main(argv)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    step = 4 if init_step is None else 2
+    assert f"model {pretrained_workdir} step {step} (1 layers, hidden 128)" in out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert (result["step"], result["examples"]) == (1, 4)
+    tuned = export.load_model(workdir).params
+    assert tuned["classifier"]["kernel"].shape == (128, 2)
+
+    def max_diff(step):
+        pretrained = export.load_model(pretrained_workdir, step).params["bert"]
+        diffs = jax.tree.map(lambda a, b: np.max(np.abs(np.asarray(a) - b)), pretrained,
+                             tuned["bert"])  # fmt: skip
+        return float(max(jax.tree.leaves(diffs)))
+
+    # One AdamW step at lr 1e-5 moves a weight by about 1e-5; pretraining at lr ~1e-3 moved
+    # them by ~1e-3 between checkpoints 2 and 4.
+    assert 0 < max_diff(step) < 1e-4
+    assert max_diff(6 - step) > 1e-4
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 
@@ -383,3 +437,28 @@ def test_bad_input_is_one_clear_error(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_check_finite_ends_with_the_callers_remedy():
+    check_finite(3, {"loss": 0.5}, 2)  # a finite loss passes
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 3 .*Lower optim\.peak_lr"):
+        check_finite(3, {"loss": float("nan")}, 2)  # `bertjax train`'s config keys by default
+    with pytest.raises(FloatingPointError, match=r"loss is inf at step 3 .*Lower --lr") as e:
+        check_finite(3, {"loss": float("inf")}, 2, remedy=ft.NAN_REMEDY)
+    assert str(e.value).endswith(ft.NAN_REMEDY) and "optim." not in str(e.value)
+
+
+def test_a_diverging_fine_tune_names_the_step_and_its_own_flags(
+    tiny_model, rte_dir, tmp_path, capsys
+):
+    """--lr 1e30 blows the weights up at the first update: step 2's loss is not finite, and
+    the advice names `bertjax finetune`'s flags, not the pretraining config keys."""
+    workdir = tmp_path / "run"
+    paths = ["--init", str(tiny_model), "--data", str(rte_dir), "--workdir", str(workdir)]
+    options = "--lr 1e30 --batch-size 8 --epochs 2 --log-every 1 --max-seq-len 16"
+    assert cli.main(["finetune", "--task", "rte", *paths, *options.split()]) == 1
+    err = capsys.readouterr().err
+    assert "error: loss is nan at step 2" in err or "error: loss is inf at step 2" in err, err
+    assert ft.NAN_REMEDY in err and "--lr" in err and "--warmup" in err
+    assert "optim." not in err and "Traceback" not in err
+    assert Checkpointer(workdir, read_only=True).latest_step() is None  # nothing saved

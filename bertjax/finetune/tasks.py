@@ -101,6 +101,21 @@ TASKS: dict[str, GlueTask] = {
 }  # fmt: skip
 
 
+# Training examples per task: the train split of `datasets` nyu-mll/glue (the same rows as the
+# GLUE download's train.tsv). `bertjax bench finetune` turns them into a wall-time estimate.
+TRAIN_EXAMPLES = {
+    "cola": 8_551,
+    "sst2": 67_349,
+    "mrpc": 3_668,
+    "qqp": 363_846,
+    "stsb": 5_749,
+    "mnli": 392_702,
+    "qnli": 104_743,
+    "rte": 2_490,
+    "wnli": 635,
+}
+
+
 def get_task(name: str) -> GlueTask:
     """Returns the task named `name`; GLUE's own spellings ("SST-2", "STS-B", "CoLA") work too."""
     key = name.lower().replace("-", "").replace("_", "")

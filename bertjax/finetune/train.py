@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -15,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from bertjax.cli import UserError
+from bertjax.finetune import batches
 
 PAPER_LEARNING_RATES = (2e-5, 3e-5, 5e-5)  # BERT paper, section A.3 (batch 32, 3 epochs)
-# The default logical-axis rules of configs/bert_tiny.py (and every pretraining config);
-# tests check the two agree.
-INPUT_KEYS = ("input_ids", "input_mask", "segment_ids")
 RESULTS_FILE = "eval_results.json"
+# The advice of a diverged run, in this command's flags (clipping is fixed at norm 1 here).
+NAN_REMEDY = "Lower --lr (or the rates of --lr-sweep), or raise --warmup"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,76 +160,6 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise UserError(f"--lr-sweep lists a rate twice: {list(cfg.learning_rates)}")
 
 
-# --- data ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Split:
-    """One encoded split: arrays [n, ...] (INPUT_KEYS and labels) and each example's idx."""
-
-    name: str
-    arrays: dict
-    idx: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-
-def _has_split_file(task, data_dir: str, split: str) -> bool:
-    stem = task.tsv_files[split].removesuffix(".tsv")
-    names = (f"{stem}.tsv", f"{split}.jsonl", f"{stem}.jsonl")
-    return any(os.path.isfile(os.path.join(data_dir, n)) for n in names)
-
-
-def load_examples(task, data_dir: str | None) -> dict[str, list[dict]]:
-    """split -> examples for train, the dev split(s) and the test split(s) there are (a local
-    directory may lack test files: no predictions are written then)."""
-    from bertjax.finetune import glue_data
-
-    splits = ["train", *task.dev_splits]
-    splits += [
-        s for s in task.test_splits if data_dir is None or _has_split_file(task, data_dir, s)
-    ]
-    return {s: glue_data.load_split(task, s, data_dir) for s in splits}
-
-
-def encode(task, examples: dict[str, list[dict]], tokenizer, max_seq_len: int) -> dict:
-    """split -> Split, tokenised and padded to max_seq_len."""
-    from bertjax.finetune import glue_data
-
-    return {
-        name: Split(
-            name,
-            glue_data.encode_examples(rows, tokenizer, max_seq_len, regression=task.is_regression),
-            np.array([r["idx"] for r in rows], np.int64),
-        )
-        for name, rows in examples.items()
-    }
-
-
-def epoch_rows(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
-    """[steps, batch_size] example rows of one epoch, a pure function of (seed, epoch):
-    a fresh shuffle, the last batch padded with -1 (rows of weight 0), so every training
-    example is seen once per epoch and steps = ceil(n / batch_size)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    steps = -(-n // batch_size)
-    return np.concatenate([order, np.full(steps * batch_size - n, -1)]).reshape(steps, -1)
-
-
-def take(split: Split, rows: np.ndarray, keys=(*INPUT_KEYS, "labels")) -> dict:
-    """The batch of `rows` (-1: a padding row, a copy of row 0) with `weights` 1 on real rows."""
-    real = rows >= 0
-    batch = {k: split.arrays[k][np.where(real, rows, 0)] for k in keys}
-    batch["weights"] = real.astype(np.float32)
-    return batch
-
-
-def local_slice(batch: dict, process_index: int, process_count: int) -> dict:
-    """This process's rows of a global batch (process p holds the p-th contiguous block)."""
-    b = len(batch["weights"]) // process_count
-    return {k: v[process_index * b : (process_index + 1) * b] for k, v in batch.items()}
-
-
 # --- model ---------------------------------------------------------------------------------
 
 
@@ -287,11 +216,11 @@ class Prepared:
     model_cfg: object  # the pretrained model's BertConfig
     bert_params: dict  # its `bert` parameters, on the host
     tokenizer_dir: str
-    splits: dict  # split name -> Split
+    splits: dict  # split name -> batches.Split
     main_key: str  # the metric that picks the best learning rate ("matched_accuracy" on MNLI)
 
 
-def predict(predict_fn, params, split: Split, batch_size: int, mesh) -> np.ndarray:
+def predict(predict_fn, params, split: batches.Split, batch_size: int, mesh) -> np.ndarray:
     """The model's outputs [n, num_labels] on every example of `split`, in order: the last
     batch is padded and its padding rows dropped, so each example counts exactly once."""
     import jax
@@ -302,14 +231,16 @@ def predict(predict_fn, params, split: Split, batch_size: int, mesh) -> np.ndarr
     for start in range(0, len(split), batch_size):
         rows = np.arange(start, start + batch_size)
         rows[rows >= len(split)] = -1
-        batch = local_slice(take(split, rows, INPUT_KEYS), jax.process_index(), jax.process_count())
+        batch = batches.local_slice(
+            batches.take(split, rows, batches.INPUT_KEYS), jax.process_index(), jax.process_count()
+        )
         del batch["weights"]
         out = jax.device_get(predict_fn(params, sharding.global_batch(batch, mesh)))
         outputs.append(np.asarray(out)[rows >= 0])
     return np.concatenate(outputs)
 
 
-def score(task, split: Split, outputs: np.ndarray) -> dict:
+def score(task, split: batches.Split, outputs: np.ndarray) -> dict:
     """GLUE metrics plus the mean loss and the number of examples scored."""
     from bertjax.finetune.metrics import glue_metrics
 
@@ -337,12 +268,10 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
     """Fine-tunes from the pretrained weights at peak learning rate `lr`; returns the final
     dev metrics, also written to workdir/eval_results.json."""
     import jax
-    import ml_collections
 
     from bertjax import export
     from bertjax.finetune import heads, submission
-    from bertjax.train import checkpoint, optim, sharding
-    from bertjax.train import step as step_lib
+    from bertjax.train import checkpoint, sharding
     from bertjax.train.loop import check_finite
     from bertjax.train.report import MetricsWriter
 
@@ -350,44 +279,19 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
     train = splits["train"]
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
-    # BERT's AdamWeightDecay (with its global-norm clipping at 1) and linear schedule.
-    optim_cfg = ml_collections.ConfigDict({
-        "name": "adamw", "peak_lr": lr, "warmup_steps": int(cfg.warmup * total),
-        "schedule": "linear", "end_lr": 0.0, "power": 1.0, "b1": 0.9, "b2": 0.999, "eps": 1e-6,
-        "weight_decay": cfg.weight_decay, "clip_norm": 1.0})  # fmt: skip
-    tx, schedule = optim.make_optimizer(optim_cfg, total)
-    init_params = functools.partial(heads.init_params, num_labels=task.num_labels)
-    abstract, shardings = step_lib.state_shardings(
-        model_cfg, tx, mesh, sharding.DEFAULT_LOGICAL_AXIS_RULES, init_params
-    )
-    sharding.check_divisible(abstract, shardings)
     ckpt = checkpoint.Checkpointer(workdir, keep=1)
     if ckpt.latest_step() is not None:
         ckpt.close()
         raise UserError(f"{workdir} already holds a fine-tuned checkpoint: use a new --workdir")
-
+    optim_cfg = heads.optim_config(lr, int(cfg.warmup * total), cfg.weight_decay)
     root = jax.random.key(cfg.seed)
-    state = step_lib.create_sharded_state(
-        jax.random.fold_in(root, 0),
-        model_cfg=model_cfg,
-        tx=tx,
-        shardings=shardings,
-        init_params=init_params,
+    setup = heads.setup_step(
+        model_cfg, task, optim_cfg, total, mesh, jax.random.fold_in(root, 0), cfg.grad_accum_steps
     )
+    state, shardings, model, train_fn = setup
     bert = jax.device_put(run.bert_params, shardings.params["bert"])
     state = state.replace(params={**state.params, "bert": bert})  # the head stays fresh
     dropout_rng = jax.random.fold_in(root, 1)
-    model = heads.BertForSequenceClassification(model_cfg, task.num_labels)
-    train_fn = step_lib.jit_train_step(
-        mesh,
-        sharding.DEFAULT_LOGICAL_AXIS_RULES,
-        shardings,
-        model=model,
-        tx=tx,
-        schedule=schedule,
-        accum_steps=cfg.grad_accum_steps,
-        objective=heads.objective(task.is_regression),
-    )
     predict_fn = jax.jit(
         functools.partial(heads.predict_step, model=model),
         in_shardings=(shardings.params, sharding.batch_sharding(mesh)),
@@ -400,7 +304,9 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
     )
 
     def next_batch(rows):
-        batch = local_slice(take(train, rows), jax.process_index(), jax.process_count())
+        batch = batches.local_slice(
+            batches.take(train, rows), jax.process_index(), jax.process_count()
+        )
         return sharding.global_batch(batch, mesh)
 
     writer = MetricsWriter(workdir, total, enabled=jax.process_index() == 0)
@@ -412,13 +318,13 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
         tokens = cfg.batch_size * cfg.max_seq_len * (done - last["step"])
         metrics["tokens_per_s"] = tokens / max(now - last["time"], 1e-9)
         writer.write(done, metrics)
-        check_finite(done, metrics, last["step"])
+        check_finite(done, metrics, last["step"], remedy=NAN_REMEDY)
         last.update(step=done, time=now)
 
     results, step, pending = {}, 0, None
     try:
         for epoch in range(cfg.epochs):
-            for rows in epoch_rows(len(train), cfg.batch_size, cfg.seed, epoch):
+            for rows in batches.epoch_rows(len(train), cfg.batch_size, cfg.seed, epoch):
                 state, metrics = train_fn(state, next_batch(rows), dropout_rng)
                 if pending is not None:
                     fetch(*pending)
@@ -486,7 +392,7 @@ def finetune(cfg: FinetuneConfig, workdir) -> dict:
             f"--batch-size={cfg.batch_size} is not divisible by the data-parallel "
             f"size x --grad-accum-steps = {ways} (and {jax.process_count()} processes)"
         )
-    examples = load_examples(task, cfg.data)
+    examples = batches.load_examples(task, cfg.data)
     loaded, tokenizer = load_model_and_tokenizer(cfg, task)
     _log(
         f"{task.name}: "
@@ -502,7 +408,7 @@ def finetune(cfg: FinetuneConfig, workdir) -> dict:
         model_cfg=loaded.model_cfg,
         bert_params=jax.device_get(loaded.params["bert"]),
         tokenizer_dir=str(Path(tokenizer.files[0]).parent) if tokenizer.files else "",
-        splits=encode(task, examples, tokenizer, cfg.max_seq_len),
+        splits=batches.encode(task, examples, tokenizer, cfg.max_seq_len),
         main_key=dev_prefix(task.dev_splits[0]) + task.main_metric,
     )
     workdir = Path(workdir)

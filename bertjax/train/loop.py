@@ -368,13 +368,20 @@ def open_writer(workdir, total_steps: int, enabled: bool):
     return MetricsWriter(workdir, total_steps, enabled)
 
 
-def check_finite(step: int, metrics: dict, last_good: int) -> None:
-    """Stops the run on a NaN or Inf loss, naming the step (nothing is saved after it)."""
+def check_finite(
+    step: int,
+    metrics: dict,
+    last_good: int,
+    *,
+    remedy: str = "Lower optim.peak_lr, raise optim.warmup_steps, or keep optim.clip_norm > 0",
+) -> None:
+    """Stops the run on a NaN or Inf loss, naming the step (nothing is saved after it).
+    `remedy` ends the message: advice in the caller's own settings (the default names the
+    pretraining config keys; `bertjax finetune` passes its flags)."""
     if not math.isfinite(metrics["loss"]):
         raise FloatingPointError(
             f"loss is {metrics['loss']} at step {step} (last finite check: step {last_good}); "
-            "stopping without saving. Lower optim.peak_lr, raise optim.warmup_steps, or keep "
-            "optim.clip_norm > 0"
+            f"stopping without saving. {remedy}"
         )
 
 

@@ -1,0 +1,204 @@
+"""Fine-tuning step benchmark: tokens/s of our classifier step vs transformers, and epoch time.
+
+bertjax bench finetune --preset base [--seq-len 128] [--batch-size 32] [--steps 10]
+    [--task sst2] [--epochs 3] [--json]
+
+On one synthetic batch (no data, no checkpoint needed): our jitted fine-tuning train step
+(BertForSequenceClassification on the pooled output, BERT's AdamW with clipping at 1, the
+exact step `bertjax finetune` runs) on every device, then transformers'
+BertForSequenceClassification with torch.optim.AdamW doing the same step on the same batch,
+in the same process. The estimate multiplies our step time by the steps of `--epochs` epochs
+of the task's training set (every batch padded to --seq-len, as `bertjax finetune` pads);
+it leaves out compilation and the dev evaluation after each epoch.
+"""
+
+import json
+import math
+import time
+
+import numpy as np
+
+from bertjax.cli import UserError
+
+LEARNING_RATE = 2e-5  # the paper's first choice; it does not change the step's cost
+
+
+def add_arguments(parser) -> None:
+    """Options of `bertjax bench finetune`."""
+    from bertjax.finetune.tasks import TASKS
+    from bertjax.model import PRESETS
+
+    parser.add_argument("--preset", default="base", choices=tuple(PRESETS), help="model size")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    parser.add_argument("--batch-size", type=int, default=32, help="global batch size")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up)")
+    parser.add_argument(
+        "--task",
+        default="sst2",
+        help=f"GLUE task: its labels and training-set size ({', '.join(TASKS)})",
+    )
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the estimate")
+    parser.add_argument(
+        "--json", action="store_true", help="end with one JSON object on the last line"
+    )
+
+
+def check_args(args, model_cfg) -> None:
+    """Raises UserError on options no benchmark can run with."""
+    for flag in ("seq_len", "batch_size", "steps", "epochs"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}={getattr(args, flag)}: must be positive")
+    if not 3 <= args.seq_len <= model_cfg.max_position_embeddings:
+        raise UserError(
+            f"--seq-len {args.seq_len} is outside [3, max_position_embeddings="
+            f"{model_cfg.max_position_embeddings}] of preset {args.preset}"
+        )
+
+
+def classification_batch(batch_size: int, seq_len: int, vocab: int, task, seed: int = 0):
+    """Full-length two-segment inputs (train/bench.py's synthetic batch), random labels of
+    `task` (class ids, or scores in [0, 5] for a regression) and weights of 1."""
+    from bertjax.train.bench import synthetic_batch
+
+    full = synthetic_batch(batch_size, seq_len, vocab, predictions=1, seed=seed)
+    batch = {k: full[k] for k in ("input_ids", "input_mask", "segment_ids")}
+    rng = np.random.default_rng(seed)
+    if task.is_regression:
+        batch["labels"] = rng.uniform(0, 5, batch_size).astype(np.float32)
+    else:
+        batch["labels"] = rng.integers(0, task.num_labels, batch_size).astype(np.int32)
+    batch["weights"] = np.ones(batch_size, np.float32)
+    return batch
+
+
+def time_ours(model_cfg, task, batch_np, steps: int) -> float:
+    """Seconds per step of `bertjax finetune`'s jitted train step (after compile and 2 warm-up
+    steps), the batch split over every device."""
+    import jax
+
+    from bertjax.finetune import heads
+    from bertjax.train import sharding
+
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    ways = sharding.data_parallel_size(mesh)
+    if len(batch_np["labels"]) % ways:
+        raise UserError(
+            f"--batch-size={len(batch_np['labels'])} is not divisible by the {ways} devices"
+        )
+    optim_cfg = heads.optim_config(LEARNING_RATE, 0, 0.01)
+    setup = heads.setup_step(model_cfg, task, optim_cfg, steps + 2, mesh, jax.random.key(0))
+    state, train_fn = setup.state, setup.train_fn
+    batch = sharding.global_batch(batch_np, mesh)
+    rng = jax.random.key(1)
+    for _ in range(2):  # compile, then one more so that timings exclude any first-run cost
+        state, metrics = train_fn(state, batch, rng)
+    jax.block_until_ready((state, metrics))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = train_fn(state, batch, rng)
+    jax.block_until_ready((state, metrics))  # the whole output, not just the loss
+    return (time.perf_counter() - t0) / steps
+
+
+def time_hf(model_cfg, task, batch_np, steps: int) -> float:
+    """Seconds per step of transformers' BertForSequenceClassification + torch AdamW (same
+    hyperparameters and clipping) on the same batch."""
+    import torch
+    import transformers
+
+    from bertjax import hf
+
+    hf_cfg = transformers.BertConfig(
+        **{**hf.config_to_hf(model_cfg), "architectures": ["BertForSequenceClassification"]},
+        num_labels=task.num_labels,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(hf_cfg).train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01
+    )
+    labels = torch.from_numpy(batch_np["labels"])
+    inputs = {
+        "input_ids": torch.from_numpy(batch_np["input_ids"].astype(np.int64)),
+        "token_type_ids": torch.from_numpy(batch_np["segment_ids"].astype(np.int64)),
+        "attention_mask": torch.from_numpy(batch_np["input_mask"].astype(np.int64)),
+        # transformers picks the loss from the labels' dtype: MSE on floats, else cross-entropy.
+        "labels": labels if task.is_regression else labels.long(),
+    }
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return loss.detach().item()
+
+    for _ in range(2):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
+
+
+def estimate_hours(train_examples: int, epochs: int, batch_size: int, step_s: float) -> float:
+    """Hours of `epochs` epochs of ceil(train_examples / batch_size) steps of `step_s` each."""
+    return epochs * math.ceil(train_examples / batch_size) * step_s / 3600
+
+
+def run(args) -> int:
+    """`bertjax bench finetune`: prints the two throughputs, their ratio and the estimate
+    (and, with --json, a JSON line)."""
+    import jax
+
+    from bertjax.finetune.tasks import TRAIN_EXAMPLES, get_task
+    from bertjax.model import preset_config
+    from bertjax.train.bench import BERT_VOCAB
+
+    model_cfg = preset_config(args.preset, vocab_size=BERT_VOCAB)
+    check_args(args, model_cfg)
+    task = get_task(args.task)
+    batch = classification_batch(args.batch_size, args.seq_len, model_cfg.vocab_size, task)
+    tokens = args.batch_size * args.seq_len
+    say = lambda *a: print(*a, flush=True)
+
+    say(
+        f"bench finetune: {args.preset} + {task.name} head ({task.num_labels} outputs), batch "
+        f"{args.batch_size} x {args.seq_len} tokens, {args.steps} timed steps, "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
+    )
+    ours_s = time_ours(model_cfg, task, batch, args.steps)
+    say(f"bertjax:      {tokens / ours_s:10.0f} tokens/s  {ours_s * 1e3:8.1f} ms/step")
+    hf_s = time_hf(model_cfg, task, batch, args.steps)
+    result = {
+        "preset": args.preset,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "devices": jax.device_count(),
+        "step_s": ours_s,
+        "tokens_per_s": tokens / ours_s,
+        "hf_step_s": hf_s,
+        "hf_tokens_per_s": tokens / hf_s,
+        "ratio_vs_hf": (tokens / ours_s) / (tokens / hf_s),
+        "task": task.name,
+        "train_examples": TRAIN_EXAMPLES[task.name],
+        "epochs": args.epochs,
+        "estimated_hours": estimate_hours(
+            TRAIN_EXAMPLES[task.name], args.epochs, args.batch_size, ours_s
+        ),
+    }
+    say(
+        f"HF PyTorch:   {result['hf_tokens_per_s']:10.0f} tokens/s  {hf_s * 1e3:8.1f} ms/step  "
+        f"(ours / theirs = {result['ratio_vs_hf']:.2f}x)"
+    )
+    steps = math.ceil(result["train_examples"] / args.batch_size)
+    say(
+        f"estimate: {args.epochs} epochs x {steps} steps ({result['train_examples']} "
+        f"{task.name} training examples) = {result['estimated_hours']:.2f} h on this machine "
+        "(without compilation and dev evaluation)"
+    )
+    if args.json:
+        print(json.dumps(result))
+    return 0

@@ -1,0 +1,58 @@
+"""`bertjax bench finetune`: the JSON line's schema, the ratio and the wall-time estimate agree
+with the measured step times, and bad options are one clear error."""
+
+import json
+import math
+
+import pytest
+
+from bertjax import cli
+from bertjax.finetune.tasks import TASKS, TRAIN_EXAMPLES
+
+KEYS = {"preset", "seq_len", "batch_size", "tokens_per_s", "hf_tokens_per_s", "ratio_vs_hf",
+        "task", "epochs", "estimated_hours"}  # fmt: skip
+
+
+def test_tiny_bench_reports_the_ratio_and_a_consistent_estimate(capsys):
+    # STS-B: the regression head (one output, MSE) on both sides; 8 rows on the 8 test devices.
+    argv = "bench finetune --preset tiny --seq-len 16 --batch-size 8 --steps 2 --task stsb "
+    code = cli.main((argv + "--epochs 2 --json").split())
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = out.strip().splitlines()
+    result = json.loads(lines[-1])  # the last line is the JSON object
+    assert KEYS <= set(result), set(result)
+    assert (result["preset"], result["seq_len"], result["batch_size"]) == ("tiny", 16, 8)
+    assert (result["task"], result["epochs"], result["train_examples"]) == ("stsb", 2, 5_749)
+    tokens = 8 * 16
+    assert result["tokens_per_s"] == pytest.approx(tokens / result["step_s"])
+    assert result["hf_tokens_per_s"] == pytest.approx(tokens / result["hf_step_s"])
+    assert result["ratio_vs_hf"] == pytest.approx(
+        result["tokens_per_s"] / result["hf_tokens_per_s"]
+    )
+    # 2 epochs of ceil(5749 / 8) = 719 batches, each padded to 8 x 16 tokens.
+    hours = 2 * math.ceil(TRAIN_EXAMPLES["stsb"] / 8) * tokens / result["tokens_per_s"] / 3600
+    assert result["estimated_hours"] == pytest.approx(hours)
+    assert result["estimated_hours"] > 0
+    assert "ours / theirs" in out and "2 epochs x 719 steps (5749 stsb" in out
+
+
+def test_every_task_has_a_training_set_size():
+    assert set(TRAIN_EXAMPLES) == set(TASKS)
+    assert all(n > 0 for n in TRAIN_EXAMPLES.values())
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ("--batch-size 12", "--batch-size=12 is not divisible by the 8 devices"),
+        ("--seq-len 600", "--seq-len 600 is outside [3, max_position_embeddings=512]"),
+        ("--steps 0", "--steps=0: must be positive"),
+        ("--task squad", "unknown GLUE task 'squad'; choose one of cola, sst2"),
+    ],
+)
+def test_bad_options_are_one_clear_error(capsys, options, message):
+    argv = ["bench", "finetune", "--preset", "tiny", "--seq-len", "16", *options.split()]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
