@@ -160,6 +160,24 @@ def attention(q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, bias_Bx1x1xL, *, dropout_rate, dr
     return jnp.einsum("bnqk,bknd->bqnd", probs_BxNxLxL.astype(v_BxLxNxD.dtype), v_BxLxNxD)
 
 
+def _gathered_table(embed: nn.Embed, rows_axis: str):
+    """`embed`'s table [rows, E], gathered whole along "embed" (FSDP splits it there).
+
+    The rows looked up (and the MLM queries) are split by batch. Were the table still split
+    along "embed", the backward scatter-add into its gradient would need the [B, L, E]
+    cotangent split along E too, which XLA can only do by replicating the whole batch's
+    cotangent on every device ("involuntary full rematerialization"): memory and traffic
+    growing with the global batch. Gathered, it costs what FSDP pays for a weight: one
+    gather (shared by the lookup and the tied decoder) and a reduction of the gradient.
+    """
+    return nn.with_logical_constraint(embed.embedding, (rows_axis, None))
+
+
+def _lookup(embed: nn.Embed, ids, rows_axis: str):
+    """`embed(ids)`, from the gathered table."""
+    return jnp.take(_gathered_table(embed, rows_axis), ids, axis=0)
+
+
 class Embeddings(nn.Module):
     """Word + position + segment embeddings, then LayerNorm and dropout."""
 
@@ -183,16 +201,53 @@ class Embeddings(nn.Module):
     def __call__(self, input_ids_BxL, segment_ids_BxL, deterministic: bool):
         length = input_ids_BxL.shape[1]
         x_BxLxE = (
-            self.word_embeddings(input_ids_BxL)
-            + self.position_embeddings(jnp.arange(length))[None]
-            + self.token_type_embeddings(segment_ids_BxL)
+            _lookup(self.word_embeddings, input_ids_BxL, "vocab")
+            + _lookup(self.position_embeddings, jnp.arange(length), "position")[None]
+            + _lookup(self.token_type_embeddings, segment_ids_BxL, "segment")
         )
         x_BxLxE = self.LayerNorm(x_BxLxE.astype(self.cfg.dtype))
         return self.dropout(x_BxLxE, deterministic=deterministic)
 
     def attend(self, x_BxPxE):
-        """Logits against the (tied) word embeddings: the MLM decoder."""
-        return self.word_embeddings.attend(x_BxPxE)
+        """Logits against the (tied) word embeddings: the MLM decoder (`nn.Embed.attend`, on
+        the same gathered table as the lookup, so that FSDP gathers it once)."""
+        table_VxE = _gathered_table(self.word_embeddings, "vocab")
+        x_BxPxE, table_VxE = nn.dtypes.promote_dtype(x_BxPxE, table_VxE, dtype=None)
+        return jnp.dot(x_BxPxE, table_VxE.T)
+
+
+class HeadsDense(nn.Module):
+    """nn.DenseGeneral over the last `in_axes` input axes, its kernel made in its full shape.
+
+    The parameters (kernel [*in, *features], bias [*features]) and the computation are
+    DenseGeneral's. DenseGeneral initialises a flat 2-D kernel and reshapes it: with a mesh
+    and logical rules in scope (activation constraints on), flax then applies the kernel's
+    3-axis logical constraint to the 2-D array and tracing fails. The initial values are the
+    same either way (a normal draw is laid out flat).
+    """
+
+    cfg: BertConfig
+    features: tuple[int, ...]
+    in_axes: int
+    kernel_axes: tuple[str | None, ...]
+
+    @nn.compact
+    def __call__(self, x):
+        cfg, n_in = self.cfg, self.in_axes
+        kernel = self.param(
+            "kernel",
+            _dense_init(cfg, self.kernel_axes),
+            (*x.shape[x.ndim - n_in :], *self.features),
+            jnp.float32,
+        )
+        bias = self.param(
+            "bias", _zeros(self.kernel_axes[n_in:]), tuple(self.features), jnp.float32
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.dtype)
+        # Contracting dimensions in order, as DenseGeneral (jnp.einsum would reverse them
+        # and add transposes to the backward pass).
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        return jax.lax.dot_general(x, kernel, (contract, ((), ()))) + bias
 
 
 class SelfAttention(nn.Module):
@@ -204,11 +259,11 @@ class SelfAttention(nn.Module):
     def __call__(self, x_BxLxE, bias_Bx1x1xL, deterministic: bool):
         cfg = self.cfg
         qkv = functools.partial(
-            nn.DenseGeneral,
-            features=(cfg.num_attention_heads, cfg.head_dim),
-            dtype=cfg.dtype,
-            kernel_init=_dense_init(cfg, ("embed", "heads", "kv")),
-            bias_init=_zeros(("heads", "kv")),
+            HeadsDense,
+            cfg,
+            (cfg.num_attention_heads, cfg.head_dim),
+            in_axes=1,
+            kernel_axes=("embed", "heads", "kv"),
         )
         q_BxLxNxD = qkv(name="query")(x_BxLxE)
         k_BxLxNxD = qkv(name="key")(x_BxLxE)
@@ -224,13 +279,8 @@ class SelfAttention(nn.Module):
             impl=cfg.attention_impl,
         )
         ctx_BxLxNxD = nn.with_logical_constraint(ctx_BxLxNxD, ("batch", "length", "heads", "kv"))
-        out_BxLxE = nn.DenseGeneral(
-            cfg.hidden_size,
-            axis=(-2, -1),
-            dtype=cfg.dtype,
-            kernel_init=_dense_init(cfg, ("heads", "kv", "embed")),
-            bias_init=_zeros(("embed",)),
-            name="output",
+        out_BxLxE = HeadsDense(
+            cfg, (cfg.hidden_size,), in_axes=2, kernel_axes=("heads", "kv", "embed"), name="output"
         )(ctx_BxLxNxD)
         out_BxLxE = nn.Dropout(cfg.hidden_dropout_prob)(out_BxLxE, deterministic=deterministic)
         return _layer_norm(cfg, "output_LayerNorm")(out_BxLxE + x_BxLxE)
@@ -274,9 +324,7 @@ class BertModel(nn.Module):
         x_BxLxE = nn.with_logical_constraint(x_BxLxE, ("batch", "length", "embed"))
         # Additive mask as in the original: 0 where attended, a large negative where padding.
         mask_Bx1x1xL = input_mask_BxL[:, None, None, :].astype(bool)
-        bias_Bx1x1xL = jnp.where(mask_Bx1x1xL, 0.0, jnp.finfo(jnp.float32).min).astype(
-            jnp.float32
-        )
+        bias_Bx1x1xL = jnp.where(mask_Bx1x1xL, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
         for layer in self.layers:
             x_BxLxE = layer(x_BxLxE, bias_Bx1x1xL, deterministic)
         pooled_BxE = jnp.tanh(self.pooler(x_BxLxE[:, 0]))

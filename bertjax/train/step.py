@@ -192,12 +192,12 @@ def eval_step(
     return objective.sums(model, params, batch, None, True)
 
 
-# The model's `nn.with_logical_constraint` calls on activations only act when a mesh is in
-# scope while tracing. Off for now: with a mesh in scope, flax's DenseGeneral (the model's
-# q/k/v and attention-output projections) re-runs its kernel initializer to check shapes
-# and applies the 3-axis logical constraint to the flat 2-D kernel, which fails. Parameter
-# and batch shardings are set either way; XLA propagates them to the activations.
-CONSTRAIN_ACTIVATIONS = False
+# The model's `nn.with_logical_constraint` calls on activations only act when a mesh and the
+# logical rules are in scope while tracing. Without them XLA infers activation shardings from
+# the parameters and the batch alone, and with FSDP it reshards the embedding gradient by
+# replicating it ("involuntary full rematerialization"). Kept as a switch so that the
+# unconstrained program can still be built to compare against (tests, benchmarks).
+CONSTRAIN_ACTIVATIONS = True
 
 
 def _under_rules(fn, mesh, rules):
@@ -211,6 +211,9 @@ def _under_rules(fn, mesh, rules):
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
             return fn(*args, **kwargs)
 
+    # Named after the step (a partial has no name): "jit_train_step" in profiles and dumps.
+    base = fn.func if isinstance(fn, functools.partial) else fn
+    wrapped.__name__ = wrapped.__qualname__ = base.__name__
     return wrapped
 
 
