@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from helpers import optim_config
+from helpers import optim_config, random_batch
 
 from bertjax import model as model_lib
 from bertjax.train import optim, sharding
@@ -47,19 +47,8 @@ CONSTRAINT_RE = re.compile(r"sdy\.sharding_constraint %\S+ <@mesh, (\[.*?\])> : 
 
 
 def make_batch(step):
-    rng = np.random.default_rng(step)
-    lengths = rng.integers(LENGTH // 2, LENGTH + 1, BATCH)
-    mask = (np.arange(LENGTH)[None] < lengths[:, None]).astype(np.int32)
     vocab = MODEL_CFG.vocab_size
-    return {
-        "input_ids": (rng.integers(5, vocab, (BATCH, LENGTH)) * mask).astype(np.int32),
-        "input_mask": mask,
-        "segment_ids": ((np.arange(LENGTH)[None] >= lengths[:, None] // 2) * mask).astype(np.int32),
-        "masked_lm_positions": rng.integers(1, LENGTH // 2, (BATCH, PREDICTIONS)).astype(np.int32),
-        "masked_lm_ids": rng.integers(5, vocab, (BATCH, PREDICTIONS)).astype(np.int32),
-        "masked_lm_weights": (rng.random((BATCH, PREDICTIONS)) < 0.8).astype(np.float32),
-        "next_sentence_labels": rng.integers(0, 2, BATCH).astype(np.int32),
-    }
+    return random_batch(step, batch=BATCH, length=LENGTH, predictions=PREDICTIONS, vocab=vocab)
 
 
 def mesh_of(data, fsdp=1, tensor=1):

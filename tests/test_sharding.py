@@ -4,7 +4,7 @@ losses on every mesh (data-parallel, FSDP, tensor-parallel, one device)."""
 import jax
 import numpy as np
 import pytest
-from helpers import optim_config
+from helpers import optim_config, random_batch
 from jax.sharding import PartitionSpec as P
 
 from bertjax import model as model_lib
@@ -36,18 +36,7 @@ def mesh_of(data, fsdp=1, tensor=1):
 
 
 def make_batch(step, batch=16, length=32, predictions=5, vocab=128):
-    rng = np.random.default_rng(step)
-    lengths = rng.integers(length // 2, length + 1, batch)
-    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-    return {
-        "input_ids": (rng.integers(5, vocab, (batch, length)) * mask).astype(np.int32),
-        "input_mask": mask,
-        "segment_ids": ((np.arange(length)[None] >= lengths[:, None] // 2) * mask).astype(np.int32),
-        "masked_lm_positions": rng.integers(1, length // 2, (batch, predictions)).astype(np.int32),
-        "masked_lm_ids": rng.integers(5, vocab, (batch, predictions)).astype(np.int32),
-        "masked_lm_weights": (rng.random((batch, predictions)) < 0.8).astype(np.float32),
-        "next_sentence_labels": rng.integers(0, 2, batch).astype(np.int32),
-    }
+    return random_batch(step, batch=batch, length=length, predictions=predictions, vocab=vocab)
 
 
 def test_mesh_shape_resolves_minus_one_and_rejects_bad_sizes():

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
-from helpers import optim_config
+from helpers import optim_config, random_batch
 
 from bertjax import model as model_lib
 from bertjax.train import losses, optim, sharding
@@ -38,19 +38,10 @@ def model_cfg(dropout=0.0, **overrides):
 
 
 def make_batch(seed=0, batch=16, predictions=4):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(LENGTH // 2, LENGTH + 1, batch)
-    mask = (np.arange(LENGTH)[None] < lengths[:, None]).astype(np.int32)
-    return {
-        "input_ids": (rng.integers(5, VOCAB, (batch, LENGTH)) * mask).astype(np.int32),
-        "input_mask": mask,
-        "segment_ids": ((np.arange(LENGTH)[None] >= lengths[:, None] // 2) * mask).astype(np.int32),
-        "masked_lm_positions": rng.integers(1, LENGTH // 2, (batch, predictions)).astype(np.int32),
-        "masked_lm_ids": rng.integers(5, VOCAB, (batch, predictions)).astype(np.int32),
-        # Uneven numbers of real predictions per row: micro-batches get different weight sums.
-        "masked_lm_weights": (rng.random((batch, predictions)) < 0.6).astype(np.float32),
-        "next_sentence_labels": rng.integers(0, 2, batch).astype(np.int32),
-    }
+    # Uneven numbers of real predictions per row: micro-batches get different weight sums.
+    return random_batch(
+        seed, batch=batch, length=LENGTH, predictions=predictions, vocab=VOCAB, weight_prob=0.6
+    )
 
 
 def fresh_state(cfg, tx, seed=0):
