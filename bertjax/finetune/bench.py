@@ -14,7 +14,6 @@ it leaves out compilation and the dev evaluation after each epoch.
 
 import json
 import math
-import time
 
 import numpy as np
 
@@ -78,6 +77,7 @@ def time_ours(model_cfg, task, batch_np, steps: int) -> float:
 
     from bertjax.finetune import heads
     from bertjax.train import sharding
+    from bertjax.train.bench import seconds_per_jax_step
 
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     ways = sharding.data_parallel_size(mesh)
@@ -87,17 +87,8 @@ def time_ours(model_cfg, task, batch_np, steps: int) -> float:
         )
     optim_cfg = heads.optim_config(LEARNING_RATE, 0, 0.01)
     setup = heads.setup_step(model_cfg, task, optim_cfg, steps + 2, mesh, jax.random.key(0))
-    state, train_fn = setup.state, setup.train_fn
     batch = sharding.global_batch(batch_np, mesh)
-    rng = jax.random.key(1)
-    for _ in range(2):  # compile, then one more so that timings exclude any first-run cost
-        state, metrics = train_fn(state, batch, rng)
-    jax.block_until_ready((state, metrics))
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = train_fn(state, batch, rng)
-    jax.block_until_ready((state, metrics))  # the whole output, not just the loss
-    return (time.perf_counter() - t0) / steps
+    return seconds_per_jax_step(setup.train_fn, setup.state, batch, steps)
 
 
 def time_hf(model_cfg, task, batch_np, steps: int) -> float:
@@ -107,6 +98,8 @@ def time_hf(model_cfg, task, batch_np, steps: int) -> float:
     import transformers
 
     from bertjax import hf
+    from bertjax.finetune import heads
+    from bertjax.train.bench import seconds_per_torch_step
 
     hf_cfg = transformers.BertConfig(
         **{**hf.config_to_hf(model_cfg), "architectures": ["BertForSequenceClassification"]},
@@ -114,8 +107,13 @@ def time_hf(model_cfg, task, batch_np, steps: int) -> float:
     )
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(hf_cfg).train()
+    optim_cfg = heads.optim_config(LEARNING_RATE, 0, 0.01)  # what time_ours runs
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01
+        model.parameters(),
+        lr=optim_cfg.peak_lr,
+        betas=(optim_cfg.b1, optim_cfg.b2),
+        eps=optim_cfg.eps,
+        weight_decay=optim_cfg.weight_decay,
     )
     labels = torch.from_numpy(batch_np["labels"])
     inputs = {
@@ -125,21 +123,7 @@ def time_hf(model_cfg, task, batch_np, steps: int) -> float:
         # transformers picks the loss from the labels' dtype: MSE on floats, else cross-entropy.
         "labels": labels if task.is_regression else labels.long(),
     }
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        return loss.detach().item()
-
-    for _ in range(2):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps
+    return seconds_per_torch_step(model, optimizer, inputs, optim_cfg.clip_norm, steps)
 
 
 def estimate_hours(train_examples: int, epochs: int, batch_size: int, step_s: float) -> float:

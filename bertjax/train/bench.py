@@ -113,7 +113,14 @@ def time_ours(config, model_cfg, batch_np, steps: int) -> float:
         accum_steps=config.train.grad_accum_steps,
         nsp=config.train.nsp,
     )
-    batch = sharding.global_batch(batch_np, mesh)
+    return seconds_per_jax_step(train_step, state, sharding.global_batch(batch_np, mesh), steps)
+
+
+def seconds_per_jax_step(train_step, state, batch, steps: int) -> float:
+    """Seconds per call of a jitted `train_step(state, batch, rng) -> (state, metrics)`, after
+    compiling and one more warm-up step (the state is donated and threaded through)."""
+    import jax
+
     rng = jax.random.key(1)
     for _ in range(2):  # compile, then one more so that timings exclude any first-run cost
         state, metrics = train_step(state, batch, rng)
@@ -130,20 +137,10 @@ def time_hf(model_cfg, optim_cfg, batch_np, steps: int) -> float:
     import torch
     import transformers
 
-    hf_cfg = transformers.BertConfig(
-        vocab_size=model_cfg.vocab_size,
-        hidden_size=model_cfg.hidden_size,
-        num_hidden_layers=model_cfg.num_hidden_layers,
-        num_attention_heads=model_cfg.num_attention_heads,
-        intermediate_size=model_cfg.intermediate_size,
-        hidden_act=model_cfg.hidden_act,
-        hidden_dropout_prob=model_cfg.hidden_dropout_prob,
-        attention_probs_dropout_prob=model_cfg.attention_probs_dropout_prob,
-        max_position_embeddings=model_cfg.max_position_embeddings,
-        type_vocab_size=model_cfg.type_vocab_size,
-        layer_norm_eps=model_cfg.layer_norm_eps,
-    )
+    from bertjax import hf
+
     torch.manual_seed(0)
+    hf_cfg = transformers.BertConfig(**hf.config_to_hf(model_cfg))
     model = transformers.BertForPreTraining(hf_cfg).train()
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -162,14 +159,22 @@ def time_hf(model_cfg, optim_cfg, batch_np, steps: int) -> float:
         "next_sentence_label": torch.from_numpy(batch_np["next_sentence_labels"].astype(np.int64)),
     }
 
+    return seconds_per_torch_step(model, optimizer, inputs, float(optim_cfg.clip_norm), steps)
+
+
+def seconds_per_torch_step(model, optimizer, inputs: dict, clip_norm: float, steps: int) -> float:
+    """Seconds per PyTorch training step (forward with `inputs` incl. labels, backward,
+    global-norm clipping when clip_norm > 0, optimizer step), after 2 warm-up steps."""
+    import torch
+
     def step():
         optimizer.zero_grad(set_to_none=True)
         loss = model(**inputs).loss
         loss.backward()
-        if optim_cfg.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(optim_cfg.clip_norm))
+        if clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         optimizer.step()
-        return loss.detach().item()
+        return loss.detach().item()  # waits for the step, as our timer blocks on its output
 
     for _ in range(2):
         step()
