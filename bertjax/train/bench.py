@@ -203,6 +203,11 @@ def run(args) -> int:
     predictions = config.data.max_predictions_per_seq or default_max_predictions(
         args.seq_len, config.data.masked_lm_prob
     )
+    if predictions > args.seq_len - 2:  # [CLS] and the last [SEP] are never masked
+        raise UserError(
+            f"data.max_predictions_per_seq={predictions} does not fit --seq-len {args.seq_len}: "
+            f"at most {args.seq_len - 2} positions can be masked"
+        )
     batch = synthetic_batch(batch_size, args.seq_len, model_cfg.vocab_size, predictions)
     tokens = batch_size * args.seq_len
     say = lambda *a: print(*a, flush=True)
