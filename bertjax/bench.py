@@ -7,7 +7,7 @@ only when its benchmark is chosen, so `bertjax bench prepare` never imports JAX.
 import argparse
 import importlib
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 # benchmark name -> module
 BENCHMARKS = {

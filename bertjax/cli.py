@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from bertjax.errors import UserError
+
 # subcommand module, in the order `bertjax --help` lists them.
 SUBCOMMAND_MODULES = (
     "bertjax.data.tokenizer_cli",
@@ -22,10 +24,6 @@ SUBCOMMAND_MODULES = (
     "bertjax.plot",
     "bertjax.finetune.train",
 )
-
-
-class UserError(Exception):
-    """A mistake in the user's input: printed as one sentence, exit status 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as `python -m bertjax.cli`, this file is `__main__`, a second copy of the module whose
-    # UserError is not the one library code raises: go through the imported module.
-    from bertjax import cli as _cli
-
-    sys.exit(_cli.main())
+    sys.exit(main())

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TABLE_ROWS = ("mlm_accuracy", "nsp_accuracy", "mlm_loss", "nsp_loss", "loss", "mlm_perplexity")

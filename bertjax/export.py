@@ -5,7 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 # What a checkpoint's "config" item holds besides the training config (written by the loop).
 MODEL_CONFIG_KEY = "model_config"

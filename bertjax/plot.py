@@ -5,7 +5,7 @@ import io
 import pathlib
 from collections.abc import Sequence
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.train import report, workdir_io
 
 # (title, y-axis label, train key, eval key or None, smooth); one panel each, in reading order.

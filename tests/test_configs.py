@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import pytest
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.model import abstract_params, count_params
 from bertjax.train import optim
 from bertjax.train.config import REQUIRED_KEYS, flat_keys, load_config, validate

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.data import demo_corpus, wikitext
 
 DOCSTRING = """Summary line of the function, e.g. a short one.

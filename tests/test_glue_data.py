@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.data.tokenizer import load_tokenizer
 from bertjax.finetune import glue_data, submission
 from bertjax.finetune.glue_data import encode_examples, load_split, truncate_seq_pair

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bertjax import cli
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.data.bench_loader import synthetic_dataset
 from bertjax.data.loader import (
     BATCH_KEYS,

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from bertjax.cli import UserError, main
+from bertjax.errors import UserError, main
 from bertjax.data import open_dataset
 from bertjax.data.corpus import HFCorpus, TextCorpus, split_sentences
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.train import profiling
 
 

@@ -18,6 +18,7 @@ from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from bertjax import cli
+from bertjax.errors import UserError
 from bertjax.data.bench_loader import synthetic_dataset
 from bertjax.train import checkpoint, report, workdir_io
 
@@ -72,7 +73,7 @@ def test_workdir_path_keeps_local_paths_and_opens_urls(gcs):
     remote.parent.mkdir(parents=True, exist_ok=True)
     remote.write_text("{}")
     assert (gcs / "bucket" / "run" / "config.json").read_text() == "{}"
-    with pytest.raises(cli.UserError, match=r"ftp://h/x: unsupported URL scheme ftp://"):
+    with pytest.raises(UserError, match=r"ftp://h/x: unsupported URL scheme ftp://"):
         workdir_io.path("ftp://h/x")
 
 
@@ -82,7 +83,7 @@ def test_a_url_without_its_fsspec_driver_is_one_clear_error(monkeypatch):
 
     monkeypatch.setattr(importlib.import_module("fsspec"), "get_filesystem_class", no_driver)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # no tensorflow
-    with pytest.raises(cli.UserError, match=r"^gs://b/r: gs:// is opened through fsspec.*gcsfs"):
+    with pytest.raises(UserError, match=r"^gs://b/r: gs:// is opened through fsspec.*gcsfs"):
         workdir_io.path("gs://b/r")
 
 

@@ -182,7 +182,7 @@ def test_init_from_a_missing_path_is_a_clear_error(data_dir, tmp_path):
 def test_a_workdir_without_checkpoints_is_not_taken_for_a_huggingface_folder(tmp_path):
     """A run writes its config.json at the start: before the first checkpoint, export and
     --init-from must say the checkpoints are missing, not fail parsing it as an HF config."""
-    from bertjax.cli import UserError
+    from bertjax.errors import UserError
     from bertjax.train.config import load_config
 
     (tmp_path / "config.json").write_text(load_config(CONFIG).to_json(indent=2))

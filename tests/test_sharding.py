@@ -8,7 +8,7 @@ from helpers import optim_config, random_batch
 from jax.sharding import PartitionSpec as P
 
 from bertjax import model as model_lib
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.train import optim, sharding
 from bertjax.train import step as step_lib
 

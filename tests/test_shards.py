@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.data import open_dataset
 from bertjax.data.instances import pack_instances
 from bertjax.data.shards import write_dataset

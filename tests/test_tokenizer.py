@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from bertjax.cli import UserError, main
+from bertjax.errors import UserError, main
 from bertjax.data import load_tokenizer
 from bertjax.data.tokenizer import train_sentencepiece, train_wordpiece
 

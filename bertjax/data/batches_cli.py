@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 
 def register(subparsers) -> None:

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 INPUT_FORMATS = ("bert", "docs-lines", "docs-blocks")
 

@@ -22,7 +22,7 @@ import multiprocessing
 
 import numpy as np
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.data.masking import (
     MaskingConfig,
     Vocab,

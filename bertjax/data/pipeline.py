@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.data import instances as inst
 from bertjax.data import shards
 

@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.data import shards
 from bertjax.data.pipeline import InstanceOptions, prepare_dataset
 

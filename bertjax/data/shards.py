@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.data.instances import pack_instances
 
 SCHEMA_VERSION = 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 SPECIAL_TOKENS = {
     "pad_id": "[PAD]",

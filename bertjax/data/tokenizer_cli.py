@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 
 def register(subparsers) -> None:

@@ -4,7 +4,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.data.corpus import split_sentences
 from bertjax.data.demo_corpus import quiet, write_documents
 

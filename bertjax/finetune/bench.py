@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 LEARNING_RATE = 2e-5  # the paper's first choice; it does not change the step's cost
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.finetune.tasks import GlueTask, check_split, get_task
 
 

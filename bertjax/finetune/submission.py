@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.finetune.tasks import GlueTask, get_task
 
 

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 # The GLUE download names its files after the split; MNLI has two dev and two test sets.
 _TSV_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}

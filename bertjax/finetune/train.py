@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.finetune import batches
 
 PAPER_LEARNING_RATES = (2e-5, 3e-5, 5e-5)  # BERT paper, section A.3 (batch 32, 3 epochs)

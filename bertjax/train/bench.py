@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.train import config as config_lib
 
 BERT_VOCAB = 30522  # model.vocab_size 0 means "the dataset's"; with no dataset, BERT's own

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ml_collections
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 OVERRIDE_PREFIX = "--config."
 OPTIMIZERS = ("adamw", "lamb")

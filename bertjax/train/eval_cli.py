@@ -5,7 +5,7 @@ from pathlib import Path
 
 import ml_collections
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "bert_tiny.py"
 

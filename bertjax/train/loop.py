@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 from bertjax.train import config as config_lib
 
 

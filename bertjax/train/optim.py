@@ -3,7 +3,7 @@
 import jax
 import optax
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 
 def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import jax
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 
 def parse_profile_steps(spec: str) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # The batch dimension is split over both batch-parallel axes.

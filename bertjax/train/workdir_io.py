@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from bertjax.cli import UserError
+from bertjax.errors import UserError
 
 if TYPE_CHECKING:  # etils takes ~0.1 s to import: only when a URL is opened
     from etils import epath

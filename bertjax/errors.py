@@ -1,0 +1,5 @@
+"""The error type for a user's mistake, at the bottom of the import graph so any layer may raise it."""
+
+
+class UserError(Exception):
+    """A mistake in the user's input: printed as one sentence, exit status 2, no traceback."""
