@@ -14,7 +14,6 @@ from pathlib import Path
 
 from bertjax.errors import UserError
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TABLE_ROWS = ("mlm_accuracy", "nsp_accuracy", "mlm_loss", "nsp_loss", "loss", "mlm_perplexity")
 
 
@@ -31,7 +30,7 @@ def register(subparsers) -> None:
                    help="cap the corpus (shortened demos and tests)")
     p.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary size")
     p.add_argument("--held-out", type=int, default=512, help="eval instances")
-    p.add_argument("--config", default=str(REPO_CONFIGS / "bert_tiny.py"),
+    p.add_argument("--config", default="bert_tiny",
                    help="training config (model and optimizer of the demo)")
     p.set_defaults(func=run)
 
@@ -124,7 +123,7 @@ def run_demo(workdir, *, corpus="stdlib", steps=300, max_documents=None, vocab_s
 
     run_dir = workdir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo always trains afresh
-    config = config_lib.load_config(str(config_path or REPO_CONFIGS / "bert_tiny.py"), [
+    config = config_lib.load_config(str(config_path or "bert_tiny"), [
         f"--config.data.train_dir={data_dir}", f"--config.train.steps={steps}",
         f"--config.train.eval_every={max(1, steps // 3)}", "--config.train.eval_at_start=True",
         f"--config.train.checkpoint_every={steps}", *overrides])

@@ -28,7 +28,7 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # compute_dtype -> dtype
 ATTENTION_IMPLS = ("xla", "cudnn")
 
 
@@ -62,7 +62,9 @@ class BertConfig:
         if self.hidden_act not in HIDDEN_ACTS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {HIDDEN_ACTS}")
         if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
+            raise ValueError(
+                f"compute_dtype {self.compute_dtype!r} is not one of {tuple(COMPUTE_DTYPES)}"
+            )
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(
                 f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}"
@@ -77,7 +79,7 @@ class BertConfig:
 
     @property
     def dtype(self):
-        return jnp.dtype(self.compute_dtype)
+        return jnp.dtype(COMPUTE_DTYPES[self.compute_dtype])
 
 
 def config_fields() -> tuple[str, ...]:

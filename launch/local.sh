@@ -35,9 +35,9 @@ Options:
   -h, --help             show this help
 
 Examples:
-  launch/local.sh configs/bert_tiny.py /tmp/run -- --config.train.steps=100
-  launch/local.sh --processes 2 --cpu-devices 4 configs/bert_tiny.py /tmp/run2
-  launch/local.sh --processes 2 --gpus-per-process 4 configs/bert_base_phase1.py /data/run
+  launch/local.sh bert_tiny /tmp/run -- --config.train.steps=100
+  launch/local.sh --processes 2 --cpu-devices 4 bert_tiny /tmp/run2
+  launch/local.sh --processes 2 --gpus-per-process 4 bert_base_phase1 /data/run
 EOF
 }
 

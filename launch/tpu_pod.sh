@@ -36,7 +36,8 @@ Commands:
   run      start `bertjax train --config CONFIG --workdir WORKDIR TRAIN_ARGS...` on every
            worker in the background (nohup) from the home directory; output goes to
            ~/bertjax-train.log
-             CONFIG WORKDIR [-- TRAIN_ARGS...]   CONFIG relative to the repository root;
+             CONFIG WORKDIR [-- TRAIN_ARGS...]   CONFIG a packaged name (bert_base_phase1)
+                                       or a .py path relative to the repository root;
                                        WORKDIR on gs://; data on gs:// or copied with
                                        copy-data (relative paths start at the home directory)
              --env KEY=VALUE           extra environment for the trainer (repeatable)
@@ -55,7 +56,7 @@ Example (a v4-8, data prepared on gs://):
   launch/tpu_pod.sh setup  --name bert --zone us-central2-b
   launch/tpu_pod.sh copy-data --name bert --zone us-central2-b gs://my-bucket/data/wiki128 data/wiki128
   launch/tpu_pod.sh run    --name bert --zone us-central2-b \
-      configs/bert_base_phase1.py gs://my-bucket/runs/phase1 -- --config.data.train_dir=data/wiki128
+      bert_base_phase1 gs://my-bucket/runs/phase1 -- --config.data.train_dir=data/wiki128
   launch/tpu_pod.sh logs   --name bert --zone us-central2-b
   launch/tpu_pod.sh delete --name bert --zone us-central2-b
 EOF
@@ -224,10 +225,13 @@ case $subcommand in
     config=${positional[0]} workdir=${positional[1]}
     [[ $workdir == gs://* ]] ||
       die "WORKDIR must be on gs:// so that every worker writes the same checkpoints, got '$workdir'."
-    [[ $config != /* ]] || die "CONFIG must be relative to the repository root (it is read on the workers), got '$config'."
+    [[ $config != /* ]] || die "CONFIG must be a packaged config name or a path relative to the repository root (it is read on the workers), got '$config'."
+    # A packaged recipe (bert_base_phase1[:arg]) is found by name on the workers too; a file
+    # path is read from the workers' checkout of the repository.
+    [[ $config != */* && $config != *.py* ]] || config="$REMOTE_SRC/$config"
     trainer=(nohup)
     ((${#env_vars[@]} == 0)) || trainer+=(env "${env_vars[@]}")
-    trainer+=("$REMOTE_VENV/bin/bertjax" train --config "$REMOTE_SRC/$config" --workdir "$workdir"
+    trainer+=("$REMOTE_VENV/bin/bertjax" train --config "$config" --workdir "$workdir"
       "${train_args[@]}")
     # A TPU chip serves one process: refuse to start while an earlier run is still alive.
     check="if [ -f $REMOTE_PID ] && kill -0 \"\$(cat $REMOTE_PID)\" 2>/dev/null;"

@@ -7,7 +7,7 @@ import numpy as np
 
 from bertjax.train.config import load_config
 
-TINY_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "bert_tiny.py")
+TINY_CONFIG = "bert_tiny"
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:

@@ -11,7 +11,7 @@ from bertjax import cli
 from bertjax import model as model_lib
 from bertjax.train.bench import model_flops_per_step
 
-CONFIG = str(Path(__file__).parents[1] / "configs" / "bert_tiny.py")
+CONFIG = "bert_tiny"
 KEYS = {"preset", "seq_len", "global_batch_size", "tokens_per_s", "mfu", "matmul_peak_flops",
         "hf_tokens_per_s", "ratio_vs_hf"}  # fmt: skip
 

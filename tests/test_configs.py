@@ -1,4 +1,4 @@
-"""Every config in configs/: loads, has the shared keys, builds abstractly with the paper's
+"""Every config in bertjax/configs/: loads, has the shared keys, builds abstractly with the paper's
 parameter counts, and has the published recipes' batch sizes, step counts and schedules."""
 
 import ast
@@ -14,19 +14,25 @@ import pytest
 from bertjax.errors import UserError
 from bertjax.model import abstract_params, count_params
 from bertjax.train import optim
-from bertjax.train.config import REQUIRED_KEYS, flat_keys, load_config, validate
-from bertjax.train.loop import model_config
+from bertjax.train.config import (
+    PACKAGED_CONFIGS,
+    REQUIRED_KEYS,
+    config_names,
+    flat_keys,
+    load_config,
+    model_config,
+    validate,
+)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))
+CONFIGS = sorted(p for p in PACKAGED_CONFIGS.glob("*.py") if not p.name.startswith("_"))
 VOCAB = 30522  # bert-base-uncased's vocab.txt
 
 # BertForPreTraining with vocab 30522 (the same count as HF's); the paper rounds to 110M/340M.
 PAPER_PARAMS = {"base": 110_106_428, "large": 336_226_108}
 
 
-def load(spec: str):
-    return load_config(str(CONFIG_DIR / spec))
+def load(name: str):
+    return load_config(name.removesuffix(".py"))
 
 
 def lr(config, step: int) -> float:
@@ -57,6 +63,37 @@ def test_configs_are_found():
     } <= names
 
 
+def test_a_packaged_config_loads_by_name_as_by_path_and_a_wrong_name_lists_them(tmp_path):
+    """`--config NAME[:arg]` finds the recipe inside the package (installed from a wheel there
+    is no configs/ folder beside the working directory); a path still loads a user's file."""
+    assert "base" in config_names() and "bert_tiny" in config_names()
+    by_name = load_config("bert_tiny:mini", ["train.steps=7"])
+    by_path = load_config(f"{PACKAGED_CONFIGS / 'bert_tiny.py'}:mini", ["train.steps=7"])
+    assert by_name.to_dict() == by_path.to_dict()
+    assert by_name.model.preset == "mini" and by_name.train.steps == 7
+    with pytest.raises(UserError, match=r"no config named 'bert_tinyy'; the packaged ones are "
+                                        r"base, .*bert_tiny"):
+        load_config("bert_tinyy")
+    with pytest.raises(UserError, match=r"config file .*nope.py does not exist"):
+        load_config(str(tmp_path / "nope.py"))
+
+
+def test_recipes_derive_from_base_not_from_the_tiny_test_config():
+    """The paper recipes build on `base`, whose keys every config shares; none imports
+    bert_tiny (a test config), so changing it cannot change a recipe."""
+    for path in CONFIGS:
+        imported = {
+            alias.name
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
+        assert "bert_tiny" not in imported, path.name
+        if path.stem not in ("base", "bert_tiny"):
+            assert imported & {p.stem for p in CONFIGS}, f"{path.name} derives from no recipe"
+    assert set(flat_keys(load("base"))) == set(flat_keys(load("bert_tiny")))
+
+
 def test_a_config_without_a_required_key_is_named_before_anything_runs():
     config = load("bert_tiny.py")
     with config.unlocked():
@@ -84,7 +121,7 @@ def test_config_loads_with_the_shared_keys_and_valid_layouts(path):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_docstring_runs_it_and_every_field_is_commented(path):
     source = path.read_text()
-    assert f"bertjax train --config configs/{path.name}" in ast.get_docstring(ast.parse(source))
+    assert f"bertjax train --config {path.stem}" in ast.get_docstring(ast.parse(source))
     for line in source.splitlines():
         if re.match(r"\s+config\.\w+\.\w+ = ", line):
             assert "  # " in line, f"{path.name}: field without a trailing comment: {line.strip()}"
@@ -201,9 +238,9 @@ def test_budget_recipe_is_sized_by_its_time_budget():
     assert lr(c, c.optim.warmup_steps) == pytest.approx(c.optim.peak_lr)
     assert lr(c, c.train.steps) == 0.0  # the schedule ends with the budget
     # A measured throughput and another budget resize the run and its warm-up.
-    small = load("bert_budget.py:hours=2,tokens_per_s=65536")
+    small = load("bert_budget:hours=2,tokens_per_s=65536")
     assert small.train.steps == 2 * 3600 * 65_536 // (4_096 * 128) == 900
     assert small.optim.warmup_steps == 54
     for bad in ("hour=2", "hours=two", "tokens_per_s=-5"):
-        with pytest.raises(UserError, match="bert_budget.py"):
-            load(f"bert_budget.py:{bad}")
+        with pytest.raises(UserError, match="bert_budget"):
+            load(f"bert_budget:{bad}")

@@ -25,7 +25,7 @@ from bertjax.train.checkpoint import Checkpointer
 from bertjax.train.loop import check_finite
 from bertjax.train.report import read_metrics
 
-CONFIG = str(Path(__file__).parents[1] / "configs" / "bert_tiny.py")
+CONFIG = "bert_tiny"
 WORDS = [f"w{i}" for i in range(30)]  # two topics: w0..w14 and w15..w29
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 ENTAILMENT = ("not_entailment", "entailment")

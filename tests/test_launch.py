@@ -81,10 +81,10 @@ def test_scripts_are_strict_and_have_help(script):
 def test_local_dry_run_two_cpu_processes(tmp_path):
     exe = write_exe(tmp_path / "bertjax", "")
     out = sh(LOCAL, "--dry-run", "--processes", "2", "--cpu-devices", "4", "--port", "12345",
-             "configs/bert_tiny.py", "/tmp/run", "--", "--config.train.steps=3",
+             "bert_tiny", "/tmp/run", "--", "--config.train.steps=3",
              env=clean_env(BERTJAX=exe)).stdout
     env = "env JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=4"
-    common = (f"{exe} train --config configs/bert_tiny.py --workdir /tmp/run "
+    common = (f"{exe} train --config bert_tiny --workdir /tmp/run "
               "--coordinator 127.0.0.1:12345 --num-processes 2")
     assert out.splitlines() == [
         "mkdir -p /tmp/run/logs",
@@ -260,13 +260,13 @@ def test_tpu_dry_run_setup_from_git():
 
 def test_tpu_dry_run_run_and_copy_data():
     lines = tpu("run", "--dry-run", "--env", "LIBTPU_INIT_ARGS=--xla_a=1 --xla_b",
-                "configs/bert_base_phase1.py", "gs://b/run", "--", "--config.train.steps=10",
+                "bert_base_phase1", "gs://b/run", "--", "--config.train.steps=10",
                 "--config.data.train_dir=data/x").stdout.splitlines()
     assert len(lines) == 1
     head, remote = ssh_command(lines[0])
     assert head[-1] == "--worker=all"
     trainer = q("nohup", "env", "LIBTPU_INIT_ARGS=--xla_a=1 --xla_b", "bertjax-venv/bin/bertjax",
-                "train", "--config", "bertjax/configs/bert_base_phase1.py", "--workdir",
+                "train", "--config", "bert_base_phase1", "--workdir",
                 "gs://b/run", "--config.train.steps=10", "--config.data.train_dir=data/x")
     redirect = ">> bertjax-train.log 2>&1 < /dev/null & echo $! > bertjax-train.pid;"
     assert f"; {trainer} {redirect}" in remote
@@ -559,13 +559,13 @@ def test_gke_template_renders_with_envsubst_too(yaml):
 
 @pytest.mark.slow
 def test_local_two_processes_train_on_cpu(tmp_path):
-    """`local.sh --processes 2` runs real steps of configs/bert_tiny.py via jax.distributed."""
+    """`local.sh --processes 2` runs real steps of the packaged bert_tiny config via jax.distributed."""
     from bertjax.data.bench_loader import synthetic_dataset
 
     data = synthetic_dataset(tmp_path / "data", 256, 32, vocab_size=512, shard_size=100)
     wd = tmp_path / "run"
     args = ["--processes", "2", "--cpu-devices", "2", "--kill-grace", "5",
-            "--bertjax", REPO / ".venv" / "bin" / "bertjax", REPO / "configs" / "bert_tiny.py",
+            "--bertjax", REPO / ".venv" / "bin" / "bertjax", "bert_tiny",
             wd, "--", f"--config.data.train_dir={data}", "--config.train.steps=3",
             "--config.train.global_batch_size=8", "--config.train.log_every=1",
             "--config.train.eval_every=0", "--config.train.checkpoint_every=3",

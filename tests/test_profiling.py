@@ -86,7 +86,7 @@ def test_train_profile_steps_writes_a_trace(tmp_path):
 
     data = synthetic_dataset(tmp_path / "data", 64, 32, vocab_size=128)
     workdir = tmp_path / "run"
-    config = str(Path(__file__).parents[1] / "configs" / "bert_tiny.py")
+    config = "bert_tiny"
     assert cli.main(["train", "--config", config, "--workdir", str(workdir),
                      f"--config.data.train_dir={data}", "--config.train.steps=4",
                      "--config.train.global_batch_size=16", "--config.train.eval_every=0",

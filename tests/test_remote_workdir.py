@@ -22,7 +22,7 @@ from bertjax.errors import UserError
 from bertjax.data.bench_loader import synthetic_dataset
 from bertjax.train import checkpoint, report, workdir_io
 
-CONFIG = str(Path(__file__).parents[1] / "configs" / "bert_tiny.py")
+CONFIG = "bert_tiny"
 RUN = "gs://bucket/run"
 
 

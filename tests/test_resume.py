@@ -18,7 +18,7 @@ from bertjax.data.bench_loader import synthetic_dataset
 from bertjax.export import load_model
 from bertjax.train.report import read_metrics
 
-CONFIG = str(Path(__file__).parents[1] / "configs" / "bert_tiny.py")
+CONFIG = "bert_tiny"
 # Metrics that depend on the wall clock, not on the computation.
 TIMING_KEYS = {"time", "tokens_per_s", "mfu", "step_time_s"}
 

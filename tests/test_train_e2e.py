@@ -15,7 +15,7 @@ from bertjax.data.bench_loader import synthetic_dataset
 from bertjax.train import config as config_lib
 from bertjax.train.report import read_metrics
 
-CONFIG = str(Path(__file__).parents[1] / "configs" / "bert_tiny.py")
+CONFIG = "bert_tiny"
 
 
 @pytest.fixture(scope="module")

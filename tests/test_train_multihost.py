@@ -15,7 +15,7 @@ from bertjax.data.bench_loader import synthetic_dataset
 from bertjax.train import config as config_lib
 from bertjax.train import loop
 
-CONFIG = str(Path(__file__).parents[1] / "configs" / "bert_tiny.py")
+CONFIG = "bert_tiny"
 TIMEOUT_S = 420
 
 # What a worker runs: the `bertjax train` command line, parsed by the real parser, then the

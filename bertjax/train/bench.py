@@ -1,6 +1,6 @@
 """Training-step benchmark: tokens/s and MFU of our step, and the same step in HF PyTorch.
 
-bertjax bench train --config configs/bert_tiny.py [--config.KEY=VALUE ...] [--seq-len 128] [--json]
+bertjax bench train --config bert_tiny [--config.KEY=VALUE ...] [--seq-len 128] [--json]
 
 On one synthetic batch (no dataset needed): our jitted train step on every device, then
 transformers' BertForPreTraining with torch.optim.AdamW doing the same step on the same
@@ -193,7 +193,7 @@ def run(args) -> int:
 
     config = config_lib.load_config(args.config, args.config_overrides)
     config_lib.validate(config, jax.device_count(), jax.process_count())
-    model_cfg = loop.model_config(config.model, BERT_VOCAB)
+    model_cfg = config_lib.model_config(config.model, BERT_VOCAB)
     if args.seq_len > model_cfg.max_position_embeddings:
         raise UserError(
             f"--seq-len {args.seq_len} is above the model's "

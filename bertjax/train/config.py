@@ -13,9 +13,8 @@ import ml_collections
 from bertjax.errors import UserError
 
 OVERRIDE_PREFIX = "--config."
-OPTIMIZERS = ("adamw", "lamb")
-SCHEDULES = ("linear", "polynomial", "cosine")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+# The recipes shipped inside the package (`--config bert_base_phase1`).
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Keys every pretraining config has, so that scripts drive any of them the same way.
 REQUIRED_KEYS = (
     "model.preset",
@@ -38,15 +37,35 @@ REQUIRED_KEYS = (
 )
 
 
-def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-    """Loads `path/to/config.py[:arg]`, calls its `get_config([arg])`, applies the overrides.
+def config_names() -> list[str]:
+    """The recipes shipped in `bertjax/configs/`, loadable by name."""
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.py") if not p.stem.startswith("_"))
 
-    The returned ConfigDict is locked: assigning a key it does not have is an error.
+
+def config_path(spec: str) -> tuple[Path, str]:
+    """(file, argument) of a config spec: `NAME[:arg]` (a recipe in `bertjax/configs/`) or
+    `path/to/config.py[:arg]`."""
+    if ".py" in spec or "/" in spec or "\\" in spec:
+        path_str, _, arg = spec.partition(".py:")
+        path = Path(path_str if not arg else path_str + ".py")
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist")
+        return path, arg
+    name, _, arg = spec.partition(":")
+    path = PACKAGED_CONFIGS / f"{name}.py"
+    if not name or not path.is_file():
+        raise UserError(
+            f"--config {spec}: no config named {name!r}; the packaged ones are "
+            f"{', '.join(config_names())} (or give a path to a .py file)"
+        )
+    return path, arg
+
+
+def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+    """Loads a config (see `config_path`), calls its `get_config([arg])`, applies the
+    overrides. The returned ConfigDict is locked: assigning a key it does not have is an error.
     """
-    path_str, _, arg = spec.partition(".py:")
-    path = Path(path_str if not arg else path_str + ".py")
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist")
+    path, arg = config_path(spec)
     module_spec = importlib.util.spec_from_file_location(f"_bertjax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:
@@ -207,21 +226,24 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
     """Checks what can be checked before any data is read or anything compiled."""
-    from bertjax.train import sharding  # local: sharding imports jax
+    # Local imports: these pull in JAX, which `bertjax --help` need not load.
+    from bertjax.model import COMPUTE_DTYPES
+    from bertjax.train import sharding
+    from bertjax.train.optim import OPTIMIZERS, SCHEDULES
 
     keys = set(flat_keys(config))
     missing = [k for k in REQUIRED_KEYS if k not in keys]
     if missing:
         raise UserError(f"the config lacks {', '.join(missing)}: every pretraining config "
-                        "has these keys (start from configs/bert_tiny.py)")
+                        "has these keys (start from bertjax/configs/base.py)")
     if config.model.compute_dtype not in COMPUTE_DTYPES:
         raise UserError(
-            f"model.compute_dtype={config.model.compute_dtype!r}: expected one of {COMPUTE_DTYPES}"
+            f"model.compute_dtype={config.model.compute_dtype!r}: "
+            f"expected one of {', '.join(COMPUTE_DTYPES)}"
         )
-    if config.optim.name not in OPTIMIZERS:
-        raise UserError(f"optim.name={config.optim.name!r}: expected one of {OPTIMIZERS}")
-    if config.optim.schedule not in SCHEDULES:
-        raise UserError(f"optim.schedule={config.optim.schedule!r}: expected one of {SCHEDULES}")
+    for key, registry in (("optim.name", OPTIMIZERS), ("optim.schedule", SCHEDULES)):
+        if _get(config, key) not in registry:
+            raise UserError(f"{key}={_get(config, key)!r}: expected one of {', '.join(registry)}")
     for key in (
         "train.steps",
         "train.global_batch_size",
@@ -277,3 +299,32 @@ def validate_against_data(
             f"max_position_embeddings={model_cfg.max_position_embeddings} "
             f"(model.preset={config.model.preset!r})"
         )
+
+
+# Model sizes where 0 in the config means "the preset's value".
+_ZERO_MEANS_PRESET = (
+    "vocab_size",
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+)
+
+
+def model_config(model_section, dataset_vocab_size: int):
+    """BertConfig from the config's `model` section: the preset, then every other field
+    (0 = keep the preset's value; vocab_size 0 = the dataset's)."""
+    from bertjax import model as model_lib
+
+    fields = {
+        k: v
+        for k, v in model_section.items()
+        if k != "preset" and not (k in _ZERO_MEANS_PRESET and v == 0)
+    }
+    fields.setdefault("vocab_size", dataset_vocab_size)
+    if "hidden_size" in fields and "intermediate_size" not in fields:
+        fields["intermediate_size"] = 4 * fields["hidden_size"]
+    try:
+        return model_lib.preset_config(model_section.preset, **fields)
+    except ValueError as e:
+        raise UserError(f"config model: {e}") from None

@@ -7,7 +7,8 @@ import ml_collections
 
 from bertjax.errors import UserError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "bert_tiny.py"
+# The training settings of a model that comes without its run's config (an HF folder).
+DEFAULT_CONFIG = "base"
 
 
 def register(subparsers) -> None:
@@ -39,7 +40,7 @@ def _run_config(loaded, workdir) -> ml_collections.ConfigDict:
     if loaded.step is not None:
         saved = checkpoint.Checkpointer(workdir, read_only=True).restore_config(loaded.step)
         return ml_collections.ConfigDict(saved["config"])
-    return config_lib.load_config(str(DEFAULT_CONFIG))
+    return config_lib.load_config(DEFAULT_CONFIG)
 
 
 def evaluate_model(workdir, data_dir, *, step=None, batch_size=None) -> dict:

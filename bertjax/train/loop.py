@@ -167,42 +167,13 @@ def setup_data(run: Run) -> None:
                 "--config.data.eval_dir=DIR or --config.train.eval_every=0"
             )
         run.eval_ds = _open(open_dataset, eval_dir, "data.eval_dir")
-    run.model_cfg = model_config(run.config.model, run.train_ds.vocab_size)
+    run.model_cfg = config_lib.model_config(run.config.model, run.train_ds.vocab_size)
     for ds, key in ((run.train_ds, "data.train_dir"), (run.eval_ds, "data.eval_dir")):
         if ds is not None:
             config_lib.validate_against_data(
                 run.config, run.model_cfg, ds.max_seq_len, ds.vocab_size, f"{key}={ds.path}"
             )
     run.model = model_lib.BertForPreTraining(run.model_cfg)
-
-
-# Model sizes where 0 in the config means "the preset's value".
-_ZERO_MEANS_PRESET = (
-    "vocab_size",
-    "num_hidden_layers",
-    "hidden_size",
-    "num_attention_heads",
-    "intermediate_size",
-)
-
-
-def model_config(model_section, dataset_vocab_size: int):
-    """BertConfig from the config's `model` section: the preset, then every other field
-    (0 = keep the preset's value; vocab_size 0 = the dataset's)."""
-    from bertjax import model as model_lib
-
-    fields = {
-        k: v
-        for k, v in model_section.items()
-        if k != "preset" and not (k in _ZERO_MEANS_PRESET and v == 0)
-    }
-    fields.setdefault("vocab_size", dataset_vocab_size)
-    if "hidden_size" in fields and "intermediate_size" not in fields:
-        fields["intermediate_size"] = 4 * fields["hidden_size"]
-    try:
-        return model_lib.preset_config(model_section.preset, **fields)
-    except ValueError as e:
-        raise UserError(f"config model: {e}") from None
 
 
 def _open(open_dataset, path, key):

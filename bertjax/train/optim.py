@@ -6,22 +6,29 @@ import optax
 from bertjax.errors import UserError
 
 
+# Decay after the warm-up, by `optim.schedule`: (peak, end, decay_steps, optim_cfg) -> schedule.
+SCHEDULES = {
+    "linear": lambda peak, end, steps, _: optax.linear_schedule(peak, end, steps),  # BERT's
+    "polynomial": lambda peak, end, steps, cfg: optax.polynomial_schedule(
+        peak, end, float(cfg.power), steps
+    ),
+    "cosine": lambda peak, end, steps, _: optax.cosine_decay_schedule(
+        peak, steps, alpha=end / peak if peak else 0.0
+    ),
+}
+
+
 def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     """Linear warm-up from 0 to `peak_lr` over `warmup_steps`, then decay to `end_lr` at
-    `total_steps`: "linear" (BERT's default), "polynomial" (with `power`) or "cosine"."""
+    `total_steps` by one of SCHEDULES ("linear", BERT's default; "polynomial" with `power`;
+    "cosine")."""
     peak, end = float(optim_cfg.peak_lr), float(optim_cfg.end_lr)
     warmup = int(optim_cfg.warmup_steps)
-    decay_steps = max(total_steps - warmup, 1)
-    if optim_cfg.schedule == "linear":
-        decay = optax.linear_schedule(peak, end, decay_steps)
-    elif optim_cfg.schedule == "polynomial":
-        decay = optax.polynomial_schedule(peak, end, float(optim_cfg.power), decay_steps)
-    elif optim_cfg.schedule == "cosine":
-        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0.0)
-    else:
+    if optim_cfg.schedule not in SCHEDULES:
         raise UserError(
-            f"optim.schedule={optim_cfg.schedule!r}: expected linear, polynomial or cosine"
+            f"optim.schedule={optim_cfg.schedule!r}: expected one of {', '.join(SCHEDULES)}"
         )
+    decay = SCHEDULES[optim_cfg.schedule](peak, end, max(total_steps - warmup, 1), optim_cfg)
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
@@ -48,29 +55,42 @@ def weight_decay_mask(params):
     )
 
 
+def _adamw(schedule, b1, b2, eps, weight_decay):
+    # Decoupled weight decay, scaled by the learning rate as in BERT's AdamWeightDecay.
+    return optax.adamw(
+        schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
+    )
+
+
+def _lamb(schedule, b1, b2, eps, weight_decay):
+    # optax.lamb applies the trust ratio to every parameter; BERT's LAMB (and NVIDIA's)
+    # excludes LayerNorm parameters and biases from layer adaptation as from weight decay.
+    return optax.chain(
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+        optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
+        optax.masked(optax.scale_by_trust_ratio(), weight_decay_mask),
+        optax.scale_by_learning_rate(schedule),
+    )
+
+
+# `optim.name` -> (schedule, b1, b2, eps, weight_decay) -> GradientTransformation.
+OPTIMIZERS = {"adamw": _adamw, "lamb": _lamb}
+
+
 def make_optimizer(
     optim_cfg, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optimizer of `optim_cfg` with global-norm clipping in front, and its schedule."""
+    if optim_cfg.name not in OPTIMIZERS:
+        raise UserError(f"optim.name={optim_cfg.name!r}: expected one of {', '.join(OPTIMIZERS)}")
     schedule = learning_rate_schedule(optim_cfg, total_steps)
-    b1, b2, eps = float(optim_cfg.b1), float(optim_cfg.b2), float(optim_cfg.eps)
-    weight_decay = float(optim_cfg.weight_decay)
-    if optim_cfg.name == "adamw":
-        # Decoupled weight decay, scaled by the learning rate as in BERT's AdamWeightDecay.
-        tx = optax.adamw(
-            schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
-        )
-    elif optim_cfg.name == "lamb":
-        # optax.lamb applies the trust ratio to every parameter; BERT's LAMB (and NVIDIA's)
-        # excludes LayerNorm parameters and biases from layer adaptation as from weight decay.
-        tx = optax.chain(
-            optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-            optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
-            optax.masked(optax.scale_by_trust_ratio(), weight_decay_mask),
-            optax.scale_by_learning_rate(schedule),
-        )
-    else:
-        raise UserError(f"optim.name={optim_cfg.name!r}: expected adamw or lamb")
+    tx = OPTIMIZERS[optim_cfg.name](
+        schedule,
+        float(optim_cfg.b1),
+        float(optim_cfg.b2),
+        float(optim_cfg.eps),
+        float(optim_cfg.weight_decay),
+    )
     if optim_cfg.clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(float(optim_cfg.clip_norm)), tx)
     return tx, schedule

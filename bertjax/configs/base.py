@@ -1,10 +1,10 @@
-r"""BERT-tiny (2 layers, hidden 128) pretraining, MLM + NSP: small enough for a laptop CPU.
+r"""Every key of a pretraining config with its default: the base of every recipe.
 
-bertjax train --config configs/bert_tiny.py --workdir $WORKDIR \
-    --config.data.train_dir=$DATA [--config.train.steps=20 ...]
+Defaults are BERT-base's values from Devlin et al. 2018 where the paper gives one (batch 256,
+1,000,000 steps, Adam at 1e-4 with 10,000 warm-up steps, dropout 0.1); the recipes
+(`bert_base_phase1`, `bert_tiny`, ...) derive from this file and change what they need.
 
-Every pretraining config has these keys, so scripts drive any of them the same way;
-`get_config("mini")` (`--config configs/bert_tiny.py:mini`) swaps in another preset.
+    bertjax train --config base --workdir $WORKDIR --config.data.train_dir=$DATA
 """
 
 import ml_collections
@@ -12,17 +12,17 @@ import ml_collections
 from bertjax.train.sharding import DEFAULT_LOGICAL_AXIS_RULES
 
 
-def get_config(preset=None):
-    """The config; `preset` overrides model.preset (e.g. "mini")."""
+def get_config():
+    """The config: every key, BERT-base's values."""
     config = ml_collections.ConfigDict()
 
     config.model = dict(
-        preset=preset or "tiny",  # bertjax.model.PRESETS: tiny mini small medium base large
+        preset="base",  # bertjax.model.PRESETS: tiny mini small medium base large
         compute_dtype="float32",  # "bfloat16": bf16 matmuls/activations, params stay float32
         vocab_size=0,  # 0 = the dataset tokenizer's vocabulary size
-        num_hidden_layers=0,  # 0 = the preset's (tiny: 2)
-        hidden_size=0,  # 0 = the preset's (tiny: 128)
-        num_attention_heads=0,  # 0 = the preset's (tiny: 2)
+        num_hidden_layers=0,  # 0 = the preset's
+        hidden_size=0,  # 0 = the preset's
+        num_attention_heads=0,  # 0 = the preset's
         intermediate_size=0,  # 0 = 4 x hidden_size
         max_position_embeddings=512,  # longest sequence the model accepts
         remat=False,  # recompute each layer's activations in the backward pass (saves memory)
@@ -43,15 +43,15 @@ def get_config(preset=None):
     )
 
     config.train = dict(
-        steps=1000,  # optimizer steps
-        global_batch_size=64,  # sequences per step over all devices and processes
+        steps=1_000_000,  # optimizer steps
+        global_batch_size=256,  # sequences per step over all devices and processes
         grad_accum_steps=1,  # micro-batches per step (each global_batch_size / this)
         seed=0,  # parameters, data order, masks and dropout all derive from it
         nsp=True,  # add the next-sentence loss; False = MLM alone
-        log_every=10,  # steps between metrics.jsonl lines (and NaN/Inf checks)
-        eval_every=200,  # steps between evaluations on the whole eval split; 0 = never
-        eval_batch_size=64,  # sequences per evaluation batch over all devices
-        checkpoint_every=500,  # steps between checkpoints (and one at the end)
+        log_every=100,  # steps between metrics.jsonl lines (and NaN/Inf checks)
+        eval_every=10_000,  # steps between evaluations on the whole eval split; 0 = never
+        eval_batch_size=256,  # sequences per evaluation batch over all devices
+        checkpoint_every=5_000,  # steps between checkpoints (and one at the end)
         keep_checkpoints=3,  # most recent checkpoints kept
         keep_checkpoints_every=0,  # also keep every checkpoint at a multiple of this; 0 = none
         async_checkpointing=True,  # write checkpoints in the background while training goes on
@@ -63,8 +63,8 @@ def get_config(preset=None):
 
     config.optim = dict(
         name="adamw",  # "adamw" or "lamb" (large batches)
-        peak_lr=1e-3,  # learning rate at the end of warm-up (tiny models take a large one)
-        warmup_steps=100,  # linear warm-up from 0
+        peak_lr=1e-4,  # learning rate at the end of warm-up
+        warmup_steps=10_000,  # linear warm-up from 0
         schedule="linear",  # decay after warm-up: "linear" (BERT), "polynomial", "cosine"
         end_lr=0.0,  # learning rate at the last step
         power=1.0,  # exponent of the "polynomial" schedule

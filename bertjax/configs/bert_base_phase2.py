@@ -1,6 +1,6 @@
 r"""BERT-base, phase 2 of the paper's recipe: 100,000 steps of 256 sequences of 512 tokens.
 
-    bertjax train --config configs/bert_base_phase2.py --workdir $WORKDIR/phase2 \
+    bertjax train --config bert_base_phase2 --workdir $WORKDIR/phase2 \
         --config.data.train_dir=data/wikibooks512 --init-from $WORKDIR/phase1
 
 Starts from phase 1's parameters (`--init-from`, the checkpointing feature; carry phase 1's
@@ -10,16 +10,14 @@ to 0, so that phases 1 + 2 are the 1,000,000-step schedule of Devlin et al. 2018
 steps count from 0. The dataset is the same corpus prepared at --max-seq-len 512.
 """
 
-from pathlib import Path
-
-from bertjax.train.config import load_config
+from bertjax.configs import bert_base_phase1
 
 PHASE2_STEPS = 100_000  # the last 10% of the paper's 1,000,000 steps
 
 
 def get_config():
     """Phase 1's config with the sequence-512 values."""
-    config = load_config(str(Path(__file__).with_name("bert_base_phase1.py")))
+    config = bert_base_phase1.get_config()
     phase1_end_lr = config.optim.end_lr
 
     config.data.max_predictions_per_seq = 80  # google-research/bert's value at length 512

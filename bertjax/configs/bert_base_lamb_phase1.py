@@ -1,13 +1,13 @@
 r"""BERT-base with LAMB at batch 65,536, phase 1 (seq 128): 7,038 steps (You et al. 2019; NVIDIA).
 
-    bertjax train --config configs/bert_base_lamb_phase1.py --workdir $WORKDIR/lamb1 \
+    bertjax train --config bert_base_lamb_phase1 --workdir $WORKDIR/lamb1 \
         --config.data.train_dir=data/wikibooks128
 
 NVIDIA DeepLearningExamples PyTorch/LanguageModeling/BERT scripts/run_pretraining.sh (phase 1):
 8 GPUs x 8,192 = 65,536 sequences per step, 7,038 steps, lr 6e-3, warm-up 28.43% of the steps,
 then polynomial decay with power 0.5 to 0 (PolyWarmUpScheduler, degree 0.5); LAMB with weight
 decay 0.01, not on LayerNorm parameters or biases, gradient norm clipped at 1.0. NVIDIA ran
-this recipe on BERT-large (configs/bert_large_lamb_phase1.py); here it is applied unchanged
+this recipe on BERT-large (bertjax/configs/bert_large_lamb_phase1.py); here it is applied unchanged
 to BERT-base. One difference: NVIDIA's decay is peak * (1 - step/steps)^0.5, which jumps down
 to 0.846 x peak when warm-up ends; ours decays from the peak itself over the remaining steps,
 so after warm-up our learning rate is NVIDIA's times 1/sqrt(1 - 0.2843) = 1.18.
@@ -18,9 +18,7 @@ devices, 256 on a 4-chip v4-8). Halve the micro-batch (double grad_accum_steps) 
 not fit; the optimizer step is the same.
 """
 
-from pathlib import Path
-
-from bertjax.train.config import load_config
+from bertjax.configs import bert_base_phase1
 
 STEPS = 7_038  # NVIDIA phase 1
 WARMUP_FRACTION = 0.2843  # NVIDIA phase 1 warmup_proportion
@@ -28,7 +26,7 @@ WARMUP_FRACTION = 0.2843  # NVIDIA phase 1 warmup_proportion
 
 def get_config():
     """BERT-base phase 1 with NVIDIA's LAMB phase-1 recipe."""
-    config = load_config(str(Path(__file__).with_name("bert_base_phase1.py")))
+    config = bert_base_phase1.get_config()
 
     config.train.steps = STEPS  # optimizer steps of this phase
     config.train.global_batch_size = 65_536  # 8 GPUs x 8,192 in NVIDIA's script

@@ -1,21 +1,19 @@
 r"""BERT-base, phase 1 of the paper's recipe: 900,000 steps of 256 sequences of 128 tokens.
 
-    bertjax train --config configs/bert_base_phase1.py --workdir $WORKDIR/phase1 \
+    bertjax train --config bert_base_phase1 --workdir $WORKDIR/phase1 \
         --config.data.train_dir=data/wikibooks128
 
 Devlin et al. 2018, section 3.1 and appendix A.2: Adam (lr 1e-4, b1 0.9, b2 0.999, L2 weight
 decay 0.01), warm-up over the first 10,000 steps then linear decay, dropout 0.1, gelu, batch
 256, 1,000,000 steps in all: 90% at sequence length 128, then 10% at 512
-(configs/bert_base_phase2.py). The two phases share one schedule: this run decays linearly
+(bertjax/configs/bert_base_phase2.py). The two phases share one schedule: this run decays linearly
 towards 0 at step 1,000,000 and stops at step 900,000, where phase 2 takes over at the same
 learning rate. The dataset is Wikipedia + BookCorpus prepared at --max-seq-len 128; see
-docs/REPRODUCE.md. Every value not set here comes from configs/bert_tiny.py, which holds the
+docs/REPRODUCE.md. Every value not set here comes from bertjax/configs/base.py, which holds the
 full list of keys.
 """
 
-from pathlib import Path
-
-from bertjax.train.config import load_config
+from bertjax.configs import base
 
 TOTAL_STEPS = 1_000_000  # both phases (paper: 1M steps at batch 256)
 PHASE1_STEPS = 900_000  # 90% of them at sequence length 128
@@ -24,8 +22,8 @@ PEAK_LR = 1e-4  # Adam learning rate (paper, appendix A.2)
 
 
 def get_config():
-    """The config (bert_tiny's keys, the paper's BERT-base phase-1 values)."""
-    config = load_config(str(Path(__file__).with_name("bert_tiny.py")))
+    """The config (base's keys, the paper's BERT-base phase-1 values)."""
+    config = base.get_config()
 
     config.model.preset = "base"  # 12 layers, hidden 768, 12 heads: 110,106,428 parameters
     config.model.compute_dtype = "bfloat16"  # bf16 matmuls on TPU/GPU; parameters stay float32

@@ -1,9 +1,9 @@
 r"""BERT-base on one GPU in a fixed time budget (the academic-budget and cramming recipes).
 
-    bertjax train --config configs/bert_budget.py --workdir $WORKDIR/budget \
+    bertjax train --config bert_budget --workdir $WORKDIR/budget \
         --config.data.train_dir=data/wikibooks128_nonsp
     # after measuring this GPU's tokens/s (metrics.jsonl), size the run to its budget:
-    bertjax train --config configs/bert_budget.py:hours=24,tokens_per_s=230000 ...
+    bertjax train --config bert_budget:hours=24,tokens_per_s=230000 ...
 
 In the spirit of Izsak et al. 2021 ("How to Train BERT with an Academic Budget") and Geiping &
 Goldstein 2022 ("Cramming"): sequences of 128 tokens only, no next-sentence prediction (the
@@ -19,10 +19,8 @@ giving 37,078 steps in 24 hours (docs/REPRODUCE.md). Measure yours in the first 
 pass it as above, so the schedule ends on time.
 """
 
-from pathlib import Path
-
-from bertjax.cli import UserError
-from bertjax.train.config import load_config
+from bertjax.errors import UserError
+from bertjax.configs import bert_base_phase1
 
 SEQ_LEN = 128  # the dataset's --max-seq-len (no key for it: the dataset decides)
 GLOBAL_BATCH = 4_096  # Izsak et al. 2021
@@ -39,14 +37,14 @@ def parse_arg(arg: str | None) -> dict:
         key, eq, text = item.partition("=")
         if not eq or key not in values:
             raise UserError(
-                f"configs/bert_budget.py:{arg}: expected hours=H,tokens_per_s=T, got {item!r}"
+                f"bert_budget:{arg}: expected hours=H,tokens_per_s=T, got {item!r}"
             )
         try:
             values[key] = float(text)
         except ValueError:
-            raise UserError(f"configs/bert_budget.py: {key}={text!r} is not a number") from None
+            raise UserError(f"bert_budget: {key}={text!r} is not a number") from None
         if values[key] <= 0:
-            raise UserError(f"configs/bert_budget.py: {key}={text} must be positive")
+            raise UserError(f"bert_budget: {key}={text} must be positive")
     return values
 
 
@@ -59,7 +57,7 @@ def get_config(arg=None):
     """BERT-base phase 1's keys with the one-GPU budget recipe; `arg` = hours=H,tokens_per_s=T."""
     budget = parse_arg(arg)
     steps = budget_steps(budget["hours"], budget["tokens_per_s"])
-    config = load_config(str(Path(__file__).with_name("bert_base_phase1.py")))
+    config = bert_base_phase1.get_config()
 
     config.model.preset = "base"  # BERT-base shape (cramming keeps a base-sized model too)
     config.model.compute_dtype = "bfloat16"  # bf16 tensor cores

@@ -1,6 +1,6 @@
 r"""BERT-base with LAMB at batch 32,768, phase 2 (seq 512): 1,563 steps (You et al. 2019; NVIDIA).
 
-    bertjax train --config configs/bert_base_lamb_phase2.py --workdir $WORKDIR/lamb2 \
+    bertjax train --config bert_base_lamb_phase2 --workdir $WORKDIR/lamb2 \
         --config.data.train_dir=data/wikibooks512 --init-from $WORKDIR/lamb1
 
 NVIDIA's phase 2 (scripts/run_pretraining.sh): 8 GPUs x 4,096 = 32,768 sequences per step,
@@ -11,9 +11,7 @@ from phase 1 with `--init-from`, carrying the optimizer state over. This run's s
 from 0. Micro-batches of 32,768 / 128 = 256 sequences (32 per device on 8 devices).
 """
 
-from pathlib import Path
-
-from bertjax.train.config import load_config
+from bertjax.configs import bert_base_lamb_phase1
 
 STEPS = 1_563  # NVIDIA phase 2
 WARMUP_FRACTION = 0.128  # NVIDIA phase 2 warmup_proportion
@@ -21,7 +19,7 @@ WARMUP_FRACTION = 0.128  # NVIDIA phase 2 warmup_proportion
 
 def get_config():
     """LAMB phase 1 with NVIDIA's phase-2 values."""
-    config = load_config(str(Path(__file__).with_name("bert_base_lamb_phase1.py")))
+    config = bert_base_lamb_phase1.get_config()
 
     config.data.max_predictions_per_seq = 80  # google-research/bert's value at length 512
 

@@ -1,0 +1,1 @@
+"""Recipes shipped with the package: `--config NAME` loads `bertjax/configs/NAME.py`."""
