@@ -17,12 +17,12 @@ SUBCOMMAND_MODULES = (
     "bertjax.data.prepare",
     "bertjax.bench",
     "bertjax.data.batches_cli",
-    "bertjax.train.loop",
+    "bertjax.train.train_cli",
     "bertjax.train.eval_cli",
     "bertjax.export",
     "bertjax.demo",
     "bertjax.plot",
-    "bertjax.finetune.train",
+    "bertjax.finetune.finetune_cli",
 )
 
 

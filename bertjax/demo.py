@@ -110,9 +110,9 @@ def build_dataset(files: list[Path], tokenizer, out_dir: Path, held_out: int) ->
 def run_demo(workdir, *, corpus="stdlib", steps=300, max_documents=None, vocab_size=8000,
              held_out=512, config_path=None, overrides=()) -> dict:
     """Runs every stage; returns {before, after, tokens_per_s, paths, seconds}."""
-    from bertjax import export, plot
+    from bertjax import hf, plot
+    from bertjax.train import checkpoint, loop
     from bertjax.train import config as config_lib
-    from bertjax.train import loop
 
     start = time.perf_counter()
     workdir = Path(workdir)
@@ -131,9 +131,7 @@ def run_demo(workdir, *, corpus="stdlib", steps=300, max_documents=None, vocab_s
     history = loop.train(config, run_dir)
 
     hf_dir = workdir / "hf_export"
-    loaded = export.load_model(run_dir)
-    from bertjax import hf
-
+    loaded = checkpoint.load_model(run_dir)
     hf.write_folder(loaded.params, loaded.model_cfg, hf_dir, loaded.tokenizer_files)
     png = plot.plot_workdir(run_dir, workdir / "metrics.png")
     before = _eval_at(history, 0)

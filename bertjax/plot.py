@@ -6,7 +6,7 @@ import pathlib
 from collections.abc import Sequence
 
 from bertjax.errors import UserError
-from bertjax.train import report, workdir_io
+from bertjax.train import metrics_writer, workdir_io
 
 # (title, y-axis label, train key, eval key or None, smooth); one panel each, in reading order.
 PANELS = (
@@ -114,9 +114,9 @@ def build_figure(records: Sequence[dict], title: str = ""):
 
 def load_records(workdir: str | pathlib.Path) -> list[dict]:
     """Reads the workdir's metrics, turning a missing, empty or corrupt file into a UserError."""
-    path = report.metrics_path(workdir)
+    path = metrics_writer.metrics_path(workdir)
     try:
-        records = report.read_metrics(workdir)
+        records = metrics_writer.read_metrics(workdir)
     except FileNotFoundError:
         raise UserError(
             f"no metrics file at {path}: `bertjax train --workdir {workdir}` writes it"

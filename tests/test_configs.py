@@ -24,7 +24,10 @@ from bertjax.train.config import (
     validate,
 )
 
-CONFIGS = sorted(p for p in PACKAGED_CONFIGS.glob("*.py") if not p.name.startswith("_"))
+# The pretraining recipes (finetune_* configs have the keys of `bertjax finetune`).
+CONFIGS = sorted(
+    p for p in PACKAGED_CONFIGS.glob("*.py") if not p.name.startswith(("_", "finetune_"))
+)
 VOCAB = 30522  # bert-base-uncased's vocab.txt
 
 # BertForPreTraining with vocab 30522 (the same count as HF's); the paper rounds to 110M/340M.

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from bertjax import cli
-from bertjax.train.report import read_metrics
+from bertjax.train.metrics_writer import read_metrics
 
 
 @pytest.mark.slow

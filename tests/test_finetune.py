@@ -22,8 +22,9 @@ from bertjax.train import config as config_lib
 from bertjax.train import optim, sharding
 from bertjax.train import step as step_lib
 from bertjax.train.checkpoint import Checkpointer
-from bertjax.train.loop import check_finite
-from bertjax.train.report import read_metrics
+from bertjax.train.config import load_config
+from bertjax.train.step_metrics import PRETRAINING_REMEDY, check_finite
+from bertjax.train.metrics_writer import read_metrics
 
 CONFIG = "bert_tiny"
 WORDS = [f"w{i}" for i in range(30)]  # two topics: w0..w14 and w15..w29
@@ -198,15 +199,10 @@ def test_the_shared_train_step_accumulates_the_head_loss_exactly():
 def test_tiny_bert_learns_a_sentence_pair_task(tiny_model, tmp_path, capsys):
     data = tmp_path / "rte"
     test_labels = write_rte(data, n_train=1024, n_dev=100, n_test=40)
-    cfg = ft.FinetuneConfig(
-        task="rte",
-        init=str(tiny_model),
-        data=str(data),
-        max_seq_len=16,
-        epochs=8,
-        learning_rates=(1e-3,),
-        log_every=32,
-    )
+    cfg = load_config("finetune_glue", [
+        "task=rte", f"init={tiny_model}", f"data={data}", "max_seq_len=16", "epochs=8",
+        "learning_rates=(1e-3,)", "log_every=32",
+    ])
     workdir = tmp_path / "run"
     result = ft.finetune(cfg, workdir)
 
@@ -278,7 +274,7 @@ def test_transformers_checkpoint_fine_tunes_through_the_cli(transformers_model, 
     assert "mesh data=4, fsdp=2, tensor=1" in out
     # Started from the transformers weights: 3 steps at lr <= 2e-5 move no weight far.
     pretrained = hf.load_pretrained(transformers_model).params["bert"]
-    tuned = export.load_model(workdir).params
+    tuned = checkpoint.load_model(workdir).params
     assert tuned["classifier"]["kernel"].shape == (32, 3)
     diffs = jax.tree.map(
         lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), pretrained, tuned["bert"]
@@ -369,11 +365,11 @@ def test_a_pretraining_workdir_fine_tunes_through_the_cli(
     assert f"model {pretrained_workdir} step {step} (1 layers, hidden 128)" in out
     result = json.loads(out.strip().splitlines()[-1])
     assert (result["step"], result["examples"]) == (1, 4)
-    tuned = export.load_model(workdir).params
+    tuned = checkpoint.load_model(workdir).params
     assert tuned["classifier"]["kernel"].shape == (128, 2)
 
     def max_diff(step):
-        pretrained = export.load_model(pretrained_workdir, step).params["bert"]
+        pretrained = checkpoint.load_model(pretrained_workdir, step).params["bert"]
         diffs = jax.tree.map(lambda a, b: np.max(np.abs(np.asarray(a) - b)), pretrained,
                              tuned["bert"])  # fmt: skip
         return float(max(jax.tree.leaves(diffs)))
@@ -440,9 +436,9 @@ def test_bad_input_is_one_clear_error(
 
 
 def test_check_finite_ends_with_the_callers_remedy():
-    check_finite(3, {"loss": 0.5}, 2)  # a finite loss passes
+    check_finite(3, {"loss": 0.5}, 2, remedy=PRETRAINING_REMEDY)  # a finite loss passes
     with pytest.raises(FloatingPointError, match=r"loss is nan at step 3 .*Lower optim\.peak_lr"):
-        check_finite(3, {"loss": float("nan")}, 2)  # `bertjax train`'s config keys by default
+        check_finite(3, {"loss": float("nan")}, 2, remedy=PRETRAINING_REMEDY)  # `bertjax train`
     with pytest.raises(FloatingPointError, match=r"loss is inf at step 3 .*Lower --lr") as e:
         check_finite(3, {"loss": float("inf")}, 2, remedy=ft.NAN_REMEDY)
     assert str(e.value).endswith(ft.NAN_REMEDY) and "optim." not in str(e.value)

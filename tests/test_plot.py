@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from bertjax import cli, plot
-from bertjax.train import report
+from bertjax.train import metrics_writer
 
 EXPECTED_TITLES = [
     "Loss (MLM + NSP)",
@@ -21,7 +21,7 @@ EXPECTED_TITLES = [
 
 def _write_run(workdir, steps=120, grad_norm=True):
     """A synthetic run through MetricsWriter: training every step, evaluation every 40."""
-    with report.MetricsWriter(workdir, steps, tensorboard=False, stream=io.StringIO()) as w:
+    with metrics_writer.MetricsWriter(workdir, steps, tensorboard=False, stream=io.StringIO()) as w:
         for step in range(steps + 1):
             metrics = {
                 "loss": 10.0 - step / 20,
@@ -47,7 +47,7 @@ def _legend_texts(ax):
 
 def test_figure_has_the_expected_panels_with_train_and_eval(tmp_path):
     _write_run(tmp_path, grad_norm=False)
-    fig = plot.build_figure(report.read_metrics(tmp_path), title="demo")
+    fig = plot.build_figure(metrics_writer.read_metrics(tmp_path), title="demo")
     axes = fig.axes
     assert [ax.get_title() for ax in axes] == EXPECTED_TITLES
     assert all(ax.get_xlabel() == "step" and ax.get_ylabel() for ax in axes)

@@ -20,7 +20,7 @@ from fsspec.implementations.local import LocalFileSystem
 from bertjax import cli
 from bertjax.errors import UserError
 from bertjax.data.bench_loader import synthetic_dataset
-from bertjax.train import checkpoint, report, workdir_io
+from bertjax.train import checkpoint, metrics_writer, workdir_io
 
 CONFIG = "bert_tiny"
 RUN = "gs://bucket/run"
@@ -88,7 +88,7 @@ def test_a_url_without_its_fsspec_driver_is_one_clear_error(monkeypatch):
 
 
 def test_metrics_on_gs_resume_keeps_one_file_and_drops_superseded_rows(gcs):
-    with report.MetricsWriter(RUN, 100, **_quiet()) as w:  # run 1: killed after step 50
+    with metrics_writer.MetricsWriter(RUN, 100, **_quiet()) as w:  # run 1: killed after step 50
         for step in range(0, 60, 10):
             w.write(step, {"loss": 1.0, "run": 1})
         w.write_eval(40, {"loss": 1.0, "run": 1})
@@ -96,7 +96,7 @@ def test_metrics_on_gs_resume_keeps_one_file_and_drops_superseded_rows(gcs):
     assert len(obj.read_text().splitlines()) == 7
     with open(obj, "a") as f:  # as if copied from a local run killed mid-line
         f.write('{"step": 60, "split": "tr')
-    with report.MetricsWriter(RUN, 100, **_quiet()) as w:  # run 2: resumed from step 40
+    with metrics_writer.MetricsWriter(RUN, 100, **_quiet()) as w:  # run 2: resumed from step 40
         for step in range(40, 80, 10):
             w.write(step, {"loss": 2.0, "run": 2})
         w.write_eval(40, {"loss": 2.0, "run": 2})
@@ -104,7 +104,7 @@ def test_metrics_on_gs_resume_keeps_one_file_and_drops_superseded_rows(gcs):
     assert len(lines) == 13 and lines[7] == '{"step": 60, "split": "tr'  # history kept whole
     assert all(json.loads(line) for i, line in enumerate(lines) if i != 7)
 
-    records = report.read_metrics(RUN)
+    records = metrics_writer.read_metrics(RUN)
     train = [(r["step"], r["run"]) for r in records if r["split"] == "train"]
     assert train == [(0, 1), (10, 1), (20, 1), (30, 1), (40, 2), (50, 2), (60, 2), (70, 2)]
     assert [(r["step"], r["eval_run"]) for r in records if r["split"] == "eval"] == [(40, 2)]
@@ -116,17 +116,17 @@ def test_read_metrics_reads_a_gs_object(gcs):
     obj.write_text(
         '{"step": 1, "loss": 2.0}\n{"step": 2, "split": "eval", "eval_loss": 1.5}\n{"step": 3, "lo'
     )
-    assert report.read_metrics(RUN) == [
+    assert metrics_writer.read_metrics(RUN) == [
         {"step": 1, "loss": 2.0, "split": "train"},
         {"step": 2, "split": "eval", "eval_loss": 1.5},
     ]
     with pytest.raises(FileNotFoundError):
-        report.read_metrics("gs://bucket/other")
+        metrics_writer.read_metrics("gs://bucket/other")
 
 
 def test_remote_metrics_are_uploaded_at_most_every_sync_secs_and_at_close(gcs):
     obj = gcs / "bucket" / "run" / "metrics.jsonl"
-    w = report.MetricsWriter(RUN, 10, **_quiet(sync_secs=3600))
+    w = metrics_writer.MetricsWriter(RUN, 10, **_quiet(sync_secs=3600))
     w.write(1, {"loss": 3.0})  # the first write is uploaded at once: the run shows up
     assert [json.loads(x)["step"] for x in obj.read_text().splitlines()] == [1]
     w.write(2, {"loss": 2.0})
@@ -142,7 +142,7 @@ def test_remote_metrics_are_uploaded_at_most_every_sync_secs_and_at_close(gcs):
 
 def test_metrics_upload_every_write_with_sync_secs_zero(gcs):
     obj = gcs / "bucket" / "run" / "metrics.jsonl"
-    with report.MetricsWriter(RUN, 10, **_quiet(sync_secs=0)) as w:
+    with metrics_writer.MetricsWriter(RUN, 10, **_quiet(sync_secs=0)) as w:
         for step in (1, 2, 3):
             w.write(step, {"loss": 1.0})
             assert len(obj.read_text().splitlines()) == step
@@ -167,7 +167,7 @@ def _tensorboard_scalars(logdir: Path) -> dict:
 def test_tensorboard_events_are_uploaded_to_gs_tb(gcs):
     stagings = []
     for run, steps in ((1, (10, 20)), (2, (30,))):  # a resumed run adds its own event file
-        w = report.MetricsWriter(RUN, 30, stream=io.StringIO())
+        w = metrics_writer.MetricsWriter(RUN, 30, stream=io.StringIO())
         stagings.append(w._tb_dir.local)
         assert not str(stagings[-1]).startswith(str(gcs))
         for step in steps:
@@ -183,7 +183,7 @@ def test_tensorboard_events_are_uploaded_to_gs_tb(gcs):
 
 
 def test_plot_reads_a_gs_workdir_and_writes_the_image_there(gcs, capsys):
-    with report.MetricsWriter(RUN, 20, **_quiet()) as w:
+    with metrics_writer.MetricsWriter(RUN, 20, **_quiet()) as w:
         for step in range(1, 21):
             w.write(step, {"loss": 5.0 - step / 10, "learning_rate": 1e-4})
         w.write_eval(20, {"loss": 3.5})
@@ -238,7 +238,7 @@ def test_train_resume_eval_and_export_with_a_gs_workdir(gcs, local_checkpoints, 
     run_dir = gcs / "bucket" / "run"
     assert json.loads((run_dir / "config.json").read_text())["train"]["steps"] == 4
     assert sorted(p.name for p in local_checkpoints.iterdir() if p.name.isdigit()) == ["2", "4"]
-    first = report.read_metrics(RUN)
+    first = metrics_writer.read_metrics(RUN)
 
     # Lose the last checkpoint, as a run killed before saving it would: the rerun resumes at
     # step 2 and logs step 4 again, in the same metrics.jsonl.
@@ -253,7 +253,7 @@ def test_train_resume_eval_and_export_with_a_gs_workdir(gcs, local_checkpoints, 
         (4, "train"),
         (4, "eval"),
     ]
-    records = report.read_metrics(RUN)
+    records = metrics_writer.read_metrics(RUN)
     assert [(r["step"], r["split"]) for r in records] == [(2, "train"), (4, "train"), (4, "eval")]
     assert records[0] == first[0] and records[1]["time"] == raw[3]["time"]
     assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 2

@@ -16,7 +16,7 @@ import pytest
 
 from bertjax.data.bench_loader import synthetic_dataset
 from bertjax.export import load_model
-from bertjax.train.report import read_metrics
+from bertjax.train.metrics_writer import read_metrics
 
 CONFIG = "bert_tiny"
 # Metrics that depend on the wall clock, not on the computation.

@@ -13,7 +13,7 @@ import pytest
 from bertjax import cli
 from bertjax.data.bench_loader import synthetic_dataset
 from bertjax.train import config as config_lib
-from bertjax.train.report import read_metrics
+from bertjax.train.metrics_writer import read_metrics
 
 CONFIG = "bert_tiny"
 

@@ -19,14 +19,15 @@ CONFIG = "bert_tiny"
 TIMEOUT_S = 420
 
 # What a worker runs: the `bertjax train` command line, parsed by the real parser, then the
-# same calls as `loop.run`, printing the full-precision losses (metrics.jsonl rounds them).
+# same calls as `train_cli.run`, printing the full-precision losses (metrics.jsonl rounds them).
 WORKER = """
 import json, sys
 from bertjax import cli
 from bertjax.train import config as config_lib, loop
+from bertjax.train.distributed import initialize_distributed
 args = cli.build_parser().parse_args(sys.argv[1:])
 config = config_lib.load_config(args.config, args.config_overrides)
-loop.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 history = loop.train(config, args.workdir)
 print("LOSSES " + json.dumps([h["loss"] for h in history]), flush=True)
 """

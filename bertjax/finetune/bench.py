@@ -70,12 +70,20 @@ def classification_batch(batch_size: int, seq_len: int, vocab: int, task, seed: 
     return batch
 
 
+def bench_optim_config(total_steps: int):
+    """The optimizer settings of the `finetune_glue` recipe at LEARNING_RATE."""
+    from bertjax.finetune import step_setup
+    from bertjax.train.config import load_config
+
+    return step_setup.optim_config(load_config("finetune_glue"), LEARNING_RATE, total_steps)
+
+
 def time_ours(model_cfg, task, batch_np, steps: int) -> float:
     """Seconds per step of `bertjax finetune`'s jitted train step (after compile and 2 warm-up
     steps), the batch split over every device."""
     import jax
 
-    from bertjax.finetune import heads
+    from bertjax.finetune import step_setup
     from bertjax.train import sharding
     from bertjax.train.bench import seconds_per_jax_step
 
@@ -85,8 +93,9 @@ def time_ours(model_cfg, task, batch_np, steps: int) -> float:
         raise UserError(
             f"--batch-size={len(batch_np['labels'])} is not divisible by the {ways} devices"
         )
-    optim_cfg = heads.optim_config(LEARNING_RATE, 0, 0.01)
-    setup = heads.setup_step(model_cfg, task, optim_cfg, steps + 2, mesh, jax.random.key(0))
+    setup = step_setup.setup_step(
+        model_cfg, task, bench_optim_config(steps + 2), steps + 2, mesh, jax.random.key(0)
+    )
     batch = sharding.global_batch(batch_np, mesh)
     return seconds_per_jax_step(setup.train_fn, setup.state, batch, steps)
 
@@ -98,7 +107,6 @@ def time_hf(model_cfg, task, batch_np, steps: int) -> float:
     import transformers
 
     from bertjax import hf
-    from bertjax.finetune import heads
     from bertjax.train.bench import seconds_per_torch_step
 
     hf_cfg = transformers.BertConfig(
@@ -107,7 +115,7 @@ def time_hf(model_cfg, task, batch_np, steps: int) -> float:
     )
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(hf_cfg).train()
-    optim_cfg = heads.optim_config(LEARNING_RATE, 0, 0.01)  # what time_ours runs
+    optim_cfg = bench_optim_config(steps + 2)  # what time_ours runs
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=optim_cfg.peak_lr,

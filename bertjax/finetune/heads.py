@@ -1,17 +1,12 @@
-"""Fine-tuning heads: BERT with a classifier (or a regressor) on the pooled output, its loss,
-its optimizer and its train step."""
-
-import functools
-from typing import NamedTuple
+"""Fine-tuning heads: BERT with a classifier (or a regressor) on the pooled output, its loss
+and its objective for the shared train step."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from bertjax import model as model_lib
-from bertjax.train import optim, sharding
 from bertjax.train import step as step_lib
 
 
@@ -111,47 +106,3 @@ def objective(regression: bool) -> step_lib.Objective:
 def predict_step(params, batch: dict, *, model: nn.Module) -> jax.Array:
     """Logits [B, num_labels] of one batch, dropout off."""
     return _forward(model, params, batch, None, True)
-
-
-def optim_config(lr: float, warmup_steps: int, weight_decay: float):
-    """BERT's fine-tuning optimizer: AdamWeightDecay with global-norm clipping at 1, linear
-    warm-up to `lr`, then linear decay to 0."""
-    return ml_collections.ConfigDict({
-        "name": "adamw", "peak_lr": lr, "warmup_steps": warmup_steps, "schedule": "linear",
-        "end_lr": 0.0, "power": 1.0, "b1": 0.9, "b2": 0.999, "eps": 1e-6,
-        "weight_decay": weight_decay, "clip_norm": 1.0})  # fmt: skip
-
-
-class StepSetup(NamedTuple):
-    """What `setup_step` builds."""
-
-    state: object  # step.TrainState, sharded; every weight random
-    shardings: object  # the state's NamedShardings
-    model: object  # BertForSequenceClassification
-    train_fn: object  # the jitted step: (state, batch, rng) -> (state, metrics)
-
-
-def setup_step(model_cfg, task, optim_cfg, total_steps: int, mesh, rng, accum_steps: int = 1):
-    """A freshly initialised classifier's sharded train state and its jitted train step (the
-    shared pretraining step with the head's objective): what a fine-tuning run and
-    `bertjax bench finetune` both run."""
-    rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
-    tx, schedule = optim.make_optimizer(optim_cfg, total_steps)
-    init_fn = functools.partial(init_params, num_labels=task.num_labels)
-    abstract, shardings = step_lib.state_shardings(model_cfg, tx, mesh, rules, init_fn)
-    sharding.check_divisible(abstract, shardings)
-    state = step_lib.create_sharded_state(
-        rng, model_cfg=model_cfg, tx=tx, shardings=shardings, init_params=init_fn
-    )
-    model = BertForSequenceClassification(model_cfg, task.num_labels)
-    train_fn = step_lib.jit_train_step(
-        mesh,
-        rules,
-        shardings,
-        model=model,
-        tx=tx,
-        schedule=schedule,
-        accum_steps=accum_steps,
-        objective=objective(task.is_regression),
-    )
-    return StepSetup(state, shardings, model, train_fn)

@@ -1,6 +1,6 @@
-"""`bertjax finetune`: GLUE fine-tuning of a pretraining checkpoint or a HuggingFace folder,
-on the pretraining machinery (mesh and logical rules, optax AdamW, the jitted train step,
-orbax checkpoints, metrics.jsonl)."""
+"""GLUE fine-tuning of a pretraining checkpoint or a HuggingFace folder, on the pretraining
+machinery (mesh and logical rules, optax AdamW, the jitted train step, orbax checkpoints,
+metrics.jsonl); the config is `bertjax/configs/finetune_glue.py`'s."""
 
 import dataclasses
 import functools
@@ -8,7 +8,6 @@ import json
 import math
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,131 +15,18 @@ import numpy as np
 from bertjax.errors import UserError
 from bertjax.finetune import batches
 
-PAPER_LEARNING_RATES = (2e-5, 3e-5, 5e-5)  # BERT paper, section A.3 (batch 32, 3 epochs)
 RESULTS_FILE = "eval_results.json"
 # The advice of a diverged run, in this command's flags (clipping is fixed at norm 1 here).
 NAN_REMEDY = "Lower --lr (or the rates of --lr-sweep), or raise --warmup"
 
 
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-    """One `bertjax finetune` run; the defaults are the BERT paper's GLUE recipe."""
-
-    task: str
-    init: str  # a pretraining workdir (newest checkpoint, or init_step) or a HuggingFace folder
-    data: str | None = None  # GLUE tsv / JSONL directory; None: `datasets` (nyu-mll/glue)
-    tokenizer: str | None = None  # None: the model's own (HF vocab.txt, the dataset's tokenizer)
-    init_step: int | None = None
-    max_seq_len: int = 128
-    batch_size: int = 32  # global, over all devices and processes
-    grad_accum_steps: int = 1
-    epochs: int = 3
-    learning_rates: tuple[float, ...] = (2e-5,)  # more than one: a sweep, best on dev wins
-    warmup: float = 0.1  # fraction of the steps with linear warm-up, then linear decay to 0
-    weight_decay: float = 0.01
-    seed: int = 0
-    log_every: int = 50
-    mesh: tuple[tuple[str, int], ...] = (("data", -1), ("fsdp", 1), ("tensor", 1))
-
-
-def register(subparsers) -> None:
-    """Adds `finetune` to the `bertjax` command."""
-    p = subparsers.add_parser(
-        "finetune",
-        help="fine-tune and score BERT on a GLUE task",
-        description="Fine-tune a pretraining checkpoint or a HuggingFace BERT folder on a GLUE "
-        "task (paper recipe by default), score the dev set(s) after each epoch, write test "
-        "predictions in GLUE's submission format. The last stdout line is the dev metrics "
-        "as JSON (also in WORKDIR/eval_results.json).",
-    )
-    p.add_argument(
-        "--task", required=True, help="cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte or wnli"
-    )
-    p.add_argument(
-        "--init",
-        required=True,
-        metavar="PATH",
-        help="pretraining workdir (newest checkpoint) or HuggingFace BERT folder",
-    )
-    p.add_argument("--init-step", type=int, default=None, help="checkpoint step of --init")
-    p.add_argument("--workdir", required=True, help="where results, logs and the model go")
-    p.add_argument(
-        "--data",
-        metavar="DIR",
-        default=None,
-        help="GLUE tsv files (train.tsv, dev.tsv, test.tsv) or JSONL; default: "
-        "`datasets` nyu-mll/glue (needs the network or its cache)",
-    )
-    p.add_argument(
-        "--tokenizer",
-        metavar="PATH",
-        default=None,
-        help="vocab.txt / sentencepiece model (default: the model's own)",
-    )
-    p.add_argument("--max-seq-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=32, help="global batch size")
-    p.add_argument("--grad-accum-steps", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-5)")
-    p.add_argument(
-        "--lr-sweep",
-        type=float,
-        nargs="*",
-        metavar="LR",
-        default=None,
-        help="run each learning rate (default: 2e-5 3e-5 5e-5) in WORKDIR/lr_<LR> "
-        "and report the best on dev by the task's main metric",
-    )
-    p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=50, help="steps between metrics lines")
-    for axis, default in (("data", -1), ("fsdp", 1), ("tensor", 1)):
-        p.add_argument(
-            f"--mesh-{axis}",
-            type=int,
-            default=default,
-            help=f"size of the '{axis}' mesh axis (-1: the remaining devices)",
-        )
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    """Entry point of `bertjax finetune`."""
-    from bertjax.train.loop import initialize_distributed
-
-    if args.lr_sweep is not None and args.lr is not None:
-        raise UserError("--lr and --lr-sweep exclude each other: list the rates after --lr-sweep")
-    if args.lr_sweep is None:
-        learning_rates = (PAPER_LEARNING_RATES[0] if args.lr is None else args.lr,)
-    else:
-        learning_rates = tuple(args.lr_sweep) or PAPER_LEARNING_RATES
-    initialize_distributed()  # before any other JAX call; a lone process does nothing
-    names = [f.name for f in dataclasses.fields(FinetuneConfig) if hasattr(args, f.name)]
-    mesh = (("data", args.mesh_data), ("fsdp", args.mesh_fsdp), ("tensor", args.mesh_tensor))
-    cfg = FinetuneConfig(
-        **{k: getattr(args, k) for k in names}, learning_rates=learning_rates, mesh=mesh
-    )
-    try:
-        result = finetune(cfg, args.workdir)
-    except FloatingPointError as e:  # a diverged run: say where, without a traceback
-        print(f"bertjax finetune: error: {e}", file=sys.stderr)
-        return 1
-    import jax
-
-    if jax.process_index() == 0:
-        print(json.dumps(result), flush=True)
-    return 0
-
-
 def _log(msg: str) -> None:
-    import jax
+    from bertjax.train.step_metrics import log
 
-    if jax.process_index() == 0:
-        print(f"bertjax finetune: {msg}", flush=True)
+    log("finetune", msg)
 
 
-def check_config(cfg: FinetuneConfig) -> None:
+def check_config(cfg) -> None:
     """Raises UserError on values no run can use (before anything is loaded)."""
     positive = {
         "--batch-size": cfg.batch_size,
@@ -163,13 +49,13 @@ def check_config(cfg: FinetuneConfig) -> None:
 # --- model ---------------------------------------------------------------------------------
 
 
-def load_model_and_tokenizer(cfg: FinetuneConfig, task):
+def load_model_and_tokenizer(cfg, task):
     """(LoadedModel, tokenizer): checks that the tokenizer's ids fit the model's embeddings
     and the sequence length its position embeddings."""
-    from bertjax import export
     from bertjax.data import load_tokenizer
+    from bertjax.train import checkpoint
 
-    loaded = export.load_model(cfg.init, cfg.init_step)
+    loaded = checkpoint.load_model(cfg.init, cfg.init_step)
     if cfg.tokenizer:
         tok_path = cfg.tokenizer
     elif loaded.tokenizer_files:
@@ -210,7 +96,7 @@ def load_model_and_tokenizer(cfg: FinetuneConfig, task):
 class Prepared:
     """What every learning rate's run shares: loaded once, before any compilation."""
 
-    cfg: FinetuneConfig
+    cfg: object  # the run's ConfigDict (configs/finetune_glue.py)
     task: object  # tasks.GlueTask
     mesh: object
     model_cfg: object  # the pretrained model's BertConfig
@@ -269,11 +155,10 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
     dev metrics, also written to workdir/eval_results.json."""
     import jax
 
-    from bertjax import export
-    from bertjax.finetune import heads, submission
+    from bertjax.finetune import heads, step_setup, submission
     from bertjax.train import checkpoint, sharding
-    from bertjax.train.loop import check_finite
-    from bertjax.train.report import MetricsWriter
+    from bertjax.train.metrics_writer import MetricsWriter
+    from bertjax.train.step_metrics import StepMetrics
 
     cfg, task, mesh, splits, model_cfg = run.cfg, run.task, run.mesh, run.splits, run.model_cfg
     train = splits["train"]
@@ -283,9 +168,9 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
     if ckpt.latest_step() is not None:
         ckpt.close()
         raise UserError(f"{workdir} already holds a fine-tuned checkpoint: use a new --workdir")
-    optim_cfg = heads.optim_config(lr, int(cfg.warmup * total), cfg.weight_decay)
+    optim_cfg = step_setup.optim_config(cfg, lr, total)
     root = jax.random.key(cfg.seed)
-    setup = heads.setup_step(
+    setup = step_setup.setup_step(
         model_cfg, task, optim_cfg, total, mesh, jax.random.fold_in(root, 0), cfg.grad_accum_steps
     )
     state, shardings, model, train_fn = setup
@@ -310,29 +195,17 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
         return sharding.global_batch(batch, mesh)
 
     writer = MetricsWriter(workdir, total, enabled=jax.process_index() == 0)
-    last = {"step": 0, "time": time.perf_counter()}
-
-    def fetch(done, metrics):  # step n's metrics are fetched after step n+1 is dispatched
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        now = time.perf_counter()
-        tokens = cfg.batch_size * cfg.max_seq_len * (done - last["step"])
-        metrics["tokens_per_s"] = tokens / max(now - last["time"], 1e-9)
-        writer.write(done, metrics)
-        check_finite(done, metrics, last["step"], remedy=NAN_REMEDY)
-        last.update(step=done, time=now)
-
-    results, step, pending = {}, 0, None
+    tokens_per_step = cfg.batch_size * cfg.max_seq_len
+    step_metrics = StepMetrics(writer, tokens_per_step, 0, remedy=NAN_REMEDY)
+    results, step = {}, 0
     try:
         for epoch in range(cfg.epochs):
             for rows in batches.epoch_rows(len(train), cfg.batch_size, cfg.seed, epoch):
                 state, metrics = train_fn(state, next_batch(rows), dropout_rng)
-                if pending is not None:
-                    fetch(*pending)
                 step += 1
                 is_log = step % cfg.log_every == 0 or step % steps_per_epoch == 0
-                pending = (step, metrics) if is_log else None
-            fetch(*pending)
-            pending = None
+                step_metrics.dispatched(step, metrics, log=is_log)
+            step_metrics.flush()
             dev = {}
             for name in task.dev_splits:
                 outputs = predict(predict_fn, state.params, splits[name], cfg.batch_size, mesh)
@@ -349,9 +222,9 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
             }
             main = run.main_key
             _log(f"lr {lr:g} epoch {epoch + 1}/{cfg.epochs}: dev {main} {results[main]:.4f}")
-            last["time"] = time.perf_counter()  # throughput excludes evaluation
+            step_metrics.restart_clock()  # throughput excludes evaluation
         jax.block_until_ready(state)
-        meta = export.checkpoint_metadata(model_cfg, dataclasses.asdict(cfg), run.tokenizer_dir)
+        meta = checkpoint.checkpoint_metadata(model_cfg, cfg, run.tokenizer_dir)
         meta["finetune"] = {"task": task.name, "num_labels": task.num_labels, "learning_rate": lr}
         ckpt.save(step, state, dropout_rng, {"epoch": cfg.epochs}, meta, force=True)
         for name in (s for s in task.test_splits if s in splits):
@@ -374,8 +247,8 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
 # --- the command ---------------------------------------------------------------------------
 
 
-def finetune(cfg: FinetuneConfig, workdir) -> dict:
-    """Fine-tunes at each of cfg.learning_rates (each in WORKDIR/lr_<lr> when there are
+def finetune(cfg, workdir) -> dict:
+    """Fine-tunes by `cfg` (a config of `configs/finetune_glue.py`'s keys) at each of cfg.learning_rates (each in WORKDIR/lr_<lr> when there are
     several) and returns the dev metrics of the best run by the task's main metric; they
     are written to WORKDIR/eval_results.json, its test predictions to WORKDIR/predictions."""
     import jax
@@ -385,7 +258,7 @@ def finetune(cfg: FinetuneConfig, workdir) -> dict:
 
     task = get_task(cfg.task)
     check_config(cfg)
-    mesh = sharding.make_mesh(dict(cfg.mesh))
+    mesh = sharding.make_mesh(cfg.mesh)
     ways = sharding.data_parallel_size(mesh) * cfg.grad_accum_steps
     if cfg.batch_size % ways or cfg.batch_size % jax.process_count():
         raise UserError(

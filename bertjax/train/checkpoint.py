@@ -1,5 +1,7 @@
 """Orbax checkpoints: one step directory holds the train state (params, optimizer state, step),
-the RNG key, the data loader's state and the config; plus SIGTERM-driven preemption saves.
+the RNG key, the data loader's state and the config (`checkpoint_metadata`); "is this a
+checkpoint?" and "load the model in it" (`is_checkpoint_dir`, `load_model`, which also reads
+HuggingFace folders); SIGTERM-driven preemption saves.
 
 Layout: WORKDIR/checkpoints/<step>/{state, loader, config}. Orbax writes each step under a
 temporary name and renames it when complete, so a run killed mid-save leaves the previous
@@ -8,18 +10,23 @@ skipped with a warning in favour of the one before it.
 """
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import signal
 import threading
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from bertjax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +204,81 @@ class Checkpointer:
         """Finishes pending saves and releases the manager's threads."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+# --- what a checkpoint holds besides the arrays, and loading a model from one -------------------
+
+# What a checkpoint's "config" item holds besides the training config (written by the loop).
+MODEL_CONFIG_KEY = "model_config"
+TOKENIZER_DIR_KEY = "tokenizer_dir"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """Parameters (plain arrays) with the BertConfig they belong to and where they came from."""
+
+    model_cfg: object
+    params: dict
+    source: str
+    tokenizer_files: tuple = ()
+    step: int | None = None
+
+
+def checkpoint_metadata(model_cfg, config, tokenizer_dir) -> dict:
+    """The JSON saved beside the arrays in every training checkpoint."""
+    return {
+        "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
+        MODEL_CONFIG_KEY: dataclasses.asdict(model_cfg),
+        TOKENIZER_DIR_KEY: str(tokenizer_dir) if tokenizer_dir else "",
+    }
+
+
+def _tokenizer_files(tokenizer_dir: str) -> tuple[Path, ...]:
+    if not tokenizer_dir or not Path(tokenizer_dir).is_dir():
+        return ()
+    return tuple(sorted(p for p in Path(tokenizer_dir).iterdir() if p.is_file()))
+
+
+def is_checkpoint_dir(path) -> bool:
+    """True for a training workdir (WORKDIR/checkpoints/<step>/...)."""
+    d = checkpoint_dir(path)
+    return d.exists() and any(p.name.isdigit() for p in d.iterdir())
+
+
+def load_model(path, step: int | None = None) -> LoadedModel:
+    """Loads a model from a training workdir (newest checkpoint, or `step`) or an HF folder."""
+    from bertjax import hf
+    from bertjax import model as model_lib
+    from bertjax.train import workdir_io
+
+    path = str(path)
+    if not is_checkpoint_dir(path):
+        if not (workdir_io.path(path) / hf.CONFIG_NAME).is_file():
+            raise UserError(f"{path} is neither a training workdir with checkpoints (no "
+                            f"{checkpoint_dir(path)}/<step>) nor a HuggingFace "
+                            f"folder (no {hf.CONFIG_NAME})")
+        if "train" in json.loads((workdir_io.path(path) / hf.CONFIG_NAME).read_text()):
+            # bertjax train's own config.json, not a HuggingFace one: say what is missing.
+            raise UserError(f"{path} is a training workdir without checkpoints yet (no "
+                            f"{checkpoint_dir(path)}/<step>)")
+        if step is not None:
+            raise UserError(f"{path} is a HuggingFace folder: --step applies to checkpoints only")
+        try:
+            loaded = hf.load_pretrained(path)
+        except hf.CheckpointError as e:
+            raise UserError(str(e)) from None
+        return LoadedModel(loaded.config, loaded.params, path, loaded.tokenizer_files)
+    ckpt = Checkpointer(path, read_only=True)
+    try:
+        params, meta = ckpt.restore_params(step)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    if MODEL_CONFIG_KEY not in meta:
+        raise UserError(f"checkpoint in {path} has no model config; was it written by bertjax?")
+    model_cfg = model_lib.BertConfig(**meta[MODEL_CONFIG_KEY])
+    used_step = step if step is not None else ckpt.latest_step()
+    return LoadedModel(model_cfg, params, f"{path} step {used_step}",
+                       _tokenizer_files(meta.get(TOKENIZER_DIR_KEY, "")), used_step)
 
 
 class PreemptionWatcher:

@@ -195,8 +195,9 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return overrides, rest
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds `--config FILE` and makes `parser` accept `--config.KEY=VALUE` overrides.
+def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """Adds `--config NAME|FILE[:ARG]` (required unless there is a `default`) and makes
+    `parser` accept `--config.KEY=VALUE` overrides.
 
     argparse rejects options it does not know in advance, and the override keys depend on
     the config file, so they are pulled out before argparse sees the arguments; they end
@@ -204,10 +205,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument(
         "--config",
-        required=True,
-        metavar="FILE[:ARG]",
-        help="Python config file defining get_config(); override any field with "
-        "--config.KEY=VALUE (e.g. --config.train.steps=20)",
+        required=default is None,
+        default=default,
+        metavar="NAME|FILE[:ARG]",
+        help="a packaged config (" + ", ".join(config_names()) + ") or a Python file "
+        "defining get_config(); override any field with --config.KEY=VALUE "
+        "(e.g. --config.train.steps=20)" + (f"; default {default}" if default else ""),
     )
     parse_known_args = parser.parse_known_args
 
@@ -328,3 +331,15 @@ def model_config(model_section, dataset_vocab_size: int):
         return model_lib.preset_config(model_section.preset, **fields)
     except ValueError as e:
         raise UserError(f"config model: {e}") from None
+
+
+def masking_config(data_section, ds):
+    """The dynamic-masking settings of the config's `data` section for dataset `ds`."""
+    from bertjax.data.loader import default_masking
+
+    return default_masking(
+        ds,
+        data_section.masked_lm_prob,
+        data_section.max_predictions_per_seq or None,
+        data_section.whole_word_masking,
+    )

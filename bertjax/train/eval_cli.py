@@ -1,7 +1,6 @@
 """`bertjax eval`: MLM and NSP metrics of a checkpoint (or HF folder) over a whole eval split."""
 
 import json
-from pathlib import Path
 
 import ml_collections
 
@@ -47,14 +46,13 @@ def evaluate_model(workdir, data_dir, *, step=None, batch_size=None) -> dict:
     """Metrics of the model in `workdir` over every example of `data_dir` (exactly once)."""
     import jax
 
-    from bertjax import export
     from bertjax import model as model_lib
     from bertjax.data.shards import open_dataset
+    from bertjax.train import checkpoint, sharding
     from bertjax.train import config as config_lib
-    from bertjax.train import loop, sharding, workdir_io
-    from bertjax.train import step as step_lib
+    from bertjax.train.evaluator import Evaluator
 
-    loaded = export.load_model(workdir, step)
+    loaded = checkpoint.load_model(workdir, step)
     config = _run_config(loaded, workdir)
     try:
         ds = open_dataset(data_dir)
@@ -64,15 +62,21 @@ def evaluate_model(workdir, data_dir, *, step=None, batch_size=None) -> dict:
                                      f"--data={data_dir}")
     # Evaluation replicates the parameters and splits batches over every device.
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    config.train.eval_batch_size = batch_size or config.train.eval_batch_size
-    if config.train.eval_batch_size % sharding.data_parallel_size(mesh):
-        raise UserError(f"--batch-size {config.train.eval_batch_size} is not divisible by the "
+    batch_size = batch_size or config.train.eval_batch_size
+    if batch_size % sharding.data_parallel_size(mesh):
+        raise UserError(f"--batch-size {batch_size} is not divisible by the "
                         f"{sharding.data_parallel_size(mesh)} devices")
-    model = model_lib.BertForPreTraining(loaded.model_cfg)
     replicated = jax.tree.map(lambda _: sharding.replicated(mesh), loaded.params)
-    params = jax.device_put(jax.device_get(loaded.params), replicated)
-    eval_fn = step_lib.jit_eval_step(mesh, sharding.logical_rules(config), replicated,
-                                     model=model, nsp=config.train.nsp)
-    run = loop.Run(config=config, workdir=workdir_io.path(workdir), mesh=mesh, eval_ds=ds)
-    metrics = loop.evaluate(run, eval_fn, params)
+    evaluator = Evaluator(
+        ds,
+        batch_size=batch_size,
+        seed=config.train.seed,
+        masking=config_lib.masking_config(config.data, ds),
+        model=model_lib.BertForPreTraining(loaded.model_cfg),
+        mesh=mesh,
+        rules=sharding.logical_rules(config),
+        param_shardings=replicated,
+        nsp=config.train.nsp,
+    )
+    metrics = evaluator.eval(jax.device_put(jax.device_get(loaded.params), replicated))
     return {"model": loaded.source, "data": str(data_dir), **metrics}

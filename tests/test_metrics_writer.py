@@ -1,4 +1,4 @@
-"""Tests for bertjax.train.report: metrics.jsonl, TensorBoard scalars, progress output."""
+"""Tests for bertjax.train.metrics_writer: metrics.jsonl, TensorBoard scalars, progress output."""
 
 import io
 import json
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bertjax.train import report
+from bertjax.train import metrics_writer
 
 
 class FakeStream(io.StringIO):
@@ -40,7 +40,7 @@ def _strict_json_lines(path):
 
 def test_metrics_jsonl_schema(tmp_path):
     stream = FakeStream(tty=False)
-    with report.MetricsWriter(tmp_path, total_steps=10, tensorboard=False, stream=stream) as w:
+    with metrics_writer.MetricsWriter(tmp_path, total_steps=10, tensorboard=False, stream=stream) as w:
         w.write(
             1,
             {
@@ -81,13 +81,13 @@ def test_metrics_jsonl_schema(tmp_path):
     ],
 )
 def test_bad_metrics_are_rejected(tmp_path, metrics, error):
-    w = report.MetricsWriter(tmp_path, 10, tensorboard=False, stream=FakeStream(False))
+    w = metrics_writer.MetricsWriter(tmp_path, 10, tensorboard=False, stream=FakeStream(False))
     with w, pytest.raises(error):
         w.write(1, metrics)
 
 
 def test_negative_step_is_rejected(tmp_path):
-    w = report.MetricsWriter(tmp_path, 10, tensorboard=False, stream=FakeStream(False))
+    w = metrics_writer.MetricsWriter(tmp_path, 10, tensorboard=False, stream=FakeStream(False))
     with w, pytest.raises(ValueError, match="step"):
         w.write(-1, {"loss": 1.0})
 
@@ -116,7 +116,7 @@ def _tensorboard_scalars(logdir):
 
 
 def test_tensorboard_event_file_holds_the_scalars(tmp_path):
-    with report.MetricsWriter(tmp_path, 20, stream=FakeStream(False)) as w:
+    with metrics_writer.MetricsWriter(tmp_path, 20, stream=FakeStream(False)) as w:
         for step in (0, 10, 20):
             w.write(
                 step, {"loss": 10.0 - step / 10, "learning_rate": 1e-4, "nsp_loss": float("nan")}
@@ -133,7 +133,7 @@ def test_tensorboard_event_file_holds_the_scalars(tmp_path):
 def test_non_tty_output_is_one_plain_line_per_write(tmp_path):
     stream = FakeStream(tty=False)
     clock = FakeClock([0.0, 10.0, 20.0])
-    with report.MetricsWriter(tmp_path, 100, tensorboard=False, stream=stream, clock=clock) as w:
+    with metrics_writer.MetricsWriter(tmp_path, 100, tensorboard=False, stream=stream, clock=clock) as w:
         for step in (0, 10, 20):
             w.write(
                 step,
@@ -156,7 +156,7 @@ def test_non_tty_output_is_one_plain_line_per_write(tmp_path):
 def test_tty_output_rewrites_one_live_line(tmp_path):
     stream = FakeStream(tty=True)
     clock = FakeClock([0.0, 5.0, 10.0])
-    w = report.MetricsWriter(tmp_path, 1000, tensorboard=False, stream=stream, clock=clock)
+    w = metrics_writer.MetricsWriter(tmp_path, 1000, tensorboard=False, stream=stream, clock=clock)
     w.write(0, {"loss": 10.0})
     w.write(100, {"loss": 9.0})
     assert "\n" not in stream.getvalue()  # live line: rewritten in place, never scrolled
@@ -178,7 +178,7 @@ def test_tty_output_rewrites_one_live_line(tmp_path):
 def test_disabled_writer_writes_nothing(tmp_path):
     stream = FakeStream(tty=False)
     workdir = tmp_path / "run"
-    with report.MetricsWriter(workdir, 10, enabled=False, stream=stream) as w:
+    with metrics_writer.MetricsWriter(workdir, 10, enabled=False, stream=stream) as w:
         w.write(1, {"loss": 1.0})
         w.write_eval(1, {"loss": 1.0})
     assert not workdir.exists() and stream.getvalue() == ""
@@ -186,13 +186,13 @@ def test_disabled_writer_writes_nothing(tmp_path):
 
 def test_resumed_run_appends_and_read_metrics_resolves_restart(tmp_path):
     quiet = {"tensorboard": False, "stream": FakeStream(False)}
-    with report.MetricsWriter(tmp_path, 100, **quiet) as w:  # run 1: killed after step 50
+    with metrics_writer.MetricsWriter(tmp_path, 100, **quiet) as w:  # run 1: killed after step 50
         for step in range(0, 60, 10):
             w.write(step, {"loss": 1.0, "run": 1})
         w.write_eval(40, {"loss": 1.0, "run": 1})
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 60, "split": "tr')  # the line being written when it was killed
-    with report.MetricsWriter(tmp_path, 100, **quiet) as w:  # run 2: resumed from step 40
+    with metrics_writer.MetricsWriter(tmp_path, 100, **quiet) as w:  # run 2: resumed from step 40
         for step in range(40, 80, 10):
             w.write(step, {"loss": 2.0, "run": 2})
         w.write_eval(40, {"loss": 2.0, "run": 2})
@@ -200,7 +200,7 @@ def test_resumed_run_appends_and_read_metrics_resolves_restart(tmp_path):
     assert lines[7] == '{"step": 60, "split": "tr'  # run 2 did not glue onto the cut line
     assert all(json.loads(line) for i, line in enumerate(lines) if i != 7)
 
-    records = report.read_metrics(tmp_path)
+    records = metrics_writer.read_metrics(tmp_path)
     train = [(r["step"], r["run"]) for r in records if r["split"] == "train"]
     assert train == [(0, 1), (10, 1), (20, 1), (30, 1), (40, 2), (50, 2), (60, 2), (70, 2)]
     assert [(r["step"], r["eval_run"]) for r in records if r["split"] == "eval"] == [(40, 2)]
@@ -208,28 +208,28 @@ def test_resumed_run_appends_and_read_metrics_resolves_restart(tmp_path):
 
 def test_read_metrics_tolerates_a_truncated_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
-    assert report.read_metrics(tmp_path) == [{"step": 1, "loss": 2.0, "split": "train"}]
+    assert metrics_writer.read_metrics(tmp_path) == [{"step": 1, "loss": 2.0, "split": "train"}]
 
 
 def test_read_metrics_rejects_a_corrupt_complete_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, loss}\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a valid JSON line"):
-        report.read_metrics(tmp_path)
+        metrics_writer.read_metrics(tmp_path)
 
 
 def test_read_metrics_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
-        report.read_metrics(tmp_path)
+        metrics_writer.read_metrics(tmp_path)
 
 
 @pytest.mark.parametrize(
     "seconds,text", [(0, "0s"), (59.4, "59s"), (61, "1m01s"), (3600 * 2 + 5 * 60, "2h05m")]
 )
 def test_format_duration(seconds, text):
-    assert report.format_duration(seconds) == text
+    assert metrics_writer.format_duration(seconds) == text
 
 
 def test_to_json_number_keeps_six_significant_digits():
-    assert report.to_json_number("x", math.pi) == 3.14159
-    assert report.to_json_number("x", np.float32(1e-7) * 3) == 3e-07
-    assert report.to_json_number("x", True) is True
+    assert metrics_writer.to_json_number("x", math.pi) == 3.14159
+    assert metrics_writer.to_json_number("x", np.float32(1e-7) * 3) == 3e-07
+    assert metrics_writer.to_json_number("x", True) is True

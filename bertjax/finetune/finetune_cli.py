@@ -1,0 +1,112 @@
+"""`bertjax finetune`: a fine-tuning config (default `finetune_glue`), `--config.KEY=VALUE`
+overrides and the flags that are shorthands for its keys, then `finetune.train.finetune`."""
+
+import json
+import sys
+
+from bertjax.errors import UserError
+from bertjax.train import config as config_lib
+
+# flag (its argparse dest) -> config key; the flags' defaults are None: "the config's value".
+SHORTHANDS = {
+    "task": "task",
+    "init": "init",
+    "init_step": "init_step",
+    "data": "data",
+    "tokenizer": "tokenizer",
+    "max_seq_len": "max_seq_len",
+    "batch_size": "batch_size",
+    "grad_accum_steps": "grad_accum_steps",
+    "epochs": "epochs",
+    "warmup": "warmup",
+    "weight_decay": "weight_decay",
+    "seed": "seed",
+    "log_every": "log_every",
+    "mesh_data": "mesh.data",
+    "mesh_fsdp": "mesh.fsdp",
+    "mesh_tensor": "mesh.tensor",
+}
+
+
+def register(subparsers) -> None:
+    """Adds `finetune` to the `bertjax` command."""
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune and score BERT on a GLUE task",
+        description="Fine-tune a pretraining checkpoint or a HuggingFace BERT folder on a GLUE "
+        "task (paper recipe by default), score the dev set(s) after each epoch, write test "
+        "predictions in GLUE's submission format. The last stdout line is the dev metrics "
+        "as JSON (also in WORKDIR/eval_results.json). Each flag below sets the config key "
+        "of the same name (--mesh-data: mesh.data); --config.KEY=VALUE sets any key.",
+    )
+    config_lib.add_config_arguments(p, default="finetune_glue")
+    p.add_argument("--workdir", required=True, help="where results, logs and the model go")
+    p.add_argument("--task", help="cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte or wnli")
+    p.add_argument("--init", metavar="PATH",
+                   help="pretraining workdir (newest checkpoint) or HuggingFace BERT folder")
+    p.add_argument("--init-step", type=int, help="checkpoint step of --init")
+    p.add_argument("--data", metavar="DIR",
+                   help="GLUE tsv files (train.tsv, dev.tsv, test.tsv) or JSONL; default: "
+                   "`datasets` nyu-mll/glue (needs the network or its cache)")
+    p.add_argument("--tokenizer", metavar="PATH",
+                   help="vocab.txt / sentencepiece model (default: the model's own)")
+    p.add_argument("--max-seq-len", type=int, help="default 128")
+    p.add_argument("--batch-size", type=int, help="global batch size (default 32)")
+    p.add_argument("--grad-accum-steps", type=int)
+    p.add_argument("--epochs", type=int, help="default 3")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-5)")
+    p.add_argument("--lr-sweep", type=float, nargs="*", metavar="LR", default=None,
+                   help="run each learning rate (default: 2e-5 3e-5 5e-5) in WORKDIR/lr_<LR> "
+                   "and report the best on dev by the task's main metric")
+    p.add_argument("--warmup", type=float, help="warm-up fraction of the steps (default 0.1)")
+    p.add_argument("--weight-decay", type=float, help="default 0.01")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--log-every", type=int, help="steps between metrics lines (default 50)")
+    for axis in ("data", "fsdp", "tensor"):
+        p.add_argument(f"--mesh-{axis}", type=int,
+                       help=f"size of the '{axis}' mesh axis (-1: the remaining devices)")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args):
+    """The run's config: the file, then its `--config.KEY=VALUE` overrides, then the flags."""
+    from bertjax.configs.finetune_glue import PAPER_LEARNING_RATES
+
+    if args.lr_sweep is not None and args.lr is not None:
+        raise UserError("--lr and --lr-sweep exclude each other: list the rates after --lr-sweep")
+    config = config_lib.load_config(args.config, args.config_overrides)
+    for dest, key in SHORTHANDS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            *parents, leaf = key.split(".")
+            node = config
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+    if args.lr is not None:
+        config.learning_rates = (args.lr,)
+    elif args.lr_sweep is not None:
+        config.learning_rates = tuple(args.lr_sweep) or PAPER_LEARNING_RATES
+    for key, flag in (("task", "--task"), ("init", "--init")):
+        if not config[key]:
+            raise UserError(f"{flag} (config key {key}) is required")
+    return config
+
+
+def run(args) -> int:
+    """Entry point of `bertjax finetune`."""
+    from bertjax.finetune.train import finetune
+    from bertjax.train.distributed import initialize_distributed
+
+    config = config_from_args(args)
+    initialize_distributed()  # before any other JAX call; a lone process does nothing
+    try:
+        result = finetune(config, args.workdir)
+    except FloatingPointError as e:  # a diverged run: say where, without a traceback
+        print(f"bertjax finetune: error: {e}", file=sys.stderr)
+        return 1
+    import jax
+
+    if jax.process_index() == 0:
+        print(json.dumps(result), flush=True)
+    return 0

@@ -1,0 +1,74 @@
+"""Step metrics from the devices to the log, shared by pretraining and fine-tuning: fetched one
+step late so the host never idles the devices, with throughput and a NaN check."""
+
+import math
+import time
+
+
+def log(command: str, msg: str) -> None:
+    """Prints `bertjax COMMAND: msg` on process 0 only (every process runs the same code)."""
+    import jax
+
+    if jax.process_index() == 0:
+        print(f"bertjax {command}: {msg}", flush=True)
+
+
+# The advice of a diverged pretraining run, in its config keys.
+PRETRAINING_REMEDY = "Lower optim.peak_lr, raise optim.warmup_steps, or keep optim.clip_norm > 0"
+
+
+def check_finite(step: int, metrics: dict, last_good: int, *, remedy: str) -> None:
+    """Stops the run on a NaN or Inf loss, naming the step (nothing is saved after it).
+    `remedy` ends the message: advice in the caller's own settings."""
+    if not math.isfinite(metrics["loss"]):
+        raise FloatingPointError(
+            f"loss is {metrics['loss']} at step {step} (last finite check: step {last_good}); "
+            f"stopping without saving. {remedy}"
+        )
+
+
+class StepMetrics:
+    """Deferred fetching of the metrics of logged steps.
+
+    Call `dispatched(step, metrics, log=...)` right after dispatching a step: it first fetches
+    the previous logged step's metrics (the devices are busy with the new one by then), then
+    keeps this step's if it is to be logged. `flush()` fetches what is pending now (before an
+    evaluation, a checkpoint, the end). Each fetch adds `tokens_per_s` since the previous one,
+    writes the record through `writer` and stops the run on a non-finite loss.
+    """
+
+    def __init__(self, writer, tokens_per_step: int, start_step: int, *, remedy: str):
+        self._writer = writer
+        self._tokens_per_step = tokens_per_step
+        self._remedy = remedy
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+        self._pending = None
+
+    def restart_clock(self) -> None:
+        """Throughput excludes what happened since the last fetch (an evaluation, a save)."""
+        self._last_time = time.perf_counter()
+
+    def dispatched(self, step: int, metrics, *, log: bool) -> dict | None:
+        """Fetches the pending step (returns its record, or None), then defers this one."""
+        record = self.flush()
+        self._pending = (step, metrics) if log else None
+        return record
+
+    def flush(self) -> dict | None:
+        """Fetches the pending step's metrics now; returns its record (None if none pending)."""
+        if self._pending is None:
+            return None
+        import jax
+
+        step, metrics = self._pending
+        self._pending = None
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        metrics["tokens_per_s"] = (
+            self._tokens_per_step * (step - self._last_step) / max(now - self._last_time, 1e-9)
+        )
+        self._writer.write(step, metrics)  # a NaN is logged too (as null), then stops the run
+        check_finite(step, metrics, self._last_step, remedy=self._remedy)
+        self._last_step, self._last_time = step, now
+        return {"step": step, **metrics}
