@@ -25,7 +25,9 @@ install: $(VENV)/.core
 demo: $(VENV)/.core
 	$(BIN)/bertjax demo --workdir $(DEMO_WORKDIR)
 
+# Lint first (seconds), then the suite; tests/test_layering.py checks the import layers.
 test: $(VENV)/.test
+	$(BIN)/ruff check bertjax tests
 	$(BIN)/python -m pytest -q -ra --durations=20
 
 clean:

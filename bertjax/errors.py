@@ -1,4 +1,4 @@
-"""The error type for a user's mistake, at the bottom of the import graph so any layer may raise it."""
+"""The error type for a user's mistake: the bottom of the import graph, so any layer raises it."""
 
 
 class UserError(Exception):

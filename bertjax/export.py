@@ -5,6 +5,7 @@ import json
 
 from bertjax.errors import UserError
 
+
 def register(subparsers) -> None:
     """Adds `export` to the `bertjax` command."""
     p = subparsers.add_parser(

@@ -244,7 +244,10 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: bert_model.BertConfig,
         for w in table:
             if w.head in absent:
                 _set(params, w.path, np.asarray(_get(fresh, w.path)))
-        names = {"mlm": "masked-LM head (cls.predictions)", "nsp": "NSP head (cls.seq_relationship)"}
+        names = {
+            "mlm": "masked-LM head (cls.predictions)",
+            "nsp": "NSP head (cls.seq_relationship)",
+        }
         warnings.warn(f"{source} has no {' and no '.join(names[h] for h in absent)}: "
                       "initialised freshly (random); train before using its outputs.",
                       stacklevel=3)

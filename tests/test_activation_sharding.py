@@ -11,11 +11,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from helpers import optim_config, random_batch
 
 from bertjax import model as model_lib
+from bertjax.data.synthetic import synthetic_batch
 from bertjax.train import optim, sharding
 from bertjax.train import step as step_lib
+from helpers import optim_config
 
 RULES = sharding.DEFAULT_LOGICAL_AXIS_RULES
 MODEL_CFG = model_lib.preset_config(
@@ -48,7 +49,9 @@ CONSTRAINT_RE = re.compile(r"sdy\.sharding_constraint %\S+ <@mesh, (\[.*?\])> : 
 
 def make_batch(step):
     vocab = MODEL_CFG.vocab_size
-    return random_batch(step, batch=BATCH, length=LENGTH, predictions=PREDICTIONS, vocab=vocab)
+    return synthetic_batch(
+        step, batch=BATCH, length=LENGTH, predictions=PREDICTIONS, vocab=vocab, weight_prob=0.8
+    )
 
 
 def mesh_of(data, fsdp=1, tensor=1):

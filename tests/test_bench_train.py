@@ -2,7 +2,6 @@
 model-FLOPs count matches the model's real matmul kernels."""
 
 import json
-from pathlib import Path
 
 import jax
 import pytest

@@ -10,11 +10,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from helpers import optim_config
 
 from bertjax import model as model_lib
 from bertjax.train import checkpoint, optim, sharding
 from bertjax.train import step as step_lib
+from helpers import optim_config
 
 RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
          ("vocab", "tensor"))
@@ -93,7 +93,8 @@ def test_restore_onto_another_mesh_gives_the_same_next_loss(tmp_path, target):
     _, expected = source[4](state, sharding.global_batch(batch, source[0]), jax.random.key(1))
 
     other = make_setup(**target)
-    restored, _, _, _ = checkpoint.Checkpointer(tmp_path, read_only=True).restore(other[2], other[3])
+    reader = checkpoint.Checkpointer(tmp_path, read_only=True)
+    restored, _, _, _ = reader.restore(other[2], other[3])
     assert_trees_equal(saved_on_host, jax.device_get(restored))
     _, got = other[4](restored, sharding.global_batch(batch, other[0]), jax.random.key(1))
     np.testing.assert_allclose(float(got["loss"]), float(expected["loss"]), rtol=0, atol=1e-5)

@@ -5,7 +5,6 @@ import ast
 import functools
 import math
 import re
-from pathlib import Path
 
 import flax.linen as nn
 import jax

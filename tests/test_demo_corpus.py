@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from bertjax.errors import UserError
 from bertjax.data import demo_corpus, wikitext
+from bertjax.errors import UserError
 
 DOCSTRING = """Summary line of the function, e.g. a short one.
 
@@ -63,7 +63,8 @@ def test_document_sentences_drops_short_documents_and_code_paragraphs():
 
 
 def _documents(paths):
-    """Reads documents back as google-research/bert does: files concatenated, blank line ends a doc."""
+    """Reads documents back as google-research/bert does: files concatenated, a blank line ends
+    a document."""
     text = "".join(pathlib.Path(p).read_text(encoding="utf-8") for p in paths)
     assert text.endswith("\n\n") and "\n\n\n" not in text
     return [doc.split("\n") for doc in text.strip("\n").split("\n\n")]

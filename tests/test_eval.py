@@ -10,8 +10,8 @@ import numpy as np
 
 from bertjax import cli, hf
 from bertjax import model as model_lib
-from bertjax.data.bench_loader import synthetic_dataset
 from bertjax.data.shards import open_dataset
+from bertjax.data.synthetic import synthetic_dataset
 
 VOCAB = 256
 
@@ -28,8 +28,8 @@ def zero_model_folder(path):
 def test_eval_of_a_uniform_model_is_exact(tmp_path, capsys):
     data = synthetic_dataset(tmp_path / "eval", 37, 32, vocab_size=VOCAB, seed=4)
     ds = open_dataset(data)
-    labels = np.array([int(ds[i]["next_sentence_label"]) for i in range(len(ds))])
-    lengths = np.array([int(ds[i]["attention_mask"].sum()) for i in range(len(ds))])
+    labels = np.array([int(ds[i]["next_sentence_labels"]) for i in range(len(ds))])
+    lengths = np.array([int(ds[i]["input_mask"].sum()) for i in range(len(ds))])
     # The original BERT's count per sequence (P = 20 at this length).
     expected_tokens = int(sum(min(20, max(1, round(0.15 * n))) for n in lengths))
     assert labels[0] != round(labels.mean()), "example 0 pads the last batch: keep it a minority"

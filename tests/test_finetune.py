@@ -13,18 +13,18 @@ import optax
 import pytest
 from flax import linen as nn
 
-from bertjax import cli, export, hf
+from bertjax import cli, hf
 from bertjax import model as model_lib
-from bertjax.data.bench_loader import synthetic_dataset
+from bertjax.data.synthetic import synthetic_dataset
 from bertjax.finetune import batches, heads
 from bertjax.finetune import train as ft
+from bertjax.train import checkpoint, optim, sharding
 from bertjax.train import config as config_lib
-from bertjax.train import optim, sharding
 from bertjax.train import step as step_lib
 from bertjax.train.checkpoint import Checkpointer
 from bertjax.train.config import load_config
-from bertjax.train.step_metrics import PRETRAINING_REMEDY, check_finite
 from bertjax.train.metrics_writer import read_metrics
+from bertjax.train.step_metrics import PRETRAINING_REMEDY, check_finite
 
 CONFIG = "bert_tiny"
 WORDS = [f"w{i}" for i in range(30)]  # two topics: w0..w14 and w15..w29

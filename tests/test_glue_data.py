@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from bertjax.errors import UserError
 from bertjax.data.tokenizer import load_tokenizer
+from bertjax.errors import UserError
 from bertjax.finetune import glue_data, submission
 from bertjax.finetune.glue_data import encode_examples, load_split, truncate_seq_pair
 from bertjax.finetune.tasks import TASKS, get_task

@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 
 from bertjax import cli
-from bertjax.errors import UserError
-from bertjax.data.bench_loader import synthetic_dataset
 from bertjax.data.loader import (
     BATCH_KEYS,
     BatchPlan,
@@ -20,6 +18,8 @@ from bertjax.data.loader import (
 )
 from bertjax.data.masking import MaskingConfig, Vocab, mask_batch
 from bertjax.data.shards import open_dataset
+from bertjax.data.synthetic import synthetic_dataset
+from bertjax.errors import UserError
 
 N, L, B = 1000, 32, 64  # 15 steps per epoch, 40 dropped examples per epoch
 
@@ -66,9 +66,9 @@ def test_batches_have_the_contract_keys_and_dtypes(ds):
     # Rows are the dataset's examples, masked where the weights say.
     _, idx = BatchPlan(N, B, 1, default_masking(ds)).indices(0)
     raw = ds.get_batch(idx)
-    np.testing.assert_array_equal(batch["input_mask"], raw["attention_mask"])
-    np.testing.assert_array_equal(batch["segment_ids"], raw["token_type_ids"])
-    np.testing.assert_array_equal(batch["next_sentence_labels"], raw["next_sentence_label"])
+    np.testing.assert_array_equal(batch["input_mask"], raw["input_mask"])
+    np.testing.assert_array_equal(batch["segment_ids"], raw["segment_ids"])
+    np.testing.assert_array_equal(batch["next_sentence_labels"], raw["next_sentence_labels"])
     labels = np.take_along_axis(raw["input_ids"], batch["masked_lm_positions"], axis=1)
     w = batch["masked_lm_weights"] > 0
     np.testing.assert_array_equal(batch["masked_lm_ids"][w], labels[w])
@@ -147,7 +147,7 @@ def test_masks_are_seeded_by_example_and_redone_each_epoch(ds):
                 raw = ds.get_batch(idx[r : r + 1])
                 alone = mask_batch(
                     raw["input_ids"],
-                    raw["attention_mask"],
+                    raw["input_mask"],
                     idx[r : r + 1],
                     seed=4,
                     epoch=epoch,
@@ -158,7 +158,7 @@ def test_masks_are_seeded_by_example_and_redone_each_epoch(ds):
         raw = ds.get_batch(np.arange(200))
         m0 = mask_batch(
             raw["input_ids"],
-            raw["attention_mask"],
+            raw["input_mask"],
             np.arange(200),
             seed=4,
             epoch=0,
@@ -167,7 +167,7 @@ def test_masks_are_seeded_by_example_and_redone_each_epoch(ds):
         )
         m1 = mask_batch(
             raw["input_ids"],
-            raw["attention_mask"],
+            raw["input_mask"],
             np.arange(200),
             seed=4,
             epoch=1,
@@ -199,7 +199,7 @@ def test_eval_batches_cover_every_example_once(ds, process_count):
             assert (batch["masked_lm_weights"][~real] == 0).all()
             assert (batch["masked_lm_weights"][real].sum(1) > 0).all()
             raw = ds.get_batch(rows[real])
-            np.testing.assert_array_equal(batch["input_mask"][real], raw["attention_mask"])
+            np.testing.assert_array_equal(batch["input_mask"][real], raw["input_mask"])
             seen += rows[real].tolist()
             count += batch["input_ids"].shape[0]
     assert sorted(seen) == list(range(N)) and count == 11 * batch_size
@@ -215,7 +215,7 @@ def test_whole_word_masking_uses_the_dataset_tokenizer(ds):
     raw = ds.get_batch(idx)
     expected = mask_batch(
         raw["input_ids"],
-        raw["attention_mask"],
+        raw["input_mask"],
         idx,
         seed=0,
         epoch=0,
@@ -227,7 +227,7 @@ def test_whole_word_masking_uses_the_dataset_tokenizer(ds):
     np.put_along_axis(sel, batch["masked_lm_positions"], batch["masked_lm_weights"] > 0, 1)
     ids = raw["input_ids"]
     after_word = ~np.isin(ids[:, :-1], [ds.special_ids["cls_id"], ds.special_ids["sep_id"]])
-    piece = cont[ids[:, 1:]] & (raw["attention_mask"][:, 1:] > 0) & after_word
+    piece = cont[ids[:, 1:]] & (raw["input_mask"][:, 1:] > 0) & after_word
     # A selected `##` piece's predecessor is selected too, and vice versa.
     assert (sel[:, 1:][piece] == sel[:, :-1][piece]).all()
     assert (sel[:, 1:] & piece).sum() > 10

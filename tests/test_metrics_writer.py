@@ -40,7 +40,9 @@ def _strict_json_lines(path):
 
 def test_metrics_jsonl_schema(tmp_path):
     stream = FakeStream(tty=False)
-    with metrics_writer.MetricsWriter(tmp_path, total_steps=10, tensorboard=False, stream=stream) as w:
+    with metrics_writer.MetricsWriter(
+        tmp_path, total_steps=10, tensorboard=False, stream=stream
+    ) as w:
         w.write(
             1,
             {
@@ -133,7 +135,9 @@ def test_tensorboard_event_file_holds_the_scalars(tmp_path):
 def test_non_tty_output_is_one_plain_line_per_write(tmp_path):
     stream = FakeStream(tty=False)
     clock = FakeClock([0.0, 10.0, 20.0])
-    with metrics_writer.MetricsWriter(tmp_path, 100, tensorboard=False, stream=stream, clock=clock) as w:
+    with metrics_writer.MetricsWriter(
+        tmp_path, 100, tensorboard=False, stream=stream, clock=clock
+    ) as w:
         for step in (0, 10, 20):
             w.write(
                 step,

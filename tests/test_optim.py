@@ -6,10 +6,10 @@ import numpy as np
 import optax
 import pytest
 from flax import linen as nn
-from helpers import optim_config
 
 from bertjax import model as model_lib
 from bertjax.train import optim
+from helpers import optim_config
 
 
 def optim_cfg(**overrides):

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from bertjax.errors import UserError, main
 from bertjax.data import open_dataset
 from bertjax.data.corpus import HFCorpus, TextCorpus, split_sentences
+from bertjax.errors import UserError, main
 
 WORDS = [f"w{i}" for i in range(200)]
 N_DOCS = 150
@@ -69,10 +69,10 @@ def test_prepare_end_to_end_and_seed(setup, tmp_path, capsys):
     ds = open_dataset(tmp_path / "a", verify=True)
     assert len(ds) > 300 and len(ds.manifest["shards"]) > 2
     b = ds.get_batch(np.arange(len(ds)))
-    length = b["attention_mask"].sum(1)
+    length = b["input_mask"].sum(1)
     assert (b["input_ids"][:, 0] == 2).all() and length.max() <= 32
     assert (b["input_ids"][np.arange(len(ds)), length - 1] == 3).all()
-    assert 0.5 < b["next_sentence_label"].mean() < 0.65
+    assert 0.5 < b["next_sentence_labels"].mean() < 0.65
     assert ds.manifest["stats"]["documents"] == N_DOCS and ds.manifest["seed"] == 1
     assert (tmp_path / "a" / "tokenizer" / "vocab.txt").exists()
     assert prepare(setup, tmp_path / "b", "--seed", 1) == 0
@@ -124,8 +124,8 @@ def test_no_nsp(setup, tmp_path):
     ds = open_dataset(tmp_path / "n")
     b = ds.get_batch(np.arange(len(ds)))
     assert ds.manifest["nsp"] is False
-    assert (b["next_sentence_label"] == 0).all() and (b["token_type_ids"] == 0).all()
-    assert np.mean(b["attention_mask"].sum(1) == 32) > 0.9  # full-length segments
+    assert (b["next_sentence_labels"] == 0).all() and (b["segment_ids"] == 0).all()
+    assert np.mean(b["input_mask"].sum(1) == 32) > 0.9  # full-length segments
 
 
 def test_killed_prepare_leaves_no_manifest(tmp_path):

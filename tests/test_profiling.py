@@ -79,10 +79,9 @@ def test_profiler_writes_a_trace_holding_the_jitted_step(tmp_path):
 
 @pytest.mark.slow
 def test_train_profile_steps_writes_a_trace(tmp_path):
-    from pathlib import Path
 
     from bertjax import cli
-    from bertjax.data.bench_loader import synthetic_dataset
+    from bertjax.data.synthetic import synthetic_dataset
 
     data = synthetic_dataset(tmp_path / "data", 64, 32, vocab_size=128)
     workdir = tmp_path / "run"

@@ -18,8 +18,8 @@ from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from bertjax import cli
+from bertjax.data.synthetic import synthetic_dataset
 from bertjax.errors import UserError
-from bertjax.data.bench_loader import synthetic_dataset
 from bertjax.train import checkpoint, metrics_writer, workdir_io
 
 CONFIG = "bert_tiny"

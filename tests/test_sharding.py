@@ -4,13 +4,14 @@ losses on every mesh (data-parallel, FSDP, tensor-parallel, one device)."""
 import jax
 import numpy as np
 import pytest
-from helpers import optim_config, random_batch
 from jax.sharding import PartitionSpec as P
 
 from bertjax import model as model_lib
+from bertjax.data.synthetic import synthetic_batch
 from bertjax.errors import UserError
 from bertjax.train import optim, sharding
 from bertjax.train import step as step_lib
+from helpers import optim_config
 
 RULES = (
     ("batch", ("data", "fsdp")),
@@ -36,7 +37,9 @@ def mesh_of(data, fsdp=1, tensor=1):
 
 
 def make_batch(step, batch=16, length=32, predictions=5, vocab=128):
-    return random_batch(step, batch=batch, length=length, predictions=predictions, vocab=vocab)
+    return synthetic_batch(
+        step, batch=batch, length=length, predictions=predictions, vocab=vocab, weight_prob=0.8
+    )
 
 
 def test_mesh_shape_resolves_minus_one_and_rejects_bad_sizes():

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from bertjax.errors import UserError
 from bertjax.data import open_dataset
 from bertjax.data.instances import pack_instances
 from bertjax.data.shards import write_dataset
 from bertjax.data.tokenizer import load_tokenizer
+from bertjax.errors import UserError
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -52,10 +52,10 @@ def test_roundtrip_across_shards(tmp_path, tok):
         want = [2, *a, 3, *b, 3] if b else [2, *a, 3]
         n = len(want)
         assert x["input_ids"].tolist() == want + [0] * (L - n)
-        assert x["attention_mask"].tolist() == [1] * n + [0] * (L - n)
+        assert x["input_mask"].tolist() == [1] * n + [0] * (L - n)
         seg_b = len(b) + 1 if b else 0
-        assert x["token_type_ids"].tolist() == [0] * (n - seg_b) + [1] * seg_b + [0] * (L - n)
-        assert int(x["next_sentence_label"]) == int(rnd)
+        assert x["segment_ids"].tolist() == [0] * (n - seg_b) + [1] * seg_b + [0] * (L - n)
+        assert int(x["next_sentence_labels"]) == int(rnd)
     # get_batch over indices spanning shards, unordered and repeated, equals per-item access.
     idx = np.array([22, 0, 7, 7, 13, 4, 19])
     batch = ds.get_batch(idx)

@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
-from helpers import optim_config, random_batch
 
 from bertjax import model as model_lib
+from bertjax.data.synthetic import synthetic_batch
 from bertjax.train import losses, optim, sharding
 from bertjax.train import step as step_lib
+from helpers import optim_config
 
 RULES = (
     ("batch", ("data", "fsdp")),
@@ -39,7 +40,7 @@ def model_cfg(dropout=0.0, **overrides):
 
 def make_batch(seed=0, batch=16, predictions=4):
     # Uneven numbers of real predictions per row: micro-batches get different weight sums.
-    return random_batch(
+    return synthetic_batch(
         seed, batch=batch, length=LENGTH, predictions=predictions, vocab=VOCAB, weight_prob=0.6
     )
 

@@ -5,13 +5,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bertjax import cli
-from bertjax.data.bench_loader import synthetic_dataset
+from bertjax.data.synthetic import synthetic_dataset
 from bertjax.train import config as config_lib
 from bertjax.train.metrics_writer import read_metrics
 

@@ -6,12 +6,11 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bertjax.data.bench_loader import synthetic_dataset
+from bertjax.data.synthetic import synthetic_dataset
 from bertjax.train import config as config_lib
 from bertjax.train import loop
 

@@ -19,8 +19,8 @@ giving 37,078 steps in 24 hours (docs/REPRODUCE.md). Measure yours in the first 
 pass it as above, so the schedule ends on time.
 """
 
-from bertjax.errors import UserError
 from bertjax.configs import bert_base_phase1
+from bertjax.errors import UserError
 
 SEQ_LEN = 128  # the dataset's --max-seq-len (no key for it: the dataset decides)
 GLOBAL_BATCH = 4_096  # Izsak et al. 2021

@@ -9,70 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-
-
-def synthetic_vocab(out_dir, vocab_size: int = 30522) -> Path:
-    """Writes a BERT-style vocab.txt: the 5 specials, then words, every 4th a `##` piece."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    words = [*SPECIALS] + [
-        f"##p{i}" if i % 4 == 3 else f"w{i}" for i in range(vocab_size - len(SPECIALS))
-    ]
-    (out_dir / "vocab.txt").write_text("".join(w + "\n" for w in words), encoding="utf-8")
-    return out_dir / "vocab.txt"
-
-
-def synthetic_arrays(n: int, max_seq_len: int, vocab_size: int, seed: int = 0) -> dict:
-    """Instance arrays shaped like real BERT data: `[CLS] A [SEP] B [SEP]`, most rows nearly
-    full, 10% short (the original's short_seq_prob), random non-special tokens."""
-    rng = np.random.default_rng(seed)
-    L = max_seq_len
-    short = rng.random(n) < 0.1
-    length = np.where(short, rng.integers(5, L + 1, n), rng.integers(max(5, L - 24), L + 1, n))
-    b_start = np.maximum(2, (length * rng.uniform(0.2, 0.8, n)).astype(np.int64))
-    b_start = np.minimum(b_start, length - 2)
-    # Zipf-like ids, as real text: a few tokens are very frequent.
-    ids = 5 + (rng.pareto(1.0, (n, L)) * 50).astype(np.int64) % (vocab_size - 5)
-    pos = np.arange(L)[None, :]
-    ids[:, 0] = 2
-    ids[np.arange(n), b_start - 1] = 3
-    ids[np.arange(n), length - 1] = 3
-    ids[pos >= length[:, None]] = 0
-    return {
-        "input_ids": ids.astype(np.int32),
-        "length": length.astype(np.int32),
-        "b_start": b_start.astype(np.int32),
-        "next_sentence_label": (rng.random(n) < 0.5).astype(np.uint8),
-    }
-
-
-def synthetic_dataset(
-    out_dir,
-    num_instances: int,
-    max_seq_len: int = 128,
-    vocab_size: int = 30522,
-    seed: int = 0,
-    shard_size: int = 16_384,
-) -> Path:
-    """Writes a generated dataset directory (WordPiece vocab, several shards); returns it."""
-    from bertjax.data.shards import write_dataset
-    from bertjax.data.tokenizer import load_tokenizer
-
-    out_dir = Path(out_dir)
-    vocab_file = synthetic_vocab(out_dir.with_name(out_dir.name + ".vocab"), vocab_size)
-    arrays = synthetic_arrays(num_instances, max_seq_len, vocab_size, seed)
-    return write_dataset(
-        out_dir,
-        arrays,
-        load_tokenizer(vocab_file),
-        max_seq_len,
-        seed=seed,
-        shard_size=shard_size,
-        overwrite=True,
-    )
+from bertjax.data.synthetic import synthetic_dataset
 
 
 def _measure(ds, global_batch_size: int, steps: int, **loader_kwargs) -> dict:

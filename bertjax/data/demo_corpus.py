@@ -23,7 +23,7 @@ from bertjax.data.corpus import split_sentences
 # frozen greeting modules and the regression suite; not the stdlib's own text (setuptools
 # may substitute its distutils); read separately as the pydoc topics.
 DENY_MODULES = frozenset(
-    "antigravity this idlelib tkinter _tkinter turtle turtledemo readline rlcompleter lib2to3 "  # noqa: SIM905
+    "antigravity this idlelib tkinter _tkinter turtle turtledemo readline rlcompleter lib2to3 "
     "__main__ __hello__ __phello__ test distutils pydoc_data".split()
 )
 # Submodule names never imported: they run programs (`__main__`) or tests.
@@ -184,7 +184,7 @@ def stdlib_modules() -> Iterator[types.ModuleType]:
         try:
             with quiet():
                 module = importlib.import_module(name)
-        except (Exception, SystemExit):  # noqa: BLE001 - any failed import just means "skip"
+        except (Exception, SystemExit):
             return
         yield module
         if hasattr(module, "__path__") and name not in _NO_SUBMODULES:
@@ -320,9 +320,10 @@ def build_demo_corpus(
     document_sentences(); exact duplicate documents are dropped. The documents are then
     written in a seeded random order: `bertjax prepare --held-out` holds out the *first*
     documents of its input, and in source order those would be the long language-reference
-    chapters while training sees docstrings, an eval split unlike the training text. The output is a pure function
-    of the Python (and package) versions. With Python 3.11.7, sources 1+2 give ~3,800
-    documents and ~240,000 words; adding DEPENDENCY_PACKAGES gives ~12,000 and ~950,000.
+    chapters while training sees docstrings, an eval split unlike the training text. The
+    output is a pure function of the Python (and package) versions. With Python 3.11.7,
+    sources 1+2 give ~3,800 documents and ~240,000 words; adding DEPENDENCY_PACKAGES gives
+    ~12,000 and ~950,000.
 
     Args:
       out_dir: directory for the text files (`stdlib-00000-of-00004.txt`...; documents are

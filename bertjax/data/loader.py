@@ -22,7 +22,6 @@ import multiprocessing
 
 import numpy as np
 
-from bertjax.errors import UserError
 from bertjax.data.masking import (
     MaskingConfig,
     Vocab,
@@ -32,6 +31,7 @@ from bertjax.data.masking import (
     row_keys,
 )
 from bertjax.data.shards import open_dataset
+from bertjax.errors import UserError
 
 BATCH_KEYS = (
     "input_ids",
@@ -146,7 +146,7 @@ def make_batch(
     raw = ds.get_batch(indices)
     masked = mask_batch(
         raw["input_ids"],
-        raw["attention_mask"],
+        raw["input_mask"],
         indices,
         seed=seed,
         epoch=epoch,
@@ -155,12 +155,12 @@ def make_batch(
     )
     return {
         "input_ids": masked["input_ids"],
-        "input_mask": raw["attention_mask"].astype(np.int32),
-        "segment_ids": raw["token_type_ids"].astype(np.int32),
+        "input_mask": raw["input_mask"].astype(np.int32),
+        "segment_ids": raw["segment_ids"].astype(np.int32),
         "masked_lm_positions": masked["masked_lm_positions"],
         "masked_lm_ids": masked["masked_lm_ids"],
         "masked_lm_weights": masked["masked_lm_weights"],
-        "next_sentence_labels": raw["next_sentence_label"].astype(np.int32),
+        "next_sentence_labels": raw["next_sentence_labels"].astype(np.int32),
     }
 
 

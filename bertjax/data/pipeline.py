@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bertjax.errors import UserError
 from bertjax.data import instances as inst
 from bertjax.data import shards
+from bertjax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,9 +17,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from bertjax.errors import UserError
 from bertjax.data import shards
 from bertjax.data.pipeline import InstanceOptions, prepare_dataset
+from bertjax.errors import UserError
 
 # Settings that must agree between parts for a merge to mean anything.
 _MERGE_KEYS = (

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bertjax.errors import UserError
 from bertjax.data.instances import pack_instances
+from bertjax.errors import UserError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -338,17 +338,18 @@ class Dataset:
         return out
 
     def get_batch(self, indices) -> dict[str, np.ndarray]:
-        """`input_ids, token_type_ids, attention_mask` [n, L] and `next_sentence_label` [n]
-        (all int32) for these indices, which may span shards."""
+        """`input_ids, input_mask, segment_ids` [n, L] and `next_sentence_labels` [n] (all
+        int32; the original BERT's names, as in every batch up to the loss) for these indices,
+        which may span shards."""
         raw = self.get_raw(indices)
         pos = self._positions[None, :]
         attention = pos < raw["length"][:, None]
         token_type = (pos >= raw["b_start"][:, None]) & attention
         return {
             "input_ids": raw["input_ids"],
-            "token_type_ids": token_type.astype(np.int32),
-            "attention_mask": attention.astype(np.int32),
-            "next_sentence_label": raw["next_sentence_label"],
+            "input_mask": attention.astype(np.int32),
+            "segment_ids": token_type.astype(np.int32),
+            "next_sentence_labels": raw["next_sentence_label"],
         }
 
     def load_tokenizer(self):

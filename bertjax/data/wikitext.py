@@ -4,9 +4,9 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 
-from bertjax.errors import UserError
 from bertjax.data.corpus import split_sentences
 from bertjax.data.demo_corpus import quiet, write_documents
+from bertjax.errors import UserError
 
 _WIKI_TITLE = re.compile(r"\s*= ([^=].*?) =\s*")  # " = Title = " (sections have "= =")
 _WIKI_HEADING = re.compile(r"\s*(= )+.*?( =)+\s*")

@@ -57,9 +57,10 @@ def check_args(args, model_cfg) -> None:
 def classification_batch(batch_size: int, seq_len: int, vocab: int, task, seed: int = 0):
     """Full-length two-segment inputs (train/bench.py's synthetic batch), random labels of
     `task` (class ids, or scores in [0, 5] for a regression) and weights of 1."""
-    from bertjax.train.bench import synthetic_batch
+    from bertjax.data.synthetic import synthetic_batch
 
-    full = synthetic_batch(batch_size, seq_len, vocab, predictions=1, seed=seed)
+    full = synthetic_batch(seed, batch=batch_size, length=seq_len, predictions=1, vocab=vocab,
+                           padded=False)
     batch = {k: full[k] for k in ("input_ids", "input_mask", "segment_ids")}
     rng = np.random.default_rng(seed)
     if task.is_regression:

@@ -184,7 +184,7 @@ def load_hub_split(task: str | GlueTask, split: str) -> list[dict]:
         ds = datasets.load_dataset("nyu-mll/glue", task.name, split=split)
     # Offline, hub down, no cache, renamed dataset: datasets and huggingface_hub raise many
     # unrelated types for these, and each means the same to the user.
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(
             f"cannot load GLUE {task.name} ({split}) with datasets ({reason}); without network, "

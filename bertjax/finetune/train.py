@@ -248,7 +248,8 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
 
 
 def finetune(cfg, workdir) -> dict:
-    """Fine-tunes by `cfg` (a config of `configs/finetune_glue.py`'s keys) at each of cfg.learning_rates (each in WORKDIR/lr_<lr> when there are
+    """Fine-tunes by `cfg` (a config with `configs/finetune_glue.py`'s keys) at each of
+    cfg.learning_rates (each in WORKDIR/lr_<lr> when there are
     several) and returns the dev metrics of the best run by the task's main metric; they
     are written to WORKDIR/eval_results.json, its test predictions to WORKDIR/predictions."""
     import jax

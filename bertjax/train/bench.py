@@ -31,26 +31,6 @@ def add_arguments(parser) -> None:
     )
 
 
-def synthetic_batch(batch: int, seq_len: int, vocab: int, predictions: int, seed: int = 0):
-    """A full-length two-segment batch with `predictions` masked positions per row."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, vocab, (batch, seq_len)).astype(np.int32)
-    ids[:, 0], ids[:, seq_len // 2 - 1], ids[:, -1] = 2, 3, 3
-    positions = np.sort(
-        np.stack([rng.choice(np.arange(1, seq_len - 1), predictions, False) for _ in range(batch)]),
-        axis=1,
-    ).astype(np.int32)
-    return {
-        "input_ids": ids,
-        "input_mask": np.ones((batch, seq_len), np.int32),
-        "segment_ids": (np.arange(seq_len) >= seq_len // 2).astype(np.int32)[None].repeat(batch, 0),
-        "masked_lm_positions": positions,
-        "masked_lm_ids": rng.integers(5, vocab, (batch, predictions)).astype(np.int32),
-        "masked_lm_weights": np.ones((batch, predictions), np.float32),
-        "next_sentence_labels": rng.integers(0, 2, batch).astype(np.int32),
-    }
-
-
 def model_flops_per_step(cfg, batch: int, seq_len: int, predictions: int) -> float:
     """Training FLOPs of one step (forward + backward = 3x forward), counting matmuls only:
     6 x (non-embedding parameters) x tokens, plus attention scores and mixing
@@ -189,7 +169,7 @@ def run(args) -> int:
     import jax
 
     from bertjax.data.masking import default_max_predictions
-    from bertjax.train import loop
+    from bertjax.data.synthetic import synthetic_batch
 
     config = config_lib.load_config(args.config, args.config_overrides)
     config_lib.validate(config, jax.device_count(), jax.process_count())
@@ -208,7 +188,8 @@ def run(args) -> int:
             f"data.max_predictions_per_seq={predictions} does not fit --seq-len {args.seq_len}: "
             f"at most {args.seq_len - 2} positions can be masked"
         )
-    batch = synthetic_batch(batch_size, args.seq_len, model_cfg.vocab_size, predictions)
+    batch = synthetic_batch(0, batch=batch_size, length=args.seq_len, predictions=predictions,
+                            vocab=model_cfg.vocab_size, padded=False)
     tokens = batch_size * args.seq_len
     say = lambda *a: print(*a, flush=True)
 

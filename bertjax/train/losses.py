@@ -17,7 +17,8 @@ MLM_DENOMINATOR_EPS = 1e-5
 def mlm_sums(
     mlm_logits_BxPxV: jax.Array, masked_lm_ids_BxP: jax.Array, masked_lm_weights_BxP: jax.Array
 ) -> dict[str, jax.Array]:
-    """Weighted sums over the masked positions: `mlm_loss_sum`, `mlm_correct_sum`, `mlm_weight_sum`."""
+    """Weighted sums over the masked positions: `mlm_loss_sum`, `mlm_correct_sum`,
+    `mlm_weight_sum`."""
     logits = mlm_logits_BxPxV.astype(jnp.float32)
     weights = masked_lm_weights_BxP.astype(jnp.float32)
     ce_BxP = optax.softmax_cross_entropy_with_integer_labels(logits, masked_lm_ids_BxP)

@@ -90,7 +90,8 @@ class MetricsWriter:
 
     WORKDIR/metrics.jsonl holds one strict JSON object per line (no NaN literals):
       {"step": 100, "split": "train", "time": 1718000000.1, "loss": 7.21, "learning_rate": 1e-05}
-      {"step": 500, "split": "eval", "time": 1718000100.4, "eval_loss": 6.9, "eval_mlm_accuracy": 0.1}
+      {"step": 500, "split": "eval", "time": 1718000100.4, "eval_loss": 6.9,
+       "eval_mlm_accuracy": 0.1}
     `split` tells training and evaluation records apart; evaluation metric names also carry an
     `eval_` prefix, so the two can be merged into one dict without collisions. Floats keep 6
     significant digits; NaN and infinities are written as null (JSON has no NaN, and a diverged
@@ -297,7 +298,7 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
             raise ValueError(f"{path}:{lineno}: not a valid JSON line") from None
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             # A bad file, not a bad argument: ValueError, like the JSON error above.
-            raise ValueError(f"{path}:{lineno}: expected a JSON object with an integer step")  # noqa: TRY004
+            raise ValueError(f"{path}:{lineno}: expected a JSON object with an integer step")
         indices = last_index[record.setdefault("split", "train")]
         while indices and kept[indices[-1]]["step"] >= record["step"]:
             kept[indices.pop()] = None  # superseded by the resumed run

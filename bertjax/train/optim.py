@@ -5,7 +5,6 @@ import optax
 
 from bertjax.errors import UserError
 
-
 # Decay after the warm-up, by `optim.schedule`: (peak, end, decay_steps, optim_cfg) -> schedule.
 SCHEDULES = {
     "linear": lambda peak, end, steps, _: optax.linear_schedule(peak, end, steps),  # BERT's

@@ -28,7 +28,9 @@ def warm_start(state, path: str, *, model_cfg, abstract_state, state_shardings,
               for k in ARCHITECTURE_FIELDS
               if getattr(loaded.model_cfg, k) != getattr(model_cfg, k)]
     if differ:
-        raise UserError(f"--init-from {path}: its model differs from the config's ({'; '.join(differ)})")
+        raise UserError(
+            f"--init-from {path}: its model differs from the config's ({'; '.join(differ)})"
+        )
     params = jax.device_put(jax.device_get(loaded.params), state_shardings.params)
     opt_state = state.opt_state
     if init_opt_state:

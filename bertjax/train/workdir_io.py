@@ -83,7 +83,7 @@ def open_append(file: "pathlib.Path | epath.Path", *, sync_secs: float = SYNC_SE
         return RewrittenTextFile(file, sync_secs=sync_secs)
     # A killed run may have left half a line: start ours on a fresh line.
     needs_newline = file.exists() and file.stat().st_size > 0 and _last_byte(file) != b"\n"
-    f = open(file, "a", encoding="utf-8")  # noqa: SIM115 - the caller closes it
+    f = open(file, "a", encoding="utf-8")
     if needs_newline:
         f.write("\n")
     return f
