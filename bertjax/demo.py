@@ -95,7 +95,7 @@ def build_tokenizer(files: list[Path], out_dir: Path, vocab_size: int):
 def build_dataset(files: list[Path], tokenizer, out_dir: Path, held_out: int) -> Path:
     """128-token sentence-pair shards with a held-out eval split (reused when complete)."""
     from bertjax.data.corpus import TextCorpus
-    from bertjax.data.pipeline import InstanceOptions, prepare_dataset
+    from bertjax.data.prepare_engine import InstanceOptions, prepare_dataset
 
     if (out_dir / "manifest.json").exists():
         return out_dir

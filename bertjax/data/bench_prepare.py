@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bertjax.data.corpus import TextCorpus
-from bertjax.data.pipeline import InstanceOptions, iter_blocks, prepare_dataset
+from bertjax.data.prepare_engine import InstanceOptions, iter_blocks, prepare_dataset
 from bertjax.data.tokenizer import load_tokenizer
 
 

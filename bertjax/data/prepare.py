@@ -7,7 +7,7 @@
     bertjax prepare merge parts/p* --out data/wiki128
 
 The output is the same for any --workers, and the merge of all --num-shards parts is the
-same (byte-identical shards) as a one-shot run: see bertjax/data/pipeline.py.
+same (byte-identical shards) as a one-shot run: see bertjax/data/prepare_engine.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from bertjax.data import shards
-from bertjax.data.pipeline import InstanceOptions, prepare_dataset
+from bertjax.data.prepare_engine import InstanceOptions, prepare_dataset
 from bertjax.errors import UserError
 
 # Settings that must agree between parts for a merge to mean anything.

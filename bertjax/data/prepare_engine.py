@@ -1,4 +1,4 @@
-"""The prepare pipeline: document blocks -> (worker processes) -> instance arrays -> shards.
+"""The prepare engine: document blocks -> (worker processes) -> instance arrays -> shards.
 
 The corpus is cut into blocks of documents, numbered in stream order. Block b is tokenized
 and turned into instances by `process_block` with a `random.Random` seeded by (seed, b)
@@ -224,56 +224,109 @@ def prepare_dataset(
         raise UserError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     if held_out < 0:
         raise UserError(f"--held-out {held_out} must be >= 0")
-    out_dir = Path(out_dir)
-    shards.prepare_output_dir(out_dir, overwrite)
+    job = _Job(corpus, tokenizer, Path(out_dir), opts, workers, shard_index, num_shards,
+               held_out, progress, extra or {})
+    shards.prepare_output_dir(job.out_dir, overwrite)
     try:
-        return _prepare(
-            corpus,
-            tokenizer,
-            out_dir,
-            opts,
-            workers,
-            shard_index,
-            num_shards,
-            held_out,
-            progress,
-            extra or {},
-        )
+        return _prepare(job)
     except BaseException:
-        shards.remove_partial(out_dir)  # a failed run leaves nothing that looks usable
+        shards.remove_partial(job.out_dir)  # a failed run leaves nothing that looks usable
         raise
 
 
-def _prepare(
-    corpus, tokenizer, out_dir, opts, workers, shard_index, num_shards, held_out, progress, extra
-) -> dict:
-    shards.copy_tokenizer(tokenizer, out_dir)
-    writer = shards.ShardWriter(out_dir, opts.max_seq_len, tokenizer.vocab_size, opts.shard_size)
-    write_eval = held_out > 0 and shard_index == 0
+@dataclasses.dataclass
+class _Job:
+    """One `prepare_dataset` call's inputs, handed to its phases."""
+
+    corpus: object
+    tokenizer: object
+    out_dir: Path
+    opts: InstanceOptions
+    workers: int
+    shard_index: int
+    num_shards: int
+    held_out: int
+    progress: bool
+    extra: dict
+
+
+def _writer(job: _Job, out_dir: Path) -> shards.ShardWriter:
+    shards.copy_tokenizer(job.tokenizer, out_dir)
+    return shards.ShardWriter(
+        out_dir, job.opts.max_seq_len, job.tokenizer.vocab_size, job.opts.shard_size
+    )
+
+
+def _prepare(job: _Job) -> dict:
+    opts = job.opts
+    writer = _writer(job, job.out_dir)
+    write_eval = job.held_out > 0 and job.shard_index == 0
+    eval_writer = None
     if write_eval:
-        (out_dir / "eval").mkdir()
-        shards.copy_tokenizer(tokenizer, out_dir / "eval")
-        eval_writer = shards.ShardWriter(
-            out_dir / "eval", opts.max_seq_len, tokenizer.vocab_size, opts.shard_size
-        )
-    prog = Progress(corpus, progress)
+        (job.out_dir / "eval").mkdir()
+        eval_writer = _writer(job, job.out_dir / "eval")
+    prog = Progress(job.corpus, job.progress)
 
     def counted(docs_iter):
         for d in docs_iter:
             prog.documents += 1
             yield d
 
-    docs = counted(corpus)
-    # 1. the eval split: small blocks, one at a time, until they give `held_out` instances
+    docs = counted(job.corpus)
+    eval_blocks = _eval_split(job, docs, eval_writer, prog)  # 1. the held-out split
+    blocks_done, train_tokens = _train_blocks(job, docs, len(eval_blocks), writer, prog)  # 2.
+    prog.close()
+
+    if prog.documents == 0:
+        raise UserError("the corpus is empty: no document with any text was found")
+    if writer.rows == 0 and job.num_shards == 1:
+        raise UserError(
+            "no training instances are left after holding out "
+            f"{job.held_out} for eval; lower --held-out or add text"
+        )
+    replacements = getattr(job.corpus, "replacements", 0)
+    if replacements:
+        print(
+            f"prepare: replaced {replacements:,} invalid UTF-8 sequence(s) with "
+            "U+FFFD (--errors replace)",
+            file=sys.stderr,
+        )
+    fields = {
+        "tokenizer": shards.tokenizer_manifest(job.tokenizer),
+        "nsp": opts.nsp,
+        "seed": opts.seed,
+        "command": list(sys.argv),
+        "settings": dataclasses.asdict(opts) | {"held_out": job.held_out},
+        "part": (
+            {"index": job.shard_index, "count": job.num_shards} if job.num_shards > 1 else None
+        ),
+        "blocks": blocks_done,
+        "eval_blocks": eval_blocks,
+        "stats": {
+            "documents": prog.documents,
+            "tokens": train_tokens,
+            "utf8_replacements": replacements,
+        },
+        **job.extra,
+    }
+    if write_eval:
+        eval_writer.close(fields | {"split": "eval", "blocks": eval_blocks})
+    return writer.close(fields | {"split": "train", "eval": "eval" if write_eval else None})
+
+
+def _eval_split(job: _Job, docs, eval_writer, prog) -> list[list[int]]:
+    """Small blocks, one at a time, until they give `held_out` instances; every part reads
+    them (so that block numbers agree), only part 0 writes them. Returns [[block, count]]."""
+    opts = job.opts
     eval_blocks: list[list[int]] = []
-    eval_left = held_out
+    eval_left = job.held_out
     while eval_left > 0:
         block = list(itertools.islice(docs, min(EVAL_BLOCK_DOCS, opts.block_docs)))
         if not block:
             break
-        arrays, n_tokens = process_block(len(eval_blocks), block, tokenizer, opts)
+        arrays, n_tokens = process_block(len(eval_blocks), block, job.tokenizer, opts)
         take = min(eval_left, len(arrays["length"]))
-        if write_eval:
+        if eval_writer is not None:
             eval_writer.add({k: v[:take] for k, v in arrays.items()})
         eval_blocks.append([len(eval_blocks), take])
         eval_left -= take
@@ -281,16 +334,24 @@ def _prepare(
         prog.update()
     if eval_left > 0 and prog.documents:
         raise UserError(
-            f"--held-out {held_out} asks for more instances than the whole corpus "
-            f"gives ({held_out - eval_left}); lower it"
+            f"--held-out {job.held_out} asks for more instances than the whole corpus "
+            f"gives ({job.held_out - eval_left}); lower it"
         )
-    # 2. training blocks, this part's share, in block order
-    first = len(eval_blocks)
-    numbered = enumerate(iter_blocks(docs, opts.block_docs), start=first)
+    return eval_blocks
+
+
+def _train_blocks(job: _Job, docs, first: int, writer, prog) -> tuple[list[list[int]], int]:
+    """The training blocks of this part (block b belongs to part (b - first) % num_shards),
+    in block order; returns ([[block, count]], tokens)."""
+    numbered = enumerate(iter_blocks(docs, job.opts.block_docs), start=first)
     train_tokens = 0
     blocks_done: list[list[int]] = []
     for b, arrays, n_tokens in run_blocks(
-        numbered, lambda b: (b - first) % num_shards == shard_index, tokenizer, opts, workers
+        numbered,
+        lambda b: (b - first) % job.num_shards == job.shard_index,
+        job.tokenizer,
+        job.opts,
+        job.workers,
     ):
         if arrays is not None:
             writer.add(arrays)
@@ -299,37 +360,4 @@ def _prepare(
             prog.instances += len(arrays["length"])
             blocks_done.append([b, len(arrays["length"])])
         prog.update()
-    prog.close()
-
-    if prog.documents == 0:
-        raise UserError("the corpus is empty: no document with any text was found")
-    if writer.rows == 0 and num_shards == 1:
-        raise UserError(
-            "no training instances are left after holding out "
-            f"{held_out} for eval; lower --held-out or add text"
-        )
-    if getattr(corpus, "replacements", 0):
-        print(
-            f"prepare: replaced {corpus.replacements:,} invalid UTF-8 sequence(s) with "
-            "U+FFFD (--errors replace)",
-            file=sys.stderr,
-        )
-    fields = {
-        "tokenizer": shards.tokenizer_manifest(tokenizer),
-        "nsp": opts.nsp,
-        "seed": opts.seed,
-        "command": list(sys.argv),
-        "settings": dataclasses.asdict(opts) | {"held_out": held_out},
-        "part": {"index": shard_index, "count": num_shards} if num_shards > 1 else None,
-        "blocks": blocks_done,
-        "eval_blocks": eval_blocks,
-        "stats": {
-            "documents": prog.documents,
-            "tokens": train_tokens,
-            "utf8_replacements": getattr(corpus, "replacements", 0),
-        },
-        **extra,
-    }
-    if write_eval:
-        eval_writer.close(fields | {"split": "eval", "blocks": eval_blocks})
-    return writer.close(fields | {"split": "train", "eval": "eval" if write_eval else None})
+    return blocks_done, train_tokens
