@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bertjax.data.synthetic import synthetic_dataset
-from bertjax.export import load_model
+from bertjax.train.checkpoint import load_model
 from bertjax.train.metrics_writer import read_metrics
 
 CONFIG = "bert_tiny"
