@@ -157,10 +157,10 @@ def original_write_predictions(examples, features, start_logits, end_logits, n_b
 @pytest.fixture(scope="module")
 def real_features(tmp_path_factory):
     """Features of a few questions over two contexts, many windows each, from a tiny WordPiece."""
-    contexts = ["Zürich and Genève are cities in Switzerland; Besançon and Paris are in France "
-                "and São Paulo is in Brazil, far from the naïve café on the Place.",
-                "東京 is the capital of Japan and 北京 is the capital of China, two large "
-                "cities with internationalization plans."]
+    contexts = [("Zürich and Genève are cities in Switzerland; Besançon and Paris are in France "
+                 "and São Paulo is in Brazil, far from the naïve café on the Place."),
+                ("東京 is the capital of Japan and 北京 is the capital of China, two large "
+                 "cities with internationalization plans.")]
     tok = train_wordpiece((contexts + ["where is the city"]) * 20, 120,
                           tmp_path_factory.mktemp("wp"), min_frequency=1)
     examples = [SquadExample(f"q{i}", "where is the city", contexts[i % 2], (), True)

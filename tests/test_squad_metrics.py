@@ -10,7 +10,6 @@ import pytest
 from bertjax.errors import UserError
 from bertjax.finetune import squad_metrics
 
-
 # --- the official scripts' logic, transcribed ------------------------------------------------
 
 

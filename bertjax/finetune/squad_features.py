@@ -217,6 +217,6 @@ def _stack(rows: list[tuple], max_seq_len: int, pad_id: int) -> SquadFeatures:
         segment_ids[i, doc_offset : len(ids)] = 1  # the context and its closing [SEP]
         offsets[i, doc_offset : doc_offset + len(span_offsets)] = span_offsets
         max_context[i, doc_offset : doc_offset + len(span_max)] = span_max
-    column = lambda k: np.array([r[k] for r in rows], np.int32).reshape(n)  # noqa: E731
+    column = lambda k: np.array([r[k] for r in rows], np.int32).reshape(n)
     return SquadFeatures(input_ids, input_mask, segment_ids, column(5), column(6), column(0),
                          offsets, max_context)
