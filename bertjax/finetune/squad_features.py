@@ -60,11 +60,13 @@ def _raw_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]
                         f"not {tokenizer.kind!r}")
     # The tokenizer lower-cases before sentencepiece sees the text; str.lower can lengthen a
     # character ("İ" -> "i̇"), so map each lower-cased character back to its source.
-    lowered = text.lower() if tokenizer.lowercase else text
-    source_of = np.repeat(np.arange(len(text)), [len(c.lower()) for c in text]) if (
-        tokenizer.lowercase) else np.arange(len(text))
-    if len(source_of) != len(lowered):  # cannot happen for str.lower; guards the mapping
-        raise UserError(f"cannot align the lower-cased text of {text[:40]!r}... to its source")
+    if tokenizer.lowercase:
+        lowered = text.lower()
+        source_of = np.repeat(np.arange(len(text)), [len(c.lower()) for c in text])
+        # Lower-casing in context (Greek final sigma) changes letters, never lengths.
+        assert len(source_of) == len(lowered)
+    else:
+        lowered, source_of = text, np.arange(len(text))
     source_of = np.append(source_of, len(text))
     try:
         out = tokenizer._sp.encode(lowered, out_type="offset_mapping")
