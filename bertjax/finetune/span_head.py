@@ -63,9 +63,8 @@ def qa_outputs(cfg: model_lib.BertConfig, name: str | None = None) -> nn.Dense:
 def init_params(cfg: model_lib.BertConfig, rng: jax.Array, seq_len: int = 8):
     """The boxed parameter tree (logical axis names kept) of BertForQuestionAnswering."""
     ids_BxL = jnp.zeros((1, seq_len), jnp.int32)
-    return BertForQuestionAnswering(cfg).init({"params": rng}, ids_BxL, ids_BxL, ids_BxL + 1)[
-        "params"
-    ]
+    model = BertForQuestionAnswering(cfg)
+    return model.init({"params": rng}, ids_BxL, ids_BxL, ids_BxL + 1)["params"]
 
 
 def span_loss(start_logits_BxL, end_logits_BxL, start_positions_B, end_positions_B,
