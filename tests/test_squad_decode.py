@@ -107,7 +107,8 @@ def original_write_predictions(examples, features, start_logits, end_logits, n_b
             starts = [i for i, _ in sorted(enumerate(sl), key=lambda x: x[1], reverse=True)]
             ends = [i for i, _ in sorted(enumerate(el), key=lambda x: x[1], reverse=True)]
             if version_2 and sl[0] + el[0] < score_null:
-                score_null, min_null_feature, null_start, null_end = sl[0] + el[0], row, sl[0], el[0]
+                score_null, min_null_feature = sl[0] + el[0], row
+                null_start, null_end = sl[0], el[0]
             in_doc = features.token_offsets[row, :, 0] >= 0
             for s in starts[:n_best_size]:
                 for e in ends[:n_best_size]:

@@ -15,7 +15,8 @@ from bertjax.finetune.squad_data import Answer, SquadExample
 CONTEXTS = [
     ("Zürich, Genève and Besançon are cities; the café on the Place de l'Hôtel-de-Ville sells "
      "crème brûlée to naïve tourists from São Paulo."),
-    "東京都 is the capital of 日本 and 北京 is the capital of 中国. Seoul 서울 lies in 한국 (Korea).",
+    ("東京都 is the capital of 日本 and 北京 is the capital of 中国. "
+     "Seoul 서울 lies in 한국 (Korea)."),
     ("Antidisestablishmentarianism, internationalization and "
      "pneumonoultramicroscopicsilicovolcanoconiosis are long words split into many pieces."),
     # İ lower-cases to two characters; é and e + combining accent; a zero-width space.

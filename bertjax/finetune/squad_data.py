@@ -192,6 +192,6 @@ def load_squad_hub(name: str, split: str, version: str) -> list[SquadExample]:
 
     try:
         rows = datasets.load_dataset(name, split=split)
-    except Exception as e:  # noqa: BLE001 - offline, unknown split, hub errors: all one message
+    except Exception as e:  # offline, unknown split, hub errors: all one message
         raise UserError(f"could not load {name} split {split!r} from the hub: {e}") from None
     return examples_from_rows(rows, version, source=f"{name}[{split}]")
