@@ -28,6 +28,10 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
+# BertConfig fields that decide the parameters' shapes and meaning (dropout and dtype do not).
+ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                       "intermediate_size", "hidden_act", "max_position_embeddings",
+                       "type_vocab_size", "layer_norm_eps")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # compute_dtype -> dtype
 ATTENTION_IMPLS = ("xla", "cudnn")
 

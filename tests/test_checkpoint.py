@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bertjax import model as model_lib
-from bertjax.train import checkpoint, optim, sharding
+from bertjax.train import checkpoint, optim, preemption, sharding
 from bertjax.train import step as step_lib
 from helpers import optim_config
 
@@ -117,6 +117,9 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"checkpoints/2 could not be restored.*falling back"):
         _, _, loader_state, config = checkpoint.Checkpointer(tmp_path).restore(setup[2], setup[3])
     assert loader_state == {"step": 1} and config == {"c": 1}
+    # Moved aside, so that the resumed run can save step 2 again.
+    assert (tmp_path / checkpoint.DAMAGED_DIR / "2").is_dir()
+    assert checkpoint.Checkpointer(tmp_path).all_steps() == [1]
 
 
 def test_keep_last_n_plus_every_mth(tmp_path):
@@ -148,7 +151,7 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
 
 def test_sigterm_sets_the_stop_flag_and_handler_is_restored():
     before = signal.getsignal(signal.SIGTERM)
-    watcher = checkpoint.PreemptionWatcher()
+    watcher = preemption.PreemptionWatcher()
     assert not watcher.should_stop(0)
     os.kill(os.getpid(), signal.SIGTERM)
     assert watcher.should_stop(1)
@@ -162,8 +165,8 @@ def test_restore_params_needs_neither_optimizer_nor_mesh(tmp_path):
     ckpt = checkpoint.Checkpointer(tmp_path)
     ckpt.save(1, state, jax.random.key(0), {"step": 1}, {"model": {"preset": "tiny"}})
     ckpt.wait()
-    params, config = checkpoint.Checkpointer(tmp_path, read_only=True).restore_params()
-    assert config == {"model": {"preset": "tiny"}}
+    params, config, step = checkpoint.Checkpointer(tmp_path, read_only=True).restore_params()
+    assert config == {"model": {"preset": "tiny"}} and step == 1
     assert_trees_equal(jax.device_get(state.params), jax.device_get(params))
     with pytest.raises(FileNotFoundError, match="step 5"):
         checkpoint.Checkpointer(tmp_path, read_only=True).restore_params(step=5)

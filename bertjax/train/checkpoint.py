@@ -1,7 +1,7 @@
 """Orbax checkpoints: one step directory holds the train state (params, optimizer state, step),
 the RNG key, the data loader's state and the config (`checkpoint_metadata`); "is this a
 checkpoint?" and "load the model in it" (`is_checkpoint_dir`, `load_model`, which also reads
-HuggingFace folders); SIGTERM-driven preemption saves.
+HuggingFace folders).
 
 Layout: WORKDIR/checkpoints/<step>/{state, loader, config}. Orbax writes each step under a
 temporary name and renames it when complete, so a run killed mid-save leaves the previous
@@ -14,8 +14,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +27,7 @@ from etils import epath
 from bertjax.errors import UserError
 
 log = logging.getLogger(__name__)
+DAMAGED_DIR = "checkpoints_damaged"  # beside checkpoints/: steps that failed to restore
 
 
 def checkpoint_dir(workdir) -> epath.Path:
@@ -82,6 +81,7 @@ class Checkpointer:
             read_only=read_only,
         )
         self.directory = checkpoint_dir(workdir)
+        self.read_only = read_only
         # Handlers named up front, so a fresh manager can read metadata before any save.
         handlers = {"state": ocp.StandardCheckpointHandler(),
                     "loader": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
@@ -121,13 +121,17 @@ class Checkpointer:
         self.last_save_blocking_s = time.perf_counter() - start
         return saved
 
-    def restore(self, abstract_state: Any, shardings: Any, step: int | None = None):
+    def restore(self, abstract_state: Any, shardings: Any, step: int | None = None, *,
+                model_cfg=None):
         """Restores (state, rng, loader_state, config) onto `shardings`.
 
         `abstract_state` gives shapes and dtypes (e.g. from `jax.eval_shape`), `shardings` the
         NamedShardings of the mesh to restore onto, which may differ from the mesh that saved:
-        orbax reshards. With `step=None` the newest checkpoint that restores is taken; a damaged
-        one is skipped with a warning.
+        orbax reshards. With `step=None` the newest checkpoint that restores is taken: a
+        damaged one is named in a warning and (unless read-only) moved aside to
+        WORKDIR/checkpoints_damaged/, so that the run saves that step again. A checkpoint of
+        another model than `model_cfg` (a changed config, not damage) is a UserError naming
+        the fields that differ; nothing is moved.
         """
         steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
         if not steps:
@@ -138,19 +142,59 @@ class Checkpointer:
                 abstract_state, shardings),
             "rng": None,
         }
-        for i, candidate in enumerate(steps):
+        failures = []
+        for candidate in steps:
+            if model_cfg is not None:
+                self._check_same_model(candidate, model_cfg)
             try:
                 return self._restore_step(candidate, target)
-            except Exception as e:
-                if step is not None or i == len(steps) - 1:
-                    raise RuntimeError(
-                        f"checkpoint {self.directory / str(candidate)} could not be restored: "
-                        f"{type(e).__name__}: {e}") from e
-                warnings.warn(
-                    f"checkpoint {self.directory / str(candidate)} could not be restored "
-                    f"({type(e).__name__}: {str(e)[:200]}); falling back to step {steps[i + 1]}",
-                    stacklevel=2)
-        raise AssertionError("unreachable")
+            except Exception as e:  # damage shows as any of orbax's, tensorstore's or OS errors
+                reason = f"{type(e).__name__}: {str(e)[:300]}"
+                failures.append(f"step {candidate} ({reason})")
+                if step is not None:
+                    break
+                warnings.warn(f"checkpoint {self.directory / str(candidate)} could not be "
+                              f"restored ({reason}); falling back to the one before", stacklevel=2)
+                if not self.read_only:
+                    self._set_aside(candidate)
+        raise UserError(f"no checkpoint in {self.directory} could be restored: "
+                        f"{'; '.join(failures)}. Move {self.directory} aside to start afresh")
+
+    def _check_same_model(self, step: int, model_cfg) -> None:
+        """UserError when checkpoint `step` holds another architecture than `model_cfg`."""
+        from bertjax.model import ARCHITECTURE_FIELDS
+
+        try:
+            saved = self.restore_config(step).get(MODEL_CONFIG_KEY)
+        except Exception:  # an unreadable config is damage: restoring the step will say so
+            return
+        if not saved:
+            return
+        differ = [f"{k}: {saved.get(k)!r} in the checkpoint, {getattr(model_cfg, k)!r} now"
+                  for k in ARCHITECTURE_FIELDS if saved.get(k) != getattr(model_cfg, k)]
+        if differ:
+            raise UserError(
+                f"the checkpoint of step {step} in {self.directory} holds another model than "
+                f"the config ({'; '.join(differ)}): resume with the config it was trained "
+                "with, or use a new --workdir")
+
+    def _set_aside(self, step: int) -> None:
+        """Moves a damaged step to WORKDIR/checkpoints_damaged/<step>[.n] (process 0; the
+        others wait), so that orbax no longer lists it and the run can save that step again."""
+        if jax.process_index() == 0:
+            aside_dir = self.directory.parent / DAMAGED_DIR
+            aside_dir.mkdir(parents=True, exist_ok=True)
+            dest, n = aside_dir / str(step), 0
+            while dest.exists():
+                n += 1
+                dest = aside_dir / f"{step}.{n}"
+            (self.directory / str(step)).rename(dest)
+            log.warning("moved the damaged checkpoint of step %d to %s", step, dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"bertjax_set_aside_{step}")
+        self._manager.reload()
 
     def _restore_step(self, step: int, target):
         # The rng key data is a small array, identical everywhere: restored as numpy.
@@ -168,24 +212,40 @@ class Checkpointer:
         return tree["train"], rng, dict(restored["loader"]), dict(restored["config"])
 
     def restore_params(self, step: int | None = None, sharding=None):
-        """(params, config) of a checkpoint, without knowing its optimizer or mesh.
+        """(params, config, step) of a checkpoint, without knowing its optimizer or mesh.
 
         The restore target comes from the checkpoint's own metadata, each array placed with
         `sharding` (default: whole on this process's first device), so export, `--init-from`
-        and fine-tuning can read a checkpoint written on any topology.
+        and fine-tuning can read a checkpoint written on any topology. With `step=None` the
+        newest checkpoint that restores is taken; a damaged one is named in a warning.
         """
-        step = self.latest_step() if step is None else int(step)
-        if step is None or step not in self.all_steps():
+        if step is not None and int(step) not in self.all_steps():
             raise FileNotFoundError(f"no complete checkpoint of step {step} in {self.directory}; "
                                     f"steps there: {self.all_steps()}")
+        steps = [int(step)] if step is not None else sorted(self.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        meta = self._manager.item_metadata(step)["state"].tree
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta,
-            is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()))
-        return restored["state"]["train"]["params"], dict(restored["config"])
+        failures = []
+        for candidate in steps:
+            try:
+                meta = self._manager.item_metadata(candidate)["state"].tree
+                target = jax.tree.map(
+                    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta,
+                    is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+                restored = self._manager.restore(candidate, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()))
+            except Exception as e:  # damage shows as any of orbax's, tensorstore's or OS errors
+                reason = f"{type(e).__name__}: {str(e)[:300]}"
+                failures.append(f"step {candidate} ({reason})")
+                if candidate != steps[-1]:
+                    warnings.warn(f"checkpoint {self.directory / str(candidate)} could not be "
+                                  f"restored ({reason}); falling back to the one before",
+                                  stacklevel=2)
+                continue
+            return restored["state"]["train"]["params"], dict(restored["config"]), candidate
+        raise UserError(f"no checkpoint in {self.directory} could be restored: "
+                        f"{'; '.join(failures)}")
 
     def restore_config(self, step: int | None = None) -> dict:
         """Only the config saved with a checkpoint (newest when `step` is None)."""
@@ -270,46 +330,11 @@ def load_model(path, step: int | None = None) -> LoadedModel:
         return LoadedModel(loaded.config, loaded.params, path, loaded.tokenizer_files)
     ckpt = Checkpointer(path, read_only=True)
     try:
-        params, meta = ckpt.restore_params(step)
+        params, meta, used_step = ckpt.restore_params(step)
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     if MODEL_CONFIG_KEY not in meta:
         raise UserError(f"checkpoint in {path} has no model config; was it written by bertjax?")
     model_cfg = model_lib.BertConfig(**meta[MODEL_CONFIG_KEY])
-    used_step = step if step is not None else ckpt.latest_step()
     return LoadedModel(model_cfg, params, f"{path} step {used_step}",
                        _tokenizer_files(meta.get(TOKENIZER_DIR_KEY, "")), used_step)
-
-
-class PreemptionWatcher:
-    """Turns SIGTERM (TPU maintenance, Slurm pre-emption, `kill`) into "stop at a step boundary".
-
-    With several processes all must stop at the same step, or the collectives of the next step
-    would hang: JAX's preemption sync point (the distributed runtime's SIGTERM notifier) gives
-    every process the same answer for a given step. With one process a signal flag suffices.
-    """
-
-    def __init__(self):
-        self._requested = threading.Event()
-        self._multiprocess = jax.process_count() > 1
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
-
-    def _on_signal(self, signum, frame):
-        log.warning("SIGTERM received: saving a checkpoint at the next step boundary, then exit")
-        self._requested.set()
-
-    def should_stop(self, step: int) -> bool:
-        """True when the run must save at `step` and exit; the same on every process."""
-        if self._multiprocess:
-            from jax.experimental import multihost_utils
-
-            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
-        return self._requested.is_set()
-
-    def close(self) -> None:
-        """Restores the previous SIGTERM handler."""
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None

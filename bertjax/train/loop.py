@@ -138,7 +138,7 @@ def init_or_restore(run: Run, ckpt):
     init_rng, dropout_rng = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
     if ckpt.latest_step() is not None:
         state, dropout_rng, loader_state, _ = ckpt.restore(
-            nn.meta.unbox(run.abstract_state), run.state_shardings)
+            nn.meta.unbox(run.abstract_state), run.state_shardings, model_cfg=run.model_cfg)
         start_step = int(jax.device_get(state.step))
         run.resumed_loader_state = loader_state
         _log(f"resuming from checkpoint step {start_step} in {ckpt.directory}")
@@ -273,8 +273,9 @@ def run_steps(run: Run, train_fn, state, dropout_rng, batch, loader, ckpt, start
     """
     import jax
 
-    from bertjax.train import checkpoint, sharding
+    from bertjax.train import checkpoint, metrics_writer, sharding
     from bertjax.train.metrics_writer import MetricsWriter
+    from bertjax.train.preemption import PreemptionWatcher
     from bertjax.train.profiling import StepProfiler
 
     train_cfg = run.config.train
@@ -282,9 +283,12 @@ def run_steps(run: Run, train_fn, state, dropout_rng, batch, loader, ckpt, start
     ckpt_meta = checkpoint.checkpoint_metadata(run.model_cfg, run.config,
                                                run.train_ds.tokenizer_dir)
     history = []
+    if run.is_writer and start_step > 0:
+        # What a killed (or failed) run logged past its checkpoint is logged again now.
+        metrics_writer.drop_after(run.workdir, start_step)
     with contextlib.ExitStack() as cleanup:
         writer = cleanup.enter_context(MetricsWriter(run.workdir, train_cfg.steps, run.is_writer))
-        watcher = checkpoint.PreemptionWatcher()
+        watcher = PreemptionWatcher()
         cleanup.callback(watcher.close)
         profiler = None
         if train_cfg.profile_steps:

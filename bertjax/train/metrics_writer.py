@@ -305,3 +305,29 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
         indices.append(len(kept))
         kept.append(record)
     return [record for record in kept if record is not None]
+
+
+def drop_after(workdir: str | os.PathLike, step: int) -> int:
+    """Rewrites WORKDIR/metrics.jsonl without the records past `step` (what a killed or
+    failed run logged after the checkpoint a resumed run starts from), so the file keeps one
+    row per step; lines cut short by a kill go too. Returns how many lines were dropped."""
+    path = metrics_path(workdir)
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_bytes().decode("utf-8").split("\n"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and (
+                record["step"] > step):
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        workdir_io.write_atomic(path, "".join(line + "\n" for line in kept).encode("utf-8"))
+    return dropped

@@ -3,11 +3,6 @@ folder or another run's checkpoint, as phase 2 of BERT starts from phase 1."""
 
 from bertjax.errors import UserError
 
-# BertConfig fields that decide the parameters' shapes and meaning (dropout and dtype do not).
-ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                       "intermediate_size", "hidden_act", "max_position_embeddings",
-                       "type_vocab_size", "layer_norm_eps")
-
 
 def warm_start(state, path: str, *, model_cfg, abstract_state, state_shardings,
                init_opt_state: bool):
@@ -21,6 +16,7 @@ def warm_start(state, path: str, *, model_cfg, abstract_state, state_shardings,
     import jax
     import numpy as np
 
+    from bertjax.model import ARCHITECTURE_FIELDS
     from bertjax.train import checkpoint
 
     loaded = checkpoint.load_model(path)

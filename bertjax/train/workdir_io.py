@@ -89,6 +89,17 @@ def open_append(file: "pathlib.Path | epath.Path", *, sync_secs: float = SYNC_SE
     return f
 
 
+def write_atomic(file: "pathlib.Path | epath.Path", data: bytes) -> None:
+    """Replaces `file` with `data` whole: a temporary file renamed over it (local), or one
+    upload (an object store writes an object whole anyway)."""
+    if is_remote(file):
+        file.write_bytes(data)
+        return
+    tmp = file.with_name(f".{file.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, file)
+
+
 def _last_byte(file: pathlib.Path) -> bytes:
     with open(file, "rb") as f:
         f.seek(-1, os.SEEK_END)

@@ -1,0 +1,44 @@
+"""Pre-emption: SIGTERM (TPU maintenance, Slurm, GKE, `kill`) becomes "save at the next step
+boundary and exit", the same step on every process."""
+
+import logging
+import signal
+import threading
+
+import jax
+
+log = logging.getLogger(__name__)
+
+
+class PreemptionWatcher:
+    """Turns SIGTERM (TPU maintenance, Slurm pre-emption, `kill`) into "stop at a step boundary".
+
+    With several processes all must stop at the same step, or the collectives of the next step
+    would hang: JAX's preemption sync point (the distributed runtime's SIGTERM notifier) gives
+    every process the same answer for a given step. With one process a signal flag suffices.
+    """
+
+    def __init__(self):
+        self._requested = threading.Event()
+        self._multiprocess = jax.process_count() > 1
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint at the next step boundary, then exit")
+        self._requested.set()
+
+    def should_stop(self, step: int) -> bool:
+        """True when the run must save at `step` and exit; the same on every process."""
+        if self._multiprocess:
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+        return self._requested.is_set()
+
+    def close(self) -> None:
+        """Restores the previous SIGTERM handler."""
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
