@@ -11,9 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from bertjax.errors import UserError, main
+from bertjax.cli import main
 from bertjax.data import open_dataset
 from bertjax.data.corpus import HFCorpus, TextCorpus, split_sentences
+from bertjax.errors import UserError
 
 WORDS = [f"w{i}" for i in range(200)]
 N_DOCS = 150

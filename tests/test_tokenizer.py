@@ -5,9 +5,10 @@ import random
 import numpy as np
 import pytest
 
-from bertjax.errors import UserError, main
+from bertjax.cli import main
 from bertjax.data import load_tokenizer
 from bertjax.data.tokenizer import train_sentencepiece, train_wordpiece
+from bertjax.errors import UserError
 
 WORDS = [
     "the",
