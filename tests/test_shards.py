@@ -41,7 +41,7 @@ def test_roundtrip_across_shards(tmp_path, tok):
     L = 16
     rows = random_instances(23, L)
     ds = open_dataset(
-        write_dataset(tmp_path / "ds", rows, tok, L, shard_size=5, seed=3), verify=True
+        write_dataset(tmp_path / "ds", rows, tok, L, shard_size=5, seed=3), verify_checksums=True
     )
     assert len(ds) == 23 and len(ds.manifest["shards"]) == 5
     assert ds.max_seq_len == L and ds.vocab_size == tok.vocab_size
@@ -102,10 +102,10 @@ def test_corrupted_shard_named_with_checksum(tmp_path, tok):
     data = bytearray(f.read_bytes())
     data[-1] ^= 0xFF  # same size, one flipped byte
     f.write_bytes(bytes(data))
-    open_dataset(out, verify=False)  # shapes still fine: only the checksum can tell
+    open_dataset(out, verify_checksums=False)  # shapes still fine: only the checksum tells
     expected = json.loads((out / "manifest.json").read_text())["shards"][1]["sha256"]["input_ids"]
     with pytest.raises(UserError) as e:
-        open_dataset(out, verify=True)
+        open_dataset(out)
     assert "shard-00001.input_ids.npy" in str(e.value) and expected in str(e.value)
 
 

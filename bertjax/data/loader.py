@@ -213,7 +213,9 @@ _WORKER = {}
 
 
 def _worker_init(path: str, plan: BatchPlan) -> None:
-    ds = open_dataset(path)
+    # The parent opened (and, unless told not to, verified) the dataset already; hashing it
+    # again in every worker would only delay the first batch. Batches still check their ids.
+    ds = open_dataset(path, verify_checksums=False)
     _WORKER.update(ds=ds, vocab=masking_vocab(ds, plan.masking), plan=plan)
 
 

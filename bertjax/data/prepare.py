@@ -191,7 +191,7 @@ def merge_parts(part_dirs, out_dir, overwrite: bool = False) -> dict:
     Checks that the parts come from the same settings and tokenizer, and are exactly parts
     0..n-1 once each; verifies their checksums; writes blocks in global block order.
     """
-    parts = [shards.open_dataset(d, verify=True) for d in part_dirs]
+    parts = [shards.open_dataset(d, verify_checksums=True) for d in part_dirs]
     first = parts[0].manifest
     for ds in parts:
         m = ds.manifest
@@ -245,7 +245,7 @@ def _merge(parts, out_dir: Path) -> dict:
         writer.add(ds.get_raw(range(start, start + count)))
     part0 = next(ds for ds in parts if ds.manifest["part"]["index"] == 0)
     if part0.manifest.get("eval"):
-        shards.open_dataset(part0.path / "eval", verify=True)
+        shards.open_dataset(part0.path / "eval", verify_checksums=True)
         shutil.copytree(part0.path / "eval", out_dir / "eval")
     stats = {
         k: sum(ds.manifest["stats"][k] for ds in parts) for k in ("tokens", "utf8_replacements")

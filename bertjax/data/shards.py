@@ -11,7 +11,6 @@ is never mistaken for a complete dataset.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bertjax.data.instances import pack_instances
+from bertjax.data.integrity import check_token_ids, file_sha256, verify_files
 from bertjax.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -34,15 +34,6 @@ _SMALL_DTYPES = {"length": np.int16, "b_start": np.int16, "next_sentence_label":
 def ids_dtype(vocab_size: int) -> np.dtype:
     """The smallest dtype that holds every token id of a vocabulary of this size."""
     return np.dtype(np.uint16 if vocab_size <= 65_536 else np.int32)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """The sha256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def shard_file(shard_name: str, array: str) -> str:
@@ -262,7 +253,7 @@ def write_dataset(
 class Dataset:
     """Random access to a dataset directory's instances (memory-mapped shards)."""
 
-    def __init__(self, path, verify: bool = False):
+    def __init__(self, path, verify_checksums: bool = True):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         self.max_seq_len = int(self.manifest["max_seq_len"])
@@ -270,7 +261,14 @@ class Dataset:
         self.vocab_size = int(tok["vocab_size"])
         self.special_ids = dict(tok["special_ids"])
         self.tokenizer_dir = self.path / "tokenizer"
-        self._arrays = [self._open_shard(s, verify) for s in self.manifest["shards"]]
+        self._arrays = [self._open_shard(s) for s in self.manifest["shards"]]
+        if verify_checksums:
+            files = []
+            for s, arrays in zip(self.manifest["shards"], self._arrays):
+                for k in ARRAYS:  # input_ids are also range-checked against the vocabulary
+                    ids = arrays[k] if k == "input_ids" else None
+                    files.append((self.path / shard_file(s["name"], k), s["sha256"][k], ids))
+            verify_files(files, self.vocab_size)
         counts = np.array([s["count"] for s in self.manifest["shards"]], np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
         self._len = int(self._offsets[-1])
@@ -281,20 +279,13 @@ class Dataset:
             )
         self._positions = np.arange(self.max_seq_len, dtype=np.int32)
 
-    def _open_shard(self, shard: dict, verify: bool) -> dict[str, np.ndarray]:
+    def _open_shard(self, shard: dict) -> dict[str, np.ndarray]:
         arrays = {}
         ids_dtype_ = np.dtype(self.manifest["input_ids_dtype"])
         for k in ARRAYS:
             f = self.path / shard_file(shard["name"], k)
             if not f.exists():
                 raise UserError(f"shard file {f} is missing (listed in {MANIFEST})")
-            if verify:
-                digest = file_sha256(f)
-                if digest != shard["sha256"][k]:
-                    raise UserError(
-                        f"shard file {f} is corrupted: sha256 {digest} does not "
-                        f"match the manifest's {shard['sha256'][k]}"
-                    )
             try:
                 arr = np.load(f, mmap_mode="r", allow_pickle=False)
             except ValueError as e:  # numpy raises ValueError on truncated data or header
@@ -310,6 +301,11 @@ class Dataset:
                 )
             arrays[k] = arr
         return arrays
+
+    @property
+    def tokenizer_identity(self) -> dict | None:
+        """The identity of the tokenizer that made this data (`integrity.check_same_tokenizer`)."""
+        return self.manifest["tokenizer"].get("identity")
 
     def __len__(self) -> int:
         return self._len
@@ -335,6 +331,8 @@ class Dataset:
             local = idx[rows] - self._offsets[s]
             for k in ARRAYS:
                 out[k][rows] = self._arrays[s][k][local]
+            name = shard_file(self.manifest["shards"][s]["name"], "input_ids")
+            check_token_ids(out["input_ids"][rows], self.vocab_size, self.path / name, local)
         return out
 
     def get_batch(self, indices) -> dict[str, np.ndarray]:
@@ -390,10 +388,12 @@ def read_manifest(path) -> dict:
     return manifest
 
 
-def open_dataset(path, verify: bool = False) -> Dataset:
+def open_dataset(path, verify_checksums: bool = True) -> Dataset:
     """Opens a dataset directory written by `bertjax prepare` (or `write_dataset`).
 
-    Shapes, dtypes and file sizes are always checked; `verify=True` also checks every
-    file's sha256 against the manifest (reads all bytes: a few seconds per GB).
+    Shapes, dtypes and file sizes are always checked, and so are the token ids of every
+    batch read. `verify_checksums` also checks every file's sha256 against the manifest and
+    every token id against the vocabulary size, once per file per process (reads all bytes:
+    ~1 s per GB when cached, else disk speed; pass False for datasets too large for that).
     """
-    return Dataset(path, verify=verify)
+    return Dataset(path, verify_checksums=verify_checksums)

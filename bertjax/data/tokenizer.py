@@ -271,69 +271,56 @@ def train_wordpiece(
     out_dir,
     lowercase: bool = True,
     min_frequency: int = 2,
-    total: int | None = None,
+    overwrite: bool = False,
 ) -> WordPieceTokenizer:
-    """Trains a WordPiece vocabulary on an iterable of text lines; writes out_dir/vocab.txt.
+    """Learns a WordPiece vocabulary from an iterable of text lines; writes out_dir/vocab.txt.
 
-    The five BERT specials come first ([PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4).
+    Reproducible: the same lines and arguments give a byte-identical vocab.txt on every run,
+    in the order documented in `bertjax.data.tokenizer_train` (the specials [PAD]=0 [UNK]=1
+    [CLS]=2 [SEP]=3 [MASK]=4, the characters, the `##` characters, then the merges).
+    Refuses an `out_dir` that holds a tokenizer unless `overwrite`; writes nothing there
+    unless training succeeds.
     """
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers
-    from tokenizers.models import WordPiece
-    from tokenizers.trainers import WordPieceTrainer
+    from bertjax.data import tokenizer_train as train
 
-    tok = Tokenizer(WordPiece(unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
-    )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS.values()),
-        continuing_subword_prefix="##",
-        show_progress=True,
-    )
-    tok.train_from_iterator(lines, trainer, length=total)
-    vocab = tok.get_vocab()
-    tokens = sorted(vocab, key=vocab.__getitem__)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
-    result = WordPieceTokenizer(out_dir / "vocab.txt", lowercase=lowercase)
-    result.save(out_dir)
-    return result
+    out_dir = train.check_output_dir(out_dir, overwrite)
+    counts = train.count_words(lines, lowercase)
+    tokens = train.learn_vocab(counts, vocab_size, SPECIAL_TOKENS.values(), min_frequency)
+    tmp = train.staging_dir(out_dir)
+    try:
+        (tmp / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+        WordPieceTokenizer(tmp / "vocab.txt", lowercase=lowercase).save(tmp)
+        train.publish(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return WordPieceTokenizer(out_dir / "vocab.txt", lowercase=lowercase)
 
 
 def train_sentencepiece(
-    lines, vocab_size: int, out_dir, lowercase: bool = False, model_type: str = "unigram"
+    lines,
+    vocab_size: int,
+    out_dir,
+    lowercase: bool = False,
+    model_type: str = "unigram",
+    overwrite: bool = False,
 ) -> SentencePieceTokenizer:
-    """Trains a sentencepiece model on text lines; writes out_dir/spm.model (+ .vocab).
+    """Trains a sentencepiece model on text lines; writes out_dir/spm.model (+ spm.vocab).
 
     [PAD]=0 and [UNK]=1 are the model's pad/unk pieces; [CLS] [SEP] [MASK] are user-defined
-    symbols (ids 2, 3, 4), so they have ids and are never split.
+    symbols (ids 2, 3, 4). Reproducible (byte-identical spm.model for the same lines and
+    arguments); the same output rules as `train_wordpiece`.
     """
-    import sentencepiece as spm
+    from bertjax.data import tokenizer_train as train
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = train.check_output_dir(out_dir, overwrite)
     lines = (line.lower() for line in lines) if lowercase else lines
+    model = train.sentencepiece_model(lines, vocab_size, model_type)
+    tmp = train.staging_dir(out_dir)
     try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines),
-            model_prefix=str(out_dir / "spm"),
-            vocab_size=vocab_size,
-            model_type=model_type,
-            pad_id=0,
-            unk_id=1,
-            bos_id=-1,
-            eos_id=-1,
-            pad_piece="[PAD]",
-            unk_piece="[UNK]",
-            user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"],
-            minloglevel=1,
-        )
-    except RuntimeError as e:  # e.g. "Vocabulary size too high" on a small corpus
-        raise UserError(f"sentencepiece training failed: {str(e).strip()}") from None
-    result = SentencePieceTokenizer(out_dir / "spm.model", lowercase=lowercase)
-    result.save(out_dir)
-    return result
+        (tmp / "spm.model").write_bytes(model)
+        train.write_sentencepiece_vocab(tmp / "spm.model")
+        SentencePieceTokenizer(tmp / "spm.model", lowercase=lowercase).save(tmp)
+        train.publish(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return SentencePieceTokenizer(out_dir / "spm.model", lowercase=lowercase)

@@ -1,12 +1,17 @@
 """`bertjax tokenizer train`: a WordPiece vocab.txt or a sentencepiece model from text files.
 
 bertjax tokenizer train --input corpus.txt --kind wordpiece --vocab-size 30522 --out tok/
+
+The same input files and flags give byte-identical files on every run (the vocab.txt order
+is documented in bertjax/data/tokenizer_train.py). An --out that holds a tokenizer is
+replaced only with --overwrite; nothing is written there unless training succeeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from bertjax.errors import UserError
 
@@ -37,6 +42,7 @@ def register(subparsers) -> None:
         help="keep case (default: lower-case for wordpiece, keep for sentencepiece)",
     )
     t.add_argument("--min-frequency", type=int, default=2, help="wordpiece: min pair count")
+    t.add_argument("--overwrite", action="store_true", help="replace a tokenizer in --out")
     t.add_argument(
         "--errors",
         default="strict",
@@ -56,7 +62,7 @@ def run(args) -> int:
     corpus = TextCorpus(args.input, "bert", args.errors)
     if corpus.total == 0:
         raise UserError("the --input files are empty")
-    lines = (line for line, _ in corpus.lines() if line)
+    lines = _with_progress(corpus, (line for line, _ in corpus.lines() if line))
     if args.kind == "wordpiece":
         tok = train_wordpiece(
             lines,
@@ -64,12 +70,38 @@ def run(args) -> int:
             args.out,
             lowercase=not args.cased,
             min_frequency=args.min_frequency,
+            overwrite=args.overwrite,
         )
     else:
-        tok = train_sentencepiece(lines, args.vocab_size, args.out, lowercase=False)
+        tok = train_sentencepiece(
+            lines, args.vocab_size, args.out, lowercase=False, overwrite=args.overwrite
+        )
     print(
         f"tokenizer train: {tok.kind} with {tok.vocab_size:,} tokens in {args.out} "
         f"(files: {', '.join(f.name for f in tok.files)})",
         file=sys.stderr,
     )
     return 0
+
+
+def _with_progress(corpus, lines):
+    """Yields `lines`; says on stderr how much input was read (every 1 s on a terminal,
+    30 s in a log) and when all of it was."""
+    start = last = time.monotonic()
+    every = 1 if sys.stderr.isatty() else 30
+    for line in lines:
+        yield line
+        if time.monotonic() - last >= every:
+            last = time.monotonic()
+            print(
+                f"tokenizer train: read {corpus.done / 1e6:,.1f} of {corpus.total / 1e6:,.1f} MB"
+                f" ({100 * corpus.done / corpus.total:.0f}%) in {last - start:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+    print(
+        f"tokenizer train: read {corpus.total / 1e6:,.1f} MB in {time.monotonic() - start:.0f}s,"
+        " training",
+        file=sys.stderr,
+        flush=True,
+    )
