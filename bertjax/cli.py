@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"bertjax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if not e.filename:
+            raise
+        # The file system refused (a workdir that is a file, no permission, disk full): one
+        # line naming the path, as for any other input the user must fix.
+        print(f"bertjax {args.command}: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"bertjax {args.command}: interrupted", file=sys.stderr)
         return 130

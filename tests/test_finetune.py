@@ -437,7 +437,8 @@ def test_bad_input_is_one_clear_error(
 
 def test_check_finite_ends_with_the_callers_remedy():
     check_finite(3, {"loss": 0.5}, 2, remedy=PRETRAINING_REMEDY)  # a finite loss passes
-    with pytest.raises(FloatingPointError, match=r"loss is nan at step 3 .*Lower optim\.peak_lr"):
+    with pytest.raises(FloatingPointError,
+                       match=r"loss is nan at step 3 .*Check the data first.*lower optim\.peak_lr"):
         check_finite(3, {"loss": float("nan")}, 2, remedy=PRETRAINING_REMEDY)  # `bertjax train`
     with pytest.raises(FloatingPointError, match=r"loss is inf at step 3 .*Lower --lr") as e:
         check_finite(3, {"loss": float("inf")}, 2, remedy=ft.NAN_REMEDY)

@@ -40,6 +40,7 @@ def get_config():
         workers=0,  # loader worker processes; 0 = background threads
         threads=2,  # loader threads when workers=0
         prefetch=4,  # batches built ahead of the device
+        verify_checksums=True,  # sha256 + token ids of every shard at start; false: huge data
     )
 
     config.train = dict(
@@ -59,6 +60,7 @@ def get_config():
         init_opt_state=False,  # with a workdir init_from: carry its Adam moments (phase 2)
         eval_at_start=False,  # evaluate the initial parameters too (logged as step 0)
         profile_steps="",  # "A:B": jax.profiler trace of steps A..B into WORKDIR/profile
+        peer_timeout_s=120,  # several processes: exit when another is silent this long
     )
 
     config.optim = dict(

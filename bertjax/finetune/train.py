@@ -17,7 +17,10 @@ from bertjax.finetune import batches
 
 RESULTS_FILE = "eval_results.json"
 # The advice of a diverged run, in this command's flags (clipping is fixed at norm 1 here).
-NAN_REMEDY = "Lower --lr (or the rates of --lr-sweep), or raise --warmup"
+NAN_REMEDY = (
+    "Check the data first (labels, --max-seq-len), then the learning rate: lower --lr (or the "
+    "rates of --lr-sweep), or raise --warmup"
+)
 
 
 def _log(msg: str) -> None:

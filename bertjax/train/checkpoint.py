@@ -271,6 +271,7 @@ class Checkpointer:
 # What a checkpoint's "config" item holds besides the training config (written by the loop).
 MODEL_CONFIG_KEY = "model_config"
 TOKENIZER_DIR_KEY = "tokenizer_dir"
+TOKENIZER_IDENTITY_KEY = "tokenizer_identity"  # the training data's (data.integrity)
 
 
 @dataclasses.dataclass
@@ -282,14 +283,16 @@ class LoadedModel:
     source: str
     tokenizer_files: tuple = ()
     step: int | None = None
+    tokenizer_identity: dict | None = None  # of the data it was trained on, when recorded
 
 
-def checkpoint_metadata(model_cfg, config, tokenizer_dir) -> dict:
+def checkpoint_metadata(model_cfg, config, tokenizer_dir, tokenizer_identity=None) -> dict:
     """The JSON saved beside the arrays in every training checkpoint."""
     return {
         "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
         MODEL_CONFIG_KEY: dataclasses.asdict(model_cfg),
         TOKENIZER_DIR_KEY: str(tokenizer_dir) if tokenizer_dir else "",
+        TOKENIZER_IDENTITY_KEY: tokenizer_identity,
     }
 
 
@@ -337,4 +340,5 @@ def load_model(path, step: int | None = None) -> LoadedModel:
         raise UserError(f"checkpoint in {path} has no model config; was it written by bertjax?")
     model_cfg = model_lib.BertConfig(**meta[MODEL_CONFIG_KEY])
     return LoadedModel(model_cfg, params, f"{path} step {used_step}",
-                       _tokenizer_files(meta.get(TOKENIZER_DIR_KEY, "")), used_step)
+                       _tokenizer_files(meta.get(TOKENIZER_DIR_KEY, "")), used_step,
+                       meta.get(TOKENIZER_IDENTITY_KEY))

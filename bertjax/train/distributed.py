@@ -1,6 +1,11 @@
-"""Joining the processes of a multi-host run (`jax.distributed`), detected from the cluster."""
+"""Joining the processes of a multi-host run (`jax.distributed`), detected from the cluster,
+and noticing when one of them is lost."""
 
+import atexit
 import os
+import sys
+import threading
+import time
 from pathlib import Path
 
 from bertjax.errors import UserError
@@ -30,25 +35,139 @@ def detect_cluster() -> str | None:
     return None
 
 
-def initialize_distributed(coordinator=None, num_processes=None, process_id=None) -> None:
+def initialize_distributed(coordinator=None, num_processes=None, process_id=None, *,
+                           peer_timeout_s: float = 0) -> None:
     """Joins the processes of a multi-host run; must come before any other JAX call.
 
     Explicit flags win; otherwise the environment is detected (`detect_cluster`) and JAX
-    reads the rest from it. A lone process on a workstation does nothing.
+    reads the rest from it. A lone process on a workstation does nothing. With several
+    processes and `peer_timeout_s` > 0, a `PeerWatchdog` ends this process (exit status
+    EXIT_LOST_PEER) when another one has been silent that long.
     """
     import jax
 
     explicit = [coordinator, num_processes, process_id]
+    # JAX's own heartbeat check aborts every process with a message that names nobody: it
+    # is set later than ours, which names the lost process and says how to resume.
+    kwargs = {"heartbeat_timeout_seconds": int(peer_timeout_s) + 60} if peer_timeout_s else {}
     if any(v is not None for v in explicit):
         if any(v is None for v in explicit):
             raise UserError("--coordinator, --num-processes and --process-id go together")
         if not 0 <= process_id < num_processes:
             raise UserError(f"--process-id={process_id} must be in [0, {num_processes})")
         jax.distributed.initialize(
-            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
+            **kwargs,
         )
-        return
-    cluster = detect_cluster()
-    if cluster is not None:
+    else:
+        cluster = detect_cluster()
+        if cluster is None:
+            return
         print(f"bertjax: {cluster} environment detected, joining its processes", flush=True)
-        jax.distributed.initialize()
+        jax.distributed.initialize(**kwargs)
+    if peer_timeout_s and jax.process_count() > 1:
+        PeerWatchdog(peer_timeout_s).start()
+
+
+EXIT_LOST_PEER = 3  # this process stopped because another one of the run was lost
+_KEY = "bertjax/heartbeat/"
+
+
+class PeerWatchdog:
+    """Heartbeats through the distributed runtime's key-value store, in a daemon thread: each
+    process bumps its own counter every `interval_s`; when another process's counter has not
+    moved for `timeout_s` (killed, hung, its host gone), or it ended with an error, this
+    process says which one and exits with EXIT_LOST_PEER instead of waiting forever in the
+    next collective. A process that finishes normally says so and is no longer watched.
+    """
+
+    def __init__(self, timeout_s: float, interval_s: float = 1.0):
+        import jax
+        from jax._src import distributed
+
+        self._client = distributed.global_state.client
+        self._me, self._n = jax.process_index(), jax.process_count()
+        self._timeout_s, self._interval_s = float(timeout_s), float(interval_s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bertjax-peer-watchdog",
+                                        daemon=True)
+
+    def start(self) -> "PeerWatchdog":
+        """Starts watching; at interpreter exit this process tells the others how it ended."""
+        self._thread.start()
+        atexit.register(self._at_exit)  # before JAX's own shutdown (atexit runs in reverse)
+        global _ACTIVE
+        _ACTIVE = self
+        return self
+
+    def finish(self) -> None:
+        """Called on a normal end: the others stop watching this process."""
+        self._say("done")
+
+    def _at_exit(self) -> None:
+        self._stop.set()
+        self._say("exited")  # ignored by the others when "done" was said first
+
+    def _say(self, state: str) -> None:
+        if self._stop.is_set() and state == "done":
+            return
+        try:
+            current = self._client.key_value_try_get(_KEY + str(self._me))
+        except Exception:
+            current = ""
+        if current != "done":
+            try:
+                self._client.key_value_set(_KEY + str(self._me), state, allow_overwrite=True)
+            except Exception:
+                pass  # the coordinator is gone: the others notice that themselves
+        if state == "done":
+            self._stop.set()
+
+    def _lost(self, process: int, why: str) -> None:
+        print(f"bertjax: error: lost process {process} of {self._n} ({why}); this process "
+              f"(process {self._me}) stops too. Rerun the same command on every host: the run "
+              "resumes from its last checkpoint.", file=sys.stderr, flush=True)
+        os._exit(EXIT_LOST_PEER)
+
+    def _run(self) -> None:
+        others = [p for p in range(self._n) if p != self._me]
+        seen = {p: (None, time.monotonic()) for p in others}  # last value, when it changed
+        last_contact, beat = time.monotonic(), 0
+        while not self._stop.wait(self._interval_s):
+            beat += 1
+            now = time.monotonic()
+            try:
+                self._client.key_value_set(_KEY + str(self._me), str(beat), allow_overwrite=True)
+                values = {}
+                for p in others:
+                    try:
+                        values[p] = self._client.key_value_try_get(_KEY + str(p))
+                    except Exception:  # not written yet: the peer is still starting
+                        values[p] = None
+                last_contact = now
+            except Exception as e:
+                if now - last_contact > self._timeout_s:
+                    self._lost(0, f"the coordinator has not answered for {self._timeout_s:.0f} "
+                               f"s: {str(e)[:120]}")
+                continue
+            if self._stop.is_set():
+                return
+            for p in list(others):
+                value = values[p]
+                if value == "done":
+                    others.remove(p)
+                elif value == "exited":
+                    self._lost(p, "it ended with an error")
+                elif value != seen[p][0]:
+                    seen[p] = (value, now)
+                elif now - seen[p][1] > self._timeout_s:
+                    self._lost(p, f"no heartbeat for {self._timeout_s:.0f} s")
+
+
+_ACTIVE: PeerWatchdog | None = None
+
+
+def finish() -> None:
+    """Tells the other processes (if watched) that this one ended normally."""
+    if _ACTIVE is not None:
+        _ACTIVE.finish()

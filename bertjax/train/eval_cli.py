@@ -1,6 +1,7 @@
 """`bertjax eval`: MLM and NSP metrics of a checkpoint (or HF folder) over a whole eval split."""
 
 import json
+import math
 
 import ml_collections
 
@@ -26,8 +27,14 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Entry point of `bertjax eval`."""
-    print(json.dumps(evaluate_model(args.workdir, args.data, step=args.step,
-                                    batch_size=args.batch_size)))
+    metrics = evaluate_model(args.workdir, args.data, step=args.step, batch_size=args.batch_size)
+    out = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+           for k, v in metrics.items()}
+    if any(v is None for v in out.values()):
+        # JSON has no NaN: such values are null, and the reason is given once.
+        out["null_values"] = ("not finite (NaN or Inf): check the data first (its checksums "
+                              "and token ids), then the model")
+    print(json.dumps(out, allow_nan=False))
     return 0
 
 
@@ -47,6 +54,7 @@ def evaluate_model(workdir, data_dir, *, step=None, batch_size=None) -> dict:
     import jax
 
     from bertjax import model as model_lib
+    from bertjax.data.integrity import check_same_tokenizer
     from bertjax.data.shards import open_dataset
     from bertjax.train import checkpoint, sharding
     from bertjax.train import config as config_lib
@@ -60,6 +68,8 @@ def evaluate_model(workdir, data_dir, *, step=None, batch_size=None) -> dict:
         raise UserError(f"--data={data_dir}: {e}") from None
     config_lib.validate_against_data(config, loaded.model_cfg, ds.max_seq_len, ds.vocab_size,
                                      f"--data={data_dir}")
+    if loaded.tokenizer_identity is not None:  # recorded by every run since the identity was
+        check_same_tokenizer(loaded.tokenizer_identity, ds.tokenizer_identity, f"--data={data_dir}")
     # Evaluation replicates the parameters and splits batches over every device.
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     batch_size = batch_size or config.train.eval_batch_size

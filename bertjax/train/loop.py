@@ -66,11 +66,11 @@ def setup_mesh(run: Run) -> None:
     )
 
 
-def _open(path, key):
+def _open(path, key, verify_checksums: bool):
     from bertjax.data.shards import open_dataset
 
     try:
-        return open_dataset(path)
+        return open_dataset(path, verify_checksums=verify_checksums)
     except FileNotFoundError as e:
         raise UserError(f"{key}={path}: {e}") from None
 
@@ -78,6 +78,7 @@ def _open(path, key):
 def setup_data(run: Run) -> None:
     """2. Open the train and eval datasets and check that the model fits them."""
     from bertjax import model as model_lib
+    from bertjax.data.integrity import check_same_tokenizer
 
     data, train_cfg = run.config.data, run.config.train
     if not data.train_dir:
@@ -85,7 +86,7 @@ def setup_data(run: Run) -> None:
             "data.train_dir is not set: pass --config.data.train_dir=DIR "
             "(a directory written by `bertjax prepare`)"
         )
-    run.train_ds = _open(data.train_dir, "data.train_dir")
+    run.train_ds = _open(data.train_dir, "data.train_dir", data.verify_checksums)
     if train_cfg.eval_every > 0:
         eval_dir = data.eval_dir or str(Path(data.train_dir) / "eval")
         if not (Path(eval_dir) / "manifest.json").exists():
@@ -93,7 +94,9 @@ def setup_data(run: Run) -> None:
                 f"evaluation dataset {eval_dir} does not exist: set "
                 "--config.data.eval_dir=DIR or --config.train.eval_every=0"
             )
-        run.eval_ds = _open(eval_dir, "data.eval_dir")
+        run.eval_ds = _open(eval_dir, "data.eval_dir", data.verify_checksums)
+        check_same_tokenizer(run.train_ds.tokenizer_identity, run.eval_ds.tokenizer_identity,
+                             f"data.eval_dir={eval_dir}")
     run.model_cfg = config_lib.model_config(run.config.model, run.train_ds.vocab_size)
     for ds, key in ((run.train_ds, "data.train_dir"), (run.eval_ds, "data.eval_dir")):
         if ds is not None:
@@ -238,6 +241,8 @@ def train(config, workdir) -> list[dict]:
     from bertjax.train import checkpoint, sharding, workdir_io
 
     run = Run(config=config, workdir=workdir_io.path(workdir))  # pathlib would turn gs:// into gs:/
+    if run.workdir.exists() and not run.workdir.is_dir():
+        raise UserError(f"--workdir {run.workdir} is a file: give a folder for the run")
     setup_mesh(run)  # 1. mesh
     setup_data(run)  # 2. data
     setup_state_shardings(run)  # 3. model, optimizer, shardings
@@ -281,7 +286,8 @@ def run_steps(run: Run, train_fn, state, dropout_rng, batch, loader, ckpt, start
     train_cfg = run.config.train
     evaluator = make_evaluator(run)
     ckpt_meta = checkpoint.checkpoint_metadata(run.model_cfg, run.config,
-                                               run.train_ds.tokenizer_dir)
+                                               run.train_ds.tokenizer_dir,
+                                               run.train_ds.tokenizer_identity)
     history = []
     if run.is_writer and start_step > 0:
         # What a killed (or failed) run logged past its checkpoint is logged again now.

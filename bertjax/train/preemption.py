@@ -14,15 +14,17 @@ class PreemptionWatcher:
     """Turns SIGTERM (TPU maintenance, Slurm pre-emption, `kill`) into "stop at a step boundary".
 
     With several processes all must stop at the same step, or the collectives of the next step
-    would hang: JAX's preemption sync point (the distributed runtime's SIGTERM notifier) gives
-    every process the same answer for a given step. With one process a signal flag suffices.
+    would hang: JAX's preemption sync point gives every process the same answer for a given
+    step, after SIGTERM reached any of them. Its notifier is the distributed runtime's own
+    SIGTERM handler, so no Python handler may replace it there. With one process, a Python
+    handler sets a flag.
     """
 
     def __init__(self):
         self._requested = threading.Event()
         self._multiprocess = jax.process_count() > 1
         self._previous = None
-        if threading.current_thread() is threading.main_thread():
+        if not self._multiprocess and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_signal)
 
     def _on_signal(self, signum, frame):

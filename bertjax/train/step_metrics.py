@@ -14,7 +14,11 @@ def log(command: str, msg: str) -> None:
 
 
 # The advice of a diverged pretraining run, in its config keys.
-PRETRAINING_REMEDY = "Lower optim.peak_lr, raise optim.warmup_steps, or keep optim.clip_norm > 0"
+PRETRAINING_REMEDY = (
+    "Check the data first (keep data.verify_checksums=true: corrupt shards and token ids outside "
+    "the vocabulary are then caught), then the learning rate: lower optim.peak_lr, raise "
+    "optim.warmup_steps, or keep optim.clip_norm > 0"
+)
 
 
 def check_finite(step: int, metrics: dict, last_good: int, *, remedy: str) -> None:

@@ -35,8 +35,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Entry point of `bertjax train`."""
-    from bertjax.train import loop
-    from bertjax.train.distributed import initialize_distributed
+    from bertjax.train import distributed, loop
 
     overrides = list(args.config_overrides)
     if args.init_from is not None:
@@ -44,10 +43,12 @@ def run(args) -> int:
     if args.profile_steps is not None:
         overrides.append(f"train.profile_steps={args.profile_steps}")
     config = config_lib.load_config(args.config, overrides)
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    distributed.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                       peer_timeout_s=config.train.peer_timeout_s)
     try:
         loop.train(config, args.workdir)
     except FloatingPointError as e:  # a diverged run: say where, without a traceback
         print(f"bertjax train: error: {e}", file=sys.stderr)
         return 1
+    distributed.finish()
     return 0
