@@ -207,7 +207,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
     """Checks what can be checked before any data is read or anything compiled."""
-    from bertjax.train import sharding  # local: sharding imports jax
+    from bertjax import attention  # local: these import jax
+    from bertjax.train import sharding
 
     keys = set(flat_keys(config))
     missing = [k for k in REQUIRED_KEYS if k not in keys]
@@ -217,6 +218,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     if config.model.compute_dtype not in COMPUTE_DTYPES:
         raise UserError(
             f"model.compute_dtype={config.model.compute_dtype!r}: expected one of {COMPUTE_DTYPES}"
+        )
+    impl = config.model.get("attention_impl", "xla")
+    if impl not in attention.IMPLS:
+        raise UserError(
+            f"model.attention_impl={impl!r}: expected one of {', '.join(attention.IMPLS)}"
         )
     if config.optim.name not in OPTIMIZERS:
         raise UserError(f"optim.name={config.optim.name!r}: expected one of {OPTIMIZERS}")
@@ -263,8 +269,10 @@ def validate_against_data(
     max_seq_len: int,
     dataset_vocab_size: int,
     data_dir: str,
+    platform: str | None = None,
 ) -> None:
-    """Checks that the model fits the dataset: vocabulary size and sequence length."""
+    """Checks that the model fits the dataset (vocabulary size, sequence length) and that
+    this process can run its attention kernel at that length (`model.attention_impl`)."""
     if model_cfg.vocab_size != dataset_vocab_size:
         raise UserError(
             f"model.vocab_size={model_cfg.vocab_size} differs from the vocabulary size "
@@ -277,3 +285,6 @@ def validate_against_data(
             f"max_position_embeddings={model_cfg.max_position_embeddings} "
             f"(model.preset={config.model.preset!r})"
         )
+    from bertjax import attention  # local: attention imports jax
+
+    attention.resolve_for_model(model_cfg, seq_len=max_seq_len, platform=platform)

@@ -149,6 +149,7 @@ def setup_mesh(run: Run) -> None:
 
 def setup_data(run: Run) -> None:
     """2. Open the train and eval datasets and check that the model fits them."""
+    from bertjax import attention
     from bertjax import model as model_lib
     from bertjax.data.shards import open_dataset
 
@@ -174,6 +175,7 @@ def setup_data(run: Run) -> None:
                 run.config, run.model_cfg, ds.max_seq_len, ds.vocab_size, f"{key}={ds.path}"
             )
     run.model = model_lib.BertForPreTraining(run.model_cfg)
+    _log(attention.describe_choice(run.model_cfg, run.train_ds.max_seq_len))
 
 
 # Model sizes where 0 in the config means "the preset's value".
