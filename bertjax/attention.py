@@ -24,6 +24,7 @@ from bertjax.errors import UserError
 IMPLS = ("xla", "cudnn", "splash", "auto")
 # Splash tiles the sequence in blocks of 128 lanes at least (its segment-id path requires
 # block_q and block_kv to be multiples of 128); larger blocks amortise the per-block overhead.
+# Head sizes need no check: the kernel pads them to 128 lanes itself (every preset has 64).
 SPLASH_BLOCKS = (512, 256, 128)
 # JAX's cuDNN flash attention takes head dims that are multiples of 8, up to 128 (256 on
 # Hopper and later; JAX checks that when it traces on a GPU).
