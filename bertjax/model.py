@@ -14,6 +14,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from bertjax import attention
+
 # Logical axis names used by the parameters and activations of this module.
 #   vocab, embed, heads, kv (per-head features), mlp, position, segment; batch, length.
 
@@ -33,7 +35,7 @@ ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_at
                        "intermediate_size", "hidden_act", "max_position_embeddings",
                        "type_vocab_size", "layer_norm_eps")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # compute_dtype -> dtype
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = attention.IMPLS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +57,7 @@ class BertConfig:
     # Not in HF's config: how we compute, not what the model is.
     compute_dtype: str = "float32"  # activations/matmuls; parameters always float32
     remat: bool = False  # recompute each layer's activations in the backward pass
-    attention_impl: str = "xla"  # passed to jax.nn.dot_product_attention ("cudnn" on GPU)
+    attention_impl: str = "xla"  # xla | cudnn | splash | auto: see attention.py
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -66,9 +68,7 @@ class BertConfig:
         if self.hidden_act not in HIDDEN_ACTS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {HIDDEN_ACTS}")
         if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(
-                f"compute_dtype {self.compute_dtype!r} is not one of {tuple(COMPUTE_DTYPES)}"
-            )
+            raise ValueError(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(
                 f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}"
@@ -139,31 +139,6 @@ def activation(name: str):
     if name == "gelu":
         return functools.partial(jax.nn.gelu, approximate=False)
     return functools.partial(jax.nn.gelu, approximate=True)
-
-
-def attention(q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, bias_Bx1x1xL, *, dropout_rate, dropout_rng, impl):
-    """Multi-head scaled dot-product attention: the one entry point every layer goes through.
-
-    Without attention dropout this is `jax.nn.dot_product_attention`, so a fused kernel
-    (cuDNN, a TPU kernel) is one config value away. Fused kernels cannot drop attention
-    probabilities, so training with attention dropout takes the explicit XLA form.
-    """
-    if dropout_rng is None or dropout_rate == 0.0:
-        return jax.nn.dot_product_attention(
-            q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, bias=bias_Bx1x1xL, implementation=impl
-        )
-    if impl != "xla":
-        raise ValueError(
-            f"attention_impl {impl!r} cannot apply attention dropout; "
-            "set attention_probs_dropout_prob=0 or attention_impl='xla'"
-        )
-    depth = q_BxLxNxD.shape[-1]
-    logits_BxNxLxL = jnp.einsum("bqnd,bknd->bnqk", q_BxLxNxD, k_BxLxNxD) / jnp.sqrt(depth)
-    logits_BxNxLxL = logits_BxNxLxL.astype(jnp.float32) + bias_Bx1x1xL
-    probs_BxNxLxL = jax.nn.softmax(logits_BxNxLxL, axis=-1)
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxNxLxL.shape)
-    probs_BxNxLxL = jnp.where(keep, probs_BxNxLxL / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum("bnqk,bknd->bqnd", probs_BxNxLxL.astype(v_BxLxNxD.dtype), v_BxLxNxD)
 
 
 def _gathered_table(embed: nn.Embed, rows_axis: str):
@@ -257,12 +232,14 @@ class HeadsDense(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with an additive padding mask, output projection and LayerNorm."""
+    """Multi-head self-attention within segments (attention.py), output projection, LayerNorm."""
 
     cfg: BertConfig
 
     @nn.compact
-    def __call__(self, x_BxLxE, bias_Bx1x1xL, deterministic: bool):
+    def __call__(
+        self, x_BxLxE, attn_segment_ids_BxL, deterministic: bool, one_segment_per_row: bool
+    ):
         cfg = self.cfg
         qkv = functools.partial(
             HeadsDense,
@@ -275,14 +252,20 @@ class SelfAttention(nn.Module):
         k_BxLxNxD = qkv(name="key")(x_BxLxE)
         v_BxLxNxD = qkv(name="value")(x_BxLxE)
         use_dropout = not deterministic and cfg.attention_probs_dropout_prob > 0
-        ctx_BxLxNxD = attention(
+        impl = cfg.attention_impl
+        if self.is_initializing():  # no kernel has parameters; init runs at lengths splash can't
+            impl = "xla"
+        elif impl == "auto":  # resolved from the config, so training and evaluation agree
+            impl, _ = attention.resolve_for_model(cfg, seq_len=x_BxLxE.shape[1])
+        ctx_BxLxNxD = attention.dot_product_attention(
             q_BxLxNxD,
             k_BxLxNxD,
             v_BxLxNxD,
-            bias_Bx1x1xL,
+            attn_segment_ids_BxL,
+            impl=impl,
+            one_segment_per_row=one_segment_per_row,
             dropout_rate=cfg.attention_probs_dropout_prob,
             dropout_rng=self.make_rng("dropout") if use_dropout else None,
-            impl=cfg.attention_impl,
         )
         ctx_BxLxNxD = nn.with_logical_constraint(ctx_BxLxNxD, ("batch", "length", "heads", "kv"))
         out_BxLxE = HeadsDense(
@@ -298,9 +281,13 @@ class EncoderLayer(nn.Module):
     cfg: BertConfig
 
     @nn.compact
-    def __call__(self, x_BxLxE, bias_Bx1x1xL, deterministic: bool):
+    def __call__(
+        self, x_BxLxE, attn_segment_ids_BxL, deterministic: bool, one_segment_per_row: bool
+    ):
         cfg = self.cfg
-        x_BxLxE = SelfAttention(cfg, name="attention")(x_BxLxE, bias_Bx1x1xL, deterministic)
+        x_BxLxE = SelfAttention(cfg, name="attention")(
+            x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row
+        )
         h_BxLxF = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_BxLxE)
         h_BxLxF = activation(cfg.hidden_act)(h_BxLxF)
         h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "mlp"))
@@ -318,21 +305,24 @@ class BertModel(nn.Module):
     def setup(self):
         cfg = self.cfg
         self.embeddings = Embeddings(cfg)
-        # static_argnums counts `self`: deterministic is argument 3.
-        layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if cfg.remat else EncoderLayer
+        # static_argnums counts `self`: deterministic and one_segment_per_row are 3 and 4.
+        layer_cls = nn.remat(EncoderLayer, static_argnums=(3, 4)) if cfg.remat else EncoderLayer
         self.layers = [layer_cls(cfg, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
         self.pooler = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")
 
-    def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True):
-        """Returns (last_hidden_state [B, L, H], pooled_output [B, H]) for [B, L] int inputs."""
+    def __call__(
+        self, input_ids, segment_ids, input_mask, deterministic: bool = True, attn_segment_ids=None
+    ):
+        """Returns (last_hidden_state [B, L, H], pooled_output [B, H]) for [B, L] int inputs.
+        Without `attn_segment_ids` (packed rows' ids, 0 = padding), a row is one segment."""
         input_ids_BxL, segment_ids_BxL, input_mask_BxL = input_ids, segment_ids, input_mask
         x_BxLxE = self.embeddings(input_ids_BxL, segment_ids_BxL, deterministic)
         x_BxLxE = nn.with_logical_constraint(x_BxLxE, ("batch", "length", "embed"))
-        # Additive mask as in the original: 0 where attended, a large negative where padding.
-        mask_Bx1x1xL = input_mask_BxL[:, None, None, :].astype(bool)
-        bias_Bx1x1xL = jnp.where(mask_Bx1x1xL, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+        one_segment_per_row = attn_segment_ids is None
+        ids_BxL = (input_mask_BxL != 0) if one_segment_per_row else attn_segment_ids
+        attn_segment_ids_BxL = ids_BxL.astype(jnp.int32)
         for layer in self.layers:
-            x_BxLxE = layer(x_BxLxE, bias_Bx1x1xL, deterministic)
+            x_BxLxE = layer(x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row)
         pooled_BxE = jnp.tanh(self.pooler(x_BxLxE[:, 0]))
         return x_BxLxE, pooled_BxE
 
@@ -362,14 +352,16 @@ class BertForPreTraining(nn.Module):
         input_mask,
         masked_lm_positions=None,
         deterministic: bool = True,
+        attn_segment_ids=None,
     ) -> PreTrainingOutput:
-        """Inputs [B, L] int; `masked_lm_positions` [B, P] restricts the MLM head to P positions."""
+        """Inputs [B, L] int; `masked_lm_positions` [B, P] restricts the MLM head to P positions;
+        `attn_segment_ids` [B, L]: packed rows' segments (see BertModel)."""
         cfg = self.cfg
         input_ids_BxL, segment_ids_BxL, input_mask_BxL = input_ids, segment_ids, input_mask
         masked_lm_positions_BxP = masked_lm_positions
         bert = BertModel(cfg, name="bert")
         hidden_BxLxE, pooled_BxE = bert(
-            input_ids_BxL, segment_ids_BxL, input_mask_BxL, deterministic
+            input_ids_BxL, segment_ids_BxL, input_mask_BxL, deterministic, attn_segment_ids
         )
         if masked_lm_positions_BxP is None:
             x_BxPxE = hidden_BxLxE

@@ -26,9 +26,9 @@ def get_config():
         intermediate_size=0,  # 0 = 4 x hidden_size
         max_position_embeddings=512,  # longest sequence the model accepts
         remat=False,  # recompute each layer's activations in the backward pass (saves memory)
-        attention_impl="xla",  # "cudnn" for the fused kernel on GPU (needs attention dropout 0)
+        attention_impl="xla",  # xla | cudnn (GPU) | splash (TPU) | auto: docs/TRAINING.md
         hidden_dropout_prob=0.1,  # dropout after embeddings, attention output and feed-forward
-        attention_probs_dropout_prob=0.1,  # dropout on the attention probabilities
+        attention_probs_dropout_prob=0.1,  # on the attention probabilities; fused kernels: 0
     )
 
     config.data = dict(

@@ -29,6 +29,7 @@ def get_config():
     config.model.compute_dtype = "bfloat16"  # bf16 matmuls on TPU/GPU; parameters stay float32
     config.model.hidden_dropout_prob = 0.1  # the paper's dropout on every layer
     config.model.attention_probs_dropout_prob = 0.1  # and on the attention probabilities
+    config.model.attention_impl = "xla"  # the one kernel that drops attention probabilities
 
     config.data.masked_lm_prob = 0.15  # 15% of tokens are prediction targets
     config.data.max_predictions_per_seq = 20  # google-research/bert's value at length 128

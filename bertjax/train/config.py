@@ -230,6 +230,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = 
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
     """Checks what can be checked before any data is read or anything compiled."""
     # Local imports: these pull in JAX, which `bertjax --help` need not load.
+    from bertjax import attention
     from bertjax.model import COMPUTE_DTYPES
     from bertjax.train import sharding
     from bertjax.train.optim import OPTIMIZERS, SCHEDULES
@@ -243,6 +244,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         raise UserError(
             f"model.compute_dtype={config.model.compute_dtype!r}: "
             f"expected one of {', '.join(COMPUTE_DTYPES)}"
+        )
+    impl = config.model.get("attention_impl", "xla")
+    if impl not in attention.IMPLS:
+        raise UserError(
+            f"model.attention_impl={impl!r}: expected one of {', '.join(attention.IMPLS)}"
         )
     for key, registry in (("optim.name", OPTIMIZERS), ("optim.schedule", SCHEDULES)):
         if _get(config, key) not in registry:
@@ -288,8 +294,10 @@ def validate_against_data(
     max_seq_len: int,
     dataset_vocab_size: int,
     data_dir: str,
+    platform: str | None = None,
 ) -> None:
-    """Checks that the model fits the dataset: vocabulary size and sequence length."""
+    """Checks that the model fits the dataset (vocabulary size, sequence length) and that
+    this process can run its attention kernel at that length (`model.attention_impl`)."""
     if model_cfg.vocab_size != dataset_vocab_size:
         raise UserError(
             f"model.vocab_size={model_cfg.vocab_size} differs from the vocabulary size "
@@ -302,6 +310,9 @@ def validate_against_data(
             f"max_position_embeddings={model_cfg.max_position_embeddings} "
             f"(model.preset={config.model.preset!r})"
         )
+    from bertjax import attention  # local: attention imports jax
+
+    attention.resolve_for_model(model_cfg, seq_len=max_seq_len, platform=platform)
 
 
 # Model sizes where 0 in the config means "the preset's value".

@@ -77,6 +77,7 @@ def _open(path, key, verify_checksums: bool):
 
 def setup_data(run: Run) -> None:
     """2. Open the train and eval datasets and check that the model fits them."""
+    from bertjax import attention
     from bertjax import model as model_lib
     from bertjax.data.integrity import check_same_tokenizer
 
@@ -104,6 +105,7 @@ def setup_data(run: Run) -> None:
                 run.config, run.model_cfg, ds.max_seq_len, ds.vocab_size, f"{key}={ds.path}"
             )
     run.model = model_lib.BertForPreTraining(run.model_cfg)
+    _log(attention.describe_choice(run.model_cfg, run.train_ds.max_seq_len))
 
 
 def setup_state_shardings(run: Run) -> None:

@@ -106,6 +106,7 @@ def _forward_sums(params, batch, dropout_rng, *, model, nsp: bool, deterministic
         batch["input_mask"],
         batch["masked_lm_positions"],
         deterministic=deterministic,
+        attn_segment_ids=batch.get("attn_segment_ids"),  # packed rows; else one per row
         rngs=None if deterministic else {"dropout": dropout_rng},
     )
     return losses.pretraining_sums(out.mlm_logits, out.nsp_logits, batch, nsp)
@@ -201,14 +202,14 @@ CONSTRAIN_ACTIVATIONS = True
 
 
 def _under_rules(fn, mesh, rules):
-    """`fn` traced with the mesh and logical-axis rules in scope (when CONSTRAIN_ACTIVATIONS),
+    """`fn` traced with the (abstract) mesh in scope, which the fused attention kernels run
+    per shard over (attention.py), and the logical-axis rules (when CONSTRAIN_ACTIVATIONS),
     so that the model's activation constraints become real sharding constraints."""
-    if not CONSTRAIN_ACTIVATIONS:
-        return fn
+    axis_rules = rules if CONSTRAIN_ACTIVATIONS else ()
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(axis_rules):
             return fn(*args, **kwargs)
 
     # Named after the step (a partial has no name): "jit_train_step" in profiles and dumps.
