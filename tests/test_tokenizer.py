@@ -202,6 +202,38 @@ def test_sentencepiece(tmp_path):
     assert all(not sp.id_to_token(i).startswith("\u2581") for i in np.nonzero(cont)[0])
 
 
+@pytest.mark.parametrize("kind", ["uncased", "cased", "sentencepiece"])
+def test_encode_with_offsets_gives_the_ids_of_encode_and_their_characters(
+    vocab_dirs, tmp_path, kind
+):
+    """encode_with_offsets' ids equal encode's on every generated line (accents, İ, CJK-free
+    scripts, over-long words); its spans lie in the text, never go backwards, and a piece's
+    characters, normalised as the tokenizer does, spell the piece (WordPiece, minus `##`)."""
+    if kind == "sentencepiece":
+        tok = train_sentencepiece(generated_lines(1500, seed=2), 300, tmp_path / "sp",
+                                  lowercase=True)
+    else:
+        tok = vocab_dirs[0] if kind == "uncased" else vocab_dirs[1]
+    checked = 0
+    for text in generated_lines(200, seed=3) + EXTRAS:
+        ids, spans = tok.encode_with_offsets(text)
+        assert ids == tok.encode(text) and len(spans) == len(ids)
+        starts = [s for s, _ in spans]
+        assert starts == sorted(starts) and all(0 <= s <= e <= len(text) for s, e in spans)
+        for i, (s, e) in zip(ids, spans):
+            piece = tok.id_to_token(i)
+            if i == tok.unk_id or not text[s:e].isascii():
+                continue  # [UNK] and normalised non-ASCII characters spell nothing exactly
+            special = i in tok.special_ids.values()  # matched in the raw text, never lowered
+            chars = text[s:e].lower() if tok.lowercase and not special else text[s:e]
+            if kind == "sentencepiece":
+                assert chars.replace(" ", "\u2581").endswith(piece.lstrip("\u2581")), (piece, chars)
+            else:
+                assert chars == piece.removeprefix("##"), (piece, chars)
+            checked += 1
+    assert checked > 1000
+
+
 def test_tokenizer_train_cli(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(generated_lines(1000, seed=3)) + "\n")

@@ -4,7 +4,8 @@
 holding either (plus an optional `tokenizer_config.json` whose `do_lower_case` says whether
 the vocabulary is uncased). Both classes offer: `kind`, `vocab_size`, `lowercase`,
 `pad_id unk_id cls_id sep_id mask_id`, `special_ids`, `encode`, `encode_batch`,
-`id_to_token`, `token_to_id`, `continuation_mask()`, `files`, `identity`, `save(dir)`.
+`encode_with_offsets`, `id_to_token`, `token_to_id`, `continuation_mask()`, `files`,
+`identity`, `save(dir)`.
 Special tokens are looked up in the vocabulary, never assumed to sit at fixed ids.
 """
 
@@ -150,6 +151,12 @@ class WordPieceTokenizer(_Base):
         """`encode` over many texts at once (parallel in Rust, no offsets kept)."""
         return [e.ids for e in self._tok.encode_batch_fast(list(texts), add_special_tokens=False)]
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """(`encode(text)`, each token's [start, end) character span in `text`); the
+        `tokenizers` pipeline tracks the alignment through lower-casing and accent stripping."""
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return list(encoding.ids), [(int(s), int(e)) for s, e in encoding.offsets]
+
     def id_to_token(self, i: int) -> str:
         """The vocabulary entry of id `i`."""
         return self._tokens[i]
@@ -207,6 +214,31 @@ class SentencePieceTokenizer(_Base):
         """`encode` over many texts at once."""
         texts = [t.lower() for t in texts] if self.lowercase else list(texts)
         return self._sp.encode(texts, out_type=int)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """(`encode(text)`, each piece's [start, end) character span in `text`); a piece's
+        span includes the space its `▁` stands for."""
+        if self.lowercase:
+            # str.lower can lengthen a character ("İ" -> "i̇"): map each lower-cased character
+            # back to its source. Lower-casing in context (final sigma) keeps lengths.
+            lowered = text.lower()
+            source_of = np.repeat(np.arange(len(text)), [len(c.lower()) for c in text])
+            assert len(source_of) == len(lowered)
+        else:
+            lowered, source_of = text, np.arange(len(text))
+        source_of = np.append(source_of, len(text))
+        try:
+            out = self._sp.encode(lowered, out_type="offset_mapping")
+        except ValueError:
+            raise UserError(
+                "character offsets of a sentencepiece tokenizer need a sentencepiece release "
+                "whose encode offers out_type='offset_mapping' (0.2.3 does); upgrade it"
+            ) from None
+        spans = [
+            (int(source_of[s]), int(source_of[e - 1]) + 1 if e > s else int(source_of[s]))
+            for s, e in out["offsets"]
+        ]
+        return list(out["ids"]), spans
 
     def id_to_token(self, i: int) -> str:
         """The piece of id `i`."""

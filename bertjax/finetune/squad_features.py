@@ -49,36 +49,6 @@ class SquadFeatures:
 # --- character offsets ---------------------------------------------------------------------
 
 
-def _raw_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """(ids, [start, end) character spans in `text`); ids equal `tokenizer.encode(text)`."""
-    if tokenizer.kind == "wordpiece":
-        # The `tokenizers` pipeline tracks alignment through lower-casing and accent stripping.
-        encoding = tokenizer._tok.encode(text, add_special_tokens=False)
-        return list(encoding.ids), [tuple(o) for o in encoding.offsets]
-    if tokenizer.kind != "sentencepiece":
-        raise UserError(f"SQuAD features need a wordpiece or sentencepiece tokenizer, "
-                        f"not {tokenizer.kind!r}")
-    # The tokenizer lower-cases before sentencepiece sees the text; str.lower can lengthen a
-    # character ("İ" -> "i̇"), so map each lower-cased character back to its source.
-    if tokenizer.lowercase:
-        lowered = text.lower()
-        source_of = np.repeat(np.arange(len(text)), [len(c.lower()) for c in text])
-        # Lower-casing in context (Greek final sigma) changes letters, never lengths.
-        assert len(source_of) == len(lowered)
-    else:
-        lowered, source_of = text, np.arange(len(text))
-    source_of = np.append(source_of, len(text))
-    try:
-        out = tokenizer._sp.encode(lowered, out_type="offset_mapping")
-    except ValueError:
-        raise UserError("SQuAD features with a sentencepiece tokenizer need a sentencepiece "
-                        "release whose encode offers out_type='offset_mapping' (0.2.3 does); "
-                        "upgrade sentencepiece") from None
-    spans = [(int(source_of[s]), int(source_of[e - 1]) + 1 if e > s else int(source_of[s]))
-             for s, e in out["offsets"]]
-    return list(out["ids"]), spans
-
-
 def context_offsets(tokenizer, context: str) -> tuple[list[int], np.ndarray]:
     """Token ids of `context` and each token's [start, end) span in it (int32 [T, 2]).
 
@@ -88,7 +58,7 @@ def context_offsets(tokenizer, context: str) -> tuple[list[int], np.ndarray]:
     whitespace (combining accents and control characters the normaliser dropped) are given
     to the token before them, so that a span of tokens covers every character of its text.
     """
-    ids, spans = _raw_offsets(tokenizer, context)
+    ids, spans = tokenizer.encode_with_offsets(context)
     n = len(context)
     covered_to = 0
     out = np.zeros((len(spans), 2), np.int32)
