@@ -1,4 +1,4 @@
-"""Fine-tuning data: GLUE examples -> encoded splits -> the rows and batches of each step."""
+"""Fine-tuning data: encoded splits (GLUE examples here) -> the rows and batches of each step."""
 
 import dataclasses
 import os
@@ -10,11 +10,13 @@ INPUT_KEYS = ("input_ids", "input_mask", "segment_ids")  # what the model reads 
 
 @dataclasses.dataclass
 class Split:
-    """One encoded split: arrays [n, ...] (INPUT_KEYS and labels) and each example's idx."""
+    """One encoded split: arrays [n, ...] (INPUT_KEYS and the labels a batch carries), each
+    row's example idx, and what decoding its outputs needs (the task kind's; None for GLUE)."""
 
     name: str
     arrays: dict
     idx: np.ndarray
+    source: object = None
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -61,8 +63,10 @@ def epoch_rows(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
     return np.concatenate([order, np.full(steps * batch_size - n, -1)]).reshape(steps, -1)
 
 
-def take(split: Split, rows: np.ndarray, keys=(*INPUT_KEYS, "labels")) -> dict:
-    """The batch of `rows` (-1: a padding row, a copy of row 0) with `weights` 1 on real rows."""
+def take(split: Split, rows: np.ndarray, keys=None) -> dict:
+    """The batch of `rows` (-1: a padding row, a copy of row 0) with `weights` 1 on real rows;
+    `keys`: the arrays it holds (default: all of the split's)."""
+    keys = tuple(split.arrays) if keys is None else keys
     real = rows >= 0
     batch = {k: split.arrays[k][np.where(real, rows, 0)] for k in keys}
     batch["weights"] = real.astype(np.float32)

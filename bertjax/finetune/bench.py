@@ -84,7 +84,7 @@ def time_ours(model_cfg, task, batch_np, steps: int) -> float:
     steps), the batch split over every device."""
     import jax
 
-    from bertjax.finetune import step_setup
+    from bertjax.finetune import heads, step_setup
     from bertjax.train import sharding
     from bertjax.train.bench import seconds_per_jax_step
 
@@ -94,8 +94,9 @@ def time_ours(model_cfg, task, batch_np, steps: int) -> float:
         raise UserError(
             f"--batch-size={len(batch_np['labels'])} is not divisible by the {ways} devices"
         )
+    head = heads.classifier_head(model_cfg, task.num_labels, task.is_regression)
     setup = step_setup.setup_step(
-        model_cfg, task, bench_optim_config(steps + 2), steps + 2, mesh, jax.random.key(0)
+        model_cfg, head, bench_optim_config(steps + 2), steps + 2, mesh, jax.random.key(0)
     )
     batch = sharding.global_batch(batch_np, mesh)
     return seconds_per_jax_step(setup.train_fn, setup.state, batch, steps)

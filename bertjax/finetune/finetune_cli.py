@@ -1,5 +1,6 @@
-"""`bertjax finetune`: a fine-tuning config (default `finetune_glue`), `--config.KEY=VALUE`
-overrides and the flags that are shorthands for its keys, then `finetune.train.finetune`."""
+"""`bertjax finetune`: a fine-tuning config (default `finetune_squad` for SQuAD tasks, else
+`finetune_glue`), `--config.KEY=VALUE` overrides and the flags that are shorthands for its
+keys, then `finetune.train.finetune`."""
 
 import json
 import sys
@@ -26,35 +27,48 @@ SHORTHANDS = {
     "mesh_fsdp": "mesh.fsdp",
     "mesh_tensor": "mesh.tensor",
 }
+SQUAD_FLAGS = ("doc_stride", "max_query_length", "n_best_size", "max_answer_length",
+               "null_score_diff_threshold")  # fmt: skip
+SHORTHANDS |= {flag: flag for flag in SQUAD_FLAGS}  # SQuAD only: configs/finetune_squad.py
+GLUE_CONFIG, SQUAD_CONFIG = "finetune_glue", "finetune_squad"
 
 
 def register(subparsers) -> None:
     """Adds `finetune` to the `bertjax` command."""
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune and score BERT on a GLUE task",
+        help="fine-tune and score BERT on a GLUE task or SQuAD",
         description="Fine-tune a pretraining checkpoint or a HuggingFace BERT folder on a GLUE "
-        "task (paper recipe by default), score the dev set(s) after each epoch, write test "
-        "predictions in GLUE's submission format. The last stdout line is the dev metrics "
-        "as JSON (also in WORKDIR/eval_results.json). Each flag below sets the config key "
-        "of the same name (--mesh-data: mesh.data); --config.KEY=VALUE sets any key.",
+        "task or SQuAD v1.1/v2.0 (paper recipes by default), score the dev set(s) after each "
+        "epoch, write predictions to WORKDIR/predictions (GLUE: test submission files; SQuAD: "
+        "the dev set's predictions.json, and null_odds.json for v2.0) and, for SQuAD, the model "
+        "as a HuggingFace BertForQuestionAnswering folder in WORKDIR/hf_model. The last stdout "
+        "line is the dev metrics as JSON (also in WORKDIR/eval_results.json). Each flag below "
+        "sets the config key of the same name (--mesh-data: mesh.data); --config.KEY=VALUE "
+        "sets any key.",
     )
-    config_lib.add_config_arguments(p, default="finetune_glue")
+    config_lib.add_config_arguments(
+        p, default_help=f"{SQUAD_CONFIG} for --task squad/squad_v2, else {GLUE_CONFIG}"
+    )
     p.add_argument("--workdir", required=True, help="where results, logs and the model go")
-    p.add_argument("--task", help="cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte or wnli")
+    p.add_argument("--task", help="cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli, "
+                   "squad (v1.1) or squad_v2")
     p.add_argument("--init", metavar="PATH",
                    help="pretraining workdir (newest checkpoint) or HuggingFace BERT folder")
     p.add_argument("--init-step", type=int, help="checkpoint step of --init")
     p.add_argument("--data", metavar="DIR",
-                   help="GLUE tsv files (train.tsv, dev.tsv, test.tsv) or JSONL; default: "
-                   "`datasets` nyu-mll/glue (needs the network or its cache)")
+                   help="GLUE tsv files (train.tsv, dev.tsv, test.tsv) or JSONL, or SQuAD's "
+                   "train-v1.1.json and dev-v1.1.json (v2.0: train-v2.0.json, dev-v2.0.json); "
+                   "default: `datasets` nyu-mll/glue or rajpurkar/squad(_v2) (needs the network "
+                   "or its cache)")
     p.add_argument("--tokenizer", metavar="PATH",
                    help="vocab.txt / sentencepiece model (default: the model's own)")
-    p.add_argument("--max-seq-len", type=int, help="default 128")
+    p.add_argument("--max-seq-len", type=int, help="default 128 (SQuAD: 384)")
     p.add_argument("--batch-size", type=int, help="global batch size (default 32)")
     p.add_argument("--grad-accum-steps", type=int)
-    p.add_argument("--epochs", type=int, help="default 3")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-5)")
+    p.add_argument("--epochs", type=int, help="default 3 (SQuAD: 2)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default 2e-5; SQuAD: 3e-5)")
     p.add_argument("--lr-sweep", type=float, nargs="*", metavar="LR", default=None,
                    help="run each learning rate (default: 2e-5 3e-5 5e-5) in WORKDIR/lr_<LR> "
                    "and report the best on dev by the task's main metric")
@@ -65,7 +79,26 @@ def register(subparsers) -> None:
     for axis in ("data", "fsdp", "tensor"):
         p.add_argument(f"--mesh-{axis}", type=int,
                        help=f"size of the '{axis}' mesh axis (-1: the remaining devices)")
+    squad = p.add_argument_group("SQuAD (configs/finetune_squad.py)")
+    squad.add_argument("--doc-stride", type=int,
+                       help="tokens between the starts of a context's windows (default 128)")
+    squad.add_argument("--max-query-length", type=int,
+                       help="question tokens kept (default 64)")
+    squad.add_argument("--n-best-size", type=int,
+                       help="start/end candidates per window when decoding (default 20)")
+    squad.add_argument("--max-answer-length", type=int,
+                       help="longest answer in tokens (default 30)")
+    squad.add_argument("--null-score-diff-threshold", type=float,
+                       help="v2.0: answer nothing where the null score exceeds the best "
+                       "answer's by more (default 0.0)")
     p.set_defaults(func=run)
+
+
+def default_config(task: str | None) -> str:
+    """The config a run uses without --config: finetune_squad for SQuAD tasks."""
+    from bertjax.finetune.kind_squad import canonical_name
+
+    return SQUAD_CONFIG if task and canonical_name(task) else GLUE_CONFIG
 
 
 def config_from_args(args):
@@ -74,7 +107,8 @@ def config_from_args(args):
 
     if args.lr_sweep is not None and args.lr is not None:
         raise UserError("--lr and --lr-sweep exclude each other: list the rates after --lr-sweep")
-    config = config_lib.load_config(args.config, args.config_overrides)
+    spec = args.config or default_config(args.task)
+    config = config_lib.load_config(spec, args.config_overrides)
     for dest, key in SHORTHANDS.items():
         value = getattr(args, dest)
         if value is not None:
@@ -82,6 +116,11 @@ def config_from_args(args):
             node = config
             for part in parents:
                 node = node[part]
+            if leaf not in node:
+                squad = f": it applies to SQuAD tasks (--config {SQUAD_CONFIG}, the default " \
+                    "for --task squad/squad_v2)" if dest in SQUAD_FLAGS else ""
+                raise UserError(f"--{dest.replace('_', '-')} sets the config key {key}, which "
+                                f"config {spec} lacks{squad}")
             node[leaf] = value
     if args.lr is not None:
         config.learning_rates = (args.lr,)

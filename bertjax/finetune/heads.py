@@ -1,5 +1,9 @@
-"""Fine-tuning heads: BERT with a classifier (or a regressor) on the pooled output, its loss
-and its objective for the shared train step."""
+"""Fine-tuning heads: what a head model gives the shared step (`Head`), and BERT with a
+classifier (or a regressor) on the pooled output, its loss and its objective."""
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -8,6 +12,26 @@ import optax
 
 from bertjax import model as model_lib
 from bertjax.train import step as step_lib
+
+
+class Head(NamedTuple):
+    """A fine-tuning model (BertModel `bert` + a head) and what the shared train step and
+    prediction need of it; a task kind builds one (kind_glue.py, kind_squad.py)."""
+
+    model: nn.Module  # apply(params, input_ids, segment_ids, input_mask, deterministic)
+    init_params: Callable  # (model_cfg, rng) -> boxed parameters (logical axis names kept)
+    objective: step_lib.Objective  # the loss of step.train_step
+    predict_step: Callable  # (params, batch, *, model) -> outputs, each [B, ...]
+
+
+def classifier_head(cfg: model_lib.BertConfig, num_labels: int, regression: bool) -> Head:
+    """BertForSequenceClassification with `num_labels` outputs (1 for a regression)."""
+    return Head(
+        BertForSequenceClassification(cfg, num_labels),
+        functools.partial(init_params, num_labels=num_labels),
+        objective(regression),
+        predict_step,
+    )
 
 
 class BertForSequenceClassification(nn.Module):

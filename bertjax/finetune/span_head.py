@@ -23,6 +23,8 @@ import optax
 
 from bertjax import hf
 from bertjax import model as model_lib
+from bertjax.finetune import heads
+from bertjax.train import step as step_lib
 
 ARCHITECTURE = "BertForQuestionAnswering"
 _POOLER_PREFIX = "bert.pooler."
@@ -77,6 +79,56 @@ def span_loss(start_logits_BxL, end_logits_BxL, start_positions_B, end_positions
         weights_B = jnp.ones_like(start_B)
     weights_B = weights_B.astype(jnp.float32)
     return jnp.sum((start_B + end_B) / 2 * weights_B) / jnp.maximum(jnp.sum(weights_B), 1.0)
+
+
+def span_sums(start_logits_BxL, end_logits_BxL, batch: dict) -> dict:
+    """Sums over the rows, weighted by `weights` (0 on rows that only pad a batch): `loss_sum`
+    (span_loss's per-row (start + end cross-entropy) / 2), `exact_sum` (rows whose argmax start
+    and end are both right) and `weight_sum`."""
+    weights_B = batch["weights"].astype(jnp.float32)
+    start_B, end_B = batch["start_positions"], batch["end_positions"]
+    loss_B = (optax.softmax_cross_entropy_with_integer_labels(start_logits_BxL, start_B)
+              + optax.softmax_cross_entropy_with_integer_labels(end_logits_BxL, end_B)) / 2
+    exact_B = ((jnp.argmax(start_logits_BxL, -1) == start_B)
+               & (jnp.argmax(end_logits_BxL, -1) == end_B)).astype(jnp.float32)
+    return {"loss_sum": jnp.sum(loss_B * weights_B), "exact_sum": jnp.sum(exact_B * weights_B),
+            "weight_sum": jnp.sum(weights_B)}
+
+
+def _metrics_from_sums(sums: dict) -> dict:
+    denominator = jnp.maximum(sums["weight_sum"], 1.0)
+    return {"loss": sums["loss_sum"] / denominator,
+            "span_accuracy": sums["exact_sum"] / denominator}
+
+
+def predict_step(params, batch: dict, *, model: nn.Module):
+    """(start_logits [B, L], end_logits [B, L]) of one batch, dropout off."""
+    return model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                       batch["input_mask"], deterministic=True)
+
+
+def objective() -> step_lib.Objective:
+    """span_loss for `step.train_step`, over the rows of the global batch whose `weights`
+    are 1 (the denominator is taken over the whole batch, so micro-batches add up)."""
+
+    def sums(model, params, batch, dropout_rng, deterministic):
+        start_BxL, end_BxL = model.apply(
+            {"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+            deterministic=deterministic, rngs=None if deterministic else {"dropout": dropout_rng})
+        return span_sums(start_BxL, end_BxL, batch)
+
+    def denominators(batch):
+        return jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
+
+    def loss(sums, denominator):
+        return sums["loss_sum"] / denominator
+
+    return step_lib.Objective(sums, denominators, loss, _metrics_from_sums)
+
+
+def head(cfg: model_lib.BertConfig) -> heads.Head:
+    """BertForQuestionAnswering with its span objective, for the shared fine-tuning step."""
+    return heads.Head(BertForQuestionAnswering(cfg), init_params, objective(), predict_step)
 
 
 # --- HuggingFace names ---------------------------------------------------------------------

@@ -1,12 +1,10 @@
 """One fine-tuning run's optimizer settings, sharded state and jitted train step: what
 `bertjax finetune` and `bertjax bench finetune` both run."""
 
-import functools
 from typing import NamedTuple
 
 import ml_collections
 
-from bertjax.finetune import heads
 from bertjax.train import optim, sharding
 from bertjax.train import step as step_lib
 
@@ -25,31 +23,29 @@ class StepSetup(NamedTuple):
 
     state: object  # step.TrainState, sharded; every weight random
     shardings: object  # the state's NamedShardings
-    model: object  # BertForSequenceClassification
+    model: object  # the head's model (BertForSequenceClassification, BertForQuestionAnswering)
     train_fn: object  # the jitted step: (state, batch, rng) -> (state, metrics)
 
 
-def setup_step(model_cfg, task, optim_cfg, total_steps: int, mesh, rng, accum_steps: int = 1):
-    """A freshly initialised classifier's sharded train state and its jitted train step (the
+def setup_step(model_cfg, head, optim_cfg, total_steps: int, mesh, rng, accum_steps: int = 1):
+    """A freshly initialised head model's sharded train state and its jitted train step (the
     shared pretraining step with the head's objective): what a fine-tuning run and
-    `bertjax bench finetune` both run."""
+    `bertjax bench finetune` both run. `head` is a heads.Head."""
     rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
     tx, schedule = optim.make_optimizer(optim_cfg, total_steps)
-    init_fn = functools.partial(heads.init_params, num_labels=task.num_labels)
-    abstract, shardings = step_lib.state_shardings(model_cfg, tx, mesh, rules, init_fn)
+    abstract, shardings = step_lib.state_shardings(model_cfg, tx, mesh, rules, head.init_params)
     sharding.check_divisible(abstract, shardings)
     state = step_lib.create_sharded_state(
-        rng, model_cfg=model_cfg, tx=tx, shardings=shardings, init_params=init_fn
+        rng, model_cfg=model_cfg, tx=tx, shardings=shardings, init_params=head.init_params
     )
-    model = heads.BertForSequenceClassification(model_cfg, task.num_labels)
     train_fn = step_lib.jit_train_step(
         mesh,
         rules,
         shardings,
-        model=model,
+        model=head.model,
         tx=tx,
         schedule=schedule,
         accum_steps=accum_steps,
-        objective=heads.objective(task.is_regression),
+        objective=head.objective,
     )
-    return StepSetup(state, shardings, model, train_fn)
+    return StepSetup(state, shardings, head.model, train_fn)

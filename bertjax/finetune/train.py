@@ -1,6 +1,8 @@
-"""GLUE fine-tuning of a pretraining checkpoint or a HuggingFace folder, on the pretraining
-machinery (mesh and logical rules, optax AdamW, the jitted train step, orbax checkpoints,
-metrics.jsonl); the config is `bertjax/configs/finetune_glue.py`'s."""
+"""Fine-tuning runs of every task kind on the pretraining machinery (mesh and logical rules,
+optax AdamW, the jitted train step, orbax checkpoints, metrics.jsonl): one loop for all; what
+differs per kind (head, encoding, loss, decoding, metrics, output files) is a `TaskKind`
+(kind_glue.py: GLUE classification and regression; kind_squad.py: SQuAD span extraction).
+The configs are `bertjax/configs/finetune_glue.py` and `finetune_squad.py`."""
 
 import dataclasses
 import functools
@@ -9,18 +11,56 @@ import math
 import shutil
 import sys
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from bertjax.errors import UserError
-from bertjax.finetune import batches
+from bertjax.finetune import batches, heads
 
 RESULTS_FILE = "eval_results.json"
+PREDICTIONS_DIR = "predictions"  # WORKDIR/predictions: submission / predictions.json files
 # The advice of a diverged run, in this command's flags (clipping is fixed at norm 1 here).
 NAN_REMEDY = (
     "Check the data first (labels, --max-seq-len), then the learning rate: lower --lr (or the "
     "rates of --lr-sweep), or raise --warmup"
 )
+
+
+class TaskKind(Protocol):
+    """What the loop asks of a kind of task, built from the run's config by `make_kind`."""
+
+    name: str  # the task, as eval_results.json names it
+    dev_splits: tuple[str, ...]  # scored after every epoch; the first picks the learning rate
+    main_metric: str  # the dev metric that picks the best learning rate
+    output_splits: tuple[str, ...]  # whose predictions are written after training (if loaded)
+    min_seq_len: int  # the shortest --max-seq-len that leaves room for text
+    exports_model: bool  # whether `export` writes the fine-tuned model after training
+
+    def load_examples(self) -> dict: ...  # split -> examples, before the model is loaded
+    def encode(self, examples: dict, tokenizer) -> dict[str, batches.Split]: ...
+    def head(self, model_cfg) -> heads.Head: ...  # the model, its init, loss and predict step
+    def decode(self, split, outputs): ...  # the model's outputs on a split -> predictions
+    def metrics(self, split, outputs, predictions) -> dict: ...  # one split's dev metrics
+    def write_predictions(self, out_dir: Path, split, predictions) -> list[Path]: ...
+    def checkpoint_info(self) -> dict: ...  # recorded in the checkpoint beside the model
+    def export(self, workdir: Path, params, model_cfg, tokenizer) -> Path: ...
+
+
+def make_kind(cfg) -> TaskKind:
+    """The task kind of `cfg.task`: a GLUE task or SQuAD (v1.1 `squad`, v2.0 `squad_v2`)."""
+    from bertjax.finetune import kind_glue, kind_squad
+    from bertjax.finetune.tasks import TASKS, get_task
+
+    squad = kind_squad.canonical_name(cfg.task)
+    if squad:
+        return kind_squad.SquadKind(cfg, squad)
+    try:
+        task = get_task(cfg.task)
+    except UserError:
+        raise UserError(f"unknown task {cfg.task!r}; choose one of "
+                        f"{', '.join([*TASKS, *kind_squad.VERSIONS])}") from None
+    return kind_glue.GlueKind(cfg, task)
 
 
 def _log(msg: str) -> None:
@@ -52,7 +92,7 @@ def check_config(cfg) -> None:
 # --- model ---------------------------------------------------------------------------------
 
 
-def load_model_and_tokenizer(cfg, task):
+def load_model_and_tokenizer(cfg, kind: TaskKind):
     """(LoadedModel, tokenizer): checks that the tokenizer's ids fit the model's embeddings
     and the sequence length its position embeddings."""
     from bertjax.data import load_tokenizer
@@ -87,31 +127,41 @@ def load_model_and_tokenizer(cfg, task):
         raise UserError(
             f"--max-seq-len={cfg.max_seq_len} exceeds the model's max_position_embeddings={limit}"
         )
-    if cfg.max_seq_len < (5 if task.is_pair else 3):
-        raise UserError(f"--max-seq-len={cfg.max_seq_len} leaves no room for {task.name}'s text")
+    if cfg.max_seq_len < kind.min_seq_len:
+        raise UserError(f"--max-seq-len={cfg.max_seq_len} leaves no room for {kind.name}'s text")
     return loaded, tokenizer
 
 
-# --- one fine-tuning run -------------------------------------------------------------------
+# --- one fine-tuning run ---------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Prepared:
     """What every learning rate's run shares: loaded once, before any compilation."""
 
-    cfg: object  # the run's ConfigDict (configs/finetune_glue.py)
-    task: object  # tasks.GlueTask
+    cfg: object  # the run's ConfigDict (configs/finetune_glue.py, finetune_squad.py)
+    kind: TaskKind
     mesh: object
     model_cfg: object  # the pretrained model's BertConfig
     bert_params: dict  # its `bert` parameters, on the host
-    tokenizer_dir: str
+    tokenizer: object  # data.tokenizer's WordPiece or sentencepiece tokenizer
     splits: dict  # split name -> batches.Split
     main_key: str  # the metric that picks the best learning rate ("matched_accuracy" on MNLI)
 
 
-def predict(predict_fn, params, split: batches.Split, batch_size: int, mesh) -> np.ndarray:
-    """The model's outputs [n, num_labels] on every example of `split`, in order: the last
-    batch is padded and its padding rows dropped, so each example counts exactly once."""
+class Session(NamedTuple):
+    """One learning rate's compiled functions and starting state."""
+
+    state: object  # step.TrainState: the pretrained encoder, a fresh head, fresh moments
+    train_fn: object  # (state, batch, rng) -> (state, metrics), jitted
+    predict_fn: object  # (params, batch) -> outputs, jitted
+    dropout_rng: object
+    warmup_steps: int
+
+
+def predict(predict_fn, params, split: batches.Split, batch_size: int, mesh):
+    """The model's outputs (each [n, ...]) on every row of `split`, in order: the last batch
+    is padded and its padding rows dropped, so each row counts exactly once."""
     import jax
 
     from bertjax.train import sharding
@@ -125,27 +175,8 @@ def predict(predict_fn, params, split: batches.Split, batch_size: int, mesh) -> 
         )
         del batch["weights"]
         out = jax.device_get(predict_fn(params, sharding.global_batch(batch, mesh)))
-        outputs.append(np.asarray(out)[rows >= 0])
-    return np.concatenate(outputs)
-
-
-def score(task, split: batches.Split, outputs: np.ndarray) -> dict:
-    """GLUE metrics plus the mean loss and the number of examples scored."""
-    from bertjax.finetune.metrics import glue_metrics
-
-    labels = split.arrays["labels"]
-    if task.is_regression:
-        predictions, loss = outputs[:, 0], np.mean((outputs[:, 0] - labels) ** 2)
-    else:
-        predictions = outputs.argmax(-1)
-        shifted = outputs - outputs.max(-1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-        loss = -np.mean(log_probs[np.arange(len(labels)), labels])
-    return {
-        **glue_metrics(task.name, predictions, labels),
-        "loss": float(loss),
-        "examples": len(labels),
-    }
+        outputs.append(jax.tree.map(lambda x: np.asarray(x)[rows >= 0], out))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 
 def dev_prefix(split: str) -> str:
@@ -153,92 +184,130 @@ def dev_prefix(split: str) -> str:
     return "" if split == "validation" else split.removeprefix("validation_") + "_"
 
 
+def start_session(run: Prepared, lr: float, total_steps: int) -> Session:
+    """The sharded state (the pretrained encoder and a fresh head) and the jitted train and
+    predict steps of the kind's head at peak learning rate `lr`."""
+    import jax
+
+    from bertjax.finetune import step_setup
+    from bertjax.train import sharding
+
+    cfg, mesh = run.cfg, run.mesh
+    head = run.kind.head(run.model_cfg)
+    optim_cfg = step_setup.optim_config(cfg, lr, total_steps)
+    root = jax.random.key(cfg.seed)
+    setup = step_setup.setup_step(run.model_cfg, head, optim_cfg, total_steps, mesh,
+                                  jax.random.fold_in(root, 0), cfg.grad_accum_steps)
+    bert = jax.device_put(run.bert_params, setup.shardings.params["bert"])
+    state = setup.state.replace(params={**setup.state.params, "bert": bert})  # head stays fresh
+    predict_fn = jax.jit(
+        functools.partial(head.predict_step, model=setup.model),
+        in_shardings=(setup.shardings.params, sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )
+    return Session(state, setup.train_fn, predict_fn, jax.random.fold_in(root, 1),
+                   optim_cfg.warmup_steps)
+
+
+def train_epoch(run: Prepared, session: Session, state, epoch: int, step: int, step_metrics):
+    """One pass over the training split in a fresh seeded order; returns (state, step)."""
+    import jax
+
+    from bertjax.train import sharding
+
+    cfg, train = run.cfg, run.splits["train"]
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    for rows in batches.epoch_rows(len(train), cfg.batch_size, cfg.seed, epoch):
+        batch = batches.local_slice(
+            batches.take(train, rows), jax.process_index(), jax.process_count()
+        )
+        state, metrics = session.train_fn(
+            state, sharding.global_batch(batch, run.mesh), session.dropout_rng
+        )
+        step += 1
+        is_log = step % cfg.log_every == 0 or step % steps_per_epoch == 0
+        step_metrics.dispatched(step, metrics, log=is_log)
+    step_metrics.flush()
+    return state, step
+
+
+def evaluate(run: Prepared, predict_fn, params) -> tuple[dict, dict]:
+    """(dev metrics of every dev split, keys prefixed by dev_prefix; split -> predictions)."""
+    metrics, predictions = {}, {}
+    for name in run.kind.dev_splits:
+        split = run.splits[name]
+        outputs = predict(predict_fn, params, split, run.cfg.batch_size, run.mesh)
+        predictions[name] = run.kind.decode(split, outputs)
+        scores = run.kind.metrics(split, outputs, predictions[name])
+        metrics |= {dev_prefix(name) + k: v for k, v in scores.items()}
+    return metrics, predictions
+
+
+def write_outputs(run: Prepared, workdir: Path, session: Session, params, dev_predictions):
+    """The kind's prediction files (dev ones from the last evaluation, others predicted
+    now) in WORKDIR/predictions, and its exported model; every process takes part in the
+    predictions and the parameter gathering (collectives), process 0 writes."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    kind, writes = run.kind, jax.process_index() == 0
+    for name in (s for s in kind.output_splits if s in run.splits):
+        split = run.splits[name]
+        predictions = dev_predictions.get(name)
+        if predictions is None:
+            outputs = predict(session.predict_fn, params, split, run.cfg.batch_size, run.mesh)
+            predictions = kind.decode(split, outputs)
+        if writes:
+            for path in kind.write_predictions(workdir / PREDICTIONS_DIR, split, predictions):
+                _log(f"wrote {name} predictions to {path}")
+    if kind.exports_model:
+        host_params = multihost_utils.process_allgather(params, tiled=True)
+        if writes:
+            out = kind.export(workdir, host_params, run.model_cfg, run.tokenizer)
+            _log(f"exported the fine-tuned model to {out}")
+
+
 def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
     """Fine-tunes from the pretrained weights at peak learning rate `lr`; returns the final
     dev metrics, also written to workdir/eval_results.json."""
     import jax
 
-    from bertjax.finetune import heads, step_setup, submission
-    from bertjax.train import checkpoint, sharding
+    from bertjax.train import checkpoint
     from bertjax.train.metrics_writer import MetricsWriter
     from bertjax.train.step_metrics import StepMetrics
 
-    cfg, task, mesh, splits, model_cfg = run.cfg, run.task, run.mesh, run.splits, run.model_cfg
-    train = splits["train"]
+    cfg, kind, train = run.cfg, run.kind, run.splits["train"]
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     ckpt = checkpoint.Checkpointer(workdir, keep=1)
     if ckpt.latest_step() is not None:
         ckpt.close()
         raise UserError(f"{workdir} already holds a fine-tuned checkpoint: use a new --workdir")
-    optim_cfg = step_setup.optim_config(cfg, lr, total)
-    root = jax.random.key(cfg.seed)
-    setup = step_setup.setup_step(
-        model_cfg, task, optim_cfg, total, mesh, jax.random.fold_in(root, 0), cfg.grad_accum_steps
-    )
-    state, shardings, model, train_fn = setup
-    bert = jax.device_put(run.bert_params, shardings.params["bert"])
-    state = state.replace(params={**state.params, "bert": bert})  # the head stays fresh
-    dropout_rng = jax.random.fold_in(root, 1)
-    predict_fn = jax.jit(
-        functools.partial(heads.predict_step, model=model),
-        in_shardings=(shardings.params, sharding.batch_sharding(mesh)),
-        out_shardings=sharding.replicated(mesh),
-    )
+    session = start_session(run, lr, total)
     _log(
         f"lr {lr:g}: {cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size} "
-        f"({len(train)} examples; the last batch of an epoch padded), "
-        f"warm-up {optim_cfg.warmup_steps} steps"
+        f"({len(train)} training rows; the last batch of an epoch padded), "
+        f"warm-up {session.warmup_steps} steps"
     )
-
-    def next_batch(rows):
-        batch = batches.local_slice(
-            batches.take(train, rows), jax.process_index(), jax.process_count()
-        )
-        return sharding.global_batch(batch, mesh)
-
     writer = MetricsWriter(workdir, total, enabled=jax.process_index() == 0)
-    tokens_per_step = cfg.batch_size * cfg.max_seq_len
-    step_metrics = StepMetrics(writer, tokens_per_step, 0, remedy=NAN_REMEDY)
-    results, step = {}, 0
+    step_metrics = StepMetrics(writer, cfg.batch_size * cfg.max_seq_len, 0, remedy=NAN_REMEDY)
+    state, results, step = session.state, {}, 0
     try:
         for epoch in range(cfg.epochs):
-            for rows in batches.epoch_rows(len(train), cfg.batch_size, cfg.seed, epoch):
-                state, metrics = train_fn(state, next_batch(rows), dropout_rng)
-                step += 1
-                is_log = step % cfg.log_every == 0 or step % steps_per_epoch == 0
-                step_metrics.dispatched(step, metrics, log=is_log)
-            step_metrics.flush()
-            dev = {}
-            for name in task.dev_splits:
-                outputs = predict(predict_fn, state.params, splits[name], cfg.batch_size, mesh)
-                dev |= {
-                    dev_prefix(name) + k: v for k, v in score(task, splits[name], outputs).items()
-                }
+            state, step = train_epoch(run, session, state, epoch, step, step_metrics)
+            dev, dev_predictions = evaluate(run, session.predict_fn, state.params)
             writer.write_eval(step, {**dev, "epoch": epoch + 1})
-            results = {
-                "task": task.name,
-                "learning_rate": lr,
-                "epoch": epoch + 1,
-                "step": step,
-                **dev,
-            }
+            results = {"task": kind.name, "learning_rate": lr, "epoch": epoch + 1, "step": step,
+                       **dev}  # fmt: skip
             main = run.main_key
             _log(f"lr {lr:g} epoch {epoch + 1}/{cfg.epochs}: dev {main} {results[main]:.4f}")
             step_metrics.restart_clock()  # throughput excludes evaluation
         jax.block_until_ready(state)
-        meta = checkpoint.checkpoint_metadata(model_cfg, cfg, run.tokenizer_dir)
-        meta["finetune"] = {"task": task.name, "num_labels": task.num_labels, "learning_rate": lr}
-        ckpt.save(step, state, dropout_rng, {"epoch": cfg.epochs}, meta, force=True)
-        for name in (s for s in task.test_splits if s in splits):
-            # Every process takes part in the prediction (a collective); process 0 writes.
-            outputs = predict(predict_fn, state.params, splits[name], cfg.batch_size, mesh)
-            predictions = outputs[:, 0] if task.is_regression else outputs.argmax(-1)
-            if jax.process_index() == 0:
-                path = submission.write_submission(
-                    workdir / "predictions", task, name, splits[name].idx, predictions
-                )
-                _log(f"wrote {len(predictions)} {name} predictions to {path}")
+        tokenizer_dir = Path(run.tokenizer.files[0]).parent if run.tokenizer.files else ""
+        meta = checkpoint.checkpoint_metadata(run.model_cfg, cfg, tokenizer_dir)
+        meta["finetune"] = {**kind.checkpoint_info(), "learning_rate": lr}
+        ckpt.save(step, state, session.dropout_rng, {"epoch": cfg.epochs}, meta, force=True)
+        write_outputs(run, workdir, session, state.params, dev_predictions)
     finally:
         writer.close()
         ckpt.close()
@@ -251,16 +320,15 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
 
 
 def finetune(cfg, workdir) -> dict:
-    """Fine-tunes by `cfg` (a config with `configs/finetune_glue.py`'s keys) at each of
-    cfg.learning_rates (each in WORKDIR/lr_<lr> when there are
-    several) and returns the dev metrics of the best run by the task's main metric; they
-    are written to WORKDIR/eval_results.json, its test predictions to WORKDIR/predictions."""
+    """Fine-tunes by `cfg` (a config with the keys of `configs/finetune_glue.py`, or of
+    `finetune_squad.py` for SQuAD) at each of cfg.learning_rates (each in WORKDIR/lr_<lr> when
+    there are several) and returns the dev metrics of the best run by the task's main metric;
+    they are written to WORKDIR/eval_results.json, its predictions to WORKDIR/predictions."""
     import jax
 
-    from bertjax.finetune.tasks import get_task
     from bertjax.train import sharding
 
-    task = get_task(cfg.task)
+    kind = make_kind(cfg)
     check_config(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
     ways = sharding.data_parallel_size(mesh) * cfg.grad_accum_steps
@@ -269,24 +337,26 @@ def finetune(cfg, workdir) -> dict:
             f"--batch-size={cfg.batch_size} is not divisible by the data-parallel "
             f"size x --grad-accum-steps = {ways} (and {jax.process_count()} processes)"
         )
-    examples = batches.load_examples(task, cfg.data)
-    loaded, tokenizer = load_model_and_tokenizer(cfg, task)
+    examples = kind.load_examples()
+    loaded, tokenizer = load_model_and_tokenizer(cfg, kind)
+    splits = kind.encode(examples, tokenizer)
     _log(
-        f"{task.name}: "
+        f"{kind.name}: "
         + ", ".join(f"{len(v)} {k}" for k, v in examples.items())
-        + f"; model {loaded.source} ({loaded.model_cfg.num_hidden_layers} layers, hidden "
+        + f" examples ({len(splits['train'])} training rows); model {loaded.source} "
+        f"({loaded.model_cfg.num_hidden_layers} layers, hidden "
         f"{loaded.model_cfg.hidden_size}); mesh "
         + ", ".join(f"{k}={v}" for k, v in mesh.shape.items())
     )
     run = Prepared(
         cfg=cfg,
-        task=task,
+        kind=kind,
         mesh=mesh,
         model_cfg=loaded.model_cfg,
         bert_params=jax.device_get(loaded.params["bert"]),
-        tokenizer_dir=str(Path(tokenizer.files[0]).parent) if tokenizer.files else "",
-        splits=batches.encode(task, examples, tokenizer, cfg.max_seq_len),
-        main_key=dev_prefix(task.dev_splits[0]) + task.main_metric,
+        tokenizer=tokenizer,
+        splits=splits,
+        main_key=dev_prefix(kind.dev_splits[0]) + kind.main_metric,
     )
     workdir = Path(workdir)
     if len(cfg.learning_rates) == 1:
@@ -295,9 +365,9 @@ def finetune(cfg, workdir) -> dict:
     best = max(runs, key=lambda lr: runs[lr][run.main_key])  # ties: the first listed
     result = {**runs[best], "lr_sweep": {f"{lr:g}": r[run.main_key] for lr, r in runs.items()}}
     if jax.process_index() == 0:
-        predictions = workdir / f"lr_{best:g}" / "predictions"
+        predictions = workdir / f"lr_{best:g}" / PREDICTIONS_DIR
         if predictions.is_dir():
-            shutil.copytree(predictions, workdir / "predictions", dirs_exist_ok=True)
+            shutil.copytree(predictions, workdir / PREDICTIONS_DIR, dirs_exist_ok=True)
         (workdir / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
     _log(f"best learning rate {best:g}: dev {run.main_key} {runs[best][run.main_key]:.4f}")
     return result

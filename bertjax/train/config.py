@@ -195,9 +195,12 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return overrides, rest
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    """Adds `--config NAME|FILE[:ARG]` (required unless there is a `default`) and makes
-    `parser` accept `--config.KEY=VALUE` overrides.
+def add_config_arguments(
+    parser: argparse.ArgumentParser, default: str | None = None, *, default_help: str = ""
+) -> None:
+    """Adds `--config NAME|FILE[:ARG]` (required unless there is a `default`, or a
+    `default_help` saying what the caller picks when it is left out: it is None then) and
+    makes `parser` accept `--config.KEY=VALUE` overrides.
 
     argparse rejects options it does not know in advance, and the override keys depend on
     the config file, so they are pulled out before argparse sees the arguments; they end
@@ -205,12 +208,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = 
     """
     parser.add_argument(
         "--config",
-        required=default is None,
+        required=default is None and not default_help,
         default=default,
         metavar="NAME|FILE[:ARG]",
         help="a packaged config (" + ", ".join(config_names()) + ") or a Python file "
         "defining get_config(); override any field with --config.KEY=VALUE "
-        "(e.g. --config.train.steps=20)" + (f"; default {default}" if default else ""),
+        "(e.g. --config.train.steps=20)"
+        + (f"; default {default_help or default}" if default or default_help else ""),
     )
     parse_known_args = parser.parse_known_args
 

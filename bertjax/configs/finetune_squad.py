@@ -1,0 +1,36 @@
+r"""SQuAD fine-tuning (v1.1 `squad`, v2.0 `squad_v2`): google-research/bert's run_squad.py
+recipe for the BERT paper's SQuAD v1.1 result: 2 epochs, lr 3e-5, batch 32, windows of 384
+tokens with a stride of 128, questions cut to 64 tokens; n-best 20, answers of at most 30
+tokens. The finetune_glue recipe otherwise (AdamW, 10% warm-up, linear decay, clipping at 1).
+
+    bertjax finetune --task squad --init bert-base-ours --data squad/ --workdir runs/squad
+    bertjax finetune --task squad_v2 --init bert-base-ours --data squad/ --workdir runs/squad2 \
+        [--null-score-diff-threshold T] [--config.KEY=VALUE ...]
+
+(`--config finetune_squad` is the default for SQuAD tasks.) --data holds the official
+train-v1.1.json and dev-v1.1.json (or train-v2.0.json and dev-v2.0.json); without it the
+`datasets` hub's rajpurkar/squad (rajpurkar/squad_v2) is read. Every field has a flag of
+`bertjax finetune` as a shorthand (`--doc-stride`, `--max-query-length`, `--n-best-size`,
+`--max-answer-length`, `--null-score-diff-threshold`, `--lr`, `--epochs`, ...).
+"""
+
+from bertjax.configs import finetune_glue
+
+
+def get_config():
+    """The config: the run_squad.py recipe on the finetune_glue keys, plus SQuAD's own."""
+    config = finetune_glue.get_config()
+    config.task = "squad"  # squad (v1.1) or squad_v2 (v2.0) (--task)
+    config.data = None  # the official JSON files' directory; None = the `datasets` hub (--data)
+    config.max_seq_len = 384  # tokens per window: [CLS] question [SEP] context [SEP]
+    config.epochs = 2  # passes over the training windows (--epochs)
+    config.learning_rates = (3e-5,)  # peak rate; more than one: a sweep (--lr, --lr-sweep)
+    config.log_every = 100  # steps between metrics lines (--log-every)
+    config.doc_stride = 128  # tokens between the starts of a context's windows (--doc-stride)
+    config.max_query_length = 64  # question tokens kept, the rest cut (--max-query-length)
+    config.n_best_size = 20  # start and end candidates per window in decoding (--n-best-size)
+    config.max_answer_length = 30  # longest answer in tokens (--max-answer-length)
+    # v2.0: answer "" where null score - best non-null score exceeds it (the best value on dev
+    # is in eval_results.json as best_f1_thresh) (--null-score-diff-threshold).
+    config.null_score_diff_threshold = 0.0
+    return config
