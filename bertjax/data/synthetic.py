@@ -90,12 +90,18 @@ def synthetic_batch(seed: int, *, batch: int, length: int, predictions: int, voc
         positions[r, :k] = np.sort(rng.choice(np.arange(1, n - 1), k, replace=False))
         weights[r, :k] = 1.0
     weights *= rng.random((batch, predictions)) < weight_prob
+    # The targets are the tokens at the masked positions, which read [MASK] (id 4), as in
+    # BERT's data: frequent tokens are learnable, so a model trained on these batches learns.
+    rows_B1 = np.arange(batch)[:, None]
+    masked_ids = rows["input_ids"][rows_B1, positions].astype(np.int32)
+    input_ids = rows["input_ids"].copy()
+    input_ids[rows_B1, positions] = np.where(weights > 0, 4, input_ids[rows_B1, positions])
     return {
-        "input_ids": rows["input_ids"],
+        "input_ids": input_ids,
         "input_mask": input_mask.astype(np.int32),
         "segment_ids": ((pos_L >= rows["b_start"][:, None]) & input_mask).astype(np.int32),
         "masked_lm_positions": positions,
-        "masked_lm_ids": rng.integers(5, vocab, (batch, predictions)).astype(np.int32),
+        "masked_lm_ids": np.where(weights > 0, masked_ids, 0).astype(np.int32),
         "masked_lm_weights": weights,
         "next_sentence_labels": rows["next_sentence_label"].astype(np.int32),
     }
