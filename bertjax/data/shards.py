@@ -166,12 +166,14 @@ def write_dataset(
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
     extra: dict | None = None,
+    max_sequences_per_row: int | None = None,
 ) -> Path:
     """Writes a complete dataset directory (e.g. a tiny one for a test).
 
     Args:
       instances: an iterable of `(tokens_a, tokens_b, is_random_next)` (id lists without
         specials; an empty B makes a single-segment instance), or a dict of `ARRAYS`.
+      max_sequences_per_row: K of packed `instances` arrays (packing.py), else None.
       tokenizer: a tokenizer object (see `bertjax.data.tokenizer`) or a path to load one.
     Returns:
       the directory, readable with `open_dataset`.
@@ -187,7 +189,8 @@ def write_dataset(
             instances, max_seq_len, tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
         )
     copy_tokenizer(tokenizer, out_dir)
-    writer = ShardWriter(out_dir, max_seq_len, tokenizer.vocab_size, shard_size)
+    writer = ShardWriter(out_dir, max_seq_len, tokenizer.vocab_size, shard_size,
+                         max_sequences_per_row)
     writer.add(instances)
     writer.close(
         {
