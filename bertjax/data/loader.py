@@ -394,6 +394,6 @@ def eval_batches(
         real = rows < n
         batch = make_batch(ds, vocab, np.where(real, rows, 0), seed=seed, epoch=0, masking=masking)
         batch["masked_lm_weights"] *= real[:, None]
-        real_b = real.reshape(-1, *(1,) * (batch["next_sentence_labels"].ndim - 1)).astype(np.float32)
+        real_b = np.float32(real).reshape(-1, *(1,) * (batch["next_sentence_labels"].ndim - 1))
         batch["next_sentence_weights"] = batch.get("next_sentence_weights", 1) * real_b  # [b, (K)]
         yield batch
