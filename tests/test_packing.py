@@ -136,3 +136,23 @@ def test_masking_statistics_over_packed_rows(tmp_path):
     assert (sel[:, 1:][same_word] == sel[:, :-1][same_word]).all()  # never half a word
     counts = (out["masked_lm_weights"].reshape(-1, K, P) > 0).sum(2)
     assert (counts <= want).all() and counts.sum() > 0.9 * want.sum()
+
+
+def test_step_metrics_report_real_tokens_per_second_beside_padded():
+    """real_tokens_per_s counts every step's real tokens since the last fetch (logged or not),
+    so its ratio to the padded tokens_per_s is the real-token fraction of those steps."""
+    from bertjax.train.step_metrics import StepMetrics
+
+    class Writer:
+        def write(self, step, metrics):
+            self.last = (step, metrics)
+
+    writer = Writer()
+    sm = StepMetrics(writer, tokens_per_step=100, start_step=0, remedy="")
+    for step, real in ((1, 60.0), (2, 80.0), (3, 70.0)):
+        sm.dispatched(step, {"loss": 1.0, "real_tokens": real}, log=step == 3)
+    record = sm.flush()
+    assert record["step"] == 3 and writer.last[0] == 3
+    assert record["real_tokens_per_s"] / record["tokens_per_s"] == pytest.approx(210 / 300)
+    sm.dispatched(4, {"loss": 1.0, "real_tokens": 50.0}, log=True)
+    assert sm.flush()["real_tokens_per_s"] / writer.last[1]["tokens_per_s"] == pytest.approx(0.5)
