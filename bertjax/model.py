@@ -179,11 +179,12 @@ class Embeddings(nn.Module):
         self.LayerNorm = _layer_norm(cfg, "LayerNorm")
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def __call__(self, input_ids_BxL, segment_ids_BxL, deterministic: bool):
-        length = input_ids_BxL.shape[1]
+    def __call__(self, input_ids_BxL, segment_ids_BxL, deterministic: bool, pos_BxL=None):
+        """`pos_BxL`: packed rows' position ids (0 at each sequence's start); default 0..L-1."""
+        pos_BxL = jnp.arange(input_ids_BxL.shape[1])[None] if pos_BxL is None else pos_BxL
         x_BxLxE = (
             _lookup(self.word_embeddings, input_ids_BxL, "vocab")
-            + _lookup(self.position_embeddings, jnp.arange(length), "position")[None]
+            + _lookup(self.position_embeddings, pos_BxL, "position")
             + _lookup(self.token_type_embeddings, segment_ids_BxL, "segment")
         )
         x_BxLxE = self.LayerNorm(x_BxLxE.astype(self.cfg.dtype))
@@ -310,21 +311,22 @@ class BertModel(nn.Module):
         self.layers = [layer_cls(cfg, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
         self.pooler = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")
 
-    def __call__(
-        self, input_ids, segment_ids, input_mask, deterministic: bool = True, attn_segment_ids=None
-    ):
+    def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True,
+                 attn_segment_ids=None, position_ids=None, cls_positions=None):
         """Returns (last_hidden_state [B, L, H], pooled_output [B, H]) for [B, L] int inputs.
-        Without `attn_segment_ids` (packed rows' ids, 0 = padding), a row is one segment."""
+        Packed rows give `attn_segment_ids` (0 = padding; else a row is one segment),
+        `position_ids` [B, L] and `cls_positions` [B, K] (then pooled_output is [B, K, H])."""
         input_ids_BxL, segment_ids_BxL, input_mask_BxL = input_ids, segment_ids, input_mask
-        x_BxLxE = self.embeddings(input_ids_BxL, segment_ids_BxL, deterministic)
+        x_BxLxE = self.embeddings(input_ids_BxL, segment_ids_BxL, deterministic, position_ids)
         x_BxLxE = nn.with_logical_constraint(x_BxLxE, ("batch", "length", "embed"))
         one_segment_per_row = attn_segment_ids is None
         ids_BxL = (input_mask_BxL != 0) if one_segment_per_row else attn_segment_ids
         attn_segment_ids_BxL = ids_BxL.astype(jnp.int32)
         for layer in self.layers:
             x_BxLxE = layer(x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row)
-        pooled_BxE = jnp.tanh(self.pooler(x_BxLxE[:, 0]))
-        return x_BxLxE, pooled_BxE
+        cls_BxE = x_BxLxE[:, 0] if cls_positions is None else jnp.take_along_axis(
+            x_BxLxE, cls_positions[..., None].astype(jnp.int32), axis=1)  # packed: [B, K, E]
+        return x_BxLxE, jnp.tanh(self.pooler(cls_BxE))
 
     def attend(self, x_BxPxE):
         """MLM decoder logits against the tied word embeddings."""
@@ -334,7 +336,7 @@ class BertModel(nn.Module):
 @flax.struct.dataclass
 class PreTrainingOutput:
     mlm_logits: jax.Array  # [B, P, V] at masked_lm_positions, or [B, L, V] without them
-    nsp_logits: jax.Array  # [B, 2]
+    nsp_logits: jax.Array  # [B, 2], or [B, K, 2] for packed rows' sequences
     last_hidden_state: jax.Array  # [B, L, H]
     pooled_output: jax.Array  # [B, H]
 
@@ -352,17 +354,16 @@ class BertForPreTraining(nn.Module):
         input_mask,
         masked_lm_positions=None,
         deterministic: bool = True,
-        attn_segment_ids=None,
+        attn_segment_ids=None, position_ids=None, nsp_positions=None,
     ) -> PreTrainingOutput:
         """Inputs [B, L] int; `masked_lm_positions` [B, P] restricts the MLM head to P positions;
-        `attn_segment_ids` [B, L]: packed rows' segments (see BertModel)."""
+        packed rows: `attn_segment_ids`, `position_ids` [B, L], `nsp_positions` [B, K] of each
+        sequence's [CLS] (see BertModel)."""
         cfg = self.cfg
-        input_ids_BxL, segment_ids_BxL, input_mask_BxL = input_ids, segment_ids, input_mask
         masked_lm_positions_BxP = masked_lm_positions
         bert = BertModel(cfg, name="bert")
-        hidden_BxLxE, pooled_BxE = bert(
-            input_ids_BxL, segment_ids_BxL, input_mask_BxL, deterministic, attn_segment_ids
-        )
+        hidden_BxLxE, pooled_BxE = bert(input_ids, segment_ids, input_mask, deterministic,
+                                        attn_segment_ids, position_ids, nsp_positions)
         if masked_lm_positions_BxP is None:
             x_BxPxE = hidden_BxLxE
         else:
@@ -395,5 +396,4 @@ def abstract_params(cfg: BertConfig, seq_len: int = 8):
 
 def count_params(params) -> int:
     """Number of scalars in a (boxed, abstract or concrete) parameter tree."""
-    leaves = jax.tree_util.tree_leaves(nn.meta.unbox(params))
-    return int(sum(x.size for x in leaves))
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(nn.meta.unbox(params))))

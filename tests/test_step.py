@@ -149,8 +149,13 @@ def test_metrics_and_learning_rate(tiny):
         "nsp_accuracy",
         "grad_norm",
         "learning_rate",
+        "real_tokens",
+        "sequences",
     }
     assert all(m.shape == () and m.dtype == jnp.float32 for m in metrics.values())
+    batch = make_batch()
+    assert metrics["real_tokens"] == batch["input_mask"].sum()  # non-pad tokens of the step
+    assert metrics["sequences"] == batch["input_ids"].shape[0]  # one per row when unpacked
     np.testing.assert_allclose(metrics["learning_rate"], 1e-3 * (1 - 4 / 10), rtol=1e-6)
     np.testing.assert_allclose(
         metrics["loss"], metrics["mlm_loss"] + metrics["nsp_loss"], rtol=1e-6

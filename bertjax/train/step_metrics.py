@@ -48,6 +48,7 @@ class StepMetrics:
         self._last_step = start_step
         self._last_time = time.perf_counter()
         self._pending = None
+        self._real_tokens = None  # device sum of "real_tokens" since the last fetch
 
     def restart_clock(self) -> None:
         """Throughput excludes what happened since the last fetch (an evaluation, a save)."""
@@ -57,6 +58,9 @@ class StepMetrics:
         """Fetches the pending step (returns its record, or None), then defers this one."""
         record = self.flush()
         self._pending = (step, metrics) if log else None
+        if "real_tokens" in metrics:  # summed on the device every step: exact, never waits
+            real = metrics["real_tokens"]
+            self._real_tokens = real if self._real_tokens is None else self._real_tokens + real
         return record
 
     def flush(self) -> dict | None:
@@ -69,9 +73,11 @@ class StepMetrics:
         self._pending = None
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         now = time.perf_counter()
-        metrics["tokens_per_s"] = (
-            self._tokens_per_step * (step - self._last_step) / max(now - self._last_time, 1e-9)
-        )
+        seconds = max(now - self._last_time, 1e-9)
+        metrics["tokens_per_s"] = self._tokens_per_step * (step - self._last_step) / seconds
+        if self._real_tokens is not None:  # non-pad tokens beside the padded figure above
+            metrics["real_tokens_per_s"] = float(self._real_tokens) / seconds
+            self._real_tokens = None
         self._writer.write(step, metrics)  # a NaN is logged too (as null), then stops the run
         check_finite(step, metrics, self._last_step, remedy=self._remedy)
         self._last_step, self._last_time = step, now
