@@ -396,7 +396,8 @@ def test_budget_recipe_takes_the_fused_kernel_on_a_gpu_and_as_reproduce_md_runs_
     )
     reproduce = REPRODUCE_MD.read_text()
     assert (
-        "launch/local.sh bert_budget runs/budget" in reproduce and "--config.model.attention_impl=cudnn" in reproduce
+        "launch/local.sh bert_budget runs/budget" in reproduce
+        and "--config.model.attention_impl=cudnn" in reproduce
     )
     config = config_lib.load_config("bert_budget", ["model.attention_impl=cudnn"])
     model_cfg = config_lib.model_config(config.model, dataset_vocab_size=30522)
