@@ -41,6 +41,7 @@ class Run:
     abstract_state: TrainState | None = None  # boxed shapes, no arrays
     state_shardings: TrainState | None = None
     resumed_loader_state: dict | None = None  # 4. the loader state a restored checkpoint holds
+    compile_cache_dir: str | None = None  # JAX's persistent compilation cache (None: off)
 
 
 def _log(msg: str) -> None:
@@ -64,6 +65,18 @@ def setup_mesh(run: Run) -> None:
         f"mesh {shape} over {jax.device_count()} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process(es)"
     )
+
+
+def setup_compile_cache(run: Run) -> None:
+    """Before the first compile: JAX's persistent compilation cache in
+    `train.compilation_cache_dir`, so that a restarted run loads its compiled steps."""
+    import jax
+
+    from bertjax.train import compile_cache
+
+    run.compile_cache_dir = compile_cache.enable(
+        run.config.train.compilation_cache_dir, run.workdir, jax.process_count(),
+        key="train.compilation_cache_dir")
 
 
 def _open(path, key, verify_checksums: bool):
@@ -218,6 +231,7 @@ def make_evaluator(run: Run):
 
 def compile_train_step(run: Run, state, batch, dropout_rng):
     """5. The train step, compiled once with explicit shardings; the state is donated."""
+    from bertjax.train import compile_cache
     from bertjax.train import step as step_lib
 
     train_cfg = run.config.train
@@ -232,8 +246,10 @@ def compile_train_step(run: Run, state, batch, dropout_rng):
         nsp=train_cfg.nsp,
     )
     t0 = time.perf_counter()
-    compiled = train_fn.lower(state, batch, dropout_rng).compile()
-    _log(f"compiled the train step in {time.perf_counter() - t0:.1f}s")
+    with compile_cache.watch() as cache_events:
+        compiled = train_fn.lower(state, batch, dropout_rng).compile()
+    _log(f"compiled the train step in {time.perf_counter() - t0:.1f}s "
+         f"({cache_events.describe(run.compile_cache_dir)})")
     return compiled
 
 
@@ -246,6 +262,7 @@ def train(config, workdir) -> list[dict]:
     if run.workdir.exists() and not run.workdir.is_dir():
         raise UserError(f"--workdir {run.workdir} is a file: give a folder for the run")
     setup_mesh(run)  # 1. mesh
+    setup_compile_cache(run)  # before the first compile (the state's initialisation)
     setup_data(run)  # 2. data
     setup_state_shardings(run)  # 3. model, optimizer, shardings
     train_cfg = config.train
