@@ -253,6 +253,24 @@ def compile_train_step(run: Run, state, batch, dropout_rng):
     return compiled
 
 
+def throughput_counts(run: Run, seq_len: int) -> dict:
+    """The model FLOPs of one step and the peak FLOP/s of the devices (flops.device_peak: a
+    known chip's published dense bf16 peak, this CPU's measured matmul rate): StepMetrics
+    turns them into model FLOPs/s and MFU."""
+    import jax
+
+    from bertjax.train import flops
+
+    masking = config_lib.masking_config(run.config.data, run.train_ds)
+    # Prediction slots per row: P per sequence, K sequences in a packed row.
+    slots = masking.max_predictions_per_seq * (run.train_ds.max_sequences_per_row or 1)
+    per_step = flops.model_flops_per_step(run.model_cfg, run.config.train.global_batch_size,
+                                          seq_len, slots)
+    peak = flops.device_peak(jax.devices(), jax.local_devices()[0])
+    _log(f"MFU against the {peak.denominator}")
+    return {"flops_per_step": per_step, "peak_flops": peak.flops_per_s}
+
+
 def train(config, workdir) -> list[dict]:
     """Runs `config.train.steps` steps; returns the metrics of every logged step at full
     precision (`step`, training metrics, and `eval_*` metrics on evaluation steps)."""
@@ -319,8 +337,10 @@ def run_steps(run: Run, train_fn, state, dropout_rng, batch, loader, ckpt, start
         if train_cfg.profile_steps:
             profiler = StepProfiler(train_cfg.profile_steps, run.workdir / "profile")
             cleanup.callback(profiler.close)
-        tokens_per_step = train_cfg.global_batch_size * run.train_ds.max_seq_len
-        step_metrics = StepMetrics(writer, tokens_per_step, start_step, remedy=PRETRAINING_REMEDY)
+        seq_len = run.train_ds.max_seq_len
+        tokens_per_step = train_cfg.global_batch_size * seq_len
+        step_metrics = StepMetrics(writer, tokens_per_step, start_step, remedy=PRETRAINING_REMEDY,
+                                   **throughput_counts(run, seq_len))
 
         def evaluate(done: int) -> dict:
             eval_metrics = evaluator.eval(state.params)
