@@ -20,7 +20,7 @@ from bertjax.train.metrics_writer import read_metrics
 
 CONFIG = "bert_tiny"
 # Metrics that depend on the wall clock, not on the computation.
-TIMING_KEYS = {"time", "tokens_per_s", "mfu", "step_time_s"}
+TIMING_KEYS = {"time", "tokens_per_s", "model_flops_per_s", "mfu", "step_time_s"}
 
 
 @pytest.fixture(scope="module")
