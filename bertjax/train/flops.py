@@ -59,10 +59,11 @@ def chip_peak(device_kind: str) -> float | None:
     return None
 
 
-def matmul_flops(device, dtype: str = "float32", n: int = 1024, repeats: int = 5) -> float:
-    """FLOP/s of a jitted [n, n] @ [n, n] matmul on one device, the best of `repeats` (after a
-    compile-and-warm-up run). On a CPU one device's matmul already uses every core: XLA's CPU
-    devices share one thread pool, so this is the whole machine's rate."""
+def matmul_flops(device, dtype: str = "float32", n: int = 1024, repeats: int = 10) -> float:
+    """FLOP/s of a jitted [n, n] @ [n, n] matmul on one device, the best of `repeats` short runs
+    (after a compile-and-warm-up run; on a shared machine the fastest run is the least
+    disturbed one). On a CPU one device's matmul already uses every core: XLA's CPU devices
+    share one thread pool, so this is the whole machine's rate."""
     import jax
     import jax.numpy as jnp
 
