@@ -61,6 +61,10 @@ def get_config():
         eval_at_start=False,  # evaluate the initial parameters too (logged as step 0)
         profile_steps="",  # "A:B": jax.profiler trace of steps A..B into WORKDIR/profile
         peer_timeout_s=120,  # several processes: exit when another is silent this long
+        # JAX's persistent compilation cache, so a restart loads its compiled step: "auto" =
+        # ~/.cache/bertjax/jax_cache ($XDG_CACHE_HOME), or WORKDIR/jax_cache with several
+        # processes; "" = off; or a folder of your own (a gs:// URL too)
+        compilation_cache_dir="auto",
     )
 
     config.optim = dict(
