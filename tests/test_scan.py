@@ -1,0 +1,400 @@
+"""Scanned layers (`model.scan_layers`) and remat policies (`model.remat_policy`): the layout
+conversion, the same training as unrolled, HF export, checkpoints across layouts, LAMB, the
+policies' numerics and what they save, and the start-up errors."""
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import io
+import math
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+import transformers
+from jax.sharding import PartitionSpec as P
+
+from bertjax import encoder, export
+from bertjax import model as model_lib
+from bertjax.data.synthetic import synthetic_batch
+from bertjax.errors import UserError
+from bertjax.train import checkpoint, optim, sharding
+from bertjax.train import config as config_lib
+from bertjax.train import step as step_lib
+from bertjax.train.warm_start import restore_state, warm_start
+from helpers import TINY_CONFIG, optim_config
+
+RULES = sharding.DEFAULT_LOGICAL_AXIS_RULES
+VOCAB, LENGTH = 96, 16
+TINY = model_lib.preset_config(
+    "tiny", vocab_size=VOCAB, max_position_embeddings=LENGTH,
+    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+)  # 2 layers, float32
+SCANNED = dataclasses.replace(TINY, scan_layers=True)
+
+
+def unboxed_params(cfg, seed=0):
+    """`cfg`'s initial parameters as host arrays (a jitted step may donate device ones)."""
+    init = jax.jit(model_lib.init_params, static_argnums=0)
+    return jax.device_get(nn.meta.unbox(init(cfg, jax.random.key(seed))))
+
+
+def perturbed(tree, seed=1):
+    """Every leaf moved by noise: LayerNorm scales off 1 and biases off 0, layers all unlike,
+    so that a parameter put in the wrong place shows in the outputs."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: np.asarray(x) + rng.normal(0, 0.1, np.shape(x)).astype(x.dtype),
+                        tree)
+
+
+def make_batch(seed):
+    return synthetic_batch(seed, batch=8, length=LENGTH, predictions=4, vocab=VOCAB)
+
+
+def assert_trees_close(a, b, atol):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol,
+                                                         rtol=0), a, b)
+
+
+# --- the two layouts ------------------------------------------------------------------------
+
+
+def test_stack_and_unstack_layers_convert_a_whole_train_state_both_ways():
+    """stack_layers turns an unrolled TrainState (params and Adam moments) into exactly the
+    tree a scanned model builds (same structure, shapes, layer i at index i); unstack_layers
+    undoes it bit for bit; each leaves a tree already in its layout as it is."""
+    tx, _ = optim.make_optimizer(optim_config(), 10)
+    params = perturbed(unboxed_params(TINY))
+    opt_state = jax.device_get(jax.jit(tx.init)(params))
+    state = step_lib.TrainState(step=np.int32(0), params=params, opt_state=opt_state)
+    stacked = encoder.stack_layers(state)
+    scanned_shapes = nn.meta.unbox(jax.eval_shape(
+        functools.partial(step_lib.init_state, model_cfg=SCANNED, tx=tx), jax.random.key(0)))
+    assert jax.tree.structure(stacked) == jax.tree.structure(scanned_shapes)
+    jax.tree.map(lambda x, s: np.testing.assert_equal(x.shape, s.shape), stacked, scanned_shapes)
+    kernel = "bert", "layers", "intermediate", "kernel"
+    np.testing.assert_array_equal(
+        functools.reduce(dict.get, kernel, stacked.params)[1],
+        state.params["bert"]["layer_1"]["intermediate"]["kernel"])
+    assert set(stacked.opt_state[1][0].mu["bert"]) == {"embeddings", "layers", "pooler"}
+    assert_trees_close(encoder.unstack_layers(stacked), state, atol=0)
+    assert_trees_close(encoder.stack_layers(stacked), stacked, atol=0)
+    assert_trees_close(encoder.unstack_layers(state), state, atol=0)
+    with pytest.raises(ValueError, match="layer_0 ... layer_1"):
+        encoder.stack_layers({"layer_0": {"w": np.ones(2)}, "layer_2": {"w": np.ones(2)}})
+
+
+def test_scanned_params_carry_the_layers_axis_mapped_to_no_mesh_axis():
+    """Stacked parameters get the logical name "layers" first, which the default rules map to
+    no mesh axis: on a data x fsdp x tensor mesh only their other dimensions are split."""
+    abstract = model_lib.abstract_params(SCANNED)
+    specs = nn.get_partition_spec(abstract)
+    assert specs["bert"]["layers"]["intermediate"]["kernel"] == P("layers", "embed", "mlp")
+    mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+    shardings = sharding.tree_shardings(abstract, mesh, RULES)
+    assert shardings["bert"]["layers"]["intermediate"]["kernel"].spec == P(None, "fsdp", "tensor")
+    assert shardings["bert"]["layers"]["attention"]["query"]["kernel"].spec == P(
+        None, "fsdp", "tensor", None)
+
+
+# --- training, export and checkpoints ---------------------------------------------------------
+
+
+def train_losses(cfg, start_params, steps=10):
+    """Per-step losses and the final params of `steps` float32 AdamW steps on a data x fsdp x
+    tensor mesh of 8 devices, starting from `start_params` (unrolled layout)."""
+    mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+    tx, schedule = optim.make_optimizer(optim_config(warmup_steps=2, peak_lr=2e-3), steps)
+    _, shardings = step_lib.state_shardings(cfg, tx, mesh, RULES)
+    params = encoder.to_layout(start_params, cfg.scan_layers)
+    state = jax.device_put(
+        step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                            opt_state=tx.init(params)), shardings)
+    train_step = step_lib.jit_train_step(
+        mesh, RULES, shardings, model=model_lib.BertForPreTraining(cfg), tx=tx, schedule=schedule)
+    losses = []
+    for s in range(steps):
+        state, metrics = train_step(
+            state, sharding.global_batch(make_batch(s), mesh), jax.random.key(1))
+        losses.append(float(metrics["loss"]))
+    return np.array(losses), encoder.unstack_layers(jax.device_get(state.params))
+
+
+def test_scanned_model_trains_as_the_unrolled_one_over_10_steps():
+    """From the same initial parameters (the unrolled init, stacked), 10 float32 train steps
+    of the scanned model give the unrolled model's losses within 1e-5 and the same parameters,
+    on a data x fsdp x tensor mesh; and the steps do move every parameter (it trains)."""
+    start = unboxed_params(TINY)
+    unrolled_losses, unrolled_params = train_losses(TINY, start)
+    scanned_losses, scanned_params = train_losses(SCANNED, start)
+    np.testing.assert_allclose(scanned_losses, unrolled_losses, atol=1e-5, rtol=0)
+    assert_trees_close(scanned_params, unrolled_params, atol=1e-5)
+    moved = jax.tree_util.tree_leaves_with_path(
+        jax.tree.map(lambda a, b: np.max(np.abs(a - b)), unrolled_params, start))
+    # The key bias alone has no gradient: q.(k + b) shifts a query's scores all alike.
+    assert all(m > 1e-3 for path, m in moved if "key" not in jax.tree_util.keystr(path))
+
+
+def save_checkpoint(workdir, cfg, params, tx, step=3):
+    """A training checkpoint of `params` (in `cfg`'s layout) with non-zero Adam moments."""
+    opt_state = jax.tree.map(lambda x: x + 0.5 if x.dtype == jnp.float32 else x, tx.init(params))
+    state = step_lib.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                                opt_state=opt_state)
+    ckpt = checkpoint.Checkpointer(workdir, async_save=False)
+    meta = checkpoint.checkpoint_metadata(cfg, {"model": {"preset": "tiny"}}, "")
+    ckpt.save(step, state, jax.random.key(7), {"step": step}, meta)
+    ckpt.close()
+    return state
+
+
+def test_scanned_checkpoint_exports_to_hf_with_the_same_logits(tmp_path):
+    """`bertjax export` of a checkpoint trained with scan_layers writes a per-layer HF folder
+    that transformers.BertForPreTraining loads with no missing or unexpected weights and
+    whose logits (MLM and NSP, padded rows) are ours; hf.load_pretrained reads it back into
+    either layout."""
+    from bertjax import hf
+
+    params = perturbed(unboxed_params(SCANNED))
+    tx, _ = optim.make_optimizer(optim_config(), 10)
+    save_checkpoint(tmp_path / "run", SCANNED, params, tx)
+    out = tmp_path / "hf"
+    export.run(argparse.Namespace(workdir=str(tmp_path / "run"), step=None, out=str(out),
+                                  overwrite=False))
+    torch_model, info = transformers.BertForPreTraining.from_pretrained(
+        out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ids = np.arange(3 * LENGTH).reshape(3, LENGTH) % VOCAB
+    segments = (np.arange(LENGTH) >= 7).astype(np.int64)[None].repeat(3, 0)
+    mask = np.ones_like(ids)
+    mask[1, 9:], mask[2, 4:] = 0, 0
+    with torch.no_grad():
+        ref = torch_model.eval()(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(segments),
+                                 attention_mask=torch.tensor(mask))
+    ours = jax.jit(model_lib.BertForPreTraining(SCANNED).apply)(
+        {"params": params}, jnp.asarray(ids), jnp.asarray(segments), jnp.asarray(mask))
+    np.testing.assert_allclose(ours.mlm_logits, ref.prediction_logits.numpy(), atol=2e-5, rtol=0)
+    np.testing.assert_allclose(ours.nsp_logits, ref.seq_relationship_logits.numpy(), atol=2e-5,
+                               rtol=0)
+    assert_trees_close(hf.load_pretrained(out, scan_layers=True).params, params, atol=0)
+    assert_trees_close(hf.load_pretrained(out).params, encoder.unstack_layers(params), atol=0)
+
+
+@pytest.mark.parametrize("saved_scan", [False, True], ids=["unrolled_ckpt", "scanned_ckpt"])
+def test_resume_and_init_from_cross_layouts(tmp_path, saved_scan):
+    """A checkpoint written with one layout resumes (restore_state) and warm-starts
+    (--init-from with its Adam moments) a run with the other: params and moments are the
+    checkpoint's, converted; restored as-is into the other layout it is a UserError naming
+    model.scan_layers, never a damaged checkpoint set aside."""
+    saved_cfg = dataclasses.replace(TINY, scan_layers=saved_scan)
+    run_cfg = dataclasses.replace(TINY, scan_layers=not saved_scan)
+    mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+    tx, _ = optim.make_optimizer(optim_config(), 10)
+    params = encoder.to_layout(perturbed(unboxed_params(TINY)), saved_scan)
+    saved = save_checkpoint(tmp_path, saved_cfg, params, tx)
+    abstract, shardings = step_lib.state_shardings(run_cfg, tx, mesh, RULES)
+    ckpt = checkpoint.Checkpointer(tmp_path, read_only=True)
+    state, _, loader_state, _ = restore_state(
+        ckpt, model_cfg=run_cfg, tx=tx, mesh=mesh, rules=RULES, abstract_state=abstract,
+        state_shardings=shardings)
+    expected = encoder.to_layout(saved, run_cfg.scan_layers)
+    assert_trees_close(jax.device_get(state), expected, atol=0)
+    assert loader_state == {"step": 3}
+    leaf = functools.reduce(dict.get, ("bert", "embeddings", "word_embeddings", "embedding"),
+                            state.params)
+    assert leaf.sharding == shardings.params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+
+    fresh = step_lib.create_sharded_state(jax.random.key(5), model_cfg=run_cfg, tx=tx,
+                                          shardings=shardings)
+    started, _ = warm_start(fresh, str(tmp_path), model_cfg=run_cfg, abstract_state=abstract,
+                            state_shardings=shardings, init_opt_state=True, tx=tx, mesh=mesh,
+                            rules=RULES)
+    assert_trees_close(jax.device_get(started.params), expected.params, atol=0)
+    assert_trees_close(jax.device_get(started.opt_state[1][0].mu),
+                       expected.opt_state[1][0].mu, atol=0)
+    assert int(started.step) == 0
+
+    with pytest.raises(UserError, match=f"model.scan_layers={saved_scan} and cannot restore"):
+        ckpt.restore(nn.meta.unbox(abstract), shardings, model_cfg=run_cfg)
+    assert ckpt.all_steps() == [3]  # nothing set aside
+
+
+# --- LAMB -----------------------------------------------------------------------------------
+
+
+def test_lamb_adapts_each_stacked_layer_as_its_own_parameter():
+    """With stacked layers LAMB's trust ratio is taken per layer: two LAMB updates equal the
+    unrolled model's, stacked (optax's own trust ratio over the whole stack would not)."""
+    params = perturbed(unboxed_params(TINY))
+    grads = perturbed(jax.tree.map(jnp.zeros_like, params), seed=2)
+    cfg = optim_config(name="lamb", warmup_steps=0, peak_lr=1e-2)
+    tx, _ = optim.make_optimizer(cfg, 10)
+
+    def two_updates(params, grads):
+        state, out = tx.init(params), []
+        for _ in range(2):
+            updates, state = tx.update(grads, state, params)
+            out.append(updates)
+        return out
+
+    unrolled = jax.jit(two_updates)(params, grads)
+    stacked = jax.jit(two_updates)(encoder.stack_layers(params), encoder.stack_layers(grads))
+    for a, b in zip(stacked, unrolled):
+        assert_trees_close(a, encoder.stack_layers(b), atol=1e-7)
+    kernel = ("bert", "layers", "intermediate", "kernel")
+    g, p = (functools.reduce(dict.get, kernel, encoder.stack_layers(t)) for t in (grads, params))
+    whole = optax.scale_by_trust_ratio().update(g, None, p)[0]
+    per_layer = optim.scale_by_trust_ratio_per_layer().update({"layers": g}, None,
+                                                              {"layers": p})[0]["layers"]
+    assert not np.allclose(whole, per_layer)
+
+
+# --- remat policies -------------------------------------------------------------------------
+
+
+def loss_and_grads(cfg, params, batch):
+    model = model_lib.BertForPreTraining(cfg)
+
+    def loss_fn(params):
+        out = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                          batch["input_mask"], batch["masked_lm_positions"])
+        return jnp.sum(out.mlm_logits ** 2) * 1e-3 + jnp.sum(out.nsp_logits)
+
+    return jax.value_and_grad(loss_fn)(params)
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+def test_every_remat_policy_gives_the_loss_and_gradients_of_none(scan):
+    """Each `model.remat_policy`, unrolled and scanned, gives the loss and gradients of "none"
+    within 1e-5 (float32): recomputation changes memory, not numbers. (All policies in one
+    program: one compile instead of eleven; unrolled with one layer, which the program's size
+    grows with.)"""
+    base_cfg = TINY if scan else dataclasses.replace(TINY, num_hidden_layers=1)
+    batch = make_batch(0)
+    params = perturbed(unboxed_params(base_cfg))
+    ref_loss, ref_grads = jax.jit(functools.partial(loss_and_grads, base_cfg))(params, batch)
+    policies = model_lib.REMAT_POLICIES[1:]
+
+    @jax.jit
+    def every_policy(params, batch):
+        return [loss_and_grads(dataclasses.replace(base_cfg, scan_layers=scan,
+                                                   remat_policy=policy), params, batch)
+                for policy in policies]
+
+    results = every_policy(encoder.to_layout(params, scan), batch)
+    for policy, (loss, grads) in zip(policies, jax.device_get(results)):
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-6, err_msg=policy)
+        assert_trees_close(encoder.unstack_layers(grads), ref_grads, atol=1e-5)
+
+
+def saved_residuals(cfg, params, batch) -> list[str]:
+    """What the backward pass of `cfg`'s loss keeps from the forward pass, one line each
+    (jax.ad_checkpoint.print_saved_residuals: "f32[...] named 'query_proj' from ...")."""
+    model = model_lib.BertForPreTraining(cfg)
+
+    def loss_fn(params):
+        out = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                          batch["input_mask"], batch["masked_lm_positions"])
+        return jnp.sum(out.mlm_logits)
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        jax.ad_checkpoint.print_saved_residuals(loss_fn, params)
+    return printed.getvalue().splitlines()
+
+
+def residual_bytes(line: str) -> int:
+    """Bytes of one print_saved_residuals line's array ("f32[8,16,128] ...")."""
+    dtype, dims = re.match(r"(\w+)\[([\d,]*)\]", line).groups()
+    itemsize = {"bool": 1, "bf16": 2}.get(dtype, 4)
+    return itemsize * math.prod(int(d) for d in dims.split(",") if d)
+
+
+def test_remat_policies_keep_what_their_names_say():
+    """What each policy keeps for the backward pass (bytes of saved activations, unrolled):
+    MaxText's named policies, listed from most to least memory, keep strictly less each down
+    to "full"; "minimal_with_context" keeps every tagged activation of every layer and "full"
+    none; "dots_with_no_batch_dims_saveable" keeps BERT's projections, as "minimal" does, and
+    "dots_saveable" the attention scores too; "none" keeps the most."""
+    batch = make_batch(0)
+    params = unboxed_params(TINY)
+    kept = {}
+    for policy in model_lib.REMAT_POLICIES:
+        residuals = saved_residuals(dataclasses.replace(TINY, remat_policy=policy), params, batch)
+        activations = [line for line in residuals if "from the argument" not in line]
+        kept[policy] = sum(residual_bytes(line) for line in activations)
+        named = [line for line in activations if " named '" in line]
+        if policy == "minimal_with_context":
+            for tag in encoder.TAGGED_ACTIVATIONS:
+                assert sum(f"'{tag}'" in line for line in named) == TINY.num_hidden_layers, tag
+        if policy in ("full", "nothing_saveable"):
+            assert named == []
+    chain = ["none", "minimal_with_context", "minimal", "save_dot_with_context_except_mlp",
+             "save_dot_except_mlp", "save_qkv_proj", "save_out_proj", "full"]
+    assert [kept[p] for p in chain] == sorted((kept[p] for p in chain), reverse=True)
+    assert len({kept[p] for p in chain}) == len(chain)
+    assert kept["save_dot_with_context_except_mlp"] >= kept["save_dot_except_mlpwi"] > kept[
+        "save_dot_except_mlp"]
+    assert kept["none"] > kept["dots_saveable"] > kept["dots_with_no_batch_dims_saveable"]
+    assert kept["dots_with_no_batch_dims_saveable"] == kept["minimal"]
+    assert kept["nothing_saveable"] == kept["full"]
+
+
+def test_remat_policy_and_the_old_remat_key_fail_clearly_at_start_up(tmp_path):
+    """An unknown policy is one UserError naming model.remat_policy and the valid names; the
+    replaced boolean model.remat, on the command line or in a config file, says what to set
+    instead; a checkpoint written with remat=true loads as remat_policy "full"."""
+    config = config_lib.load_config(TINY_CONFIG, ["model.remat_policy=dots"])
+    with pytest.raises(UserError, match=r"model.remat_policy='dots': expected one of none, "
+                                        r"minimal_with_context, .*dots_saveable.*, full"):
+        config_lib.validate(config, num_devices=8)
+    with pytest.raises(UserError, match="model.remat was replaced by model.remat_policy: "
+                                        "remat=true is --config.model.remat_policy=full"):
+        config_lib.load_config(TINY_CONFIG, ["--config.model.remat=true"])
+    path = tmp_path / "old_style.py"
+    path.write_text("from bertjax.configs import bert_tiny\n\n\ndef get_config():\n"
+                    "    config = bert_tiny.get_config()\n    config.model.remat = True\n"
+                    "    return config\n")
+    config = config_lib.load_config(str(path))
+    with pytest.raises(UserError, match="model.remat was replaced by model.remat_policy"):
+        config_lib.validate(config, num_devices=8)
+    with pytest.raises(UserError, match="model.remat was replaced by model.remat_policy"):
+        config_lib.model_config(config.model, dataset_vocab_size=VOCAB)
+    config = config_lib.load_config(TINY_CONFIG, ["--config.model.remat_policy=minimal",
+                                                  "--config.model.scan_layers=true"])
+    config_lib.validate(config, num_devices=8)
+    model_cfg = config_lib.model_config(config.model, dataset_vocab_size=VOCAB)
+    assert (model_cfg.remat_policy, model_cfg.scan_layers) == ("minimal", True)
+    old = dataclasses.asdict(TINY)
+    del old["remat_policy"], old["scan_layers"]
+    assert model_lib.config_from_dict({**old, "remat": True}) == dataclasses.replace(
+        TINY, remat_policy="full")
+    assert model_lib.config_from_dict({**old, "remat": False}) == TINY
+
+
+def test_scanned_rematerialised_step_lowers_for_tpu_with_splash():
+    """The train step of a scanned, rematerialised ("minimal") bfloat16 model with the splash
+    kernel lowers for TPU from this CPU on a data x fsdp mesh: loops over the layers (forward
+    and backward) and the kernel's custom call."""
+    cfg = model_lib.preset_config(
+        "tiny", scan_layers=True, remat_policy="minimal", attention_impl="splash",
+        compute_dtype="bfloat16", attention_probs_dropout_prob=0.0, vocab_size=128)
+    mesh = sharding.make_mesh(dict(data=4, fsdp=2, tensor=1))
+    tx, schedule = optim.make_optimizer(optim_config(), 10)
+    abstract, shardings = step_lib.state_shardings(cfg, tx, mesh, RULES)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         nn.meta.unbox(abstract), shardings)
+    example = synthetic_batch(0, batch=8, length=128, predictions=20, vocab=cfg.vocab_size)
+    batch = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh))
+             for k, x in example.items()}
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
+    fn = step_lib.jit_train_step(mesh, RULES, shardings, model=model_lib.BertForPreTraining(cfg),
+                                 tx=tx, schedule=schedule)
+    text = fn.trace(state, batch, rng).lower(lowering_platforms=("tpu",)).as_text()
+    assert text.count("stablehlo.while") >= 2 and "@tpu_custom_call" in text
