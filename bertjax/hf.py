@@ -147,7 +147,8 @@ def config_from_hf(hf_config: dict[str, Any]) -> bert_model.BertConfig:
                                   f"only {key}={required!r}")
     fields = {f.name for f in dataclasses.fields(bert_model.BertConfig)}
     # The remaining HF keys (architectures, torch_dtype, pad_token_id, ...) do not change the
-    # network's function; ours that HF lacks (compute_dtype, remat) keep their defaults.
+    # network's function; ours that HF lacks (compute_dtype, scan_layers, remat_policy, ...)
+    # keep their defaults.
     kwargs = {k: v for k, v in hf_config.items() if k in fields}
     try:
         return bert_model.BertConfig(**kwargs)

@@ -398,3 +398,23 @@ def test_scanned_rematerialised_step_lowers_for_tpu_with_splash():
                                  tx=tx, schedule=schedule)
     text = fn.trace(state, batch, rng).lower(lowering_platforms=("tpu",)).as_text()
     assert text.count("stablehlo.while") >= 2 and "@tpu_custom_call" in text
+
+
+def test_scanned_rematerialised_fsdp_step_compiles_without_involuntary_rematerialization():
+    """Scanned layers with a remat policy on a data=2 x fsdp=4 mesh: the compiled step keeps
+    the activation constraints and XLA never falls back to replicating whole tensors."""
+    from test_activation_sharding import REMAT_WARNING, stderr_captured
+
+    cfg = dataclasses.replace(SCANNED, remat_policy="minimal")
+    mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))
+    tx, schedule = optim.make_optimizer(optim_config(), 10)
+    abstract, shardings = step_lib.state_shardings(cfg, tx, mesh, RULES)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         nn.meta.unbox(abstract), shardings)
+    fn = step_lib.jit_train_step(mesh, RULES, shardings, model=model_lib.BertForPreTraining(cfg),
+                                 tx=tx, schedule=schedule)
+    lowered = fn.lower(state, sharding.global_batch(make_batch(0), mesh), jax.random.key(1))
+    assert "sdy.sharding_constraint" in lowered.as_text()
+    with stderr_captured() as err:
+        lowered.compile()
+    assert REMAT_WARNING not in err[0]
