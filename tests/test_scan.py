@@ -1,14 +1,10 @@
-"""Scanned layers (`model.scan_layers`) and remat policies (`model.remat_policy`): the layout
-conversion, the same training as unrolled, HF export, checkpoints across layouts, LAMB, the
-policies' numerics and what they save, and the start-up errors."""
+"""Scanned layers (`model.scan_layers`): the layout conversion, the same training as unrolled,
+HF export, resume and --init-from across layouts, LAMB per layer, and the scanned,
+rematerialised step on TPU lowering and under FSDP."""
 
 import argparse
-import contextlib
 import dataclasses
 import functools
-import io
-import math
-import re
 
 import flax.linen as nn
 import jax
@@ -25,42 +21,16 @@ from bertjax import model as model_lib
 from bertjax.data.synthetic import synthetic_batch
 from bertjax.errors import UserError
 from bertjax.train import checkpoint, optim, sharding
-from bertjax.train import config as config_lib
 from bertjax.train import step as step_lib
 from bertjax.train.warm_start import restore_state, warm_start
-from helpers import TINY_CONFIG, optim_config
+from helpers import SMALL_LENGTH as LENGTH
+from helpers import SMALL_VOCAB as VOCAB
+from helpers import TINY_NO_DROPOUT as TINY
+from helpers import assert_trees_close, optim_config, perturbed, unboxed_params
+from helpers import small_batch as make_batch
 
 RULES = sharding.DEFAULT_LOGICAL_AXIS_RULES
-VOCAB, LENGTH = 96, 16
-TINY = model_lib.preset_config(
-    "tiny", vocab_size=VOCAB, max_position_embeddings=LENGTH,
-    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-)  # 2 layers, float32
 SCANNED = dataclasses.replace(TINY, scan_layers=True)
-
-
-def unboxed_params(cfg, seed=0):
-    """`cfg`'s initial parameters as host arrays (a jitted step may donate device ones)."""
-    init = jax.jit(model_lib.init_params, static_argnums=0)
-    return jax.device_get(nn.meta.unbox(init(cfg, jax.random.key(seed))))
-
-
-def perturbed(tree, seed=1):
-    """Every leaf moved by noise: LayerNorm scales off 1 and biases off 0, layers all unlike,
-    so that a parameter put in the wrong place shows in the outputs."""
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda x: np.asarray(x) + rng.normal(0, 0.1, np.shape(x)).astype(x.dtype),
-                        tree)
-
-
-def make_batch(seed):
-    return synthetic_batch(seed, batch=8, length=LENGTH, predictions=4, vocab=VOCAB)
-
-
-def assert_trees_close(a, b, atol):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol,
-                                                         rtol=0), a, b)
 
 
 # --- the two layouts ------------------------------------------------------------------------
@@ -210,15 +180,15 @@ def test_resume_and_init_from_cross_layouts(tmp_path, saved_scan):
                             state.params)
     assert leaf.sharding == shardings.params["bert"]["embeddings"]["word_embeddings"]["embedding"]
 
-    fresh = step_lib.create_sharded_state(jax.random.key(5), model_cfg=run_cfg, tx=tx,
-                                          shardings=shardings)
-    started, _ = warm_start(fresh, str(tmp_path), model_cfg=run_cfg, abstract_state=abstract,
+    # Any state of this run's layout will do as the one to warm-start (its params and moments
+    # are replaced): the restored one, without compiling an init.
+    started, _ = warm_start(state, str(tmp_path), model_cfg=run_cfg, abstract_state=abstract,
                             state_shardings=shardings, init_opt_state=True, tx=tx, mesh=mesh,
                             rules=RULES)
     assert_trees_close(jax.device_get(started.params), expected.params, atol=0)
     assert_trees_close(jax.device_get(started.opt_state[1][0].mu),
                        expected.opt_state[1][0].mu, atol=0)
-    assert int(started.step) == 0
+    assert int(started.opt_state[1][0].count) == 0  # the moments' step counter restarts
 
     with pytest.raises(UserError, match=f"model.scan_layers={saved_scan} and cannot restore"):
         ckpt.restore(nn.meta.unbox(abstract), shardings, model_cfg=run_cfg)
@@ -253,129 +223,6 @@ def test_lamb_adapts_each_stacked_layer_as_its_own_parameter():
     per_layer = optim.scale_by_trust_ratio_per_layer().update({"layers": g}, None,
                                                               {"layers": p})[0]["layers"]
     assert not np.allclose(whole, per_layer)
-
-
-# --- remat policies -------------------------------------------------------------------------
-
-
-def loss_and_grads(cfg, params, batch):
-    model = model_lib.BertForPreTraining(cfg)
-
-    def loss_fn(params):
-        out = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
-                          batch["input_mask"], batch["masked_lm_positions"])
-        return jnp.sum(out.mlm_logits ** 2) * 1e-3 + jnp.sum(out.nsp_logits)
-
-    return jax.value_and_grad(loss_fn)(params)
-
-
-@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
-def test_every_remat_policy_gives_the_loss_and_gradients_of_none(scan):
-    """Each `model.remat_policy`, unrolled and scanned, gives the loss and gradients of "none"
-    within 1e-5 (float32): recomputation changes memory, not numbers. (All policies in one
-    program: one compile instead of eleven; unrolled with one layer, which the program's size
-    grows with.)"""
-    base_cfg = TINY if scan else dataclasses.replace(TINY, num_hidden_layers=1)
-    batch = make_batch(0)
-    params = perturbed(unboxed_params(base_cfg))
-    ref_loss, ref_grads = jax.jit(functools.partial(loss_and_grads, base_cfg))(params, batch)
-    policies = model_lib.REMAT_POLICIES[1:]
-
-    @jax.jit
-    def every_policy(params, batch):
-        return [loss_and_grads(dataclasses.replace(base_cfg, scan_layers=scan,
-                                                   remat_policy=policy), params, batch)
-                for policy in policies]
-
-    results = every_policy(encoder.to_layout(params, scan), batch)
-    for policy, (loss, grads) in zip(policies, jax.device_get(results)):
-        np.testing.assert_allclose(loss, ref_loss, rtol=1e-6, err_msg=policy)
-        assert_trees_close(encoder.unstack_layers(grads), ref_grads, atol=1e-5)
-
-
-def saved_residuals(cfg, params, batch) -> list[str]:
-    """What the backward pass of `cfg`'s loss keeps from the forward pass, one line each
-    (jax.ad_checkpoint.print_saved_residuals: "f32[...] named 'query_proj' from ...")."""
-    model = model_lib.BertForPreTraining(cfg)
-
-    def loss_fn(params):
-        out = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
-                          batch["input_mask"], batch["masked_lm_positions"])
-        return jnp.sum(out.mlm_logits)
-
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        jax.ad_checkpoint.print_saved_residuals(loss_fn, params)
-    return printed.getvalue().splitlines()
-
-
-def residual_bytes(line: str) -> int:
-    """Bytes of one print_saved_residuals line's array ("f32[8,16,128] ...")."""
-    dtype, dims = re.match(r"(\w+)\[([\d,]*)\]", line).groups()
-    itemsize = {"bool": 1, "bf16": 2}.get(dtype, 4)
-    return itemsize * math.prod(int(d) for d in dims.split(",") if d)
-
-
-def test_remat_policies_keep_what_their_names_say():
-    """What each policy keeps for the backward pass (bytes of saved activations, unrolled):
-    MaxText's named policies, listed from most to least memory, keep strictly less each down
-    to "full"; "minimal_with_context" keeps every tagged activation of every layer and "full"
-    none; "dots_with_no_batch_dims_saveable" keeps BERT's projections, as "minimal" does, and
-    "dots_saveable" the attention scores too; "none" keeps the most."""
-    batch = make_batch(0)
-    params = unboxed_params(TINY)
-    kept = {}
-    for policy in model_lib.REMAT_POLICIES:
-        residuals = saved_residuals(dataclasses.replace(TINY, remat_policy=policy), params, batch)
-        activations = [line for line in residuals if "from the argument" not in line]
-        kept[policy] = sum(residual_bytes(line) for line in activations)
-        named = [line for line in activations if " named '" in line]
-        if policy == "minimal_with_context":
-            for tag in encoder.TAGGED_ACTIVATIONS:
-                assert sum(f"'{tag}'" in line for line in named) == TINY.num_hidden_layers, tag
-        if policy in ("full", "nothing_saveable"):
-            assert named == []
-    chain = ["none", "minimal_with_context", "minimal", "save_dot_with_context_except_mlp",
-             "save_dot_except_mlp", "save_qkv_proj", "save_out_proj", "full"]
-    assert [kept[p] for p in chain] == sorted((kept[p] for p in chain), reverse=True)
-    assert len({kept[p] for p in chain}) == len(chain)
-    assert kept["save_dot_with_context_except_mlp"] >= kept["save_dot_except_mlpwi"] > kept[
-        "save_dot_except_mlp"]
-    assert kept["none"] > kept["dots_saveable"] > kept["dots_with_no_batch_dims_saveable"]
-    assert kept["dots_with_no_batch_dims_saveable"] == kept["minimal"]
-    assert kept["nothing_saveable"] == kept["full"]
-
-
-def test_remat_policy_and_the_old_remat_key_fail_clearly_at_start_up(tmp_path):
-    """An unknown policy is one UserError naming model.remat_policy and the valid names; the
-    replaced boolean model.remat, on the command line or in a config file, says what to set
-    instead; a checkpoint written with remat=true loads as remat_policy "full"."""
-    config = config_lib.load_config(TINY_CONFIG, ["model.remat_policy=dots"])
-    with pytest.raises(UserError, match=r"model.remat_policy='dots': expected one of none, "
-                                        r"minimal_with_context, .*dots_saveable.*, full"):
-        config_lib.validate(config, num_devices=8)
-    with pytest.raises(UserError, match="model.remat was replaced by model.remat_policy: "
-                                        "remat=true is --config.model.remat_policy=full"):
-        config_lib.load_config(TINY_CONFIG, ["--config.model.remat=true"])
-    path = tmp_path / "old_style.py"
-    path.write_text("from bertjax.configs import bert_tiny\n\n\ndef get_config():\n"
-                    "    config = bert_tiny.get_config()\n    config.model.remat = True\n"
-                    "    return config\n")
-    config = config_lib.load_config(str(path))
-    with pytest.raises(UserError, match="model.remat was replaced by model.remat_policy"):
-        config_lib.validate(config, num_devices=8)
-    with pytest.raises(UserError, match="model.remat was replaced by model.remat_policy"):
-        config_lib.model_config(config.model, dataset_vocab_size=VOCAB)
-    config = config_lib.load_config(TINY_CONFIG, ["--config.model.remat_policy=minimal",
-                                                  "--config.model.scan_layers=true"])
-    config_lib.validate(config, num_devices=8)
-    model_cfg = config_lib.model_config(config.model, dataset_vocab_size=VOCAB)
-    assert (model_cfg.remat_policy, model_cfg.scan_layers) == ("minimal", True)
-    old = dataclasses.asdict(TINY)
-    del old["remat_policy"], old["scan_layers"]
-    assert model_lib.config_from_dict({**old, "remat": True}) == dataclasses.replace(
-        TINY, remat_policy="full")
-    assert model_lib.config_from_dict({**old, "remat": False}) == TINY
 
 
 def test_scanned_rematerialised_step_lowers_for_tpu_with_splash():
