@@ -265,3 +265,26 @@ def test_scanned_rematerialised_fsdp_step_compiles_without_involuntary_remateria
     with stderr_captured() as err:
         lowered.compile()
     assert REMAT_WARNING not in err[0]
+
+
+def test_span_head_converts_scanned_encoders_at_its_hf_edges():
+    """The SQuAD span head over a scanned encoder: the HF tensors of its stacked parameters
+    are those of the same model unrolled, they read back into either layout, and a
+    pretraining encoder in the other layout is converted when the head is built on it."""
+    from bertjax.finetune import span_head
+
+    cfg = dataclasses.replace(SCANNED, vocab_size=VOCAB)
+    shapes = jax.eval_shape(lambda: span_head.init_params(TINY, jax.random.key(0)))
+    unrolled = perturbed(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                                      nn.meta.unbox(shapes)))
+    stacked = encoder.stack_layers(unrolled)
+    tensors = span_head.params_to_hf(stacked, cfg)
+    expected = span_head.params_to_hf(unrolled, TINY)
+    assert tensors.keys() == expected.keys()
+    assert_trees_close(tensors, expected, atol=0)
+    read_back = span_head.params_from_hf(tensors, cfg)
+    no_pooler = {**stacked["bert"], "pooler": jax.tree.map(np.zeros_like,
+                                                           stacked["bert"]["pooler"])}
+    assert_trees_close(read_back, {**stacked, "bert": no_pooler}, atol=0)  # HF has no pooler
+    built = span_head.params_from_encoder(unrolled["bert"], cfg, jax.random.key(1))
+    assert_trees_close(built["bert"], stacked["bert"], atol=0)

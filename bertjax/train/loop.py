@@ -135,7 +135,9 @@ def setup_state_shardings(run: Run) -> None:
     params = model_lib.count_params(run.abstract_state.params)
     _log(
         f"model {run.config.model.preset}: {params / 1e6:.2f}M parameters, "
-        f"vocab {run.model_cfg.vocab_size}, compute {run.model_cfg.compute_dtype}"
+        f"vocab {run.model_cfg.vocab_size}, compute {run.model_cfg.compute_dtype}, layers "
+        f"{'scanned' if run.model_cfg.scan_layers else 'unrolled'}, remat_policy "
+        f"{run.model_cfg.remat_policy}"
     )
 
 
