@@ -23,7 +23,6 @@ from bertjax.errors import UserError
 
 LAYOUTS = {"unrolled": False, "scanned": True}  # --layouts name -> model.scan_layers
 BERT_VOCAB = 30522
-_CACHE_EVENTS = ("/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses")
 
 
 def add_arguments(parser) -> None:
@@ -53,22 +52,19 @@ def _names(text: str, known, flag: str) -> list[str]:
 def measure_in_process(preset: str, scan_layers: bool, *, batch_size: int, seq_len: int,
                        remat_policy: str, cache_dir: str) -> dict:
     """Traces, lowers and compiles the train step of `preset` in this process, with JAX's
-    persistent compilation cache in `cache_dir` (every entry written, however small or
-    quick); returns the seconds of each stage and the cache hits and misses of the compile."""
-    import collections
-
+    persistent compilation cache in `cache_dir` switched on as `bertjax train` does
+    (compile_cache.py: every entry written, however small or quick); returns the seconds of
+    each stage and the cache hits and misses of the compile."""
     import flax.linen as nn
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
     from bertjax import model as model_lib
     from bertjax.data.synthetic import synthetic_batch
+    from bertjax.train import compile_cache, optim, sharding
     from bertjax.train import config as config_lib
-    from bertjax.train import optim, sharding
     from bertjax.train import step as step_lib
+
+    compile_cache.configure(cache_dir)
 
     # configs/base.py's model (dropout 0.1, xla attention) and optimizer, as a run has them.
     config = config_lib.load_config("base", [
@@ -89,22 +85,20 @@ def measure_in_process(preset: str, scan_layers: bool, *, batch_size: int, seq_l
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
     fn = step_lib.jit_train_step(mesh, rules, shardings, tx=tx, schedule=schedule,
                                  model=model_lib.BertForPreTraining(model_cfg))
-    events = collections.Counter()
-    jax.monitoring.register_event_listener(lambda name, **_: events.update([name]))
     start = time.perf_counter()
     lowered = fn.trace(state, batch, rng).lower()
     lowered_at = time.perf_counter()
-    lowered.compile()
+    with compile_cache.watch() as events:
+        lowered.compile()
     compiled_at = time.perf_counter()
-    hits, misses = (events[name] for name in _CACHE_EVENTS)
     return {
         "preset": preset,
         "layout": "scanned" if scan_layers else "unrolled",
         "params": model_lib.count_params(abstract.params),
         "lower_s": round(lowered_at - start, 3),
         "compile_s": round(compiled_at - lowered_at, 3),
-        "cache_hits": hits,
-        "cache_misses": misses,
+        "cache_hits": events.hits,
+        "cache_misses": events.misses,
         "platform": jax.devices()[0].platform,
     }
 
