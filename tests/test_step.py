@@ -189,7 +189,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_close_losses(tiny):
 
 
 def test_remat_gives_the_same_step(tiny):
-    _, fn_remat = step_fn(model_cfg(dropout=0.1, remat=True), deterministic=True)
+    _, fn_remat = step_fn(model_cfg(dropout=0.1, remat_policy="full"), deterministic=True)
     state, batch = tiny["state"], make_batch()
     a = tiny["deterministic"](state, batch, jax.random.key(0))
     b = jax.jit(fn_remat)(state, batch, jax.random.key(0))

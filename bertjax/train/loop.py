@@ -135,7 +135,9 @@ def setup_state_shardings(run: Run) -> None:
     params = model_lib.count_params(run.abstract_state.params)
     _log(
         f"model {run.config.model.preset}: {params / 1e6:.2f}M parameters, "
-        f"vocab {run.model_cfg.vocab_size}, compute {run.model_cfg.compute_dtype}"
+        f"vocab {run.model_cfg.vocab_size}, compute {run.model_cfg.compute_dtype}, layers "
+        f"{'scanned' if run.model_cfg.scan_layers else 'unrolled'}, remat_policy "
+        f"{run.model_cfg.remat_policy}"
     )
 
 
@@ -146,17 +148,17 @@ def init_or_restore(run: Run, ckpt):
     (2) an `init_from` warm start (a HuggingFace folder or another run's workdir),
     (3) from scratch. Returns (state, dropout rng key, start step).
     """
-    import flax.linen as nn
     import jax
 
     from bertjax.train import step as step_lib
-    from bertjax.train.warm_start import warm_start
+    from bertjax.train.warm_start import restore_state, warm_start
 
     root = jax.random.key(run.config.train.seed)
     init_rng, dropout_rng = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
     if ckpt.latest_step() is not None:
-        state, dropout_rng, loader_state, _ = ckpt.restore(
-            nn.meta.unbox(run.abstract_state), run.state_shardings, model_cfg=run.model_cfg)
+        state, dropout_rng, loader_state, _ = restore_state(
+            ckpt, model_cfg=run.model_cfg, tx=run.tx, mesh=run.mesh, rules=run.rules,
+            abstract_state=run.abstract_state, state_shardings=run.state_shardings)
         start_step = int(jax.device_get(state.step))
         run.resumed_loader_state = loader_state
         _log(f"resuming from checkpoint step {start_step} in {ckpt.directory}")
@@ -169,7 +171,7 @@ def init_or_restore(run: Run, ckpt):
         state, source = warm_start(
             state, train_cfg.init_from, model_cfg=run.model_cfg,
             abstract_state=run.abstract_state, state_shardings=run.state_shardings,
-            init_opt_state=train_cfg.init_opt_state)
+            init_opt_state=train_cfg.init_opt_state, tx=run.tx, mesh=run.mesh, rules=run.rules)
         _log(f"initialised from {source}"
              + (" (parameters and optimizer moments)" if train_cfg.init_opt_state else ""))
     return state, dropout_rng, 0
