@@ -15,6 +15,7 @@ BENCHMARKS = {
     "loader": "bertjax.data.bench_loader",  # input pipeline sequences/s
     "train": "bertjax.train.bench",  # training step throughput
     "checkpoint": "bertjax.train.bench_checkpoint",  # save (blocking/total) and restore time
+    "compile": "bertjax.train.bench_compile",  # train-step compile: unrolled/scanned, cache
     "finetune": "bertjax.finetune.bench",  # fine-tuning step tokens/s vs HF, GLUE epoch time
 }
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bertjax import encoder
 from bertjax import model as bert_model
 
 CONFIG_NAME = "config.json"
@@ -76,7 +77,8 @@ def _layer_norm(hf: str, path: tuple[str, ...], head: str = "") -> list[_Weight]
 
 
 def weight_table(cfg: bert_model.BertConfig) -> list[_Weight]:
-    """Every parameter of BertForPreTraining: HF name (with the `bert.` prefix) -> our path."""
+    """Every parameter of BertForPreTraining: HF name (with the `bert.` prefix) -> our path in
+    the per-layer layout (`encoder.unstack_layers` gives it for a `scan_layers` model)."""
     emb = ("bert", "embeddings")
     table = [
         _Weight("bert.embeddings.word_embeddings.weight", emb + ("word_embeddings", "embedding")),
@@ -145,7 +147,8 @@ def config_from_hf(hf_config: dict[str, Any]) -> bert_model.BertConfig:
                                   f"only {key}={required!r}")
     fields = {f.name for f in dataclasses.fields(bert_model.BertConfig)}
     # The remaining HF keys (architectures, torch_dtype, pad_token_id, ...) do not change the
-    # network's function; ours that HF lacks (compute_dtype, remat) keep their defaults.
+    # network's function; ours that HF lacks (compute_dtype, scan_layers, remat_policy, ...)
+    # keep their defaults.
     kwargs = {k: v for k, v in hf_config.items() if k in fields}
     try:
         return bert_model.BertConfig(**kwargs)
@@ -202,10 +205,12 @@ def _normalise_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def params_from_hf(tensors: dict[str, np.ndarray], cfg: bert_model.BertConfig,
                    rng: jax.Array | None = None, source: str = "checkpoint"):
     """Our (unboxed) parameter tree from HF tensors; strict about missing/extra/mis-shaped keys.
+    In the layout of `cfg` (layers stacked when `cfg.scan_layers`).
 
     A head that is absent as a whole is freshly initialised from `rng`, with a warning.
     """
     tensors = _normalise_names(tensors)
+    layout_cfg, cfg = cfg, dataclasses.replace(cfg, scan_layers=False)  # HF's: layer by layer
     table = weight_table(cfg)
     shapes = nn.meta.unbox(bert_model.abstract_params(cfg))
     shape_of = lambda path: _get(shapes, path).shape
@@ -251,7 +256,7 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: bert_model.BertConfig,
         warnings.warn(f"{source} has no {' and no '.join(names[h] for h in absent)}: "
                       "initialised freshly (random); train before using its outputs.",
                       stacklevel=3)
-    return params
+    return encoder.to_layout(params, layout_cfg.scan_layers)
 
 
 def _check_tied(tensors, params, source):
@@ -270,8 +275,9 @@ def _check_tied(tensors, params, source):
 
 
 def params_to_hf(params, cfg: bert_model.BertConfig) -> dict[str, np.ndarray]:
-    """HF tensors (BertForPreTraining names; tied decoder left out, as transformers saves it)."""
-    params = nn.meta.unbox(params)
+    """HF tensors (BertForPreTraining names; tied decoder left out, as transformers saves it)
+    of our parameters in either layout."""
+    params = encoder.unstack_layers(nn.meta.unbox(params))
     return {w.hf_name: _to_hf(np.asarray(_get(params, w.path), np.float32), w)
             for w in weight_table(cfg)}
 

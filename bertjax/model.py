@@ -1,12 +1,15 @@
-"""BERT in Flax Linen: config and presets, embeddings, post-LN encoder, pooler, MLM and NSP heads.
+"""BERT in Flax Linen: config and presets, embeddings, pooler, MLM and NSP heads (the
+post-LN encoder layers, unrolled or scanned, are encoder.py's).
 
-The parameter tree mirrors HuggingFace's `BertForPreTraining` module by module (see `hf.py`),
-and every parameter carries logical axis names so that sharding is chosen by config rules,
-never in the model.
+The parameter tree mirrors HuggingFace's `BertForPreTraining` module by module (see `hf.py`;
+with `scan_layers` the layers are one stacked subtree, `encoder.stack_layers`), and every
+parameter carries logical axis names so that sharding is chosen by config rules, never in
+the model.
 """
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -14,10 +17,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from bertjax import attention
+from bertjax import attention, encoder
 
 # Logical axis names used by the parameters and activations of this module.
-#   vocab, embed, heads, kv (per-head features), mlp, position, segment; batch, length.
+#   vocab, embed, heads, kv (per-head features), mlp, position, segment, layers (stacked
+#   layers' leading axis); batch, length.
 
 PRESETS: dict[str, dict[str, int]] = {
     # name: (layers, hidden, heads), intermediate = 4 x hidden as in Turc et al. 2019 / BERT.
@@ -36,6 +40,7 @@ ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_at
                        "type_vocab_size", "layer_norm_eps")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # compute_dtype -> dtype
 ATTENTION_IMPLS = attention.IMPLS
+REMAT_POLICIES = encoder.REMAT_POLICY_NAMES  # "none", "full", ...: see encoder.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +61,9 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     # Not in HF's config: how we compute, not what the model is.
     compute_dtype: str = "float32"  # activations/matmuls; parameters always float32
-    remat: bool = False  # recompute each layer's activations in the backward pass
     attention_impl: str = "xla"  # xla | cudnn | splash | auto: see attention.py
+    scan_layers: bool = False  # nn.scan over the layers: parameters stacked on axis "layers"
+    remat_policy: str = "none"  # what each layer keeps for the backward pass: REMAT_POLICIES
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -73,7 +79,12 @@ class BertConfig:
             raise ValueError(
                 f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}"
             )
-        for name in ("vocab_size", "max_position_embeddings", "type_vocab_size"):
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"remat_policy {self.remat_policy!r} is not one of {', '.join(REMAT_POLICIES)}"
+            )
+        for name in ("vocab_size", "num_hidden_layers", "max_position_embeddings",
+                     "type_vocab_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -91,6 +102,15 @@ def config_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(BertConfig))
 
 
+def config_from_dict(fields: Mapping[str, Any]) -> BertConfig:
+    """BertConfig from a saved dict (a checkpoint's model config). Checkpoints written before
+    `remat_policy` existed hold the boolean `remat`: True meant today's "full"."""
+    fields = dict(fields)
+    if fields.pop("remat", False) and fields.get("remat_policy", "none") == "none":
+        fields["remat_policy"] = "full"
+    return BertConfig(**fields)
+
+
 def preset_config(name: str, **overrides: Any) -> BertConfig:
     """Returns the BertConfig of preset `name` (tiny ... large) with `overrides` applied."""
     if name not in PRESETS:
@@ -102,43 +122,6 @@ def preset_config(name: str, **overrides: Any) -> BertConfig:
     fields["intermediate_size"] = 4 * fields["hidden_size"]
     fields.update(overrides)
     return BertConfig(**fields)
-
-
-def _dense_init(cfg: BertConfig, axes: tuple[str | None, ...]):
-    return nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), axes)
-
-
-def _zeros(axes: tuple[str | None, ...]):
-    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
-
-
-def _layer_norm(cfg: BertConfig, name: str) -> nn.LayerNorm:
-    # BERT's epsilon is 1e-12 (flax defaults to 1e-6); exact variance, as PyTorch computes it.
-    return nn.LayerNorm(
-        epsilon=cfg.layer_norm_eps,
-        dtype=cfg.dtype,
-        use_fast_variance=False,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-        bias_init=_zeros(("embed",)),
-        name=name,
-    )
-
-
-def _dense(cfg: BertConfig, features: int, axes: tuple[str | None, str | None], name: str):
-    return nn.Dense(
-        features,
-        dtype=cfg.dtype,
-        kernel_init=_dense_init(cfg, axes),
-        bias_init=_zeros(axes[1:]),
-        name=name,
-    )
-
-
-def activation(name: str):
-    """The feed-forward activation named as in HF configs (exact erf GELU for "gelu")."""
-    if name == "gelu":
-        return functools.partial(jax.nn.gelu, approximate=False)
-    return functools.partial(jax.nn.gelu, approximate=True)
 
 
 def _gathered_table(embed: nn.Embed, rows_axis: str):
@@ -168,22 +151,24 @@ class Embeddings(nn.Module):
         cfg = self.cfg
         embed = functools.partial(nn.Embed, features=cfg.hidden_size, param_dtype=jnp.float32)
         self.word_embeddings = embed(
-            cfg.vocab_size, embedding_init=_dense_init(cfg, ("vocab", "embed"))
+            cfg.vocab_size, embedding_init=encoder.dense_init(cfg, ("vocab", "embed"))
         )
         self.position_embeddings = embed(
-            cfg.max_position_embeddings, embedding_init=_dense_init(cfg, ("position", "embed"))
+            cfg.max_position_embeddings,
+            embedding_init=encoder.dense_init(cfg, ("position", "embed")),
         )
         self.token_type_embeddings = embed(
-            cfg.type_vocab_size, embedding_init=_dense_init(cfg, ("segment", "embed"))
+            cfg.type_vocab_size, embedding_init=encoder.dense_init(cfg, ("segment", "embed"))
         )
-        self.LayerNorm = _layer_norm(cfg, "LayerNorm")
+        self.LayerNorm = encoder.layer_norm(cfg, "LayerNorm")
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def __call__(self, input_ids_BxL, segment_ids_BxL, deterministic: bool):
-        length = input_ids_BxL.shape[1]
+    def __call__(self, input_ids_BxL, segment_ids_BxL, deterministic: bool, pos_BxL=None):
+        """`pos_BxL`: packed rows' position ids (0 at each sequence's start); default 0..L-1."""
+        pos_BxL = jnp.arange(input_ids_BxL.shape[1])[None] if pos_BxL is None else pos_BxL
         x_BxLxE = (
             _lookup(self.word_embeddings, input_ids_BxL, "vocab")
-            + _lookup(self.position_embeddings, jnp.arange(length), "position")[None]
+            + _lookup(self.position_embeddings, pos_BxL, "position")
             + _lookup(self.token_type_embeddings, segment_ids_BxL, "segment")
         )
         x_BxLxE = self.LayerNorm(x_BxLxE.astype(self.cfg.dtype))
@@ -197,106 +182,6 @@ class Embeddings(nn.Module):
         return jnp.dot(x_BxPxE, table_VxE.T)
 
 
-class HeadsDense(nn.Module):
-    """nn.DenseGeneral over the last `in_axes` input axes, its kernel made in its full shape.
-
-    The parameters (kernel [*in, *features], bias [*features]) and the computation are
-    DenseGeneral's. DenseGeneral initialises a flat 2-D kernel and reshapes it: with a mesh
-    and logical rules in scope (activation constraints on), flax then applies the kernel's
-    3-axis logical constraint to the 2-D array and tracing fails. The initial values are the
-    same either way (a normal draw is laid out flat).
-    """
-
-    cfg: BertConfig
-    features: tuple[int, ...]
-    in_axes: int
-    kernel_axes: tuple[str | None, ...]
-
-    @nn.compact
-    def __call__(self, x):
-        cfg, n_in = self.cfg, self.in_axes
-        kernel = self.param(
-            "kernel",
-            _dense_init(cfg, self.kernel_axes),
-            (*x.shape[x.ndim - n_in :], *self.features),
-            jnp.float32,
-        )
-        bias = self.param(
-            "bias", _zeros(self.kernel_axes[n_in:]), tuple(self.features), jnp.float32
-        )
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.dtype)
-        # Contracting dimensions in order, as DenseGeneral (jnp.einsum would reverse them
-        # and add transposes to the backward pass).
-        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        return jax.lax.dot_general(x, kernel, (contract, ((), ()))) + bias
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention within segments (attention.py), output projection, LayerNorm."""
-
-    cfg: BertConfig
-
-    @nn.compact
-    def __call__(
-        self, x_BxLxE, attn_segment_ids_BxL, deterministic: bool, one_segment_per_row: bool
-    ):
-        cfg = self.cfg
-        qkv = functools.partial(
-            HeadsDense,
-            cfg,
-            (cfg.num_attention_heads, cfg.head_dim),
-            in_axes=1,
-            kernel_axes=("embed", "heads", "kv"),
-        )
-        q_BxLxNxD = qkv(name="query")(x_BxLxE)
-        k_BxLxNxD = qkv(name="key")(x_BxLxE)
-        v_BxLxNxD = qkv(name="value")(x_BxLxE)
-        use_dropout = not deterministic and cfg.attention_probs_dropout_prob > 0
-        impl = cfg.attention_impl
-        if self.is_initializing():  # no kernel has parameters; init runs at lengths splash can't
-            impl = "xla"
-        elif impl == "auto":  # resolved from the config, so training and evaluation agree
-            impl, _ = attention.resolve_for_model(cfg, seq_len=x_BxLxE.shape[1])
-        ctx_BxLxNxD = attention.dot_product_attention(
-            q_BxLxNxD,
-            k_BxLxNxD,
-            v_BxLxNxD,
-            attn_segment_ids_BxL,
-            impl=impl,
-            one_segment_per_row=one_segment_per_row,
-            dropout_rate=cfg.attention_probs_dropout_prob,
-            dropout_rng=self.make_rng("dropout") if use_dropout else None,
-        )
-        ctx_BxLxNxD = nn.with_logical_constraint(ctx_BxLxNxD, ("batch", "length", "heads", "kv"))
-        out_BxLxE = HeadsDense(
-            cfg, (cfg.hidden_size,), in_axes=2, kernel_axes=("heads", "kv", "embed"), name="output"
-        )(ctx_BxLxNxD)
-        out_BxLxE = nn.Dropout(cfg.hidden_dropout_prob)(out_BxLxE, deterministic=deterministic)
-        return _layer_norm(cfg, "output_LayerNorm")(out_BxLxE + x_BxLxE)
-
-
-class EncoderLayer(nn.Module):
-    """One post-LN transformer layer: attention, then the GELU feed-forward block."""
-
-    cfg: BertConfig
-
-    @nn.compact
-    def __call__(
-        self, x_BxLxE, attn_segment_ids_BxL, deterministic: bool, one_segment_per_row: bool
-    ):
-        cfg = self.cfg
-        x_BxLxE = SelfAttention(cfg, name="attention")(
-            x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row
-        )
-        h_BxLxF = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_BxLxE)
-        h_BxLxF = activation(cfg.hidden_act)(h_BxLxF)
-        h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "mlp"))
-        out_BxLxE = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(h_BxLxF)
-        out_BxLxE = nn.Dropout(cfg.hidden_dropout_prob)(out_BxLxE, deterministic=deterministic)
-        out_BxLxE = _layer_norm(cfg, "output_LayerNorm")(out_BxLxE + x_BxLxE)
-        return nn.with_logical_constraint(out_BxLxE, ("batch", "length", "embed"))
-
-
 class BertModel(nn.Module):
     """Embeddings + encoder + pooler; the `bert` submodule of every head model."""
 
@@ -305,26 +190,26 @@ class BertModel(nn.Module):
     def setup(self):
         cfg = self.cfg
         self.embeddings = Embeddings(cfg)
-        # static_argnums counts `self`: deterministic and one_segment_per_row are 3 and 4.
-        layer_cls = nn.remat(EncoderLayer, static_argnums=(3, 4)) if cfg.remat else EncoderLayer
-        self.layers = [layer_cls(cfg, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
-        self.pooler = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")
+        # layer_0 ... layer_{n-1}, or one scanned module "layers" (encoder.make_layers).
+        self.layers = encoder.make_layers(cfg)
+        self.pooler = encoder.dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")
 
-    def __call__(
-        self, input_ids, segment_ids, input_mask, deterministic: bool = True, attn_segment_ids=None
-    ):
+    def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True,
+                 attn_segment_ids=None, position_ids=None, cls_positions=None):
         """Returns (last_hidden_state [B, L, H], pooled_output [B, H]) for [B, L] int inputs.
-        Without `attn_segment_ids` (packed rows' ids, 0 = padding), a row is one segment."""
+        Packed rows give `attn_segment_ids` (0 = padding; else a row is one segment),
+        `position_ids` [B, L] and `cls_positions` [B, K] (then pooled_output is [B, K, H])."""
         input_ids_BxL, segment_ids_BxL, input_mask_BxL = input_ids, segment_ids, input_mask
-        x_BxLxE = self.embeddings(input_ids_BxL, segment_ids_BxL, deterministic)
+        x_BxLxE = self.embeddings(input_ids_BxL, segment_ids_BxL, deterministic, position_ids)
         x_BxLxE = nn.with_logical_constraint(x_BxLxE, ("batch", "length", "embed"))
         one_segment_per_row = attn_segment_ids is None
         ids_BxL = (input_mask_BxL != 0) if one_segment_per_row else attn_segment_ids
         attn_segment_ids_BxL = ids_BxL.astype(jnp.int32)
         for layer in self.layers:
-            x_BxLxE = layer(x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row)
-        pooled_BxE = jnp.tanh(self.pooler(x_BxLxE[:, 0]))
-        return x_BxLxE, pooled_BxE
+            x_BxLxE, _ = layer(x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row)
+        cls_BxE = x_BxLxE[:, 0] if cls_positions is None else jnp.take_along_axis(
+            x_BxLxE, cls_positions[..., None].astype(jnp.int32), axis=1)  # packed: [B, K, E]
+        return x_BxLxE, jnp.tanh(self.pooler(cls_BxE))
 
     def attend(self, x_BxPxE):
         """MLM decoder logits against the tied word embeddings."""
@@ -334,7 +219,7 @@ class BertModel(nn.Module):
 @flax.struct.dataclass
 class PreTrainingOutput:
     mlm_logits: jax.Array  # [B, P, V] at masked_lm_positions, or [B, L, V] without them
-    nsp_logits: jax.Array  # [B, 2]
+    nsp_logits: jax.Array  # [B, 2], or [B, K, 2] for packed rows' sequences
     last_hidden_state: jax.Array  # [B, L, H]
     pooled_output: jax.Array  # [B, H]
 
@@ -352,17 +237,16 @@ class BertForPreTraining(nn.Module):
         input_mask,
         masked_lm_positions=None,
         deterministic: bool = True,
-        attn_segment_ids=None,
+        attn_segment_ids=None, position_ids=None, nsp_positions=None,
     ) -> PreTrainingOutput:
         """Inputs [B, L] int; `masked_lm_positions` [B, P] restricts the MLM head to P positions;
-        `attn_segment_ids` [B, L]: packed rows' segments (see BertModel)."""
+        packed rows: `attn_segment_ids`, `position_ids` [B, L], `nsp_positions` [B, K] of each
+        sequence's [CLS] (see BertModel)."""
         cfg = self.cfg
-        input_ids_BxL, segment_ids_BxL, input_mask_BxL = input_ids, segment_ids, input_mask
         masked_lm_positions_BxP = masked_lm_positions
         bert = BertModel(cfg, name="bert")
-        hidden_BxLxE, pooled_BxE = bert(
-            input_ids_BxL, segment_ids_BxL, input_mask_BxL, deterministic, attn_segment_ids
-        )
+        hidden_BxLxE, pooled_BxE = bert(input_ids, segment_ids, input_mask, deterministic,
+                                        attn_segment_ids, position_ids, nsp_positions)
         if masked_lm_positions_BxP is None:
             x_BxPxE = hidden_BxLxE
         else:
@@ -371,13 +255,16 @@ class BertForPreTraining(nn.Module):
             x_BxPxE = jnp.take_along_axis(
                 hidden_BxLxE, masked_lm_positions_BxP[..., None].astype(jnp.int32), axis=1
             )
-        x_BxPxE = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "mlm_transform")(x_BxPxE)
-        x_BxPxE = activation(cfg.hidden_act)(x_BxPxE)
-        x_BxPxE = _layer_norm(cfg, "mlm_LayerNorm")(x_BxPxE)
+        mlm_transform = encoder.dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "mlm_transform")
+        x_BxPxE = mlm_transform(x_BxPxE)
+        x_BxPxE = encoder.activation(cfg.hidden_act)(x_BxPxE)
+        x_BxPxE = encoder.layer_norm(cfg, "mlm_LayerNorm")(x_BxPxE)
         mlm_BxPxV = bert.attend(x_BxPxE.astype(cfg.dtype))
-        mlm_bias_V = self.param("mlm_bias", _zeros(("vocab",)), (cfg.vocab_size,), jnp.float32)
+        mlm_bias_V = self.param(
+            "mlm_bias", encoder.zeros_init(("vocab",)), (cfg.vocab_size,), jnp.float32
+        )
         mlm_BxPxV = mlm_BxPxV.astype(jnp.float32) + mlm_bias_V
-        nsp_Bx2 = _dense(cfg, 2, ("embed", None), "nsp")(pooled_BxE).astype(jnp.float32)
+        nsp_Bx2 = encoder.dense(cfg, 2, ("embed", None), "nsp")(pooled_BxE).astype(jnp.float32)
         return PreTrainingOutput(mlm_BxPxV, nsp_Bx2, hidden_BxLxE, pooled_BxE)
 
 
@@ -395,5 +282,4 @@ def abstract_params(cfg: BertConfig, seq_len: int = 8):
 
 def count_params(params) -> int:
     """Number of scalars in a (boxed, abstract or concrete) parameter tree."""
-    leaves = jax.tree_util.tree_leaves(nn.meta.unbox(params))
-    return int(sum(x.size for x in leaves))
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(nn.meta.unbox(params))))

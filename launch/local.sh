@@ -8,6 +8,8 @@ set -euo pipefail
 
 PROG=local.sh
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=xla_flags.sh
+source "$REPO_DIR/launch/xla_flags.sh"
 
 usage() {
   cat <<EOF
@@ -25,6 +27,10 @@ Options:
                          XLA_FLAGS=--xla_force_host_platform_device_count=D)
   --gpus-per-process G   give process I the GPUs I*G .. I*G+G-1 via CUDA_VISIBLE_DEVICES
                          (indices into CUDA_VISIBLE_DEVICES when it is already set)
+  --no-xla-flags         leave out the XLA_FLAGS this script sets for GPU training
+                         (launch/xla_flags.sh: latency-hiding scheduler, collective
+                         combining); without it, yours from the environment come after
+                         ours and win. Not set with --cpu-devices.
   --log-dir DIR          where the per-process logs go (default WORKDIR/logs; required when
                          WORKDIR is a URL such as gs://...)
   --bertjax EXE          the bertjax executable (default: \$BERTJAX, else \`bertjax\` on PATH,
@@ -60,7 +66,7 @@ print_cmd() {
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
 # ---- arguments ----
-processes=1 port="" cpu_devices="" gpus_per_process="" log_dir="" dry_run=0
+processes=1 port="" cpu_devices="" gpus_per_process="" log_dir="" dry_run=0 xla_flags=1
 bertjax_exe="" python_exe="" kill_grace=20
 positional=() train_args=()
 while (($#)); do
@@ -69,6 +75,7 @@ while (($#)); do
   case $1 in
     -h | --help) usage; exit 0 ;;
     --dry-run) dry_run=1; shift ;;
+    --no-xla-flags) xla_flags=0; shift ;;
     --processes | --port | --cpu-devices | --gpus-per-process | --log-dir | --bertjax | \
       --python | --kill-grace)
       (($# >= 2)) || die "$1 needs a value."
@@ -160,6 +167,10 @@ build_cmd() {
   if [[ -n $gpus_per_process ]]; then
     local mine=("${gpu_list[@]:i*gpus_per_process:gpus_per_process}")
     env_vars+=("CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${mine[*]}")")
+  fi
+  # GPU flags (XLA ignores them on a CPU); the user's XLA_FLAGS last, so theirs win.
+  if [[ -z $cpu_devices ]] && ((xla_flags)); then
+    env_vars+=("XLA_FLAGS=${GPU_XLA_FLAGS[*]}${XLA_FLAGS:+ $XLA_FLAGS}")
   fi
   cmd=()
   ((${#env_vars[@]} == 0)) || cmd=(env "${env_vars[@]}")

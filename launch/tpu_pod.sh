@@ -6,6 +6,8 @@ set -euo pipefail
 
 PROG=tpu_pod.sh
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=xla_flags.sh
+source "$REPO_DIR/launch/xla_flags.sh"
 
 # Layout on every worker, relative to the login directory (gcloud ssh starts there).
 REMOTE_SRC=bertjax
@@ -40,7 +42,10 @@ Commands:
                                        or a .py path relative to the repository root;
                                        WORKDIR on gs://; data on gs:// or copied with
                                        copy-data (relative paths start at the home directory)
-             --env KEY=VALUE           extra environment for the trainer (repeatable)
+             --env KEY=VALUE           extra environment for the trainer (repeatable);
+                                       LIBTPU_INIT_ARGS=... comes after the flags this
+                                       script sets (launch/xla_flags.sh), so yours win
+             --no-xla-flags            leave out the LIBTPU_INIT_ARGS this script sets
   logs     follow ~/bertjax-train.log of one worker
              --worker W                which worker (default 0)   --lines N   (default 100)
   stop     send SIGTERM to the trainer on every worker (it saves a checkpoint, then exits)
@@ -95,7 +100,7 @@ case $1 in
 esac
 
 # ---- arguments ----
-name="" zone="" project="" dry_run=0
+name="" zone="" project="" dry_run=0 xla_flags=1
 accelerator_type="" version="" capacity=""
 git_url="" git_ref="" python_version=3.11
 worker=0 lines=100 yes=0
@@ -109,6 +114,7 @@ while (($#)); do
       [[ -z $capacity || $capacity == "$1" ]] || die "--spot and --preemptible exclude each other."
       capacity=$1; shift ;;
     --yes) yes=1; shift ;;
+    --no-xla-flags) xla_flags=0; shift ;;
     --name | --zone | --project | --accelerator-type | --version | --git | --ref | \
       --python-version | --worker | --lines | --env)
       (($# >= 2)) || die "$1 needs a value."
@@ -154,6 +160,7 @@ only_for create "--spot/--preemptible" "$capacity"
 only_for setup --git "$git_url"
 only_for setup --ref "$git_ref"
 only_for run --env "${env_vars[*]}"
+((xla_flags)) || [[ $subcommand == run ]] || die "--no-xla-flags is an option of 'run', not of '$subcommand'."
 [[ -z $git_ref || -n $git_url ]] || die "--ref needs --git URL."
 is_uint "$worker" || die "--worker must be a worker number, got '$worker'."
 is_uint "$lines" || die "--lines must be a whole number, got '$lines'."
@@ -229,8 +236,22 @@ case $subcommand in
     # A packaged recipe (bert_base_phase1[:arg]) is found by name on the workers too; a file
     # path is read from the workers' checkout of the repository.
     [[ $config != */* && $config != *.py* ]] || config="$REMOTE_SRC/$config"
+    # Our LIBTPU_INIT_ARGS first, then the user's (--env LIBTPU_INIT_ARGS=...): the last
+    # value of a repeated flag wins.
+    libtpu_args=()
+    ((!xla_flags)) || libtpu_args=("${TPU_LIBTPU_INIT_ARGS[@]}")
+    other_env=()
+    for kv in ${env_vars[@]+"${env_vars[@]}"}; do
+      if [[ $kv == LIBTPU_INIT_ARGS=* ]]; then
+        libtpu_args+=("${kv#LIBTPU_INIT_ARGS=}")
+      else
+        other_env+=("$kv")
+      fi
+    done
+    ((${#libtpu_args[@]} == 0)) ||
+      other_env=("LIBTPU_INIT_ARGS=${libtpu_args[*]}" ${other_env[@]+"${other_env[@]}"})
     trainer=(nohup)
-    ((${#env_vars[@]} == 0)) || trainer+=(env "${env_vars[@]}")
+    ((${#other_env[@]} == 0)) || trainer+=(env "${other_env[@]}")
     trainer+=("$REMOTE_VENV/bin/bertjax" train --config "$config" --workdir "$workdir"
       "${train_args[@]}")
     # A TPU chip serves one process: refuse to start while an earlier run is still alive.

@@ -1,6 +1,9 @@
 """Shared pytest set-up: 8 fake CPU devices for mesh tests (set before JAX is imported)."""
 
 import os
+import sys
+
+import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -8,3 +11,24 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _compilation_cache_per_test(tmp_path_factory, monkeypatch):
+    """A run whose config says `compilation_cache_dir="auto"` caches in a folder of this test
+    session (not the user's ~/.cache), and the next test starts with JAX's persistent cache
+    off again, as a fresh process would: a program loaded from the cache prints no compiler
+    warnings, which some tests read."""
+    from bertjax.train import compile_cache
+
+    session_cache = str(tmp_path_factory.getbasetemp() / "jax_cache")
+    monkeypatch.setattr(compile_cache, "user_cache_dir", lambda: session_cache)
+    yield
+    if "jax" in sys.modules:
+        import jax
+        from jax.experimental.compilation_cache import compilation_cache
+
+        if jax.config.jax_compilation_cache_dir is not None:
+            compilation_cache.reset_cache()
+            jax.config.update("jax_compilation_cache_dir", None)
+        jax.config.update("jax_enable_compilation_cache", True)

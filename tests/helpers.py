@@ -1,11 +1,24 @@
 """Small builders shared by several test modules."""
 
 
-import ml_collections
+import functools
 
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from bertjax import model as model_lib
+from bertjax.data.synthetic import synthetic_batch
 from bertjax.train.config import load_config
 
 TINY_CONFIG = "bert_tiny"
+# The tiny preset (2 layers of 128), float32, no dropout: layouts and policies change no numbers.
+SMALL_VOCAB, SMALL_LENGTH = 96, 16
+TINY_NO_DROPOUT = model_lib.preset_config(
+    "tiny", vocab_size=SMALL_VOCAB, max_position_embeddings=SMALL_LENGTH,
+    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+)
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
@@ -14,3 +27,30 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
     with optim.unlocked():
         optim.update(overrides)
     return optim
+
+
+@functools.cache
+def unboxed_params(cfg, seed: int = 0):
+    """`cfg`'s initial parameters as host arrays (a jitted step may donate device ones)."""
+    init = jax.jit(model_lib.init_params, static_argnums=0)
+    return jax.device_get(nn.meta.unbox(init(cfg, jax.random.key(seed))))
+
+
+def perturbed(tree, seed: int = 1):
+    """Every leaf moved by noise: LayerNorm scales off 1 and biases off 0, layers all unlike,
+    so that a parameter put in the wrong place shows in the outputs."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: np.asarray(x) + rng.normal(0, 0.1, np.shape(x)).astype(x.dtype),
+                        tree)
+
+
+def small_batch(seed: int) -> dict:
+    """A synthetic pretraining batch of 8 rows for TINY_NO_DROPOUT."""
+    return synthetic_batch(seed, batch=8, length=SMALL_LENGTH, predictions=4, vocab=SMALL_VOCAB)
+
+
+def assert_trees_close(a, b, atol: float):
+    """Same tree structure, every leaf within `atol` (rtol 0)."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol,
+                                                         rtol=0), a, b)

@@ -20,7 +20,7 @@ from bertjax import model as model_lib
 from bertjax.data.synthetic import synthetic_batch
 from bertjax.errors import UserError
 from bertjax.train import config as config_lib
-from bertjax.train import loop, optim, sharding
+from bertjax.train import optim, sharding
 from bertjax.train import step as step_lib
 from helpers import TINY_CONFIG, optim_config
 
@@ -345,13 +345,13 @@ def test_start_up_validation_names_the_attention_keys():
         config_lib.validate(config, num_devices=8)
     config = config_lib.load_config(TINY_CONFIG, ["model.attention_impl=splash"])
     config_lib.validate(config, num_devices=8)
-    model_cfg = loop.model_config(config.model, dataset_vocab_size=100)
+    model_cfg = config_lib.model_config(config.model, dataset_vocab_size=100)
     with pytest.raises(UserError, match="splash cannot apply attention dropout"):
         config_lib.validate_against_data(config, model_cfg, 128, 100, "data")
     config = config_lib.load_config(
         TINY_CONFIG, ["model.attention_impl=splash", "model.attention_probs_dropout_prob=0"]
     )
-    model_cfg = loop.model_config(config.model, dataset_vocab_size=100)
+    model_cfg = config_lib.model_config(config.model, dataset_vocab_size=100)
     with pytest.raises(UserError, match="splash runs on TPU only, not on cpu"):
         config_lib.validate_against_data(config, model_cfg, 128, 100, "data")
     config_lib.validate_against_data(config, model_cfg, 128, 100, "data", platform="tpu")
@@ -377,7 +377,7 @@ def test_paper_recipes_keep_attention_dropout_and_the_explicit_form(name):
     config = config_lib.load_config(name)
     assert config.model.attention_probs_dropout_prob == 0.1
     assert config.model.attention_impl == "xla"
-    model_cfg = loop.model_config(config.model, dataset_vocab_size=30522)
+    model_cfg = config_lib.model_config(config.model, dataset_vocab_size=30522)
     for platform in ("cpu", "cuda", "tpu"):
         assert attention.resolve_for_model(model_cfg, 128, platform) == ("xla", "requested")
 
@@ -388,7 +388,7 @@ def test_budget_recipe_takes_the_fused_kernel_on_a_gpu_and_as_reproduce_md_runs_
     passes start-up validation on a GPU."""
     config = config_lib.load_config("bert_budget")
     assert config.model.attention_probs_dropout_prob == 0.0
-    model_cfg = loop.model_config(config.model, dataset_vocab_size=30522)
+    model_cfg = config_lib.model_config(config.model, dataset_vocab_size=30522)
     picks = {p: attention.resolve_for_model(model_cfg, 128, p)[0] for p in ("cpu", "cuda", "tpu")}
     assert picks == {"cpu": "xla", "cuda": "cudnn", "tpu": "splash"}
     assert attention.describe_choice(model_cfg, 128) == (  # the training log's line, here
@@ -396,10 +396,11 @@ def test_budget_recipe_takes_the_fused_kernel_on_a_gpu_and_as_reproduce_md_runs_
     )
     reproduce = REPRODUCE_MD.read_text()
     assert (
-        "configs/bert_budget.py" in reproduce and "--config.model.attention_impl=cudnn" in reproduce
+        "launch/local.sh bert_budget runs/budget" in reproduce
+        and "--config.model.attention_impl=cudnn" in reproduce
     )
     config = config_lib.load_config("bert_budget", ["model.attention_impl=cudnn"])
-    model_cfg = loop.model_config(config.model, dataset_vocab_size=30522)
+    model_cfg = config_lib.model_config(config.model, dataset_vocab_size=30522)
     config_lib.validate_against_data(config, model_cfg, 128, 30522, "data", platform="cuda")
 
 

@@ -1,8 +1,10 @@
 """`bertjax bench finetune`: the JSON line's schema, the ratio and the wall-time estimate agree
-with the measured step times, and bad options are one clear error."""
+with the measured step times, the PyTorch reference runs in a process of its own, and bad
+options are one clear error."""
 
 import json
 import math
+import os
 
 import pytest
 
@@ -35,6 +37,9 @@ def test_tiny_bench_reports_the_ratio_and_a_consistent_estimate(capsys):
     assert result["estimated_hours"] == pytest.approx(hours)
     assert result["estimated_hours"] > 0
     assert "ours / theirs" in out and "2 epochs x 719 steps (5749 stsb" in out
+    # The PyTorch reference ran in another process, one that never imported JAX.
+    assert result["hf_process"]["pid"] != os.getpid()
+    assert result["hf_process"]["jax_loaded"] is False
 
 
 def test_every_task_has_a_training_set_size():

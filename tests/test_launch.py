@@ -43,6 +43,18 @@ def q(*words):
     return out[:-1]
 
 
+def launcher_flags(array: str) -> list[str]:
+    """An array of launch/xla_flags.sh (GPU_XLA_FLAGS or TPU_LIBTPU_INIT_ARGS), as bash has it."""
+    out = subprocess.run(["bash", "-c", f'source "$1"; printf "%s\\n" "${{{array}[@]}}"', "f",
+                          str(LAUNCH / "xla_flags.sh")], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    return out.splitlines()
+
+
+GPU_XLA = " ".join(launcher_flags("GPU_XLA_FLAGS"))
+TPU_LIBTPU = " ".join(launcher_flags("TPU_LIBTPU_INIT_ARGS"))
+
+
 def write_exe(path: Path, body: str) -> Path:
     path.write_text("#!/usr/bin/env bash\n" + body)
     path.chmod(0o755)
@@ -114,9 +126,37 @@ def test_local_dry_run_single_process_has_no_distributed_flags(tmp_path):
     out = sh(LOCAL, "--dry-run", "--python", sys.executable, "c.py", "w").stdout
     assert out.splitlines() == [
         "mkdir -p w/logs",
-        f"{q(sys.executable)} -m bertjax.cli train --config c.py --workdir w"
-        " > >(tee w/logs/process_0.log) 2>&1 &",
+        f"env {q('XLA_FLAGS=' + GPU_XLA)} {q(sys.executable)} -m bertjax.cli train "
+        "--config c.py --workdir w > >(tee w/logs/process_0.log) 2>&1 &",
     ]
+
+
+def test_local_sets_the_gpu_xla_flags_before_the_users_and_can_leave_them_out():
+    """The dry run shows our GPU flags with the user's XLA_FLAGS after them (the last value
+    of a repeated flag wins); --no-xla-flags keeps the user's alone; --cpu-devices sets none."""
+    assert GPU_XLA.startswith("--xla_gpu_enable_latency_hiding_scheduler=true ")
+    env = clean_env(XLA_FLAGS="--xla_gpu_all_reduce_combine_threshold_bytes=1")
+    words = shlex.split(sh(LOCAL, "--dry-run", "--python", "python3", "c", "w",
+                           env=env).stdout.splitlines()[1])  # fmt: skip
+    assert words[:2] == ["env", f"XLA_FLAGS={GPU_XLA} "
+                         "--xla_gpu_all_reduce_combine_threshold_bytes=1"]  # fmt: skip
+    words = shlex.split(sh(LOCAL, "--dry-run", "--no-xla-flags", "--python", "python3", "c", "w",
+                           env=env).stdout.splitlines()[1])  # fmt: skip
+    assert words[0] == "python3"  # the user's XLA_FLAGS reach the trainer as they are
+    out = sh(LOCAL, "--dry-run", "--cpu-devices", "2", "--python", "python3", "c", "w").stdout
+    assert "xla_gpu" not in out
+
+
+def test_local_gpu_flags_exist_in_the_installed_jaxlib_and_the_users_win(tmp_path):
+    """A real local.sh run whose trainer starts JAX (on CPU) with the XLA_FLAGS it was given:
+    XLA aborts on a flag it does not know, so every GPU flag exists in this jaxlib; the
+    user's flags come last, and of a flag given twice XLA takes the last value."""
+    probe = "import jax; print('devices', jax.device_count())"
+    exe = write_exe(tmp_path / "bertjax", f'exec {q(sys.executable)} -c "{probe}"\n')
+    env = clean_env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+                    "--xla_force_host_platform_device_count=3")  # fmt: skip
+    proc = sh(LOCAL, "--bertjax", exe, "c", tmp_path / "w", env=env)
+    assert "devices 3" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -266,7 +306,9 @@ def test_tpu_dry_run_run_and_copy_data():
     assert len(lines) == 1
     head, remote = ssh_command(lines[0])
     assert head[-1] == "--worker=all"
-    trainer = q("nohup", "env", "LIBTPU_INIT_ARGS=--xla_a=1 --xla_b", "bertjax-venv/bin/bertjax",
+    # Our LIBTPU_INIT_ARGS, then the user's (the last value of a repeated flag wins).
+    trainer = q("nohup", "env", f"LIBTPU_INIT_ARGS={TPU_LIBTPU} --xla_a=1 --xla_b",
+                "bertjax-venv/bin/bertjax",
                 "train", "--config", "bert_base_phase1", "--workdir",
                 "gs://b/run", "--config.train.steps=10", "--config.data.train_dir=data/x")
     redirect = ">> bertjax-train.log 2>&1 < /dev/null & echo $! > bertjax-train.pid;"
@@ -275,6 +317,20 @@ def test_tpu_dry_run_run_and_copy_data():
     assert ssh_command(lines[0])[1] == ("mkdir -p data/wiki128 && "
                                         "gcloud storage rsync --recursive gs://b/data/wiki128 "
                                         "data/wiki128")
+
+
+def test_tpu_run_sets_libtpu_init_args_and_can_leave_them_out():
+    """`run` sets the TPU flags of launch/xla_flags.sh (with --env LIBTPU_INIT_ARGS after
+    them, and other --env values kept); --no-xla-flags leaves only the user's."""
+    assert TPU_LIBTPU.startswith("--xla_tpu_enable_data_parallel_all_reduce_opt=true ")
+    [line] = tpu("run", "--dry-run", "--env", "A=1", "c", "gs://b/w").stdout.splitlines()
+    assert f"nohup env {q('LIBTPU_INIT_ARGS=' + TPU_LIBTPU)} A=1 bertjax-venv" in (
+        ssh_command(line)[1])
+    [line] = tpu("run", "--dry-run", "--no-xla-flags", "--env", "LIBTPU_INIT_ARGS=--xla_x=1",
+                 "c", "gs://b/w").stdout.splitlines()  # fmt: skip
+    assert "nohup env LIBTPU_INIT_ARGS=--xla_x=1 bertjax-venv" in ssh_command(line)[1]
+    [line] = tpu("run", "--dry-run", "--no-xla-flags", "c", "gs://b/w").stdout.splitlines()
+    assert "; nohup bertjax-venv/bin/bertjax train" in ssh_command(line)[1]
 
 
 def test_tpu_remote_run_and_stop_commands_work(tmp_path):
@@ -338,6 +394,7 @@ def test_tpu_without_a_command_prints_usage():
     (["create", *TPU_FLAGS, "--accelerator-type", "v4-8", "--spot", "--preemptible"],
      "exclude each other"),
     (["create", *TPU_FLAGS, "--git", "u"], "--git is an option of 'setup', not of 'create'"),
+    (["logs", *TPU_FLAGS, "--no-xla-flags"], "--no-xla-flags is an option of 'run'"),
     (["run", *TPU_FLAGS, "c.py", "/local/run"], "WORKDIR must be on gs://"),
     (["run", *TPU_FLAGS, "c.py"], "run expects CONFIG and WORKDIR"),
     (["run", *TPU_FLAGS, "--env", "1X=2", "c.py", "gs://b"], "--env takes KEY=VALUE"),
@@ -363,23 +420,46 @@ def test_slurm_headers():
         assert f"#SBATCH {h}" in headers
 
 
+def slurm_env_prefix(*assignments):
+    """The dry run's `env ...` words: the given ones, then our GPU XLA_FLAGS."""
+    return "env " + " ".join([*assignments, q(f"XLA_FLAGS={GPU_XLA}")]) + " "
+
+
 def test_slurm_dry_run_outside_slurm():
     out = sh(SLURM, "--dry-run", "--bertjax", "/opt/bertjax", "configs/a.py", "/shared/run",
              "--", "--config.train.steps=5").stdout
     # One process per node (the #SBATCH default) gets all 8 GPUs of its node.
-    assert out == (f"env JAX_LOCAL_DEVICE_IDS=0\\,1\\,2\\,3\\,4\\,5\\,6\\,7 {SRUN} "
+    ids = "JAX_LOCAL_DEVICE_IDS=0\\,1\\,2\\,3\\,4\\,5\\,6\\,7"
+    assert out == (f"{slurm_env_prefix(ids)}{SRUN} "
                    "--config configs/a.py --workdir /shared/run --config.train.steps=5\n")
     # One process per GPU: jax's Slurm detection gives each its SLURM_LOCALID.
     out = sh(SLURM, "--dry-run", "--bertjax", "/opt/bertjax", "--ntasks-per-node", "4",
              "--gpus-per-node", "4", "c.py", "w").stdout
-    assert out == f"{SRUN} --config c.py --workdir w\n"
+    assert out == f"{slurm_env_prefix()}{SRUN} --config c.py --workdir w\n"
 
 
 def test_slurm_dry_run_inside_an_allocation():
     env = clean_env(SLURM_JOB_ID=77, SLURM_JOB_NUM_NODES=3, SLURM_NTASKS=3,
                     SLURM_GPUS_PER_NODE="h100:4", BERTJAX="/opt/bertjax")
     out = sh(SLURM, "--dry-run", "c.py", "w", env=env).stdout
-    assert out == f"env JAX_LOCAL_DEVICE_IDS=0\\,1\\,2\\,3 {SRUN} --config c.py --workdir w\n"
+    ids = "JAX_LOCAL_DEVICE_IDS=0\\,1\\,2\\,3"
+    assert out == f"{slurm_env_prefix(ids)}{SRUN} --config c.py --workdir w\n"
+
+
+def test_slurm_xla_flags_are_launch_xla_flags_and_the_users_come_last():
+    """slurm.sbatch's own copy of GPU_XLA_FLAGS (Slurm runs the script away from
+    launch/xla_flags.sh) equals the shared one; the user's XLA_FLAGS come after ours;
+    --no-xla-flags leaves ours out."""
+    text = SLURM.read_text()
+    copy = text[text.index("GPU_XLA_FLAGS=("):]
+    copy = copy[: copy.index("\n)\n") + 3]
+    shared = (LAUNCH / "xla_flags.sh").read_text()
+    assert copy in shared
+    args = ["--dry-run", "--bertjax", "/opt/bertjax", "c.py", "w"]
+    words = shlex.split(sh(SLURM, *args, env=clean_env(XLA_FLAGS="--xla_x=1")).stdout)
+    assert words[2] == f"XLA_FLAGS={GPU_XLA} --xla_x=1"
+    words = shlex.split(sh(SLURM, "--no-xla-flags", *args).stdout)
+    assert not any(w.startswith("XLA_FLAGS=") for w in words)
 
 
 @pytest.mark.parametrize("args, env, message", [
@@ -414,8 +494,9 @@ def test_slurm_runs_srun_and_passes_its_status(tmp_path):
     assert proc.returncode == 3
     assert "JAX_LOCAL_DEVICE_IDS=0,1" in proc.stdout
     dry = sh(SLURM, "--dry-run", "c.py", "w", "--", "--config.x=1", env=env).stdout
-    assert dry.startswith("env JAX_LOCAL_DEVICE_IDS=0\\,1 ")
-    assert dry.split(" ", 2)[2] == (tmp_path / "srun.args").read_text().rstrip() + "\n"
+    assert dry.startswith(slurm_env_prefix("JAX_LOCAL_DEVICE_IDS=0\\,1"))
+    srun_words = shlex.split(dry)[3:]  # after `env` and its two assignments
+    assert srun_words == shlex.split((tmp_path / "srun.args").read_text())
     assert not (tmp_path / "scontrol.calls").exists()  # no SIGTERM, no requeue
 
 
@@ -485,7 +566,8 @@ def test_gke_tpu_jobset(yaml):
         "--coordinator", "$(JOBSET_NAME)-$(REPLICATED_JOB_NAME)-0-0.$(JOBSET_NAME):1234",
         "--num-processes", "4", "--process-id", "$(PROCESS_ID)",
         "--config.train.steps=1000", 'odd "quoted" & \\ arg']
-    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
+    assert c["env"][0] == {"name": "LIBTPU_INIT_ARGS", "value": TPU_LIBTPU}
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"][1:]}
     assert env == {
         "JOBSET_NAME": "metadata.annotations['jobset.sigs.k8s.io/jobset-name']",
         "REPLICATED_JOB_NAME": "metadata.annotations['jobset.sigs.k8s.io/replicatedjob-name']",
@@ -503,9 +585,27 @@ def test_gke_gpu_jobset(yaml):
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     [c] = pod["containers"]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": 8}
+    assert c["env"][0] == {"name": "XLA_FLAGS", "value": GPU_XLA}
     assert c["args"][4:8] == ["--coordinator",
                               "$(JOBSET_NAME)-$(REPLICATED_JOB_NAME)-0-0.$(JOBSET_NAME):5555",
                               "--num-processes", "3"]
+
+
+def test_gke_users_xla_flags_come_after_ours_or_alone(yaml):
+    """--xla-flags goes after our flags (XLA_FLAGS on GPU, LIBTPU_INIT_ARGS on TPU);
+    with --no-xla-flags it is the whole value."""
+    gpu = ["--gpu", "nvidia-h100-80gb", "--hosts", "2", "c.py", "gs://b/w"]
+    tpu_args = ["--tpu", "tpu-v6e-slice", "--topology", "4x4", "c.py", "gs://b/w"]
+    mine = '--xla_x=1 --xla_y="a b"'
+
+    def env0(*args):
+        return pod_spec(yaml.safe_load(render(*args).stdout))[1]["containers"][0]["env"][0]
+
+    assert env0("--xla-flags", mine, *gpu) == {"name": "XLA_FLAGS", "value": f"{GPU_XLA} {mine}"}
+    assert env0("--xla-flags", mine, *tpu_args) == {
+        "name": "LIBTPU_INIT_ARGS", "value": f"{TPU_LIBTPU} {mine}"}
+    assert env0("--no-xla-flags", "--xla-flags", mine, *gpu)["value"] == mine
+    assert env0("--no-xla-flags", *tpu_args) == {"name": "LIBTPU_INIT_ARGS", "value": ""}
 
 
 def test_gke_applies_what_dry_run_prints(tmp_path):
@@ -547,7 +647,7 @@ def test_gke_template_renders_with_envsubst_too(yaml):
                   COORDINATOR_PORT="1234", SERVICE_ACCOUNT="default", MAX_RESTARTS="3",
                   TRAIN_ARGS="", NODE_SELECTOR="{cloud.google.com/gke-accelerator: nvidia-l4}",
                   ANNOTATIONS="{}", ACCELERATOR_RESOURCE="nvidia.com/gpu",
-                  ACCELERATORS_PER_HOST="8")
+                  ACCELERATORS_PER_HOST="8", XLA_ENV_NAME="XLA_FLAGS", XLA_ENV_VALUE=GPU_XLA)
     by_hand = subprocess.run(["envsubst"], stdin=(LAUNCH / "gke" / "jobset.yaml").open(),
                              env=clean_env(**values), capture_output=True, text=True,
                              check=True).stdout

@@ -85,22 +85,26 @@ def test_prepare_end_to_end_and_seed(setup, tmp_path, capsys):
     )
 
 
-def test_workers_give_the_same_dataset(setup, tmp_path):
-    assert prepare(setup, tmp_path / "w1", "--workers", 1, "--held-out", 30) == 0
-    assert prepare(setup, tmp_path / "w2", "--workers", 2, "--held-out", 30) == 0
+PACK = pytest.mark.parametrize("pack", [(), ("--pack",)], ids=["unpacked", "packed"])
+
+
+@PACK
+def test_workers_give_the_same_dataset(setup, tmp_path, pack):
+    assert prepare(setup, tmp_path / "w1", "--workers", 1, "--held-out", 30, *pack) == 0
+    assert prepare(setup, tmp_path / "w2", "--workers", 2, "--held-out", 30, *pack) == 0
     one, two = shard_bytes(tmp_path / "w1"), shard_bytes(tmp_path / "w2")
     assert len(one) >= 8 and one == two
     assert shard_bytes(tmp_path / "w1" / "eval") == shard_bytes(tmp_path / "w2" / "eval")
 
 
-def test_parts_merged_equal_one_shot_and_held_out(setup, tmp_path):
-    assert prepare(setup, tmp_path / "one", "--held-out", 40) == 0
+@PACK
+def test_parts_merged_equal_one_shot_and_held_out(setup, tmp_path, pack):
+    assert prepare(setup, tmp_path / "one", "--held-out", 40, *pack) == 0
     parts = []
     for i in range(3):
         parts.append(tmp_path / f"p{i}")
-        assert (
-            prepare(setup, parts[-1], "--held-out", 40, "--shard-index", i, "--num-shards", 3) == 0
-        )
+        part = ("--shard-index", i, "--num-shards", 3, *pack)
+        assert prepare(setup, parts[-1], "--held-out", 40, *part) == 0
     sizes = [len(open_dataset(p)) for p in parts]
     assert all(s > 0 for s in sizes) and not (tmp_path / "p1" / "eval").exists()
     assert cli(f"prepare merge {' '.join(map(str, parts))} --out {tmp_path / 'm'}") == 0
@@ -180,6 +184,9 @@ BAD_INPUT = [
     ("good", "--max-seq-len 5000", "between 8 and 4096"),
     ("good", "--held-out 100000", "more instances than the whole corpus"),
     ("good", "--shard-index 3 --num-shards 3", "--shard-index 3"),
+    ("good", "--pack --max-sequences-per-row 0", "--max-sequences-per-row 0 must be between 1"),
+    ("good", "--pack --max-sequences-per-row 26", r"between 1 and 25 .*--max-seq-len 128"),
+    ("good", "--max-sequences-per-row 2", "is a setting of --pack: add --pack"),
 ]
 
 

@@ -69,7 +69,7 @@ def straight(data_dir, tmp_path_factory):
 def remove_a_data_file(step_dir):
     data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
     assert data_files, "no ocdbt data file found"
-    data_files[0].unlink()
+    max(data_files, key=lambda p: p.stat().st_size).unlink()  # the one holding the weights
 
 
 def remove_the_ocdbt_manifest(step_dir):

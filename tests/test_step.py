@@ -149,8 +149,13 @@ def test_metrics_and_learning_rate(tiny):
         "nsp_accuracy",
         "grad_norm",
         "learning_rate",
+        "real_tokens",
+        "sequences",
     }
     assert all(m.shape == () and m.dtype == jnp.float32 for m in metrics.values())
+    batch = make_batch()
+    assert metrics["real_tokens"] == batch["input_mask"].sum()  # non-pad tokens of the step
+    assert metrics["sequences"] == batch["input_ids"].shape[0]  # one per row when unpacked
     np.testing.assert_allclose(metrics["learning_rate"], 1e-3 * (1 - 4 / 10), rtol=1e-6)
     np.testing.assert_allclose(
         metrics["loss"], metrics["mlm_loss"] + metrics["nsp_loss"], rtol=1e-6
@@ -184,7 +189,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_close_losses(tiny):
 
 
 def test_remat_gives_the_same_step(tiny):
-    _, fn_remat = step_fn(model_cfg(dropout=0.1, remat=True), deterministic=True)
+    _, fn_remat = step_fn(model_cfg(dropout=0.1, remat_policy="full"), deterministic=True)
     state, batch = tiny["state"], make_batch()
     a = tiny["deterministic"](state, batch, jax.random.key(0))
     b = jax.jit(fn_remat)(state, batch, jax.random.key(0))

@@ -81,13 +81,17 @@ def test_cli_trains_evaluates_and_writes_metrics(data_dir, tmp_path, capsys):
             "learning_rate",
             "grad_norm",
             "tokens_per_s",
+            "model_flops_per_s",
+            "mfu",
         ):
             assert np.isfinite(r[key]), key
     for key in ("eval_loss", "eval_mlm_accuracy", "eval_nsp_accuracy"):
         assert np.isfinite(evals[-1][key])
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["train"]["steps"] == 6 and saved["mesh"]["fsdp"] == 2
-    assert "mesh data=4, fsdp=2, tensor=1 over 8 cpu devices" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mesh data=4, fsdp=2, tensor=1 over 8 cpu devices" in out
+    assert "MFU against the measured float32 matmul peak of this CPU (" in out
 
 
 @pytest.mark.parametrize(

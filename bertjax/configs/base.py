@@ -25,8 +25,9 @@ def get_config():
         num_attention_heads=0,  # 0 = the preset's
         intermediate_size=0,  # 0 = 4 x hidden_size
         max_position_embeddings=512,  # longest sequence the model accepts
-        remat=False,  # recompute each layer's activations in the backward pass (saves memory)
         attention_impl="xla",  # xla | cudnn (GPU) | splash (TPU) | auto: docs/TRAINING.md
+        scan_layers=False,  # nn.scan over the layers: compile time independent of depth
+        remat_policy="none",  # what the backward pass recomputes: full, minimal, ... TRAINING.md
         hidden_dropout_prob=0.1,  # dropout after embeddings, attention output and feed-forward
         attention_probs_dropout_prob=0.1,  # on the attention probabilities; fused kernels: 0
     )
@@ -61,6 +62,10 @@ def get_config():
         eval_at_start=False,  # evaluate the initial parameters too (logged as step 0)
         profile_steps="",  # "A:B": jax.profiler trace of steps A..B into WORKDIR/profile
         peer_timeout_s=120,  # several processes: exit when another is silent this long
+        # JAX's persistent compilation cache, so a restart loads its compiled step: "auto" =
+        # ~/.cache/bertjax/jax_cache ($XDG_CACHE_HOME), or WORKDIR/jax_cache with several
+        # processes; "" = off; or a folder of your own (a gs:// URL too)
+        compilation_cache_dir="auto",
     )
 
     config.optim = dict(

@@ -15,6 +15,6 @@ def get_config():
     """BERT-base LAMB phase 2 with the large model."""
     config = bert_base_lamb_phase2.get_config()
     config.model.preset = "large"  # 24 layers, hidden 1024, 16 heads: 336,226,108 parameters
-    config.model.remat = True  # recompute activations: fits 16 GB devices; ~1/3 more compute
+    config.model.remat_policy = "full"  # recompute activations: fits 16 GB devices; ~1/3 compute
     config.train.grad_accum_steps = 512  # NVIDIA's gradient_accumulation_steps for phase 2
     return config

@@ -31,6 +31,9 @@ def get_config():
     config.weight_decay = 0.01  # decoupled, not on LayerNorm or biases (--weight-decay)
     config.seed = 0  # head initialisation, data order and dropout (--seed)
     config.log_every = 50  # steps between metrics lines (--log-every)
+    # JAX's persistent compilation cache: "auto" = ~/.cache/bertjax/jax_cache
+    # ($XDG_CACHE_HOME), or WORKDIR/jax_cache with several processes; "" = off; or a folder
+    config.compilation_cache_dir = "auto"
     config.mesh = dict(
         data=-1,  # replicated parameters, split batch; -1 = the remaining devices (--mesh-data)
         fsdp=1,  # split batch and parameters (--mesh-fsdp)

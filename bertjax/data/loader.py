@@ -27,6 +27,7 @@ from bertjax.data.masking import (
     Vocab,
     default_max_predictions,
     mask_batch,
+    mask_packed_batch,
     mix64,
     row_keys,
 )
@@ -144,6 +145,10 @@ def make_batch(
     """Reads and masks these examples: a batch with the original BERT's keys and dtypes."""
     indices = np.asarray(indices, dtype=np.int64)
     raw = ds.get_batch(indices)
+    if ds.packed:  # several sequences per row (packing.py), each masked as a row of its own
+        return raw | mask_packed_batch(raw["input_ids"], raw["attn_segment_ids"], indices,
+                                       seed=seed, epoch=epoch, cfg=masking, vocab=vocab,
+                                       max_sequences_per_row=ds.max_sequences_per_row)
     masked = mask_batch(
         raw["input_ids"],
         raw["input_mask"],
@@ -389,5 +394,6 @@ def eval_batches(
         real = rows < n
         batch = make_batch(ds, vocab, np.where(real, rows, 0), seed=seed, epoch=0, masking=masking)
         batch["masked_lm_weights"] *= real[:, None]
-        batch["next_sentence_weights"] = real.astype(np.float32)
+        real_b = np.float32(real).reshape(-1, *(1,) * (batch["next_sentence_labels"].ndim - 1))
+        batch["next_sentence_weights"] = batch.get("next_sentence_weights", 1) * real_b  # [b, (K)]
         yield batch

@@ -228,3 +228,37 @@ def mask_batch(
         "masked_lm_ids": labels,
         "masked_lm_weights": valid.astype(np.float32),
     }
+
+
+def mask_packed_batch(
+    input_ids_BxL: np.ndarray,
+    attn_segment_ids_BxL: np.ndarray,
+    example_index_B: np.ndarray,
+    *,
+    seed: int,
+    epoch: int,
+    cfg: MaskingConfig,
+    vocab: Vocab,
+    max_sequences_per_row: int,
+) -> dict[str, np.ndarray]:
+    """Masks packed rows (packing.py): each sequence k of row i as `mask_batch` masks a row of
+    its own, keyed by (seed, epoch, i x K + k): its own count from its own length, positions
+    drawn within it, words never crossing into a neighbour.
+
+    Returns what `mask_batch` returns, with the K sequences' P slots side by side: [B, K x P].
+    """
+    ids = np.asarray(input_ids_BxL).astype(np.int32)
+    seg_BxL = np.asarray(attn_segment_ids_BxL)
+    B, L = ids.shape
+    K, P = max_sequences_per_row, cfg.max_predictions_per_seq
+    own_BKxL = (seg_BxL[:, None, :] == np.arange(1, K + 1)[None, :, None]).reshape(B * K, L)
+    index_BK = (np.asarray(example_index_B, np.int64)[:, None] * K + np.arange(K)).reshape(-1)
+    m = mask_batch(np.repeat(ids, K, axis=0), own_BKxL, index_BK,
+                   seed=seed, epoch=epoch, cfg=cfg, vocab=vocab)
+    masked_BxKxL = m["input_ids"].reshape(B, K, L)
+    out = ids.copy()
+    for k in range(K):  # each sequence's tokens from its own masking
+        out = np.where(seg_BxL == k + 1, masked_BxKxL[:, k], out)
+    slots = {k: m[k].reshape(B, K * P) for k in ("masked_lm_positions", "masked_lm_ids")}
+    return {"input_ids": out, **slots,
+            "masked_lm_weights": m["masked_lm_weights"].reshape(B, K * P)}

@@ -31,6 +31,8 @@ _MERGE_KEYS = (
     "block_docs",
     "shard_size",
     "held_out",
+    "pack",
+    "max_sequences_per_row",
 )
 
 
@@ -113,6 +115,19 @@ def register(subparsers) -> None:
     p.add_argument(
         "--shard-size", type=int, default=shards.DEFAULT_SHARD_SIZE, help="instances per shard file"
     )
+    p.add_argument(
+        "--pack",
+        action="store_true",
+        help="packed rows: several instances per row of --max-seq-len (best fit within each "
+        "block), each with its own [CLS] A [SEP] B [SEP] and NSP label; no padding waste",
+    )
+    p.add_argument(
+        "--max-sequences-per-row",
+        type=int,
+        default=3,
+        metavar="K",
+        help="with --pack: at most K sequences in a row (default 3, as Graphcore's packing)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a complete dataset")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run)
@@ -154,6 +169,8 @@ def run(args) -> int:
         nsp=not args.no_nsp,
         block_docs=args.block_docs,
         shard_size=args.shard_size,
+        pack=args.pack,
+        max_sequences_per_row=args.max_sequences_per_row,
     )
     opts.validate()  # before reading anything
     tokenizer = load_tokenizer(args.tokenizer, lowercase=False if args.cased else None)
@@ -182,6 +199,14 @@ def run(args) -> int:
         f"{len(manifest['shards'])} shard(s) to {args.out}{ev}",
         file=sys.stderr,
     )
+    if manifest.get("layout"):
+        lay = manifest["layout"]
+        print(
+            f"prepare: packed {lay['sequences']:,} sequences into {lay['rows']:,} rows; real "
+            f"tokens / capacity {lay['efficiency_unpacked']:.1%} unpacked, "
+            f"{lay['efficiency_packed']:.1%} packed",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -240,6 +265,7 @@ def _merge(parts, out_dir: Path) -> dict:
         first["max_seq_len"],
         first["tokenizer"]["vocab_size"],
         first["settings"]["shard_size"],
+        parts[0].max_sequences_per_row,
     )
     for _, ds, start, count in spans:
         writer.add(ds.get_raw(range(start, start + count)))

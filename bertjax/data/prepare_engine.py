@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bertjax.data import instances as inst
-from bertjax.data import shards
+from bertjax.data import packing, shards
 from bertjax.errors import UserError
 
 
@@ -44,6 +44,8 @@ class InstanceOptions:
     nsp: bool = True
     block_docs: int = 1000
     shard_size: int = shards.DEFAULT_SHARD_SIZE
+    pack: bool = False  # packed rows (packing.py)
+    max_sequences_per_row: int = 3  # with pack: K, Graphcore's default
 
     def validate(self) -> None:
         """Raises UserError on values outside their range."""
@@ -60,6 +62,10 @@ class InstanceOptions:
             )
         if self.shard_size < 1:
             raise UserError(f"--shard-size {self.shard_size} must be at least 1")
+        if self.pack:
+            packing.validate_max_sequences(self.max_sequences_per_row, self.max_seq_len, self.nsp)
+        elif self.max_sequences_per_row != 3:
+            raise UserError("--max-sequences-per-row is a setting of --pack: add --pack")
 
 
 def block_rng(seed: int, block_index: int) -> random.Random:
@@ -92,6 +98,8 @@ def process_block(
     arrays = inst.pack_instances(
         rows, opts.max_seq_len, tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
     )
+    if opts.pack:  # within the block: rows stay a function of (seed, block index)
+        arrays = packing.pack_rows(arrays, opts.max_sequences_per_row, tokenizer.pad_id)
     # Smallest dtypes before the arrays cross a process boundary.
     arrays["input_ids"] = arrays["input_ids"].astype(shards.ids_dtype(tokenizer.vocab_size))
     arrays["length"] = arrays["length"].astype(np.int16)
@@ -252,8 +260,9 @@ class _Job:
 
 def _writer(job: _Job, out_dir: Path) -> shards.ShardWriter:
     shards.copy_tokenizer(job.tokenizer, out_dir)
+    k = job.opts.max_sequences_per_row if job.opts.pack else None
     return shards.ShardWriter(
-        out_dir, job.opts.max_seq_len, job.tokenizer.vocab_size, job.opts.shard_size
+        out_dir, job.opts.max_seq_len, job.tokenizer.vocab_size, job.opts.shard_size, k
     )
 
 

@@ -20,12 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
+from bertjax.data import packing
+from bertjax.data.dataset_dir import (  # noqa: F401 (callers use shards.prepare_output_dir)
+    MANIFEST,
+    prepare_output_dir,
+    remove_partial,
+    write_json_atomic,
+)
 from bertjax.data.instances import pack_instances
 from bertjax.data.integrity import check_token_ids, file_sha256, verify_files
 from bertjax.errors import UserError
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1  # one instance per row; 2: packed rows (a `layout` in the manifest)
+SCHEMA_VERSIONS = (1, 2)
 ARRAYS = ("input_ids", "length", "b_start", "next_sentence_label")
 DEFAULT_SHARD_SIZE = 65_536  # instances per shard: 16 MB of input_ids at L=128 (uint16)
 _SMALL_DTYPES = {"length": np.int16, "b_start": np.int16, "next_sentence_label": np.uint8}
@@ -53,79 +60,17 @@ def _write_npy_atomic(path: Path, array: np.ndarray) -> str:
     return digest
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Writes JSON to `path.tmp`, fsyncs, then renames: readers see all of it or nothing."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _is_ours(name: str) -> bool:
-    """True for file names a dataset directory may hold (shards, temporaries, manifest...)."""
-    return name.startswith(("shard-", ".shard-", "manifest.json")) or name in (
-        "tokenizer",
-        "eval",
-        ".tokenizer.tmp",
-    )
-
-
-def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Makes `out_dir` ready for a new dataset.
-
-    Refuses a directory holding a complete dataset unless `overwrite`, and a directory with
-    files that are not ours. Leftovers of an interrupted run (no manifest) are removed. The
-    old manifest goes first so that a run killed while cleaning leaves nothing that reads
-    as complete.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} exists and is not a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / MANIFEST).exists() and not overwrite:
-        raise UserError(
-            f"{out_dir} already holds a complete dataset ({MANIFEST}); "
-            "pass --overwrite to replace it or choose another --out"
-        )
-    foreign = sorted(p.name for p in out_dir.iterdir() if not _is_ours(p.name))
-    if foreign:
-        raise UserError(
-            f"{out_dir} holds files that are not part of a bertjax dataset "
-            f"({', '.join(foreign[:3])}); choose an empty or new --out directory"
-        )
-    remove_partial(out_dir)
-
-
-def remove_partial(out_dir: Path) -> None:
-    """Deletes a dataset's files from `out_dir`, manifests first; leaves other files alone."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return
-    for name in (MANIFEST, "eval/" + MANIFEST):
-        (out_dir / name).unlink(missing_ok=True)
-    for p in out_dir.iterdir():
-        if not _is_ours(p.name):
-            continue
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-
-
 class ShardWriter:
     """Buffers instance arrays and writes them as fixed-size shards, then the manifest.
 
-    Use `add(arrays)` with dicts of `ARRAYS` (one row per instance), then `close(extra)`.
-    Shard boundaries depend only on the order and number of rows added, so the same rows
-    give byte-identical shards whatever produced them.
+    Use `add(arrays)` with dicts of `ARRAYS` (one row per instance, or packed rows of up to
+    `max_sequences_per_row` sequences: packing.py), then `close(extra)`. Shard boundaries
+    depend only on the order and number of rows added, so the same rows give byte-identical
+    shards whatever produced them.
     """
 
-    def __init__(
-        self, out_dir, max_seq_len: int, vocab_size: int, shard_size: int = DEFAULT_SHARD_SIZE
-    ):
+    def __init__(self, out_dir, max_seq_len: int, vocab_size: int,
+                 shard_size: int = DEFAULT_SHARD_SIZE, max_sequences_per_row: int | None = None):
         self.out_dir = Path(out_dir)
         self.max_seq_len = max_seq_len
         self.dtype = ids_dtype(vocab_size)
@@ -134,6 +79,7 @@ class ShardWriter:
         self.num_instances = 0
         self._buf: list[dict[str, np.ndarray]] = []
         self._buffered = 0
+        self.packed_k, self._counts = max_sequences_per_row, {"real_tokens": 0, "sequences": 0}
 
     @property
     def rows(self) -> int:
@@ -168,13 +114,18 @@ class ShardWriter:
             digests[k] = _write_npy_atomic(self.out_dir / shard_file(name, k), arr)
         self.shards.append({"name": name, "count": n, "sha256": digests})
         self.num_instances += n
+        for k, v in packing.layout_counts(head["length"]).items():
+            self._counts[k] += v
 
     def close(self, manifest_fields: dict) -> dict:
         """Writes the last partial shard, then the manifest (last, atomically). Returns it."""
         if self._buffered:
             self._flush(self._buffered)
+        layout = self.packed_k and packing.layout_manifest(
+            self.packed_k, self._counts, self.num_instances, self.max_seq_len)
         manifest = {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": 2 if layout else SCHEMA_VERSION,
+            **({"layout": layout} if layout else {}),
             "format": "bertjax-instances",
             "max_seq_len": self.max_seq_len,
             "input_ids_dtype": self.dtype.name,
@@ -215,12 +166,14 @@ def write_dataset(
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
     extra: dict | None = None,
+    max_sequences_per_row: int | None = None,
 ) -> Path:
     """Writes a complete dataset directory (e.g. a tiny one for a test).
 
     Args:
       instances: an iterable of `(tokens_a, tokens_b, is_random_next)` (id lists without
         specials; an empty B makes a single-segment instance), or a dict of `ARRAYS`.
+      max_sequences_per_row: K of packed `instances` arrays (packing.py), else None.
       tokenizer: a tokenizer object (see `bertjax.data.tokenizer`) or a path to load one.
     Returns:
       the directory, readable with `open_dataset`.
@@ -236,7 +189,8 @@ def write_dataset(
             instances, max_seq_len, tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
         )
     copy_tokenizer(tokenizer, out_dir)
-    writer = ShardWriter(out_dir, max_seq_len, tokenizer.vocab_size, shard_size)
+    writer = ShardWriter(out_dir, max_seq_len, tokenizer.vocab_size, shard_size,
+                         max_sequences_per_row)
     writer.add(instances)
     writer.close(
         {
@@ -261,6 +215,7 @@ class Dataset:
         self.vocab_size = int(tok["vocab_size"])
         self.special_ids = dict(tok["special_ids"])
         self.tokenizer_dir = self.path / "tokenizer"
+        self.max_sequences_per_row = packing.sequences_per_row(self.manifest)  # None: unpacked
         self._arrays = [self._open_shard(s) for s in self.manifest["shards"]]
         if verify_checksums:
             files = []
@@ -290,9 +245,8 @@ class Dataset:
                 arr = np.load(f, mmap_mode="r", allow_pickle=False)
             except ValueError as e:  # numpy raises ValueError on truncated data or header
                 raise UserError(f"shard file {f} is truncated or unreadable ({e})") from None
-            want_shape = (
-                (shard["count"], self.max_seq_len) if k == "input_ids" else (shard["count"],)
-            )
+            per_row = self.max_seq_len if k == "input_ids" else self.max_sequences_per_row
+            want_shape = (shard["count"], per_row) if per_row else (shard["count"],)
             want_dtype = ids_dtype_ if k == "input_ids" else np.dtype(_SMALL_DTYPES[k])
             if arr.shape != want_shape or arr.dtype != want_dtype:
                 raise UserError(
@@ -301,6 +255,11 @@ class Dataset:
                 )
             arrays[k] = arr
         return arrays
+
+    @property
+    def packed(self) -> bool:
+        """True for packed rows (several sequences per row: packing.py)."""
+        return self.max_sequences_per_row is not None
 
     @property
     def tokenizer_identity(self) -> dict | None:
@@ -324,8 +283,9 @@ class Dataset:
             raise IndexError(f"indices outside [0, {self._len})")
         shard = np.searchsorted(self._offsets, idx, side="right") - 1
         out = {"input_ids": np.empty((idx.size, self.max_seq_len), np.int32)}
-        for k in ARRAYS[1:]:
-            out[k] = np.empty(idx.size, np.int32)
+        shape = (idx.size, self.max_sequences_per_row) if self.packed else (idx.size,)
+        for k in ARRAYS[1:]:  # [n, K] for packed rows
+            out[k] = np.empty(shape, np.int32)
         for s in np.unique(shard):
             rows = np.nonzero(shard == s)[0]
             local = idx[rows] - self._offsets[s]
@@ -340,6 +300,8 @@ class Dataset:
         int32; the original BERT's names, as in every batch up to the loss) for these indices,
         which may span shards."""
         raw = self.get_raw(indices)
+        if self.packed:  # and attn_segment_ids, position_ids, next_sentence_* [n, K]
+            return packing.batch_fields(raw, self.max_seq_len)
         pos = self._positions[None, :]
         attention = pos < raw["length"][:, None]
         token_type = (pos >= raw["b_start"][:, None]) & attention
@@ -377,10 +339,10 @@ def read_manifest(path) -> dict:
         manifest = json.loads(f.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{f} is not valid JSON ({e})") from None
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    if manifest.get("schema_version") not in SCHEMA_VERSIONS:
         raise UserError(
             f"{f} has schema_version {manifest.get('schema_version')!r}; this "
-            f"bertjax reads version {SCHEMA_VERSION}"
+            f"bertjax reads versions {SCHEMA_VERSIONS}"
         )
     for key in ("max_seq_len", "num_instances", "shards", "tokenizer", "input_ids_dtype"):
         if key not in manifest:

@@ -54,14 +54,25 @@ def synthetic_dataset(
     vocab_size: int = 30522,
     seed: int = 0,
     shard_size: int = 16_384,
+    max_sequences_per_row: int | None = None,
 ) -> Path:
-    """Writes a generated dataset directory (WordPiece vocab, several shards); returns it."""
+    """Writes a generated dataset directory (WordPiece vocab, several shards); returns it.
+
+    With `max_sequences_per_row` K: packed rows (packing.py) of `num_instances` sequences of
+    at most max_seq_len / 2 tokens each.
+    """
+    from bertjax.data.packing import pack_rows
     from bertjax.data.shards import write_dataset
     from bertjax.data.tokenizer import load_tokenizer
 
     out_dir = Path(out_dir)
     vocab_file = synthetic_vocab(out_dir.with_name(out_dir.name + ".vocab"), vocab_size)
-    arrays = synthetic_arrays(num_instances, max_seq_len, vocab_size, seed)
+    if max_sequences_per_row:
+        half = synthetic_arrays(num_instances, max_seq_len // 2, vocab_size, seed)
+        half["input_ids"] = np.pad(half["input_ids"], ((0, 0), (0, max_seq_len - max_seq_len // 2)))
+        arrays = pack_rows(half, max_sequences_per_row, pad_id=0)
+    else:
+        arrays = synthetic_arrays(num_instances, max_seq_len, vocab_size, seed)
     return write_dataset(
         out_dir,
         arrays,
@@ -70,6 +81,7 @@ def synthetic_dataset(
         seed=seed,
         shard_size=shard_size,
         overwrite=True,
+        max_sequences_per_row=max_sequences_per_row,
     )
 
 
@@ -90,12 +102,18 @@ def synthetic_batch(seed: int, *, batch: int, length: int, predictions: int, voc
         positions[r, :k] = np.sort(rng.choice(np.arange(1, n - 1), k, replace=False))
         weights[r, :k] = 1.0
     weights *= rng.random((batch, predictions)) < weight_prob
+    # The targets are the tokens at the masked positions, which read [MASK] (id 4), as in
+    # BERT's data: frequent tokens are learnable, so a model trained on these batches learns.
+    rows_B1 = np.arange(batch)[:, None]
+    masked_ids = rows["input_ids"][rows_B1, positions].astype(np.int32)
+    input_ids = rows["input_ids"].copy()
+    input_ids[rows_B1, positions] = np.where(weights > 0, 4, input_ids[rows_B1, positions])
     return {
-        "input_ids": rows["input_ids"],
+        "input_ids": input_ids,
         "input_mask": input_mask.astype(np.int32),
         "segment_ids": ((pos_L >= rows["b_start"][:, None]) & input_mask).astype(np.int32),
         "masked_lm_positions": positions,
-        "masked_lm_ids": rng.integers(5, vocab, (batch, predictions)).astype(np.int32),
+        "masked_lm_ids": np.where(weights > 0, masked_ids, 0).astype(np.int32),
         "masked_lm_weights": weights,
         "next_sentence_labels": rows["next_sentence_label"].astype(np.int32),
     }

@@ -7,9 +7,9 @@ On one synthetic batch (no data, no checkpoint needed): our jitted fine-tuning t
 (BertForSequenceClassification on the pooled output, BERT's AdamW with clipping at 1, the
 exact step `bertjax finetune` runs) on every device, then transformers'
 BertForSequenceClassification with torch.optim.AdamW doing the same step on the same batch,
-in the same process. The estimate multiplies our step time by the steps of `--epochs` epochs
-of the task's training set (every batch padded to --seq-len, as `bertjax finetune` pads);
-it leaves out compilation and the dev evaluation after each epoch.
+in a process of its own (train/bench_torch.py). The estimate multiplies our step time by the
+steps of `--epochs` epochs of the task's training set (every batch padded to --seq-len, as
+`bertjax finetune` pads); it leaves out compilation and the dev evaluation after each epoch.
 """
 
 import json
@@ -102,38 +102,17 @@ def time_ours(model_cfg, task, batch_np, steps: int) -> float:
     return seconds_per_jax_step(setup.train_fn, setup.state, batch, steps)
 
 
-def time_hf(model_cfg, task, batch_np, steps: int) -> float:
-    """Seconds per step of transformers' BertForSequenceClassification + torch AdamW (same
-    hyperparameters and clipping) on the same batch."""
-    import torch
-    import transformers
-
+def time_hf(model_cfg, task, batch_np, steps: int) -> dict:
+    """bench_torch.time_in_subprocess of transformers' BertForSequenceClassification + torch
+    AdamW (same hyperparameters and clipping) on the same batch, in a process of its own."""
     from bertjax import hf
-    from bertjax.train.bench import seconds_per_torch_step
+    from bertjax.train.bench_torch import time_in_subprocess
 
-    hf_cfg = transformers.BertConfig(
-        **{**hf.config_to_hf(model_cfg), "architectures": ["BertForSequenceClassification"]},
-        num_labels=task.num_labels,
-    )
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(hf_cfg).train()
-    optim_cfg = bench_optim_config(steps + 2)  # what time_ours runs
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=optim_cfg.peak_lr,
-        betas=(optim_cfg.b1, optim_cfg.b2),
-        eps=optim_cfg.eps,
-        weight_decay=optim_cfg.weight_decay,
-    )
-    labels = torch.from_numpy(batch_np["labels"])
-    inputs = {
-        "input_ids": torch.from_numpy(batch_np["input_ids"].astype(np.int64)),
-        "token_type_ids": torch.from_numpy(batch_np["segment_ids"].astype(np.int64)),
-        "attention_mask": torch.from_numpy(batch_np["input_mask"].astype(np.int64)),
-        # transformers picks the loss from the labels' dtype: MSE on floats, else cross-entropy.
-        "labels": labels if task.is_regression else labels.long(),
-    }
-    return seconds_per_torch_step(model, optimizer, inputs, optim_cfg.clip_norm, steps)
+    hf_config = {**hf.config_to_hf(model_cfg), "architectures": ["BertForSequenceClassification"],
+                 "num_labels": task.num_labels}  # fmt: skip
+    # bench_optim_config(steps + 2): what time_ours runs.
+    return time_in_subprocess("classification", hf_config, bench_optim_config(steps + 2),
+                              batch_np, steps)  # fmt: skip
 
 
 def estimate_hours(train_examples: int, epochs: int, batch_size: int, step_s: float) -> float:
@@ -164,7 +143,8 @@ def run(args) -> int:
     )
     ours_s = time_ours(model_cfg, task, batch, args.steps)
     say(f"bertjax:      {tokens / ours_s:10.0f} tokens/s  {ours_s * 1e3:8.1f} ms/step")
-    hf_s = time_hf(model_cfg, task, batch, args.steps)
+    hf = time_hf(model_cfg, task, batch, args.steps)
+    hf_s = hf["step_s"]
     result = {
         "preset": args.preset,
         "seq_len": args.seq_len,
@@ -174,6 +154,7 @@ def run(args) -> int:
         "step_s": ours_s,
         "tokens_per_s": tokens / ours_s,
         "hf_step_s": hf_s,
+        "hf_process": {k: hf[k] for k in ("pid", "torch_threads", "jax_loaded")},
         "hf_tokens_per_s": tokens / hf_s,
         "ratio_vs_hf": (tokens / ours_s) / (tokens / hf_s),
         "task": task.name,
@@ -185,7 +166,8 @@ def run(args) -> int:
     }
     say(
         f"HF PyTorch:   {result['hf_tokens_per_s']:10.0f} tokens/s  {hf_s * 1e3:8.1f} ms/step  "
-        f"(ours / theirs = {result['ratio_vs_hf']:.2f}x)"
+        f"(own process, {hf['torch_threads']} threads; ours / theirs = "
+        f"{result['ratio_vs_hf']:.2f}x)"
     )
     steps = math.ceil(result["train_examples"] / args.batch_size)
     say(

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bertjax import hf
+from bertjax import encoder, hf
 from bertjax import model as model_lib
 from bertjax.finetune import heads
 from bertjax.train import step as step_lib
@@ -147,16 +147,18 @@ def _pooler_table(cfg: model_lib.BertConfig) -> list:
 
 
 def params_to_hf(params, cfg: model_lib.BertConfig) -> dict[str, np.ndarray]:
-    """HF BertForQuestionAnswering tensors of our (boxed or unboxed) parameters."""
-    params = jax.device_get(nn.meta.unbox(params))
+    """HF BertForQuestionAnswering tensors of our (boxed or unboxed) parameters, either layout."""
+    params = encoder.unstack_layers(jax.device_get(nn.meta.unbox(params)))
     return {w.hf_name: hf._to_hf(np.asarray(hf._get(params, w.path), np.float32), w)
             for w in weight_table(cfg)}  # fmt: skip
 
 
 def params_from_hf(tensors: dict[str, np.ndarray], cfg: model_lib.BertConfig,
                    source: str = "checkpoint"):
-    """Our unboxed parameters from HF BertForQuestionAnswering tensors; every weight must be
-    present with the shape `cfg` implies and none may be left over (hf.CheckpointError)."""
+    """Our unboxed parameters from HF BertForQuestionAnswering tensors, in `cfg`'s layout; every
+    weight must be present with the shape `cfg` implies and none may be left over
+    (hf.CheckpointError)."""
+    layout_cfg, cfg = cfg, dataclasses.replace(cfg, scan_layers=False)  # HF's: layer by layer
     tensors = hf._normalise_names(tensors)
     table = weight_table(cfg)
     missing = [w.hf_name for w in table if w.hf_name not in tensors]
@@ -181,14 +183,14 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: model_lib.BertConfig,
             raise hf.CheckpointError(f"weight {w.hf_name!r} has shape {tuple(tensor.shape)}; "
                                      f"the config implies {hf._hf_shape(shape, w)}")
         hf._set(params, w.path, hf._to_ours(tensor, w, shape))
-    return params
+    return encoder.to_layout(params, layout_cfg.scan_layers)
 
 
 def params_from_encoder(bert_params, cfg: model_lib.BertConfig, rng: jax.Array):
     """Unboxed span-model parameters: the given BertModel parameters (e.g. `params["bert"]` of
     a pretraining checkpoint or of hf.load_pretrained) and a freshly initialised qa_outputs."""
     shapes = nn.meta.unbox(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
-    bert_params = nn.meta.unbox(bert_params)
+    bert_params = encoder.to_layout(nn.meta.unbox(bert_params), cfg.scan_layers)
     want = jax.tree_util.tree_map(lambda x: x.shape, shapes["bert"])
     got = jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), bert_params)
     if want != got:

@@ -326,10 +326,12 @@ def finetune(cfg, workdir) -> dict:
     they are written to WORKDIR/eval_results.json, its predictions to WORKDIR/predictions."""
     import jax
 
-    from bertjax.train import sharding
+    from bertjax.train import compile_cache, sharding
 
     kind = make_kind(cfg)
     check_config(cfg)
+    cache_dir = compile_cache.enable(cfg.compilation_cache_dir, workdir, jax.process_count(),
+                                     key="compilation_cache_dir")
     mesh = sharding.make_mesh(cfg.mesh)
     ways = sharding.data_parallel_size(mesh) * cfg.grad_accum_steps
     if cfg.batch_size % ways or cfg.batch_size % jax.process_count():
@@ -347,6 +349,7 @@ def finetune(cfg, workdir) -> dict:
         f"({loaded.model_cfg.num_hidden_layers} layers, hidden "
         f"{loaded.model_cfg.hidden_size}); mesh "
         + ", ".join(f"{k}={v}" for k, v in mesh.shape.items())
+        + f"; compilation cache {cache_dir or 'off'}"
     )
     run = Prepared(
         cfg=cfg,

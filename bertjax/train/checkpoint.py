@@ -177,6 +177,13 @@ class Checkpointer:
                 f"the checkpoint of step {step} in {self.directory} holds another model than "
                 f"the config ({'; '.join(differ)}): resume with the config it was trained "
                 "with, or use a new --workdir")
+        if bool(saved.get("scan_layers", False)) != model_cfg.scan_layers:
+            # Restored as it is, the other layout would fail like damage and be set aside.
+            raise UserError(
+                f"the checkpoint of step {step} in {self.directory} was written with "
+                f"model.scan_layers={bool(saved.get('scan_layers'))} and cannot restore into "
+                f"a state with model.scan_layers={model_cfg.scan_layers} (the run changed "
+                "layouts after it: move the newer steps aside to resume from this one)")
 
     def _set_aside(self, step: int) -> None:
         """Moves a damaged step to WORKDIR/checkpoints_damaged/<step>[.n] (process 0; the
@@ -338,7 +345,7 @@ def load_model(path, step: int | None = None) -> LoadedModel:
         raise UserError(str(e)) from None
     if MODEL_CONFIG_KEY not in meta:
         raise UserError(f"checkpoint in {path} has no model config; was it written by bertjax?")
-    model_cfg = model_lib.BertConfig(**meta[MODEL_CONFIG_KEY])
+    model_cfg = model_lib.config_from_dict(meta[MODEL_CONFIG_KEY])
     return LoadedModel(model_cfg, params, f"{path} step {used_step}",
                        _tokenizer_files(meta.get(TOKENIZER_DIR_KEY, "")), used_step,
                        meta.get(TOKENIZER_IDENTITY_KEY))

@@ -35,6 +35,12 @@ REQUIRED_KEYS = (
     "mesh.tensor",
     "logical_axis_rules",
 )
+# Keys that were renamed: setting one (override or config file) says what replaced it.
+RENAMED_KEYS = {
+    "model.remat": "model.remat was replaced by model.remat_policy: remat=true is "
+    "--config.model.remat_policy=full, remat=false is --config.model.remat_policy=none "
+    "(docs/TRAINING.md lists the other policies)",
+}
 
 
 def config_names() -> list[str]:
@@ -158,6 +164,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides, source: str = 
         if not eq:
             raise UserError(f"override {item!r} has no '=': write --config.KEY=VALUE")
         if key not in valid:
+            if key in RENAMED_KEYS:
+                raise UserError(RENAMED_KEYS[key])
             if any(k.startswith(key + ".") for k in valid):
                 raise UserError(
                     f"--config.{key} is not a leaf key of {source}; set its fields one by one"
@@ -235,7 +243,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     """Checks what can be checked before any data is read or anything compiled."""
     # Local imports: these pull in JAX, which `bertjax --help` need not load.
     from bertjax import attention
-    from bertjax.model import COMPUTE_DTYPES
+    from bertjax.model import COMPUTE_DTYPES, REMAT_POLICIES
     from bertjax.train import sharding
     from bertjax.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -253,6 +261,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     if impl not in attention.IMPLS:
         raise UserError(
             f"model.attention_impl={impl!r}: expected one of {', '.join(attention.IMPLS)}"
+        )
+    renamed = [k for k in RENAMED_KEYS if k in keys]
+    if renamed:
+        raise UserError(RENAMED_KEYS[renamed[0]])
+    policy = config.model.get("remat_policy", "none")
+    if policy not in REMAT_POLICIES:
+        raise UserError(
+            f"model.remat_policy={policy!r}: expected one of {', '.join(REMAT_POLICIES)}"
         )
     for key, registry in (("optim.name", OPTIMIZERS), ("optim.schedule", SCHEDULES)):
         if _get(config, key) not in registry:
@@ -334,6 +350,8 @@ def model_config(model_section, dataset_vocab_size: int):
     (0 = keep the preset's value; vocab_size 0 = the dataset's)."""
     from bertjax import model as model_lib
 
+    if "remat" in model_section:
+        raise UserError(RENAMED_KEYS["model.remat"])
     fields = {
         k: v
         for k, v in model_section.items()

@@ -41,6 +41,7 @@ class Run:
     abstract_state: TrainState | None = None  # boxed shapes, no arrays
     state_shardings: TrainState | None = None
     resumed_loader_state: dict | None = None  # 4. the loader state a restored checkpoint holds
+    compile_cache_dir: str | None = None  # JAX's persistent compilation cache (None: off)
 
 
 def _log(msg: str) -> None:
@@ -64,6 +65,18 @@ def setup_mesh(run: Run) -> None:
         f"mesh {shape} over {jax.device_count()} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process(es)"
     )
+
+
+def setup_compile_cache(run: Run) -> None:
+    """Before the first compile: JAX's persistent compilation cache in
+    `train.compilation_cache_dir`, so that a restarted run loads its compiled steps."""
+    import jax
+
+    from bertjax.train import compile_cache
+
+    run.compile_cache_dir = compile_cache.enable(
+        run.config.train.compilation_cache_dir, run.workdir, jax.process_count(),
+        key="train.compilation_cache_dir")
 
 
 def _open(path, key, verify_checksums: bool):
@@ -122,7 +135,9 @@ def setup_state_shardings(run: Run) -> None:
     params = model_lib.count_params(run.abstract_state.params)
     _log(
         f"model {run.config.model.preset}: {params / 1e6:.2f}M parameters, "
-        f"vocab {run.model_cfg.vocab_size}, compute {run.model_cfg.compute_dtype}"
+        f"vocab {run.model_cfg.vocab_size}, compute {run.model_cfg.compute_dtype}, layers "
+        f"{'scanned' if run.model_cfg.scan_layers else 'unrolled'}, remat_policy "
+        f"{run.model_cfg.remat_policy}"
     )
 
 
@@ -133,17 +148,17 @@ def init_or_restore(run: Run, ckpt):
     (2) an `init_from` warm start (a HuggingFace folder or another run's workdir),
     (3) from scratch. Returns (state, dropout rng key, start step).
     """
-    import flax.linen as nn
     import jax
 
     from bertjax.train import step as step_lib
-    from bertjax.train.warm_start import warm_start
+    from bertjax.train.warm_start import restore_state, warm_start
 
     root = jax.random.key(run.config.train.seed)
     init_rng, dropout_rng = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
     if ckpt.latest_step() is not None:
-        state, dropout_rng, loader_state, _ = ckpt.restore(
-            nn.meta.unbox(run.abstract_state), run.state_shardings, model_cfg=run.model_cfg)
+        state, dropout_rng, loader_state, _ = restore_state(
+            ckpt, model_cfg=run.model_cfg, tx=run.tx, mesh=run.mesh, rules=run.rules,
+            abstract_state=run.abstract_state, state_shardings=run.state_shardings)
         start_step = int(jax.device_get(state.step))
         run.resumed_loader_state = loader_state
         _log(f"resuming from checkpoint step {start_step} in {ckpt.directory}")
@@ -156,7 +171,7 @@ def init_or_restore(run: Run, ckpt):
         state, source = warm_start(
             state, train_cfg.init_from, model_cfg=run.model_cfg,
             abstract_state=run.abstract_state, state_shardings=run.state_shardings,
-            init_opt_state=train_cfg.init_opt_state)
+            init_opt_state=train_cfg.init_opt_state, tx=run.tx, mesh=run.mesh, rules=run.rules)
         _log(f"initialised from {source}"
              + (" (parameters and optimizer moments)" if train_cfg.init_opt_state else ""))
     return state, dropout_rng, 0
@@ -218,6 +233,7 @@ def make_evaluator(run: Run):
 
 def compile_train_step(run: Run, state, batch, dropout_rng):
     """5. The train step, compiled once with explicit shardings; the state is donated."""
+    from bertjax.train import compile_cache
     from bertjax.train import step as step_lib
 
     train_cfg = run.config.train
@@ -232,9 +248,29 @@ def compile_train_step(run: Run, state, batch, dropout_rng):
         nsp=train_cfg.nsp,
     )
     t0 = time.perf_counter()
-    compiled = train_fn.lower(state, batch, dropout_rng).compile()
-    _log(f"compiled the train step in {time.perf_counter() - t0:.1f}s")
+    with compile_cache.watch() as cache_events:
+        compiled = train_fn.lower(state, batch, dropout_rng).compile()
+    _log(f"compiled the train step in {time.perf_counter() - t0:.1f}s "
+         f"({cache_events.describe(run.compile_cache_dir)})")
     return compiled
+
+
+def throughput_counts(run: Run, seq_len: int) -> dict:
+    """The model FLOPs of one step and the peak FLOP/s of the devices (flops.device_peak: a
+    known chip's published dense bf16 peak, this CPU's measured matmul rate): StepMetrics
+    turns them into model FLOPs/s and MFU."""
+    import jax
+
+    from bertjax.train import flops
+
+    masking = config_lib.masking_config(run.config.data, run.train_ds)
+    # Prediction slots per row: P per sequence, K sequences in a packed row.
+    slots = masking.max_predictions_per_seq * (run.train_ds.max_sequences_per_row or 1)
+    per_step = flops.model_flops_per_step(run.model_cfg, run.config.train.global_batch_size,
+                                          seq_len, slots)
+    peak = flops.device_peak(jax.devices(), jax.local_devices()[0])
+    _log(f"MFU against the {peak.denominator}")
+    return {"flops_per_step": per_step, "peak_flops": peak.flops_per_s}
 
 
 def train(config, workdir) -> list[dict]:
@@ -246,6 +282,7 @@ def train(config, workdir) -> list[dict]:
     if run.workdir.exists() and not run.workdir.is_dir():
         raise UserError(f"--workdir {run.workdir} is a file: give a folder for the run")
     setup_mesh(run)  # 1. mesh
+    setup_compile_cache(run)  # before the first compile (the state's initialisation)
     setup_data(run)  # 2. data
     setup_state_shardings(run)  # 3. model, optimizer, shardings
     train_cfg = config.train
@@ -302,8 +339,10 @@ def run_steps(run: Run, train_fn, state, dropout_rng, batch, loader, ckpt, start
         if train_cfg.profile_steps:
             profiler = StepProfiler(train_cfg.profile_steps, run.workdir / "profile")
             cleanup.callback(profiler.close)
-        tokens_per_step = train_cfg.global_batch_size * run.train_ds.max_seq_len
-        step_metrics = StepMetrics(writer, tokens_per_step, start_step, remedy=PRETRAINING_REMEDY)
+        seq_len = run.train_ds.max_seq_len
+        tokens_per_step = train_cfg.global_batch_size * seq_len
+        step_metrics = StepMetrics(writer, tokens_per_step, start_step, remedy=PRETRAINING_REMEDY,
+                                   **throughput_counts(run, seq_len))
 
         def evaluate(done: int) -> dict:
             eval_metrics = evaluator.eval(state.params)

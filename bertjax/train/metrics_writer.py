@@ -249,6 +249,10 @@ class MetricsWriter:
         parts = []
         if record.get("tokens_per_s") is not None:
             parts.append(_format_rate(record["tokens_per_s"]))
+        if record.get("real_tokens_per_s") is not None:
+            parts.append(_format_rate(record["real_tokens_per_s"]).replace("tok/s", "real tok/s"))
+        if record.get("mfu") is not None:
+            parts.append(f"MFU {record['mfu']:.1%}")
         (t0, s0), (t1, s1) = self._times[0], self._times[-1]
         if t1 > t0 and s1 > s0:
             eta = (self.total_steps - s1) / ((s1 - s0) / (t1 - t0))

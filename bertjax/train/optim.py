@@ -3,6 +3,7 @@
 import jax
 import optax
 
+from bertjax import encoder
 from bertjax.errors import UserError
 
 # Decay after the warm-up, by `optim.schedule`: (peak, end, decay_steps, optim_cfg) -> schedule.
@@ -61,13 +62,35 @@ def _adamw(schedule, b1, b2, eps, weight_decay):
     )
 
 
+def scale_by_trust_ratio_per_layer() -> optax.GradientTransformation:
+    """optax.scale_by_trust_ratio, with one ratio per layer for the stacked layers of a
+    `model.scan_layers` model ([layers, ...] arrays hold one parameter of each layer), so
+    that LAMB adapts exactly as it does for the same model unrolled."""
+    per_leaf = optax.scale_by_trust_ratio()
+
+    def scale(update, param):
+        return per_leaf.update(update, None, param)[0]
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("the trust ratio needs the parameters: pass them to update")
+        updates = jax.tree_util.tree_map_with_path(
+            lambda path, u, p: jax.vmap(scale)(u, p) if encoder.is_stacked_path(path)
+            else scale(u, p),
+            updates, params,
+        )
+        return updates, state
+
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
 def _lamb(schedule, b1, b2, eps, weight_decay):
     # optax.lamb applies the trust ratio to every parameter; BERT's LAMB (and NVIDIA's)
     # excludes LayerNorm parameters and biases from layer adaptation as from weight decay.
     return optax.chain(
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
         optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
-        optax.masked(optax.scale_by_trust_ratio(), weight_decay_mask),
+        optax.masked(scale_by_trust_ratio_per_layer(), weight_decay_mask),
         optax.scale_by_learning_rate(schedule),
     )
 

@@ -31,6 +31,7 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("position", None),
     ("segment", None),
     ("embed_out", None),
+    ("layers", None),  # the stacked layers' axis (model.scan_layers): each device holds all
 )
 
 

@@ -90,12 +90,22 @@ def pretraining_objective(nsp: bool = True) -> Objective:
 
     def denominators(batch):
         mlm = jnp.sum(batch["masked_lm_weights"]) + losses.MLM_DENOMINATOR_EPS
-        return mlm, batch["input_ids"].shape[0]
+        return mlm, _sequences(batch)  # NSP: a mean over real sequences (packed rows: [B, K])
 
     def loss(sums, denominators):
         return losses.loss_from_sums(sums, *denominators)
 
-    return Objective(sums, denominators, loss, losses.metrics_from_sums)
+    def metrics(sums):  # and what the step read: real (non-pad) tokens and sequences
+        return losses.metrics_from_sums(sums) | {k: sums[k] for k in ("real_tokens", "sequences")}
+
+    return Objective(sums, denominators, loss, metrics)
+
+
+def _sequences(batch):
+    """The batch's real sequences: the sum of `next_sentence_weights` (packed rows, eval),
+    else one per row."""
+    weights = batch.get("next_sentence_weights")
+    return batch["input_ids"].shape[0] if weights is None else jnp.sum(weights)
 
 
 def _forward_sums(params, batch, dropout_rng, *, model, nsp: bool, deterministic: bool):
@@ -107,9 +117,14 @@ def _forward_sums(params, batch, dropout_rng, *, model, nsp: bool, deterministic
         batch["masked_lm_positions"],
         deterministic=deterministic,
         attn_segment_ids=batch.get("attn_segment_ids"),  # packed rows; else one per row
+        position_ids=batch.get("position_ids"),  # packed rows: 0 at each sequence's start
+        nsp_positions=batch.get("next_sentence_positions"),  # packed rows: each [CLS]
         rngs=None if deterministic else {"dropout": dropout_rng},
     )
-    return losses.pretraining_sums(out.mlm_logits, out.nsp_logits, batch, nsp)
+    sums = losses.pretraining_sums(out.mlm_logits, out.nsp_logits, batch, nsp)
+    sums["real_tokens"] = jnp.sum(batch["input_mask"], dtype=jnp.float32)
+    sums["sequences"] = jnp.asarray(_sequences(batch), jnp.float32)
+    return sums
 
 
 def _split_micro_batches(batch, accum_steps: int, micro_sharding):

@@ -37,17 +37,23 @@ class StepMetrics:
     Call `dispatched(step, metrics, log=...)` right after dispatching a step: it first fetches
     the previous logged step's metrics (the devices are busy with the new one by then), then
     keeps this step's if it is to be logged. `flush()` fetches what is pending now (before an
-    evaluation, a checkpoint, the end). Each fetch adds `tokens_per_s` since the previous one,
-    writes the record through `writer` and stops the run on a non-finite loss.
+    evaluation, a checkpoint, the end). Each fetch adds `tokens_per_s` since the previous one
+    (`real_tokens_per_s` too when the step counts its real tokens; given `flops_per_step`,
+    `model_flops_per_s`; given `peak_flops` too, `mfu`), writes the record through `writer`
+    and stops the run on a non-finite loss.
     """
 
-    def __init__(self, writer, tokens_per_step: int, start_step: int, *, remedy: str):
+    def __init__(self, writer, tokens_per_step: int, start_step: int, *, remedy: str,
+                 flops_per_step: float = 0.0, peak_flops: float | None = None):
         self._writer = writer
         self._tokens_per_step = tokens_per_step
+        self._flops_per_step = flops_per_step
+        self._peak_flops = peak_flops
         self._remedy = remedy
         self._last_step = start_step
         self._last_time = time.perf_counter()
         self._pending = None
+        self._real_tokens = None  # device sum of "real_tokens" since the last fetch
 
     def restart_clock(self) -> None:
         """Throughput excludes what happened since the last fetch (an evaluation, a save)."""
@@ -57,6 +63,9 @@ class StepMetrics:
         """Fetches the pending step (returns its record, or None), then defers this one."""
         record = self.flush()
         self._pending = (step, metrics) if log else None
+        if "real_tokens" in metrics:  # summed on the device every step: exact, never waits
+            real = metrics["real_tokens"]
+            self._real_tokens = real if self._real_tokens is None else self._real_tokens + real
         return record
 
     def flush(self) -> dict | None:
@@ -69,9 +78,16 @@ class StepMetrics:
         self._pending = None
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         now = time.perf_counter()
-        metrics["tokens_per_s"] = (
-            self._tokens_per_step * (step - self._last_step) / max(now - self._last_time, 1e-9)
-        )
+        seconds = max(now - self._last_time, 1e-9)
+        steps_per_s = (step - self._last_step) / seconds
+        metrics["tokens_per_s"] = self._tokens_per_step * steps_per_s
+        if self._real_tokens is not None:  # non-pad tokens beside the padded figure above
+            metrics["real_tokens_per_s"] = float(self._real_tokens) / seconds
+            self._real_tokens = None
+        if self._flops_per_step:
+            metrics["model_flops_per_s"] = self._flops_per_step * steps_per_s
+            if self._peak_flops:
+                metrics["mfu"] = metrics["model_flops_per_s"] / self._peak_flops
         self._writer.write(step, metrics)  # a NaN is logged too (as null), then stops the run
         check_finite(step, metrics, self._last_step, remedy=self._remedy)
         self._last_step, self._last_time = step, now

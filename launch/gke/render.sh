@@ -4,6 +4,8 @@ set -euo pipefail
 
 PROG=render.sh
 TEMPLATE=$(dirname "${BASH_SOURCE[0]}")/jobset.yaml
+# shellcheck source=../xla_flags.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../xla_flags.sh"
 
 usage() {
   cat <<'EOF'
@@ -31,6 +33,9 @@ Other options:
   --service-account SA     Kubernetes service account of the pods (default: default)
   --max-restarts N         JobSet restarts on failure, each resuming from the last checkpoint
                            (default 3)
+  --xla-flags FLAGS        your XLA flags, after the ones this script sets (launch/xla_flags.sh)
+                           so that yours win: LIBTPU_INIT_ARGS on TPU, XLA_FLAGS on GPU
+  --no-xla-flags           leave out the flags this script sets
   --dry-run                print the rendered YAML (after a comment naming the command that
                            would apply it) and run nothing
   -h, --help               show this help
@@ -65,15 +70,16 @@ json_escape() {
 
 # ---- arguments ----
 name="" image="" tpu="" topology="" chips_per_host=4 gpu="" gpus_per_host=8 hosts=""
-port=1234 service_account=default max_restarts=3 dry_run=0
+port=1234 service_account=default max_restarts=3 dry_run=0 xla_flags=1 user_xla_flags=""
 positional=() train_args=()
 while (($#)); do
   if [[ $1 == --*=* ]]; then set -- "${1%%=*}" "${1#*=}" "${@:2}"; fi
   case $1 in
     -h | --help) usage; exit 0 ;;
     --dry-run) dry_run=1; shift ;;
+    --no-xla-flags) xla_flags=0; shift ;;
     --name | --image | --tpu | --topology | --chips-per-host | --gpu | --gpus-per-host | \
-      --hosts | --port | --service-account | --max-restarts)
+      --hosts | --port | --service-account | --max-restarts | --xla-flags)
       (($# >= 2)) || die "$1 needs a value."
       case $1 in
         --name) name=$2 ;;
@@ -87,6 +93,7 @@ while (($#)); do
         --port) port=$2 ;;
         --service-account) service_account=$2 ;;
         --max-restarts) max_restarts=$2 ;;
+        --xla-flags) user_xla_flags=$2 ;;
       esac
       shift 2
       ;;
@@ -135,6 +142,7 @@ elif [[ -n $tpu ]]; then
   set_var ANNOTATIONS "{alpha.jobset.sigs.k8s.io/exclusive-topology: cloud.google.com/gke-nodepool}"
   set_var ACCELERATOR_RESOURCE google.com/tpu
   set_var ACCELERATORS_PER_HOST "$chips_per_host"
+  xla_env_name=LIBTPU_INIT_ARGS ours=("${TPU_LIBTPU_INIT_ARGS[@]}")
 elif [[ -n $gpu ]]; then
   [[ $gpu =~ ^[a-z0-9-]+$ ]] || die "--gpu must be a GKE accelerator name such as nvidia-h100-80gb, got '$gpu'."
   [[ -n $hosts ]] || die "--hosts N is required with --gpu (the number of GPU nodes)."
@@ -145,12 +153,16 @@ elif [[ -n $gpu ]]; then
   set_var ANNOTATIONS "{}"
   set_var ACCELERATOR_RESOURCE nvidia.com/gpu
   set_var ACCELERATORS_PER_HOST "$gpus_per_host"
+  xla_env_name=XLA_FLAGS ours=("${GPU_XLA_FLAGS[@]}")
 else
   die "choose the accelerator: --tpu TYPE --topology AxB, or --gpu TYPE --hosts N."
 fi
 
 # ---- render ----
-for a in "$config" "$workdir" "${train_args[@]}"; do
+# Ours first, the user's --xla-flags last: the last value of a repeated flag wins.
+xla_env_value=$user_xla_flags
+((!xla_flags)) || xla_env_value="${ours[*]}${user_xla_flags:+ $user_xla_flags}"
+for a in "$config" "$workdir" "$user_xla_flags" "${train_args[@]}"; do
   [[ $a != *[[:cntrl:]]* ]] || die "control characters (such as newlines) are not allowed in '$a'."
 done
 set_var NAME "$name"
@@ -161,6 +173,8 @@ set_var NUM_HOSTS "$hosts"
 set_var COORDINATOR_PORT "$port"
 set_var SERVICE_ACCOUNT "$service_account"
 set_var MAX_RESTARTS "$max_restarts"
+set_var XLA_ENV_NAME "$xla_env_name"
+set_var XLA_ENV_VALUE "$(json_escape "$xla_env_value")"
 train_list=""
 for a in "${train_args[@]}"; do train_list+=", \"$(json_escape "$a")\""; done
 set_var TRAIN_ARGS "$train_list"

@@ -1,0 +1,312 @@
+"""The encoder: post-LN transformer layers, unrolled or scanned, rematerialised by policy.
+
+`model.scan_layers` runs the layers with `nn.scan`: one traced and compiled layer whatever the
+depth, its parameters stacked along a leading axis named "layers". Unrolled, each layer has
+a subtree of its own (`layer_0`, `layer_1`, ...; HuggingFace's and our checkpoints' layout).
+`stack_layers` / `unstack_layers` convert any tree between the two layouts at the edges.
+`model.remat_policy` names what each layer keeps for the backward pass (`REMAT_POLICIES`).
+
+The building blocks (dense, LayerNorm, activation) are shared with model.py's embeddings and
+heads. `cfg` is always a `bertjax.model.BertConfig` (not imported: model.py imports this).
+"""
+
+import functools
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.ad_checkpoint import checkpoint_name
+
+from bertjax import attention
+
+LAYERS_AXIS = "layers"  # logical name of the stacked parameters' leading axis (no mesh axis)
+STACKED_KEY = "layers"  # the scanned layers' subtree in BertModel (unrolled: layer_0, ...)
+_LAYER_KEY = re.compile(r"layer_(\d+)$")
+
+# Activations tagged with `checkpoint_name` in every layer (MaxText's names), which the named
+# policies below save: the q/k/v projections, the attention context before its output
+# projection, that projection, and the feed-forward block's two matmuls.
+TAGGED_ACTIVATIONS = (
+    "query_proj", "key_proj", "value_proj", "context", "out_proj", "mlpwi", "mlpwo"
+)
+_QKV = ("query_proj", "key_proj", "value_proj")
+
+
+def _save(*names):
+    return lambda: jax.checkpoint_policies.save_only_these_names(*names)
+
+
+# `model.remat_policy` -> a function giving the jax.checkpoint policy (None: save nothing).
+# Ordered from most memory (fastest) to least (slowest), as MaxText's base.yml lists its own:
+# MaxText's named policies, then JAX's generic ones. "none" is not here: no remat at all.
+REMAT_POLICIES = {
+    "minimal_with_context": _save(*TAGGED_ACTIVATIONS),
+    "minimal": _save(*_QKV, "out_proj", "mlpwi", "mlpwo"),
+    "save_dot_with_context_except_mlp": _save(*_QKV, "context", "out_proj"),
+    "save_dot_except_mlpwi": _save(*_QKV, "out_proj", "mlpwo"),
+    "save_dot_except_mlp": _save(*_QKV, "out_proj"),
+    "save_qkv_proj": _save(*_QKV),
+    "save_out_proj": _save("out_proj"),
+    "dots_saveable": lambda: jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": (
+        lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    ),
+    "nothing_saveable": lambda: jax.checkpoint_policies.nothing_saveable,
+    "full": lambda: None,  # jax.checkpoint's default: recompute the whole layer
+}
+REMAT_POLICY_NAMES = ("none", *REMAT_POLICIES)
+
+
+# --- building blocks --------------------------------------------------------------------------
+
+
+def dense_init(cfg, axes: tuple[str | None, ...]):
+    """BERT's normal(initializer_range) initialiser, with logical axis names."""
+    return nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), axes)
+
+
+def zeros_init(axes: tuple[str | None, ...]):
+    """Zeros, with logical axis names."""
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def layer_norm(cfg, name: str) -> nn.LayerNorm:
+    """LayerNorm as BERT's: epsilon 1e-12 (flax: 1e-6), exact variance as PyTorch computes it."""
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_eps,
+        dtype=cfg.dtype,
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=zeros_init(("embed",)),
+        name=name,
+    )
+
+
+def dense(cfg, features: int, axes: tuple[str | None, str | None], name: str) -> nn.Dense:
+    """nn.Dense with BERT's initialisers, computing in the config's dtype."""
+    return nn.Dense(
+        features,
+        dtype=cfg.dtype,
+        kernel_init=dense_init(cfg, axes),
+        bias_init=zeros_init(axes[1:]),
+        name=name,
+    )
+
+
+def activation(name: str):
+    """The feed-forward activation named as in HF configs (exact erf GELU for "gelu")."""
+    if name == "gelu":
+        return functools.partial(jax.nn.gelu, approximate=False)
+    return functools.partial(jax.nn.gelu, approximate=True)
+
+
+class HeadsDense(nn.Module):
+    """nn.DenseGeneral over the last `in_axes` input axes, its kernel made in its full shape.
+
+    The parameters (kernel [*in, *features], bias [*features]) and the computation are
+    DenseGeneral's. DenseGeneral initialises a flat 2-D kernel and reshapes it: with a mesh
+    and logical rules in scope (activation constraints on), flax then applies the kernel's
+    3-axis logical constraint to the 2-D array and tracing fails. The initial values are the
+    same either way (a normal draw is laid out flat).
+    """
+
+    cfg: Any
+    features: tuple[int, ...]
+    in_axes: int
+    kernel_axes: tuple[str | None, ...]
+
+    @nn.compact
+    def __call__(self, x):
+        cfg, n_in = self.cfg, self.in_axes
+        kernel = self.param(
+            "kernel",
+            dense_init(cfg, self.kernel_axes),
+            (*x.shape[x.ndim - n_in :], *self.features),
+            jnp.float32,
+        )
+        bias = self.param(
+            "bias", zeros_init(self.kernel_axes[n_in:]), tuple(self.features), jnp.float32
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.dtype)
+        # Contracting dimensions in order, as DenseGeneral (jnp.einsum would reverse them
+        # and add transposes to the backward pass).
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        return jax.lax.dot_general(x, kernel, (contract, ((), ()))) + bias
+
+
+# --- one layer --------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention within segments (attention.py), output projection, LayerNorm."""
+
+    cfg: Any
+
+    @nn.compact
+    def __call__(
+        self, x_BxLxE, attn_segment_ids_BxL, deterministic: bool, one_segment_per_row: bool
+    ):
+        cfg = self.cfg
+        qkv = functools.partial(
+            HeadsDense,
+            cfg,
+            (cfg.num_attention_heads, cfg.head_dim),
+            in_axes=1,
+            kernel_axes=("embed", "heads", "kv"),
+        )
+        q_BxLxNxD = checkpoint_name(qkv(name="query")(x_BxLxE), "query_proj")
+        k_BxLxNxD = checkpoint_name(qkv(name="key")(x_BxLxE), "key_proj")
+        v_BxLxNxD = checkpoint_name(qkv(name="value")(x_BxLxE), "value_proj")
+        use_dropout = not deterministic and cfg.attention_probs_dropout_prob > 0
+        impl = cfg.attention_impl
+        if self.is_initializing():  # no kernel has parameters; init runs at lengths splash can't
+            impl = "xla"
+        elif impl == "auto":  # resolved from the config, so training and evaluation agree
+            impl, _ = attention.resolve_for_model(cfg, seq_len=x_BxLxE.shape[1])
+        ctx_BxLxNxD = attention.dot_product_attention(
+            q_BxLxNxD,
+            k_BxLxNxD,
+            v_BxLxNxD,
+            attn_segment_ids_BxL,
+            impl=impl,
+            one_segment_per_row=one_segment_per_row,
+            dropout_rate=cfg.attention_probs_dropout_prob,
+            dropout_rng=self.make_rng("dropout") if use_dropout else None,
+        )
+        ctx_BxLxNxD = nn.with_logical_constraint(ctx_BxLxNxD, ("batch", "length", "heads", "kv"))
+        ctx_BxLxNxD = checkpoint_name(ctx_BxLxNxD, "context")
+        out_BxLxE = HeadsDense(
+            cfg, (cfg.hidden_size,), in_axes=2, kernel_axes=("heads", "kv", "embed"), name="output"
+        )(ctx_BxLxNxD)
+        out_BxLxE = checkpoint_name(out_BxLxE, "out_proj")
+        out_BxLxE = nn.Dropout(cfg.hidden_dropout_prob)(out_BxLxE, deterministic=deterministic)
+        return layer_norm(cfg, "output_LayerNorm")(out_BxLxE + x_BxLxE)
+
+
+class EncoderLayer(nn.Module):
+    """One post-LN transformer layer: attention, then the GELU feed-forward block.
+
+    Returns (output, None): the (carry, per-step output) pair `nn.scan` expects of its body,
+    so that the same class runs unrolled and scanned.
+    """
+
+    cfg: Any
+
+    @nn.compact
+    def __call__(
+        self, x_BxLxE, attn_segment_ids_BxL, deterministic: bool, one_segment_per_row: bool
+    ):
+        cfg = self.cfg
+        x_BxLxE = SelfAttention(cfg, name="attention")(
+            x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row
+        )
+        h_BxLxF = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_BxLxE)
+        h_BxLxF = checkpoint_name(h_BxLxF, "mlpwi")
+        h_BxLxF = activation(cfg.hidden_act)(h_BxLxF)
+        h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "mlp"))
+        out_BxLxE = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(h_BxLxF)
+        out_BxLxE = checkpoint_name(out_BxLxE, "mlpwo")
+        out_BxLxE = nn.Dropout(cfg.hidden_dropout_prob)(out_BxLxE, deterministic=deterministic)
+        out_BxLxE = layer_norm(cfg, "output_LayerNorm")(out_BxLxE + x_BxLxE)
+        return nn.with_logical_constraint(out_BxLxE, ("batch", "length", "embed")), None
+
+
+# --- the stack of layers ----------------------------------------------------------------------
+
+
+def make_layers(cfg) -> list[nn.Module]:
+    """The encoder's layers, made inside a parent's `setup`: one scanned module named
+    STACKED_KEY (`cfg.scan_layers`), else `layer_0 ... layer_{n-1}`. Each is called as
+    `x, _ = layer(x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row)`."""
+    layer_cls = EncoderLayer
+    if cfg.remat_policy != "none":
+        layer_cls = nn.remat(
+            layer_cls,
+            policy=REMAT_POLICIES[cfg.remat_policy](),
+            # `self` counts: deterministic and one_segment_per_row are Python bools.
+            static_argnums=(3, 4),
+            # Inside scan the loop already keeps XLA from merging the recomputation into the
+            # forward pass; the extra barriers would only cost (jax.checkpoint's docs).
+            prevent_cse=not cfg.scan_layers,
+        )
+    if not cfg.scan_layers:
+        return [layer_cls(cfg, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
+    scanned_cls = nn.scan(
+        layer_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_hidden_layers,
+        metadata_params={nn.PARTITION_NAME: LAYERS_AXIS},
+    )
+    return [scanned_cls(cfg, name=STACKED_KEY)]
+
+
+# --- the two parameter layouts ----------------------------------------------------------------
+
+
+def _layer_keys(node: Mapping) -> list[str]:
+    return [k for k in node if isinstance(k, str) and _LAYER_KEY.match(k)]
+
+
+def _holds_layers(node) -> bool:
+    return isinstance(node, Mapping) and "layer_0" in node
+
+
+def _holds_stack(node) -> bool:
+    return isinstance(node, Mapping) and STACKED_KEY in node
+
+
+def _stack(arrays):
+    if all(isinstance(a, np.ndarray) for a in arrays):  # host arrays stay on the host
+        return np.stack(arrays)
+    return jnp.stack(arrays)
+
+
+def stack_layers(tree):
+    """Per-layer -> stacked layout: in every dict holding `layer_0 ... layer_{n-1}` (the
+    `bert` subtree), those entries become one STACKED_KEY entry whose arrays have a leading
+    layer axis, as `model.scan_layers` builds them. Works on plain (unboxed) arrays of any
+    tree that mirrors the parameters: params, gradients, a whole TrainState with its Adam
+    moments; a tree already stacked comes back as it is."""
+
+    def stack(node):
+        keys = _layer_keys(node)
+        expected = [f"layer_{i}" for i in range(len(keys))]
+        if sorted(keys, key=lambda k: int(k[6:])) != expected:
+            raise ValueError(f"layer keys {sorted(keys)} are not layer_0 ... layer_{len(keys) - 1}")
+        layers = [node[k] for k in expected]
+        out = {k: v for k, v in node.items() if k not in expected}
+        out[STACKED_KEY] = jax.tree.map(lambda *xs: _stack(xs), *layers)
+        return out
+
+    return jax.tree.map(lambda x: stack(x) if _holds_layers(x) else x, tree, is_leaf=_holds_layers)
+
+
+def unstack_layers(tree):
+    """Stacked -> per-layer layout, the inverse of `stack_layers` (a tree already per-layer
+    comes back as it is): what HuggingFace folders hold, layer i being index i."""
+
+    def unstack(node):
+        stacked = node[STACKED_KEY]
+        num_layers = jax.tree.leaves(stacked)[0].shape[0]
+        out = {k: v for k, v in node.items() if k != STACKED_KEY}
+        for i in range(num_layers):
+            out[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+        return out
+
+    return jax.tree.map(lambda x: unstack(x) if _holds_stack(x) else x, tree, is_leaf=_holds_stack)
+
+
+def to_layout(tree, scan_layers: bool):
+    """`tree` in the layout of a model with `scan_layers` (whichever layout it is in now)."""
+    return stack_layers(tree) if scan_layers else unstack_layers(tree)
+
+
+def is_stacked_path(path) -> bool:
+    """True for the jax key path of a leaf inside the stacked layers (one slice per layer)."""
+    return any(getattr(k, "key", None) == STACKED_KEY for k in path)
