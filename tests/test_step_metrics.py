@@ -1,5 +1,6 @@
 """StepMetrics: the throughput it adds to each fetched record (tokens/s, model FLOPs/s, MFU)
-agree with each other, and the progress line shows the MFU."""
+agree with each other, the progress line shows the MFU, and the host never runs more than one
+step ahead of the devices."""
 
 import io
 
@@ -40,3 +41,24 @@ def test_the_progress_line_shows_the_mfu(tmp_path):
     with metrics_writer.MetricsWriter(tmp_path, 10, tensorboard=False, stream=stream) as w:
         w.write(1, {"loss": 2.5, "tokens_per_s": 25_000.0, "mfu": 0.4123})
     assert "| 25.0k tok/s | MFU 41.2% | ETA --" in stream.getvalue()
+
+
+class Pending:
+    """A metric whose step has been dispatched: it counts the waits for its result."""
+
+    def __init__(self):
+        self.waits = 0
+
+    def block_until_ready(self):
+        self.waits += 1
+        return self
+
+
+def test_each_dispatch_waits_for_the_previous_step():
+    """Unlogged steps are never fetched, yet dispatching step n waits for step n-1 (and never
+    for step n itself): however rarely a run logs, at most two steps are queued."""
+    metrics = StepMetrics(Recorder(), 1000, 0, remedy="")
+    steps = [{"loss": Pending()} for _ in range(4)]
+    for n, step_metrics in enumerate(steps):
+        metrics.dispatched(n + 1, step_metrics, log=False)
+        assert [s["loss"].waits for s in steps] == [1] * n + [0] * (4 - n)

@@ -35,12 +35,15 @@ class StepMetrics:
     """Deferred fetching of the metrics of logged steps.
 
     Call `dispatched(step, metrics, log=...)` right after dispatching a step: it first fetches
-    the previous logged step's metrics (the devices are busy with the new one by then), then
-    keeps this step's if it is to be logged. `flush()` fetches what is pending now (before an
-    evaluation, a checkpoint, the end). Each fetch adds `tokens_per_s` since the previous one
-    (`real_tokens_per_s` too when the step counts its real tokens; given `flops_per_step`,
-    `model_flops_per_s`; given `peak_flops` too, `mfu`), writes the record through `writer`
-    and stops the run on a non-finite loss.
+    the previous logged step's metrics (the devices are busy with the new one by then), or
+    waits for the previous step to finish when it was not logged, then keeps this step's if it
+    is to be logged. The host thus stays at most one step ahead of the devices: a deeper queue
+    gains nothing, holds every queued batch in device memory, and XLA:CPU (jaxlib 0.10) can
+    deadlock its collectives with ~32 multi-device programs queued. `flush()` fetches what is
+    pending now (before an evaluation, a checkpoint, the end). Each fetch adds `tokens_per_s`
+    since the previous one (`real_tokens_per_s` too when the step counts its real tokens; given
+    `flops_per_step`, `model_flops_per_s`; given `peak_flops` too, `mfu`), writes the record
+    through `writer` and stops the run on a non-finite loss.
     """
 
     def __init__(self, writer, tokens_per_step: int, start_step: int, *, remedy: str,
@@ -53,6 +56,7 @@ class StepMetrics:
         self._last_step = start_step
         self._last_time = time.perf_counter()
         self._pending = None
+        self._previous = None  # the last dispatched step's metrics, until the next dispatch
         self._real_tokens = None  # device sum of "real_tokens" since the last fetch
 
     def restart_clock(self) -> None:
@@ -60,8 +64,14 @@ class StepMetrics:
         self._last_time = time.perf_counter()
 
     def dispatched(self, step: int, metrics, *, log: bool) -> dict | None:
-        """Fetches the pending step (returns its record, or None), then defers this one."""
+        """Fetches the pending step (returns its record, or None), or waits for the previous
+        step to finish, then defers this one."""
+        import jax
+
         record = self.flush()
+        if record is None and self._previous is not None:
+            jax.block_until_ready(self._previous)
+        self._previous = metrics
         self._pending = (step, metrics) if log else None
         if "real_tokens" in metrics:  # summed on the device every step: exact, never waits
             real = metrics["real_tokens"]
