@@ -138,18 +138,18 @@ class SquadKind:
                 for qid, text in predictions.answers.items()}  # fmt: skip
 
     def metrics(self, split: batches.Split, outputs, predictions) -> dict:
-        """The official EM/F1 (v2.0: HasAns/NoAns and the best thresholds found on this split,
-        from the null-score differences), the mean span loss and the counts."""
+        """The official EM/F1 of the answers predictions.json holds; v2.0: what `evaluate-v2.0.py
+        DEV predictions.json --na-prob-file null_odds.json --na-prob-thresh T` prints for the
+        run's threshold T (HasAns/NoAns, the best thresholds found on this split); the mean
+        span loss and the counts."""
         from bertjax.finetune import squad_metrics
 
         gold = squad_data.gold_answers(split.source.examples)
         if self.version == "v1.1":
             scores = squad_metrics.squad_v1_scores(gold, predictions.answers)
         else:
-            # Best non-null answers with their null odds at the run's threshold score exactly
-            # as predictions.json does, and let the threshold search see every answer.
             threshold = self.cfg.null_score_diff_threshold
-            scores = squad_metrics.squad_v2_scores(gold, predictions.answers,
+            scores = squad_metrics.squad_v2_scores(gold, self.answers(predictions),
                                                    predictions.null_odds, threshold)
             scores["null_score_diff_threshold"] = threshold
         start_logits, end_logits = outputs

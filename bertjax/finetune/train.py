@@ -47,20 +47,29 @@ class TaskKind(Protocol):
     def export(self, workdir: Path, params, model_cfg, tokenizer) -> Path: ...
 
 
+def resolve_task(name: str):
+    """("squad" or "squad_v2", None) for a SQuAD task, (its name, tasks.GlueTask) for a GLUE
+    one (any spelling of either); a UserError listing every task otherwise."""
+    from bertjax.finetune import kind_squad
+    from bertjax.finetune.tasks import TASKS, get_task
+
+    squad = kind_squad.canonical_name(name)
+    if squad:
+        return squad, None
+    try:
+        task = get_task(name)
+    except UserError:
+        raise UserError(f"unknown task {name!r}; choose one of "
+                        f"{', '.join([*TASKS, *kind_squad.VERSIONS])}") from None
+    return task.name, task
+
+
 def make_kind(cfg) -> TaskKind:
     """The task kind of `cfg.task`: a GLUE task or SQuAD (v1.1 `squad`, v2.0 `squad_v2`)."""
     from bertjax.finetune import kind_glue, kind_squad
-    from bertjax.finetune.tasks import TASKS, get_task
 
-    squad = kind_squad.canonical_name(cfg.task)
-    if squad:
-        return kind_squad.SquadKind(cfg, squad)
-    try:
-        task = get_task(cfg.task)
-    except UserError:
-        raise UserError(f"unknown task {cfg.task!r}; choose one of "
-                        f"{', '.join([*TASKS, *kind_squad.VERSIONS])}") from None
-    return kind_glue.GlueKind(cfg, task)
+    name, glue_task = resolve_task(cfg.task)
+    return kind_glue.GlueKind(cfg, glue_task) if glue_task else kind_squad.SquadKind(cfg, name)
 
 
 def _log(msg: str) -> None:
