@@ -1,6 +1,6 @@
 """`bertjax bench finetune`: the JSON line's schema, the ratio and the wall-time estimate agree
-with the measured step times, the PyTorch reference runs in a process of its own, and bad
-options are one clear error."""
+with the measured step times, the PyTorch reference runs in a process of its own, SQuAD's span
+step takes the paper's sequence length and epochs, and bad options are one clear error."""
 
 import json
 import math
@@ -9,6 +9,7 @@ import os
 import pytest
 
 from bertjax import cli
+from bertjax.finetune.bench import SQUAD_TRAIN_EXAMPLES
 from bertjax.finetune.tasks import TASKS, TRAIN_EXAMPLES
 
 KEYS = {"preset", "seq_len", "batch_size", "tokens_per_s", "hf_tokens_per_s", "ratio_vs_hf",
@@ -42,6 +43,23 @@ def test_tiny_bench_reports_the_ratio_and_a_consistent_estimate(capsys):
     assert result["hf_process"]["jax_loaded"] is False
 
 
+def test_squad_bench_times_the_span_step_at_the_papers_settings(capsys):
+    """--task squad: both sides train a span head (transformers' BertForQuestionAnswering in its
+    own process); without --seq-len and --epochs the estimate is the SQuAD recipe's, 2 epochs
+    of the 87,599 v1.1 training questions at sequence length 384."""
+    argv = "bench finetune --preset tiny --batch-size 8 --steps 2 --task squad --json"
+    code = cli.main(argv.split())
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert (result["task"], result["seq_len"], result["epochs"]) == ("squad", 384, 2)
+    assert result["train_examples"] == SQUAD_TRAIN_EXAMPLES["squad"] == 87_599
+    assert result["hf_process"]["jax_loaded"] is False and result["hf_step_s"] > 0
+    hours = 2 * math.ceil(87_599 / 8) * result["step_s"] / 3600
+    assert result["estimated_hours"] == pytest.approx(hours)
+    assert "squad head (start/end logits)" in out and "2 epochs x 10950 steps" in out
+
+
 def test_every_task_has_a_training_set_size():
     assert set(TRAIN_EXAMPLES) == set(TASKS)
     assert all(n > 0 for n in TRAIN_EXAMPLES.values())
@@ -53,7 +71,7 @@ def test_every_task_has_a_training_set_size():
         ("--batch-size 12", "--batch-size=12 is not divisible by the 8 devices"),
         ("--seq-len 600", "--seq-len 600 is outside [3, max_position_embeddings=512]"),
         ("--steps 0", "--steps=0: must be positive"),
-        ("--task squad", "unknown GLUE task 'squad'; choose one of cola, sst2"),
+        ("--task squad3", "unknown task 'squad3'; choose one of cola, sst2"),
     ],
 )
 def test_bad_options_are_one_clear_error(capsys, options, message):

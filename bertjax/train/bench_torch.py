@@ -49,8 +49,9 @@ def seconds_per_torch_step(model, optimizer, inputs: dict, clip_norm: float, ste
 
 
 def _model_and_inputs(request: dict, batch: dict[str, np.ndarray]):
-    """transformers' BertForPreTraining or BertForSequenceClassification, and its inputs
-    (HuggingFace's names) from a batch in our vocabulary."""
+    """transformers' BertForPreTraining, BertForQuestionAnswering or
+    BertForSequenceClassification, and its inputs (HuggingFace's names) from a batch in our
+    vocabulary."""
     import torch
     import transformers
 
@@ -65,6 +66,10 @@ def _model_and_inputs(request: dict, batch: dict[str, np.ndarray]):
         np.put_along_axis(labels, batch["masked_lm_positions"], batch["masked_lm_ids"], axis=1)
         inputs["labels"] = torch.from_numpy(labels)
         inputs["next_sentence_label"] = long("next_sentence_labels")
+    elif request["head"] == "span":
+        model = transformers.BertForQuestionAnswering(hf_config)
+        inputs["start_positions"] = long("start_positions")
+        inputs["end_positions"] = long("end_positions")
     else:
         model = transformers.BertForSequenceClassification(hf_config)
         labels = torch.from_numpy(batch["labels"])
@@ -92,9 +97,9 @@ def _time(request: dict) -> dict:
 
 def time_in_subprocess(head: str, hf_config: dict, optim, batch: dict, steps: int) -> dict:
     """{"step_s", "torch_threads", "pid", "jax_loaded"} of transformers' model (`head`
-    "pretraining" or "classification", built from the HF config dict) with AdamW at `optim`'s
-    settings (peak_lr, b1, b2, eps, weight_decay, clip_norm) on `batch`, timed in a new Python
-    process that imports no JAX."""
+    "pretraining", "span" or "classification", built from the HF config dict) with AdamW at
+    `optim`'s settings (peak_lr, b1, b2, eps, weight_decay, clip_norm) on `batch`, timed in a
+    new Python process that imports no JAX."""
     if not all(importlib.util.find_spec(name) for name in ("torch", "transformers")):
         raise UserError("the PyTorch comparison needs torch and transformers (pip install "
                         "'bertjax[test]'); pass --no-hf to skip it")  # fmt: skip
