@@ -32,7 +32,6 @@ FILES = {  # the official file names, in the --data directory
     "v2.0": {"train": "train-v2.0.json", "validation": "dev-v2.0.json"},
 }
 HUB_NAMES = {"v1.1": "rajpurkar/squad", "v2.0": "rajpurkar/squad_v2"}
-EXPORT_DIR = "hf_model"  # WORKDIR/hf_model: the fine-tuned BertForQuestionAnswering
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,11 +167,11 @@ class SquadKind:
         return {"task": self.name, "version": self.version,
                 **{key: self.cfg[key] for key in SQUAD_KEYS}}  # fmt: skip
 
-    def export(self, workdir: Path, params, model_cfg, tokenizer) -> Path:
-        """WORKDIR/hf_model: a folder transformers.BertForQuestionAnswering (and, for
-        WordPiece, BertTokenizer) loads, written beside and moved into place (a failed export
-        leaves nothing complete-looking)."""
-        out = Path(workdir) / EXPORT_DIR
+    def export(self, out: Path, params, model_cfg, tokenizer) -> None:
+        """`out`: a folder transformers.BertForQuestionAnswering (and, for WordPiece,
+        BertTokenizer) loads, written beside and moved into place (a failed export leaves
+        nothing complete-looking)."""
+        out = Path(out)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -182,7 +181,6 @@ class SquadKind:
             tmp.rename(out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return out
 
 
 def _cross_entropy(logits_NxL: np.ndarray, positions_N: np.ndarray) -> float:

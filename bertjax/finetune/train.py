@@ -20,6 +20,7 @@ from bertjax.finetune import batches, heads
 
 RESULTS_FILE = "eval_results.json"
 PREDICTIONS_DIR = "predictions"  # WORKDIR/predictions: submission / predictions.json files
+EXPORT_DIR = "hf_model"  # WORKDIR/hf_model: the fine-tuned model as a HuggingFace folder
 # The advice of a diverged run, in this command's flags (clipping is fixed at norm 1 here).
 NAN_REMEDY = (
     "Check the data first (labels, --max-seq-len), then the learning rate: lower --lr (or the "
@@ -44,7 +45,7 @@ class TaskKind(Protocol):
     def metrics(self, split, outputs, predictions) -> dict: ...  # one split's dev metrics
     def write_predictions(self, out_dir: Path, split, predictions) -> list[Path]: ...
     def checkpoint_info(self) -> dict: ...  # recorded in the checkpoint beside the model
-    def export(self, workdir: Path, params, model_cfg, tokenizer) -> Path: ...
+    def export(self, out: Path, params, model_cfg, tokenizer) -> None: ...  # a HF folder
 
 
 def resolve_task(name: str):
@@ -272,8 +273,8 @@ def write_outputs(run: Prepared, workdir: Path, session: Session, params, dev_pr
     if kind.exports_model:
         host_params = multihost_utils.process_allgather(params, tiled=True)
         if writes:
-            out = kind.export(workdir, host_params, run.model_cfg, run.tokenizer)
-            _log(f"exported the fine-tuned model to {out}")
+            kind.export(workdir / EXPORT_DIR, host_params, run.model_cfg, run.tokenizer)
+            _log(f"exported the fine-tuned model to {workdir / EXPORT_DIR}")
 
 
 def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
@@ -377,9 +378,10 @@ def finetune(cfg, workdir) -> dict:
     best = max(runs, key=lambda lr: runs[lr][run.main_key])  # ties: the first listed
     result = {**runs[best], "lr_sweep": {f"{lr:g}": r[run.main_key] for lr, r in runs.items()}}
     if jax.process_index() == 0:
-        predictions = workdir / f"lr_{best:g}" / PREDICTIONS_DIR
-        if predictions.is_dir():
-            shutil.copytree(predictions, workdir / PREDICTIONS_DIR, dirs_exist_ok=True)
+        for folder in (PREDICTIONS_DIR, EXPORT_DIR):  # the best run's, beside its results
+            if (workdir / f"lr_{best:g}" / folder).is_dir():
+                shutil.copytree(workdir / f"lr_{best:g}" / folder, workdir / folder,
+                                dirs_exist_ok=True)
         (workdir / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
     _log(f"best learning rate {best:g}: dev {run.main_key} {runs[best][run.main_key]:.4f}")
     return result
