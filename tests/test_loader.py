@@ -317,14 +317,19 @@ def packed_ds(tmp_path_factory):
 def test_packed_batches_order_resume_and_process_count(packed_ds):
     """Packed data keeps the loader's guarantees: every mode (sync, threads, worker processes)
     gives batch_for_step(step); a loader resumed from its state continues exactly; the global
-    batch is the same for 1, 2 and 4 processes; rows carry K sequences, K x P mask slots."""
+    batch is the same for 1, 2 and 4 processes; rows carry K sequences and
+    packed_prediction_slots mask slots (p x L + K, fewer than K x P)."""
+    from bertjax.data.masking import packed_prediction_slots
+
     ds, K = packed_ds, 3
     assert ds.packed and len(ds) < 1000  # ~2 sequences per row
-    P = default_masking(ds).max_predictions_per_seq
+    masking = default_masking(ds)
+    P = packed_prediction_slots(K, L, masking)
+    assert P == min(K * masking.max_predictions_per_seq, int(0.15 * L) + K)
     with Loader(ds, 16, seed=5, threads=0) as sync:
         stream = [next(sync) for _ in range(6)]
     batch = stream[0]
-    assert batch["masked_lm_positions"].shape == (16, K * P)
+    assert batch["masked_lm_positions"].shape == (16, P)
     assert batch["next_sentence_labels"].shape == batch["next_sentence_weights"].shape == (16, K)
     assert batch["attn_segment_ids"].shape == batch["position_ids"].shape == (16, L)
     assert (batch["next_sentence_weights"].sum(1) >= 1).all()

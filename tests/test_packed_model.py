@@ -35,10 +35,9 @@ def packed(setup, tmp_path_factory):  # noqa: F811
     return batch, model_lib.BertForPreTraining(cfg), params
 
 
-def unpack(batch):
-    """The same sequences, masked the same way, one per row; and (row, slot) of each."""
-    K = batch["next_sentence_weights"].shape[1]
-    P = batch["masked_lm_positions"].shape[1] // K
+def unpack(batch, P=20):
+    """The same sequences, masked the same way, one per row of P prediction slots; and (row,
+    sequence, its packed prediction slots) of each."""
     rows, where = {k: [] for k in ("input_ids", "input_mask", "segment_ids",
                                    "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
                                    "next_sentence_labels")}, []
@@ -48,14 +47,14 @@ def unpack(batch):
         for key in ("input_ids", "segment_ids"):
             rows[key].append(np.pad(batch[key][r, start : start + n], (0, L - n)))
         rows["input_mask"].append((np.arange(L) < n).astype(np.int32))
-        slots = slice(k * P, (k + 1) * P)
-        w = batch["masked_lm_weights"][r, slots]
-        pos = batch["masked_lm_positions"][r, slots] - start
-        rows["masked_lm_positions"].append(np.where(w > 0, pos, 0))
-        rows["masked_lm_ids"].append(batch["masked_lm_ids"][r, slots])
-        rows["masked_lm_weights"].append(w)
+        used = batch["masked_lm_weights"][r] > 0
+        slots = np.nonzero(used & own[batch["masked_lm_positions"][r]])[0]  # this sequence's
+        fill = lambda a: np.pad(a, (0, P - len(slots)))
+        rows["masked_lm_positions"].append(fill(batch["masked_lm_positions"][r, slots] - start))
+        rows["masked_lm_ids"].append(fill(batch["masked_lm_ids"][r, slots]))
+        rows["masked_lm_weights"].append(fill(batch["masked_lm_weights"][r, slots]))
         rows["next_sentence_labels"].append(batch["next_sentence_labels"][r, k])
-        where.append((r, k))
+        where.append((r, k, slots))
     return {k: np.stack(v).astype(batch[k].dtype) for k, v in rows.items()}, where
 
 
@@ -89,12 +88,12 @@ def test_packed_rows_equal_the_same_sequences_unpacked(packed):
     batch, model, params = packed
     assert (batch["next_sentence_weights"].sum(1) >= 2).any()  # rows really hold several
     flat, where = unpack(batch)
-    P = flat["masked_lm_positions"].shape[1]
     out_p, out_u = forward(model, params, batch), forward(model, params, flat)
-    for i, (r, k) in enumerate(where):
+    for i, (r, k, slots) in enumerate(where):
         w = flat["masked_lm_weights"][i] > 0
-        np.testing.assert_allclose(out_p.mlm_logits[r, k * P : (k + 1) * P][w],
-                                   out_u.mlm_logits[i][w], atol=1e-5, rtol=0)
+        assert w.sum() == len(slots) > 0
+        np.testing.assert_allclose(out_p.mlm_logits[r, slots], out_u.mlm_logits[i][w],
+                                   atol=1e-5, rtol=0)
         np.testing.assert_allclose(out_p.nsp_logits[r, k], out_u.nsp_logits[i], atol=1e-5, rtol=0)
     (loss_p, sums_p), grads_p = loss_and_grads(model, params, batch)
     (loss_u, sums_u), grads_u = loss_and_grads(model, params, flat)
@@ -121,7 +120,8 @@ def test_changing_one_packed_sequence_leaves_the_others_bit_identical(packed):
     assert not np.array_equal(h0[r, own], h1[r, own])
     np.testing.assert_array_equal(np.asarray(before.nsp_logits)[r, 1:],
                                   np.asarray(after.nsp_logits)[r, 1:])
-    P = batch["masked_lm_positions"].shape[1] // batch["next_sentence_weights"].shape[1]
-    used = batch["masked_lm_weights"][r, P:] > 0  # unused slots point at position 0
-    np.testing.assert_array_equal(np.asarray(before.mlm_logits)[r, P:][used],
-                                  np.asarray(after.mlm_logits)[r, P:][used])
+    pos = batch["masked_lm_positions"][r]
+    theirs = (batch["masked_lm_weights"][r] > 0) & ~own[pos]  # the other sequences' slots
+    assert theirs.any()
+    np.testing.assert_array_equal(np.asarray(before.mlm_logits)[r, theirs],
+                                  np.asarray(after.mlm_logits)[r, theirs])

@@ -79,8 +79,11 @@ def test_prepare_pack_keeps_every_instance_and_records_the_layout(setup, tmp_pat
     assert layout["efficiency_unpacked"] == pytest.approx(real / (n_seq * 32))
     assert layout["efficiency_packed"] == pytest.approx(real / (len(packed) * 32))
     assert layout["efficiency_packed"] > layout["efficiency_unpacked"]
-    ev = open_dataset(tmp_path / "p" / "eval")
-    assert ev.packed and len(ev) == 20  # the held-out split is packed rows too
+    ev, ev_unpacked = open_dataset(tmp_path / "p" / "eval"), open_dataset(tmp_path / "u" / "eval")
+    # The held-out split is packed rows too, of the very same 20 sequences (--held-out counts
+    # sequences, not rows).
+    assert ev.packed and ev.manifest["layout"]["sequences"] == 20 and len(ev) <= 20
+    assert sorted(sequences(ev)) == sorted(sequences(ev_unpacked))
     batch = packed.get_batch(np.arange(len(packed)))
     assert batch["attn_segment_ids"].max() <= 4
 
@@ -88,9 +91,10 @@ def test_prepare_pack_keeps_every_instance_and_records_the_layout(setup, tmp_pat
 def test_masking_statistics_over_packed_rows(tmp_path):
     """Over >= 100k tokens of packed rows: every sequence gets exactly the original count
     min(P, max(1, round(0.15 x its length))) of positions, all inside itself and none a special
-    token; 80/10/10 within 1.5%; whole-word masking selects whole words inside one sequence."""
+    token; 80/10/10 within 1.5%; whole-word masking selects whole words inside one sequence.
+    The row's predictions sit in packed_prediction_slots slots, sequence by sequence."""
     from bertjax.data.loader import default_masking, masking_vocab
-    from bertjax.data.masking import MaskingConfig, mask_packed_batch
+    from bertjax.data.masking import MaskingConfig, mask_packed_batch, packed_prediction_slots
     from bertjax.data.synthetic import synthetic_dataset
 
     K, L = 3, 128
@@ -103,17 +107,19 @@ def test_masking_statistics_over_packed_rows(tmp_path):
     vocab = masking_vocab(ds, masking)
     out = mask_packed_batch(raw["input_ids"], raw["attn_segment_ids"], np.arange(len(ds)),
                             seed=3, epoch=0, cfg=masking, vocab=vocab, max_sequences_per_row=K)
-    pos = out["masked_lm_positions"].reshape(-1, K, P)
-    w = out["masked_lm_weights"].reshape(-1, K, P) > 0
+    W = packed_prediction_slots(K, L, masking)
+    assert out["masked_lm_positions"].shape == (len(ds), W) and W == 0.15 * L // 1 + K < K * P
+    pos, w = out["masked_lm_positions"], out["masked_lm_weights"] > 0
+    assert (w[:, :-1] >= w[:, 1:]).all()  # the used slots first
+    seg_at = np.take_along_axis(raw["attn_segment_ids"], pos, axis=1)  # whose each slot is
+    counts = np.stack([((seg_at == k + 1) & w).sum(1) for k in range(K)], axis=1)
     lengths = ds.get_raw(np.arange(len(ds)))["length"]
     want = np.where(lengths > 0, np.minimum(P, np.maximum(1, np.rint(0.15 * lengths))), 0)
-    np.testing.assert_array_equal(w.sum(axis=2), want)
-    seg_at = np.take_along_axis(raw["attn_segment_ids"][:, None, :].repeat(K, 1), pos, axis=2)
-    slot_k = np.broadcast_to(np.arange(K)[None, :, None] + 1, w.shape)
-    np.testing.assert_array_equal(seg_at[w], slot_k[w])  # inside its own sequence
-    labels = out["masked_lm_ids"].reshape(-1, K, P)[w]
+    np.testing.assert_array_equal(counts, want)  # inside its own sequence, the exact count
+    assert (np.diff(np.where(w, seg_at, K + 1), axis=1) >= 0).all()  # sequence 1's, then 2's
+    labels = out["masked_lm_ids"][w]
     assert not np.isin(labels, [0, 1, 2, 3, 4]).any()  # specials never selected
-    new = np.take_along_axis(out["input_ids"][:, None, :].repeat(K, 1), pos, axis=2)[w]
+    new = np.take_along_axis(out["input_ids"], pos, axis=1)[w]
     n = labels.size
     assert abs(np.mean(new == vocab.mask_id) - 0.8) < 0.015
     assert abs(np.mean(new == labels) - 0.1) < 0.015
@@ -127,14 +133,15 @@ def test_masking_statistics_over_packed_rows(tmp_path):
     out = mask_packed_batch(raw["input_ids"], raw["attn_segment_ids"], np.arange(len(ds)),
                             seed=3, epoch=0, cfg=ww, vocab=wvocab, max_sequences_per_row=K)
     sel = np.zeros_like(raw["input_ids"], bool)
-    rows = np.arange(len(ds))[:, None].repeat(K * P, 1)
+    rows = np.arange(len(ds))[:, None].repeat(W, 1)
     used = out["masked_lm_weights"] > 0
     sel[rows[used], out["masked_lm_positions"][used]] = True
     cont = wvocab.continuation_V[raw["input_ids"]]
     same_word = cont[:, 1:] & (raw["attn_segment_ids"][:, 1:] == raw["attn_segment_ids"][:, :-1])
     same_word &= ~np.isin(raw["input_ids"][:, :-1], [0, 1, 2, 3, 4])
     assert (sel[:, 1:][same_word] == sel[:, :-1][same_word]).all()  # never half a word
-    counts = (out["masked_lm_weights"].reshape(-1, K, P) > 0).sum(2)
+    seg_at = np.take_along_axis(raw["attn_segment_ids"], out["masked_lm_positions"], axis=1)
+    counts = np.stack([((seg_at == k + 1) & used).sum(1) for k in range(K)], axis=1)
     assert (counts <= want).all() and counts.sum() > 0.9 * want.sum()
 
 
@@ -156,3 +163,23 @@ def test_step_metrics_report_real_tokens_per_second_beside_padded():
     assert record["real_tokens_per_s"] / record["tokens_per_s"] == pytest.approx(210 / 300)
     sm.dispatched(4, {"loss": 1.0, "real_tokens": 50.0}, log=True)
     assert sm.flush()["real_tokens_per_s"] / writer.last[1]["tokens_per_s"] == pytest.approx(0.5)
+
+
+def test_packed_data_without_nsp_labels_needs_a_config_without_nsp(setup, tmp_path,  # noqa: F811
+                                                                    capsys):
+    """A `--pack --no-nsp` dataset (packed contiguous text, no NSP labels) given to a config
+    that trains NSP: one error naming the flag, before anything is compiled; with
+    train.nsp=false it trains."""
+    from bertjax import cli
+
+    assert prepare(setup, tmp_path / "d", "--pack", "--no-nsp") == 0
+    args = ["train", "--config", "bert_tiny", "--workdir", str(tmp_path / "run"),
+            f"--config.data.train_dir={tmp_path / 'd'}", "--config.train.global_batch_size=8",
+            "--config.model.num_hidden_layers=1", "--config.train.eval_every=0",
+            "--config.train.steps=2"]
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "was prepared with --no-nsp" in err and "--config.train.nsp=false" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert cli.main([*args, "--config.train.nsp=false"]) == 0

@@ -230,6 +230,19 @@ def mask_batch(
     }
 
 
+def packed_prediction_slots(max_sequences_per_row: int, max_seq_len: int, cfg: MaskingConfig
+                            ) -> int:
+    """Masked-LM slots of a packed row: enough for any K sequences sharing L positions.
+
+    A sequence of n tokens predicts min(P, max(1, round(p x n))) <= p x n + 1 positions, so a
+    row predicts at most p x L + K in all (and at most K x P). At L=128, K=3, p=0.15, P=20
+    that is 22 slots, not the 60 of K rows of their own: the MLM decoder's cost per row stays
+    that of an unpacked row (for a small model it is ~half the step)."""
+    K, P = max_sequences_per_row, cfg.max_predictions_per_seq
+    bound = math.floor(cfg.masked_lm_prob * max_seq_len + 1e-9) + K  # 1e-9: p x L's rounding
+    return min(K * P, bound)
+
+
 def mask_packed_batch(
     input_ids_BxL: np.ndarray,
     attn_segment_ids_BxL: np.ndarray,
@@ -245,7 +258,8 @@ def mask_packed_batch(
     its own, keyed by (seed, epoch, i x K + k): its own count from its own length, positions
     drawn within it, words never crossing into a neighbour.
 
-    Returns what `mask_batch` returns, with the K sequences' P slots side by side: [B, K x P].
+    Returns what `mask_batch` returns, the row's predictions in `packed_prediction_slots`
+    slots: sequence 1's, then sequence 2's, ..., then zero-weight slots.
     """
     ids = np.asarray(input_ids_BxL).astype(np.int32)
     seg_BxL = np.asarray(attn_segment_ids_BxL)
@@ -259,6 +273,13 @@ def mask_packed_batch(
     out = ids.copy()
     for k in range(K):  # each sequence's tokens from its own masking
         out = np.where(seg_BxL == k + 1, masked_BxKxL[:, k], out)
-    slots = {k: m[k].reshape(B, K * P) for k in ("masked_lm_positions", "masked_lm_ids")}
-    return {"input_ids": out, **slots,
-            "masked_lm_weights": m["masked_lm_weights"].reshape(B, K * P)}
+    # The K sequences' P slots side by side, then the used ones moved to the front (stable).
+    used_BxKP = m["masked_lm_weights"].reshape(B, K * P) > 0
+    width = packed_prediction_slots(K, L, cfg)
+    if used_BxKP.sum(axis=1).max(initial=0) > width:  # the bound above is a theorem: never
+        raise AssertionError(f"a packed row predicts more than {width} positions")
+    order_BxW = np.argsort(~used_BxKP, axis=1, kind="stable")[:, :width]
+    take = lambda a: np.take_along_axis(a.reshape(B, K * P), order_BxW, axis=1)
+    return {"input_ids": out, "masked_lm_positions": take(m["masked_lm_positions"]),
+            "masked_lm_ids": take(m["masked_lm_ids"]),
+            "masked_lm_weights": take(m["masked_lm_weights"])}

@@ -104,7 +104,8 @@ def register(subparsers) -> None:
         default=0,
         metavar="N",
         help="N instances from held-out documents into DIR/eval: the first documents of the "
-        "input, so shuffle documents whose order is not random (sorted by topic or source)",
+        "input, so shuffle documents whose order is not random (sorted by topic or source); "
+        "with --pack, N sequences (the same ones as without), packed into fewer rows",
     )
     p.add_argument(
         "--block-docs",

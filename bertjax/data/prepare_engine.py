@@ -99,12 +99,22 @@ def process_block(
         rows, opts.max_seq_len, tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
     )
     if opts.pack:  # within the block: rows stay a function of (seed, block index)
-        arrays = packing.pack_rows(arrays, opts.max_sequences_per_row, tokenizer.pad_id)
-    # Smallest dtypes before the arrays cross a process boundary.
+        return _packed(arrays, opts, tokenizer), sum(len(x) for x in ids)
+    return _smallest_dtypes(arrays, tokenizer), sum(len(x) for x in ids)
+
+
+def _packed(arrays: dict, opts: InstanceOptions, tokenizer) -> dict:
+    """Unpacked instance arrays -> packed rows (packing.pack_rows), in their smallest dtypes."""
+    packed = packing.pack_rows(arrays, opts.max_sequences_per_row, tokenizer.pad_id)
+    return _smallest_dtypes(packed, tokenizer)
+
+
+def _smallest_dtypes(arrays: dict, tokenizer) -> dict:
+    """The arrays in their smallest dtypes, before they cross a process boundary."""
     arrays["input_ids"] = arrays["input_ids"].astype(shards.ids_dtype(tokenizer.vocab_size))
     arrays["length"] = arrays["length"].astype(np.int16)
     arrays["b_start"] = arrays["b_start"].astype(np.int16)
-    return arrays, sum(len(x) for x in ids)
+    return arrays
 
 
 def iter_blocks(documents: Iterable[list[str]], block_docs: int) -> Iterator[list[list[str]]]:
@@ -325,18 +335,26 @@ def _prepare(job: _Job) -> dict:
 
 def _eval_split(job: _Job, docs, eval_writer, prog) -> list[list[int]]:
     """Small blocks, one at a time, until they give `held_out` instances; every part reads
-    them (so that block numbers agree), only part 0 writes them. Returns [[block, count]]."""
+    them (so that block numbers agree), only part 0 writes them. Returns [[block, count]].
+
+    `held_out` counts instances (sequences) with `--pack` too: the block's instances are made
+    unpacked, the first ones taken, and those packed. A packed and an unpacked dataset of the
+    same corpus and seed then hold the very same held-out and training sequences."""
     opts = job.opts
+    unpacked_opts = dataclasses.replace(opts, pack=False)
     eval_blocks: list[list[int]] = []
     eval_left = job.held_out
     while eval_left > 0:
         block = list(itertools.islice(docs, min(EVAL_BLOCK_DOCS, opts.block_docs)))
         if not block:
             break
-        arrays, n_tokens = process_block(len(eval_blocks), block, job.tokenizer, opts)
+        arrays, n_tokens = process_block(len(eval_blocks), block, job.tokenizer, unpacked_opts)
         take = min(eval_left, len(arrays["length"]))
         if eval_writer is not None:
-            eval_writer.add({k: v[:take] for k, v in arrays.items()})
+            taken = {k: v[:take] for k, v in arrays.items()}
+            if opts.pack:
+                taken = _packed(taken, opts, job.tokenizer)
+            eval_writer.add(taken)
         eval_blocks.append([len(eval_blocks), take])
         eval_left -= take
         prog.tokens += n_tokens

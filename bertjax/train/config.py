@@ -315,9 +315,17 @@ def validate_against_data(
     dataset_vocab_size: int,
     data_dir: str,
     platform: str | None = None,
+    dataset_nsp: bool = True,
 ) -> None:
-    """Checks that the model fits the dataset (vocabulary size, sequence length) and that
-    this process can run its attention kernel at that length (`model.attention_impl`)."""
+    """Checks that the model fits the dataset (vocabulary size, sequence length), that the
+    dataset has the NSP labels `train.nsp` trains on, and that this process can run its
+    attention kernel at that length (`model.attention_impl`)."""
+    if config.train.nsp and not dataset_nsp:
+        raise UserError(
+            f"{data_dir} was prepared with --no-nsp (its sentence pairs carry no next-sentence "
+            "labels), but train.nsp is true: set --config.train.nsp=false, or prepare the "
+            "data without --no-nsp"
+        )
     if model_cfg.vocab_size != dataset_vocab_size:
         raise UserError(
             f"model.vocab_size={model_cfg.vocab_size} differs from the vocabulary size "

@@ -115,7 +115,8 @@ def setup_data(run: Run) -> None:
     for ds, key in ((run.train_ds, "data.train_dir"), (run.eval_ds, "data.eval_dir")):
         if ds is not None:
             config_lib.validate_against_data(
-                run.config, run.model_cfg, ds.max_seq_len, ds.vocab_size, f"{key}={ds.path}"
+                run.config, run.model_cfg, ds.max_seq_len, ds.vocab_size, f"{key}={ds.path}",
+                dataset_nsp=ds.manifest.get("nsp", True),
             )
     run.model = model_lib.BertForPreTraining(run.model_cfg)
     _log(attention.describe_choice(run.model_cfg, run.train_ds.max_seq_len))
@@ -261,11 +262,13 @@ def throughput_counts(run: Run, seq_len: int) -> dict:
     turns them into model FLOPs/s and MFU."""
     import jax
 
+    from bertjax.data.masking import packed_prediction_slots
     from bertjax.train import flops
 
     masking = config_lib.masking_config(run.config.data, run.train_ds)
-    # Prediction slots per row: P per sequence, K sequences in a packed row.
-    slots = masking.max_predictions_per_seq * (run.train_ds.max_sequences_per_row or 1)
+    slots = masking.max_predictions_per_seq  # prediction slots per row
+    if run.train_ds.packed:
+        slots = packed_prediction_slots(run.train_ds.max_sequences_per_row, seq_len, masking)
     per_step = flops.model_flops_per_step(run.model_cfg, run.config.train.global_batch_size,
                                           seq_len, slots)
     peak = flops.device_peak(jax.devices(), jax.local_devices()[0])
