@@ -14,6 +14,7 @@ BENCHMARKS = {
     "prepare": "bertjax.data.bench_prepare",  # prepare tokens/s vs raw tokenizer tokens/s
     "loader": "bertjax.data.bench_loader",  # input pipeline sequences/s
     "train": "bertjax.train.bench",  # training step throughput
+    "packing": "bertjax.train.bench_packing",  # packed vs padded real tokens/s, time to accuracy
     "checkpoint": "bertjax.train.bench_checkpoint",  # save (blocking/total) and restore time
     "compile": "bertjax.train.bench_compile",  # train-step compile: unrolled/scanned, cache
     "finetune": "bertjax.finetune.bench",  # fine-tuning step tokens/s vs HF, GLUE epoch time

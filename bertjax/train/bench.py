@@ -2,12 +2,17 @@
 HF PyTorch.
 
 bertjax bench train --config bert_tiny [--config.KEY=VALUE ...] [--seq-len 128] [--json]
+bertjax bench train --config bert_tiny --data DATASET_DIR [--steps 10] [--json]
 
-On one synthetic batch (no dataset needed): our jitted train step on every device, then
-transformers' BertForPreTraining with torch.optim.AdamW doing the same step on the same
-batch, in a process of its own (bench_torch.py). MFU = model FLOPs per second / the peak of
-flops.device_peak: a known accelerator's published dense bf16 peak, or on a CPU this
-machine's measured float32 matmul rate; the output names which.
+On one synthetic batch of full rows (no dataset needed), or with `--data` on the dataset's
+first `--steps` real batches as the loader serves them (packed or padded rows): our jitted
+train step on every device, then transformers' BertForPreTraining with torch.optim.AdamW
+doing the same step on the same (first) batch, in a process of its own (bench_torch.py;
+skipped for packed rows, which transformers' model cannot keep apart). `tokens_per_s` counts
+every position the step computes (padding included), `real_tokens_per_s` the non-pad ones.
+MFU = model FLOPs per second / the peak of flops.device_peak: a known accelerator's published
+dense bf16 peak, or on a CPU this machine's measured float32 matmul rate; the output names
+which. Model FLOPs count padded positions too: they are what the hardware computes.
 """
 
 import json
@@ -22,7 +27,11 @@ BERT_VOCAB = 30522  # model.vocab_size 0 means "the dataset's"; with no dataset,
 def add_arguments(parser) -> None:
     """Options of `bertjax bench train`."""
     config_lib.add_config_arguments(parser)
-    parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help="tokens per row of the synthetic batch (default 128; with --data: "
+                        "the dataset's)")
+    parser.add_argument("--data", default=None,
+                        help="time real batches of this prepared dataset (packed or not)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up)")
     parser.add_argument("--no-hf", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument(
@@ -30,8 +39,9 @@ def add_arguments(parser) -> None:
     )
 
 
-def time_ours(config, model_cfg, batch_np, steps: int) -> float:
-    """Seconds per step of our jitted, sharded train step (after compile and 2 warm-up steps)."""
+def time_ours(config, model_cfg, batches_np, steps: int) -> float:
+    """Seconds per step of our jitted, sharded train step (after compile and 2 warm-up steps)
+    over `batches_np` (one batch dict, or a list of them taken in turn)."""
     import jax
 
     from bertjax import model as model_lib
@@ -56,21 +66,26 @@ def time_ours(config, model_cfg, batch_np, steps: int) -> float:
         accum_steps=config.train.grad_accum_steps,
         nsp=config.train.nsp,
     )
-    return seconds_per_jax_step(train_step, state, sharding.global_batch(batch_np, mesh), steps)
+    if isinstance(batches_np, dict):
+        batches_np = [batches_np]
+    batches = [sharding.global_batch(b, mesh) for b in batches_np]
+    return seconds_per_jax_step(train_step, state, batches, steps)
 
 
-def seconds_per_jax_step(train_step, state, batch, steps: int) -> float:
+def seconds_per_jax_step(train_step, state, batches, steps: int) -> float:
     """Seconds per call of a jitted `train_step(state, batch, rng) -> (state, metrics)`, after
-    compiling and one more warm-up step (the state is donated and threaded through)."""
+    compiling and one more warm-up step (the state is donated and threaded through); `batches`
+    is one device batch, or a list of them taken in turn (step i gets batches[i % n])."""
     import jax
 
+    batches = [batches] if isinstance(batches, dict) else list(batches)
     rng = jax.random.key(1)
-    for _ in range(2):  # compile, then one more so that timings exclude any first-run cost
-        state, metrics = train_step(state, batch, rng)
+    for i in range(2):  # compile, then one more so that timings exclude any first-run cost
+        state, metrics = train_step(state, batches[i % len(batches)], rng)
     jax.block_until_ready((state, metrics))
     t0 = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = train_step(state, batch, rng)
+    for i in range(steps):
+        state, metrics = train_step(state, batches[i % len(batches)], rng)
     jax.block_until_ready((state, metrics))  # the whole output, not just the loss
     return (time.perf_counter() - t0) / steps
 
@@ -85,54 +100,100 @@ def time_hf(model_cfg, optim_cfg, batch_np, steps: int) -> dict:
                               steps)
 
 
+def dataset_batches(config, data_dir: str, steps: int):
+    """(dataset, the loader's first `steps` global batches of it) with the config's masking:
+    exactly what `bertjax train` would feed its first steps."""
+    from bertjax.data import loader
+    from bertjax.data.shards import open_dataset
+
+    ds = open_dataset(data_dir)
+    masking = config_lib.masking_config(config.data, ds)
+    plan = loader.BatchPlan(len(ds), config.train.global_batch_size, config.train.seed, masking)
+    vocab = loader.masking_vocab(ds, masking)
+    return ds, [loader.batch_for_step(ds, vocab, plan, step) for step in range(steps)]
+
+
+def synthetic_batches(config, model_cfg, seq_len: int) -> list[dict]:
+    """One synthetic batch of full rows (every position a real token) at `seq_len`."""
+    from bertjax.data.masking import default_max_predictions
+    from bertjax.data.synthetic import synthetic_batch
+
+    if seq_len > model_cfg.max_position_embeddings:
+        raise UserError(
+            f"--seq-len {seq_len} is above the model's "
+            f"max_position_embeddings={model_cfg.max_position_embeddings}"
+        )
+    predictions = config.data.max_predictions_per_seq or default_max_predictions(
+        seq_len, config.data.masked_lm_prob
+    )
+    if predictions > seq_len - 2:  # [CLS] and the last [SEP] are never masked
+        raise UserError(
+            f"data.max_predictions_per_seq={predictions} does not fit --seq-len {seq_len}: "
+            f"at most {seq_len - 2} positions can be masked"
+        )
+    return [synthetic_batch(0, batch=config.train.global_batch_size, length=seq_len,
+                            predictions=predictions, vocab=model_cfg.vocab_size, padded=False)]
+
+
 def run(args) -> int:
     """`bertjax bench train`: prints a table (and, with --json, a JSON line)."""
     import jax
 
-    from bertjax.data.masking import default_max_predictions
-    from bertjax.data.synthetic import synthetic_batch
     from bertjax.train import flops as flops_lib
 
     config = config_lib.load_config(args.config, args.config_overrides)
     config_lib.validate(config, jax.device_count(), jax.process_count())
-    model_cfg = config_lib.model_config(config.model, BERT_VOCAB)
-    if args.seq_len > model_cfg.max_position_embeddings:
-        raise UserError(
-            f"--seq-len {args.seq_len} is above the model's "
-            f"max_position_embeddings={model_cfg.max_position_embeddings}"
-        )
+    if args.steps < 1:
+        raise UserError(f"--steps={args.steps}: must be positive")
+    source, packed = "synthetic full rows", False
+    if args.data:
+        ds, batches = dataset_batches(config, args.data, args.steps)
+        if args.seq_len not in (None, ds.max_seq_len):
+            raise UserError(f"--seq-len {args.seq_len} differs from the {ds.max_seq_len} tokens "
+                            f"per row of --data {args.data}: leave it out")
+        model_cfg = config_lib.model_config(config.model, ds.vocab_size)
+        seq_len, packed = ds.max_seq_len, ds.packed
+        if seq_len > model_cfg.max_position_embeddings:
+            raise UserError(f"--data {args.data} has {seq_len}-token rows, above the model's "
+                            f"max_position_embeddings={model_cfg.max_position_embeddings}")
+        source = f"{'packed' if packed else 'padded'} rows of {args.data}"
+    else:
+        model_cfg = config_lib.model_config(config.model, BERT_VOCAB)
+        seq_len = args.seq_len or 128
+        batches = synthetic_batches(config, model_cfg, seq_len)
     batch_size = config.train.global_batch_size
-    predictions = config.data.max_predictions_per_seq or default_max_predictions(
-        args.seq_len, config.data.masked_lm_prob
-    )
-    if predictions > args.seq_len - 2:  # [CLS] and the last [SEP] are never masked
-        raise UserError(
-            f"data.max_predictions_per_seq={predictions} does not fit --seq-len {args.seq_len}: "
-            f"at most {args.seq_len - 2} positions can be masked"
-        )
-    batch = synthetic_batch(0, batch=batch_size, length=args.seq_len, predictions=predictions,
-                            vocab=model_cfg.vocab_size, padded=False)
-    tokens = batch_size * args.seq_len
+    predictions = batches[0]["masked_lm_positions"].shape[1]  # slots per row
+    tokens = batch_size * seq_len
+    # Over the timed steps, which take the batches in turn: real (non-pad) tokens and sequences.
+    timed = [batches[i % len(batches)] for i in range(args.steps)]
+    real_tokens = sum(int(b["input_mask"].sum()) for b in timed) / args.steps
+    sequences = sum(float(b.get("next_sentence_weights", b["input_mask"][:, :1]).sum())
+                    for b in timed) / args.steps
     say = lambda *a: print(*a, flush=True)
 
     say(
-        f"bench train: {config.model.preset}, batch {batch_size} x {args.seq_len} tokens, "
-        f"{config.model.compute_dtype}, {jax.device_count()} {jax.devices()[0].platform} "
-        f"device(s)"
+        f"bench train: {config.model.preset}, batch {batch_size} x {seq_len} tokens "
+        f"({source}), {config.model.compute_dtype}, {jax.device_count()} "
+        f"{jax.devices()[0].platform} device(s)"
     )
     peak = flops_lib.device_peak(jax.devices(), jax.local_devices()[0])
     say(f"MFU denominator: {peak.denominator}")
-    ours_s = time_ours(config, model_cfg, batch, args.steps)
-    flops = flops_lib.model_flops_per_step(model_cfg, batch_size, args.seq_len, predictions)
+    ours_s = time_ours(config, model_cfg, batches, args.steps)
+    flops = flops_lib.model_flops_per_step(model_cfg, batch_size, seq_len, predictions)
     result = {
         "preset": config.model.preset,
-        "seq_len": args.seq_len,
+        "seq_len": seq_len,
         "global_batch_size": batch_size,
+        "data": args.data,
+        "packed": packed,
         "compute_dtype": config.model.compute_dtype,
         "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind,
         "step_s": ours_s,
         "tokens_per_s": tokens / ours_s,
+        "real_tokens_per_s": real_tokens / ours_s,
+        "real_token_fraction": real_tokens / tokens,
+        "sequences_per_s": sequences / ours_s,
         "model_flops_per_step": flops,
         "model_flops_per_s": flops / ours_s,
         "mfu": flops / ours_s / peak.flops_per_s,
@@ -144,17 +205,22 @@ def run(args) -> int:
         "ratio_vs_hf": None,
     }
     say(
-        f"bertjax:      {result['tokens_per_s']:10.0f} tokens/s  {ours_s * 1e3:8.1f} ms/step  "
-        f"{result['model_flops_per_s'] / 1e9:.1f} model GFLOP/s  MFU {result['mfu']:.1%}"
+        f"bertjax:      {result['tokens_per_s']:10.0f} tokens/s  "
+        f"({result['real_tokens_per_s']:.0f} real, {result['real_token_fraction']:.1%})  "
+        f"{ours_s * 1e3:8.1f} ms/step  {result['model_flops_per_s'] / 1e9:.1f} model GFLOP/s  "
+        f"MFU {result['mfu']:.1%}"
     )
-    if not args.no_hf:
-        hf = time_hf(model_cfg, config.optim, batch, args.steps)
+    if packed and not args.no_hf:
+        say("HF PyTorch:   skipped: transformers' BertForPreTraining has no packed rows (its "
+            "attention would mix the sequences of a row)")
+    elif not args.no_hf:
+        hf = time_hf(model_cfg, config.optim, batches[0], args.steps)
         result["hf_tokens_per_s"] = tokens / hf["step_s"]
         result["hf_process"] = {k: hf[k] for k in ("pid", "torch_threads", "jax_loaded")}
         result["ratio_vs_hf"] = result["tokens_per_s"] / result["hf_tokens_per_s"]
         say(
             f"HF PyTorch:   {result['hf_tokens_per_s']:10.0f} tokens/s  {hf['step_s'] * 1e3:8.1f} "
-            f"ms/step  (own process, {hf['torch_threads']} threads; "
+            f"ms/step  (own process, {hf['torch_threads']} threads, on the first batch; "
             f"ours / theirs = {result['ratio_vs_hf']:.2f}x)"
         )
     if args.json:
