@@ -87,8 +87,23 @@ def logged_steps(workdir):
     return max(steps, default=0)
 
 
+@pytest.fixture(scope="module")
+def packed_data_dir(tmp_path_factory):
+    """Packed rows (up to 3 sequences each) of 32 tokens, and their held-out split."""
+    root = tmp_path_factory.mktemp("resume_packed")
+    path = synthetic_dataset(root / "data", 400, 32, vocab_size=256, shard_size=64,
+                             max_sequences_per_row=3)
+    synthetic_dataset(root / "data" / "eval", 40, 32, vocab_size=256, seed=1,
+                      max_sequences_per_row=3)
+    return path
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(data_dir, tmp_path):
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(layout, request,
+                                                                          tmp_path):
+    """Padded rows, and packed rows (the input pipeline's guarantee holds for both)."""
+    data_dir = request.getfixturevalue("data_dir" if layout == "padded" else "packed_data_dir")
     steps = ["--config.train.steps=30", "--config.train.checkpoint_every=15"]
     run_train(data_dir, tmp_path / "straight", *steps)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bertjax import cli
+from bertjax.data import open_dataset
 from bertjax.data.synthetic import synthetic_dataset
 from bertjax.train import config as config_lib
 from bertjax.train.metrics_writer import read_metrics
@@ -198,89 +199,60 @@ MLM_THRESHOLD = 0.11  # measured 0.146 (unigram baseline 0.055)
 NSP_MARGIN = 0.03  # over the majority label (0.633); measured 0.703
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_tiny_bert_learns_real_text(tmp_path, capsys):
-    """(e) The standard library's own docs -> WordPiece -> 64-token shards -> bert-tiny,
-    650 steps by the real CLI in a 1-device subprocess; held-out MLM and NSP accuracy well
-    above the unigram and majority-label baselines."""
+@pytest.fixture(scope="module")
+def real_text(tmp_path_factory):
+    """The standard library's own docs -> WordPiece -> 64-token shards, padded and packed (the
+    same sequences, the same held-out split)."""
     from bertjax.data.demo_corpus import build_demo_corpus
 
+    root = tmp_path_factory.mktemp("real_text")
     # Documents in a seeded random order, so the held-out split is a sample of the same text.
-    corpus = build_demo_corpus(tmp_path / "corpus", num_files=1)["paths"][0]
-    tok, data = tmp_path / "tok", tmp_path / "data"
-    assert (
-        cli.main(
-            [
-                "tokenizer",
-                "train",
-                "--input",
-                corpus,
-                "--kind",
-                "wordpiece",
-                "--vocab-size",
-                "4000",
-                "--out",
-                str(tok),
-            ]
-        )
-        == 0
-    )
+    corpus = build_demo_corpus(root / "corpus", num_files=1)["paths"][0]
+    tok = root / "tok"
+    assert cli.main(["tokenizer", "train", "--input", corpus, "--kind", "wordpiece",
+                     "--vocab-size", "4000", "--out", str(tok)]) == 0
     # dupe-factor 5: five different sentence pairings (and NSP negatives) per document.
-    assert (
-        cli.main(
-            [
-                "prepare",
-                "--input",
-                corpus,
-                "--tokenizer",
-                str(tok),
-                "--out",
-                str(data),
-                "--max-seq-len",
-                "64",
-                "--held-out",
-                "1024",
-                "--dupe-factor",
-                "5",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    prepare = ["prepare", "--input", corpus, "--tokenizer", str(tok), "--max-seq-len", "64",
+               "--held-out", "1024", "--dupe-factor", "5", "--quiet"]
+    assert cli.main([*prepare, "--out", str(root / "padded")]) == 0
+    assert cli.main([*prepare, "--out", str(root / "packed"), "--pack"]) == 0
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_tiny_bert_learns_real_text(real_text, layout, tmp_path, capsys):
+    """(e) bert-tiny trained by the real CLI in a 1-device subprocess on the 64-token shards:
+    held-out MLM and NSP accuracy well above the unigram and majority-label baselines. On
+    packed rows it trains on the same number of real tokens (fewer steps) and is scored on
+    the same held-out sequences (the padded split)."""
     capsys.readouterr()
-    mlm_base, nsp_base = baselines(data / "eval")
+    eval_dir = real_text / "padded" / "eval"
+    mlm_base, nsp_base = baselines(eval_dir)
+    steps = E2E_STEPS
+    if layout == "packed":
+        packing = open_dataset(real_text / "packed").manifest["layout"]
+        steps = round(E2E_STEPS * packing["efficiency_unpacked"] / packing["efficiency_packed"])
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu"
     )
     workdir = tmp_path / "run"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bertjax.cli",
-            "train",
-            "--config",
-            CONFIG,
-            "--workdir",
-            str(workdir),
-            f"--config.data.train_dir={data}",
-            *E2E_OVERRIDES,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=840,
-        check=False,
-    )
+        [sys.executable, "-m", "bertjax.cli", "train", "--config", CONFIG, "--workdir",
+         str(workdir), f"--config.data.train_dir={real_text / layout}",
+         f"--config.data.eval_dir={eval_dir}", *E2E_OVERRIDES,
+         f"--config.train.steps={steps}", f"--config.train.eval_every={steps}"],
+        env=env, capture_output=True, text=True, timeout=840, check=False,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = [r for r in read_metrics(workdir) if r["split"] == "eval"][-1]
     with capsys.disabled():
         print(
-            f"\n(e) baselines: unigram {mlm_base:.3f}, NSP majority {nsp_base:.3f}; after "
-            f"{final['step']} steps: MLM {final['eval_mlm_accuracy']:.3f}, "
+            f"\n(e) {layout}: baselines: unigram {mlm_base:.3f}, NSP majority {nsp_base:.3f}; "
+            f"after {final['step']} steps: MLM {final['eval_mlm_accuracy']:.3f}, "
             f"NSP {final['eval_nsp_accuracy']:.3f}"
         )
-    assert final["step"] == E2E_STEPS
+    assert final["step"] == steps
     assert mlm_base < 0.09 and final["eval_mlm_accuracy"] >= max(MLM_THRESHOLD, 1.8 * mlm_base)
     assert final["eval_nsp_accuracy"] >= max(0.6, nsp_base + NSP_MARGIN)
