@@ -325,13 +325,13 @@ def test_a_bad_bucket_count_is_one_clear_error(tmp_path, capsys, value):
 
 def test_bench_finetune_buckets_prints_the_side_by_side_table(capsys):
     argv = ("bench finetune-buckets --preset tiny --train 128 --dev 64 --epochs 2 "
-            "--batch-size 16 --max-seq-len 32 --length-buckets 2 --seeds 2 --json")
+            "--batch-size 16 --max-seq-len 24 --length-buckets 2 --seeds 2 --json")
     assert cli.main(argv.split()) == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
     runs = result["runs"]
     assert [(r["length_buckets"], r["seed"]) for r in runs] == [(2, 0), (0, 0), (2, 1), (0, 1)]
-    assert all(r["bucket_lengths"] == [32] for r in runs if r["length_buckets"] == 0)
+    assert all(r["bucket_lengths"] == [24] for r in runs if r["length_buckets"] == 0)
     assert result["examples_per_s_ratio"] == pytest.approx(
         result["mean"]["bucketed"]["examples_per_s"] / result["mean"]["padded"]["examples_per_s"])
     spread = [abs(runs[i]["dev_accuracy"] - runs[i + 2]["dev_accuracy"]) for i in (0, 1)]
