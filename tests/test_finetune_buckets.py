@@ -290,6 +290,7 @@ def tiny_model(tmp_path_factory) -> Path:
     return hf.write_folder(init_params(tiny_cfg()), tiny_cfg(), folder, [vocab])
 
 
+@pytest.mark.slow
 def test_a_bucketed_fine_tune_learns_through_the_cli(tiny_model, tmp_path, capsys):
     write_sst2_topics(tmp_path / "sst2", 512, 96)
     workdir = tmp_path / "run"
@@ -323,6 +324,7 @@ def test_a_bad_bucket_count_is_one_clear_error(tmp_path, capsys, value):
         buckets.check_count(-1)
 
 
+@pytest.mark.slow
 def test_bench_finetune_buckets_prints_the_side_by_side_table(capsys):
     argv = ("bench finetune-buckets --preset tiny --train 128 --dev 64 --epochs 2 "
             "--batch-size 16 --max-seq-len 24 --length-buckets 2 --seeds 2 --json")
