@@ -145,7 +145,7 @@ def time_run(args, data: Path, model: Path, root: Path, buckets: int, seed: int)
         "task=sst2", f"init={model}", f"data={data}", f"max_seq_len={args.max_seq_len}",
         f"length_buckets={buckets}", f"epochs={args.epochs}", f"batch_size={args.batch_size}",
         f"learning_rates=({args.lr},)", f"seed={seed}", "log_every=1000000",
-        f"compilation_cache_dir='{root / 'jax_cache'}'"])  # fmt: skip
+        f"compilation_cache_dir={root / 'jax_cache'}"])  # fmt: skip
     run = ft.prepare(cfg, root / f"run_k{buckets}_s{seed}")
     steps = run.plan.steps_per_epoch(cfg.batch_size)
     session = ft.start_session(run, args.lr, args.epochs * steps)
