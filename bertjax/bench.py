@@ -18,6 +18,7 @@ BENCHMARKS = {
     "checkpoint": "bertjax.train.bench_checkpoint",  # save (blocking/total) and restore time
     "compile": "bertjax.train.bench_compile",  # train-step compile: unrolled/scanned, cache
     "finetune": "bertjax.finetune.bench",  # fine-tuning step tokens/s vs HF, GLUE epoch time
+    "finetune-buckets": "bertjax.finetune.bench_buckets",  # length buckets vs padded to 128
 }
 
 

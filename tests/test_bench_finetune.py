@@ -29,6 +29,8 @@ def test_tiny_bench_reports_the_ratio_and_a_consistent_estimate(capsys):
     assert (result["task"], result["epochs"], result["train_examples"]) == ("stsb", 2, 5_749)
     tokens = 8 * 16
     assert result["tokens_per_s"] == pytest.approx(tokens / result["step_s"])
+    # The synthetic rows have no padding: every padded token is a real one.
+    assert result["real_tokens_per_s"] == pytest.approx(result["tokens_per_s"])
     assert result["hf_tokens_per_s"] == pytest.approx(tokens / result["hf_step_s"])
     assert result["ratio_vs_hf"] == pytest.approx(
         result["tokens_per_s"] / result["hf_tokens_per_s"]

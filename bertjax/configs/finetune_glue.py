@@ -23,6 +23,11 @@ def get_config():
     config.data = None  # GLUE tsv / JSONL directory; None = `datasets` nyu-mll/glue (--data)
     config.tokenizer = None  # vocab.txt / sentencepiece model; None = the model's own
     config.max_seq_len = 128  # tokens per example, [CLS] and [SEP]s included (--max-seq-len)
+    # Static batch lengths (multiples of 8) chosen from the training rows' lengths: each batch
+    # is cut to the smallest that holds its rows, so XLA compiles a few shapes and short
+    # sentences skip most of the padding; 0 = every batch padded to max_seq_len
+    # (--length-buckets)
+    config.length_buckets = 4
     config.batch_size = 32  # global, over all devices and processes (--batch-size)
     config.grad_accum_steps = 1  # micro-batches per step (--grad-accum-steps)
     config.epochs = 3  # passes over the training split (--epochs)

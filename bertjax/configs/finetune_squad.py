@@ -23,6 +23,12 @@ def get_config():
     config.task = "squad"  # squad (v1.1) or squad_v2 (v2.0) (--task)
     config.data = None  # the official JSON files' directory; None = the `datasets` hub (--data)
     config.max_seq_len = 384  # tokens per window: [CLS] question [SEP] context [SEP]
+    # Static batch lengths from the training windows' lengths (0: all padded to max_seq_len).
+    # Off until measured on SQuAD itself: on the generated task of tests/test_finetune_squad.py
+    # (windows of 64) 4 buckets reached dev F1 81.3 where padded windows reach 93.5 (one seed
+    # each, not yet understood), although most SQuAD windows are far shorter than 384
+    # (--length-buckets)
+    config.length_buckets = 0
     config.epochs = 2  # passes over the training windows (--epochs)
     config.learning_rates = (3e-5,)  # peak rate; more than one: a sweep (--lr, --lr-sweep)
     config.log_every = 100  # steps between metrics lines (--log-every)

@@ -16,6 +16,7 @@ SHORTHANDS = {
     "data": "data",
     "tokenizer": "tokenizer",
     "max_seq_len": "max_seq_len",
+    "length_buckets": "length_buckets",
     "batch_size": "batch_size",
     "grad_accum_steps": "grad_accum_steps",
     "epochs": "epochs",
@@ -64,6 +65,10 @@ def register(subparsers) -> None:
     p.add_argument("--tokenizer", metavar="PATH",
                    help="vocab.txt / sentencepiece model (default: the model's own)")
     p.add_argument("--max-seq-len", type=int, help="default 128 (SQuAD: 384)")
+    p.add_argument("--length-buckets", type=int, metavar="K",
+                   help="static batch lengths chosen from the training rows' lengths; each "
+                   "batch is cut to the smallest that holds its rows (default 4; 0: every "
+                   "batch padded to --max-seq-len)")
     p.add_argument("--batch-size", type=int, help="global batch size (default 32)")
     p.add_argument("--grad-accum-steps", type=int)
     p.add_argument("--epochs", type=int, help="default 3 (SQuAD: 2)")

@@ -95,7 +95,15 @@ def metrics_from_sums(sums: dict) -> dict:
     metrics = {"loss": sums["loss_sum"] / denominator}
     if "correct_sum" in sums:
         metrics["accuracy"] = sums["correct_sum"] / denominator
+    if "real_tokens" in sums:  # a train step's count, for StepMetrics' real tokens/s
+        metrics["real_tokens"] = sums["real_tokens"]
     return metrics
+
+
+def real_tokens(batch) -> jax.Array:
+    """The non-pad tokens of the batch's real rows (rows of weight 0 only pad the batch)."""
+    mask_BxL = batch["input_mask"].astype(jnp.float32)
+    return jnp.sum(mask_BxL * batch["weights"].astype(jnp.float32)[:, None])
 
 
 def _forward(model, params, batch, dropout_rng, deterministic):
@@ -115,7 +123,8 @@ def objective(regression: bool) -> step_lib.Objective:
 
     def sums(model, params, batch, dropout_rng, deterministic):
         logits_BxC = _forward(model, params, batch, dropout_rng, deterministic)
-        return classification_sums(logits_BxC, batch["labels"], batch["weights"], regression)
+        sums = classification_sums(logits_BxC, batch["labels"], batch["weights"], regression)
+        return sums | {"real_tokens": real_tokens(batch)}
 
     def denominators(batch):
         # At least 1: a batch of padding alone (never built, but cheap to allow) gives 0, not NaN.

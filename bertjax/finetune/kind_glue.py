@@ -14,6 +14,7 @@ class GlueKind:
     """One GLUE task of a run's config (see train.TaskKind for what each member does)."""
 
     exports_model = False  # the classifier stays in the checkpoint (no `export`)
+    token_outputs = False  # logits [n, num_labels]
 
     def __init__(self, cfg, task: GlueTask):
         self.cfg, self.task = cfg, task

@@ -74,6 +74,7 @@ class SquadKind:
     """SQuAD v1.1 (`squad`) or v2.0 (`squad_v2`) of a run's config (see train.TaskKind)."""
 
     exports_model = True
+    token_outputs = True  # start and end logits [n, max_seq_len]
     dev_splits = ("validation",)
     output_splits = ("validation",)  # predictions.json is of the dev set
     main_metric = "f1"
@@ -121,7 +122,7 @@ class SquadKind:
     def decode(self, split: batches.Split, outputs) -> squad_decode.SquadPredictions:
         """Each question's best non-null answer and n-best list, and for v2.0 its null-score
         difference (the threshold is applied when scoring and writing)."""
-        start_logits, end_logits = outputs
+        start_logits, end_logits = real_positions(split, outputs)
         return squad_decode.decode_predictions(
             split.source.examples, split.source.features, start_logits, end_logits,
             version_2=self.version == "v2.0", n_best_size=self.cfg.n_best_size,
@@ -151,7 +152,7 @@ class SquadKind:
             scores = squad_metrics.squad_v2_scores(gold, self.answers(predictions),
                                                    predictions.null_odds, threshold)
             scores["null_score_diff_threshold"] = threshold
-        start_logits, end_logits = outputs
+        start_logits, end_logits = real_positions(split, outputs)
         loss = (_cross_entropy(start_logits, split.arrays["start_positions"])
                 + _cross_entropy(end_logits, split.arrays["end_positions"])) / 2
         return {**scores, "loss": loss, "examples": len(gold), "features": len(split)}
@@ -181,6 +182,15 @@ class SquadKind:
             tmp.rename(out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def real_positions(split: batches.Split, outputs):
+    """(start, end) logits with -inf beyond each row's real tokens: padding is never an answer,
+    and ranked among a window's n best (as run_squad.py ranks it) it would make predictions
+    depend on how far a row was padded (max_seq_len, or a length bucket: buckets.predict);
+    the dev loss is then the softmax over the real tokens."""
+    real_NxL = split.arrays["input_mask"].astype(bool)
+    return tuple(np.where(real_NxL, logits_NxL, -np.inf) for logits_NxL in outputs)
 
 
 def _cross_entropy(logits_NxL: np.ndarray, positions_N: np.ndarray) -> float:

@@ -97,8 +97,11 @@ def span_sums(start_logits_BxL, end_logits_BxL, batch: dict) -> dict:
 
 def _metrics_from_sums(sums: dict) -> dict:
     denominator = jnp.maximum(sums["weight_sum"], 1.0)
-    return {"loss": sums["loss_sum"] / denominator,
-            "span_accuracy": sums["exact_sum"] / denominator}
+    metrics = {"loss": sums["loss_sum"] / denominator,
+               "span_accuracy": sums["exact_sum"] / denominator}
+    if "real_tokens" in sums:  # a train step's count, for StepMetrics' real tokens/s
+        metrics["real_tokens"] = sums["real_tokens"]
+    return metrics
 
 
 def predict_step(params, batch: dict, *, model: nn.Module):
@@ -115,7 +118,7 @@ def objective() -> step_lib.Objective:
         start_BxL, end_BxL = model.apply(
             {"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
             deterministic=deterministic, rngs=None if deterministic else {"dropout": dropout_rng})
-        return span_sums(start_BxL, end_BxL, batch)
+        return span_sums(start_BxL, end_BxL, batch) | {"real_tokens": heads.real_tokens(batch)}
 
     def denominators(batch):
         return jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)

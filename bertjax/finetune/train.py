@@ -13,10 +13,8 @@ import sys
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-import numpy as np
-
 from bertjax.errors import UserError
-from bertjax.finetune import batches, heads
+from bertjax.finetune import batches, buckets, heads
 
 RESULTS_FILE = "eval_results.json"
 PREDICTIONS_DIR = "predictions"  # WORKDIR/predictions: submission / predictions.json files
@@ -37,6 +35,7 @@ class TaskKind(Protocol):
     output_splits: tuple[str, ...]  # whose predictions are written after training (if loaded)
     min_seq_len: int  # the shortest --max-seq-len that leaves room for text
     exports_model: bool  # whether `export` writes the fine-tuned model after training
+    token_outputs: bool  # outputs have a sequence axis (SQuAD's logits): see buckets.predict
 
     def load_examples(self) -> dict: ...  # split -> examples, before the model is loaded
     def encode(self, examples: dict, tokenizer) -> dict[str, batches.Split]: ...
@@ -90,6 +89,7 @@ def check_config(cfg) -> None:
     for flag, value in positive.items():
         if value < 1:
             raise UserError(f"{flag}={value}: must be a positive integer")
+    buckets.check_count(cfg.length_buckets)
     if not 0.0 <= cfg.warmup <= 1.0:
         raise UserError(f"--warmup={cfg.warmup}: a fraction of the steps, in [0, 1]")
     bad = [lr for lr in cfg.learning_rates if not lr > 0 or not math.isfinite(lr)]
@@ -156,6 +156,7 @@ class Prepared:
     bert_params: dict  # its `bert` parameters, on the host
     tokenizer: object  # data.tokenizer's WordPiece or sentencepiece tokenizer
     splits: dict  # split name -> batches.Split
+    plan: buckets.Plan  # the training split's length buckets (one of max_seq_len without)
     main_key: str  # the metric that picks the best learning rate ("matched_accuracy" on MNLI)
 
 
@@ -169,24 +170,12 @@ class Session(NamedTuple):
     warmup_steps: int
 
 
-def predict(predict_fn, params, split: batches.Split, batch_size: int, mesh):
-    """The model's outputs (each [n, ...]) on every row of `split`, in order: the last batch
-    is padded and its padding rows dropped, so each row counts exactly once."""
-    import jax
-
-    from bertjax.train import sharding
-
-    outputs = []
-    for start in range(0, len(split), batch_size):
-        rows = np.arange(start, start + batch_size)
-        rows[rows >= len(split)] = -1
-        batch = batches.local_slice(
-            batches.take(split, rows, batches.INPUT_KEYS), jax.process_index(), jax.process_count()
-        )
-        del batch["weights"]
-        out = jax.device_get(predict_fn(params, sharding.global_batch(batch, mesh)))
-        outputs.append(jax.tree.map(lambda x: np.asarray(x)[rows >= 0], out))
-    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+def predict(run: Prepared, predict_fn, params, split: batches.Split):
+    """The model's outputs (each [n, ...]) on every row of `split`, in order, predicted in
+    the run's length buckets (buckets.predict)."""
+    lengths = buckets.prediction_lengths(run.plan.lengths, run.cfg.max_seq_len)
+    return buckets.predict(predict_fn, params, split, run.cfg.batch_size, run.mesh, lengths,
+                           run.cfg.max_seq_len, run.kind.token_outputs)
 
 
 def dev_prefix(split: str) -> str:
@@ -220,23 +209,25 @@ def start_session(run: Prepared, lr: float, total_steps: int) -> Session:
 
 
 def train_epoch(run: Prepared, session: Session, state, epoch: int, step: int, step_metrics):
-    """One pass over the training split in a fresh seeded order; returns (state, step)."""
+    """One pass over the training split in a fresh seeded order (run.plan's bucketed
+    batches, each cut to its bucket's length); returns (state, step)."""
     import jax
 
     from bertjax.train import sharding
 
     cfg, train = run.cfg, run.splits["train"]
-    steps_per_epoch = -(-len(train) // cfg.batch_size)
-    for rows in batches.epoch_rows(len(train), cfg.batch_size, cfg.seed, epoch):
+    steps_per_epoch = run.plan.steps_per_epoch(cfg.batch_size)
+    for length, rows in run.plan.epoch(cfg.batch_size, cfg.seed, epoch):
         batch = batches.local_slice(
-            batches.take(train, rows), jax.process_index(), jax.process_count()
+            buckets.take(train, rows, length), jax.process_index(), jax.process_count()
         )
         state, metrics = session.train_fn(
             state, sharding.global_batch(batch, run.mesh), session.dropout_rng
         )
         step += 1
         is_log = step % cfg.log_every == 0 or step % steps_per_epoch == 0
-        step_metrics.dispatched(step, metrics, log=is_log)
+        # The tokens this step computed, padding included (its bucket's length, not max_seq_len).
+        step_metrics.dispatched(step, metrics, log=is_log, tokens=cfg.batch_size * length)
     step_metrics.flush()
     return state, step
 
@@ -246,7 +237,7 @@ def evaluate(run: Prepared, predict_fn, params) -> tuple[dict, dict]:
     metrics, predictions = {}, {}
     for name in run.kind.dev_splits:
         split = run.splits[name]
-        outputs = predict(predict_fn, params, split, run.cfg.batch_size, run.mesh)
+        outputs = predict(run, predict_fn, params, split)
         predictions[name] = run.kind.decode(split, outputs)
         scores = run.kind.metrics(split, outputs, predictions[name])
         metrics |= {dev_prefix(name) + k: v for k, v in scores.items()}
@@ -265,7 +256,7 @@ def write_outputs(run: Prepared, workdir: Path, session: Session, params, dev_pr
         split = run.splits[name]
         predictions = dev_predictions.get(name)
         if predictions is None:
-            outputs = predict(session.predict_fn, params, split, run.cfg.batch_size, run.mesh)
+            outputs = predict(run, session.predict_fn, params, split)
             predictions = kind.decode(split, outputs)
         if writes:
             for path in kind.write_predictions(workdir / PREDICTIONS_DIR, split, predictions):
@@ -287,7 +278,7 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
     from bertjax.train.step_metrics import StepMetrics
 
     cfg, kind, train = run.cfg, run.kind, run.splits["train"]
-    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    steps_per_epoch = run.plan.steps_per_epoch(cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     ckpt = checkpoint.Checkpointer(workdir, keep=1)
     if ckpt.latest_step() is not None:
@@ -296,7 +287,7 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
     session = start_session(run, lr, total)
     _log(
         f"lr {lr:g}: {cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size} "
-        f"({len(train)} training rows; the last batch of an epoch padded), "
+        f"({len(train)} training rows; the last batch of each length bucket padded), "
         f"warm-up {session.warmup_steps} steps"
     )
     writer = MetricsWriter(workdir, total, enabled=jax.process_index() == 0)
@@ -329,11 +320,9 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
 # --- the command ---------------------------------------------------------------------------
 
 
-def finetune(cfg, workdir) -> dict:
-    """Fine-tunes by `cfg` (a config with the keys of `configs/finetune_glue.py`, or of
-    `finetune_squad.py` for SQuAD) at each of cfg.learning_rates (each in WORKDIR/lr_<lr> when
-    there are several) and returns the dev metrics of the best run by the task's main metric;
-    they are written to WORKDIR/eval_results.json, its predictions to WORKDIR/predictions."""
+def prepare(cfg, workdir) -> Prepared:
+    """Checks `cfg`, makes the mesh, loads the examples, model and tokenizer, encodes the
+    splits and chooses the length buckets: everything before the first compilation."""
     import jax
 
     from bertjax.train import compile_cache, sharding
@@ -352,6 +341,7 @@ def finetune(cfg, workdir) -> dict:
     examples = kind.load_examples()
     loaded, tokenizer = load_model_and_tokenizer(cfg, kind)
     splits = kind.encode(examples, tokenizer)
+    plan = buckets.Plan.of(splits["train"], cfg.length_buckets, cfg.max_seq_len)
     _log(
         f"{kind.name}: "
         + ", ".join(f"{len(v)} {k}" for k, v in examples.items())
@@ -361,7 +351,11 @@ def finetune(cfg, workdir) -> dict:
         + ", ".join(f"{k}={v}" for k, v in mesh.shape.items())
         + f"; compilation cache {cache_dir or 'off'}"
     )
-    run = Prepared(
+    _log(f"length buckets {'/'.join(map(str, plan.lengths))} (--length-buckets="
+         f"{cfg.length_buckets}): rows per bucket {'/'.join(map(str, plan.rows_per_bucket()))}, "
+         f"{plan.padded_fraction(cfg.batch_size):.0%} of the tokens padded to "
+         f"{max(plan.lengths)}")
+    return Prepared(
         cfg=cfg,
         kind=kind,
         mesh=mesh,
@@ -369,8 +363,19 @@ def finetune(cfg, workdir) -> dict:
         bert_params=jax.device_get(loaded.params["bert"]),
         tokenizer=tokenizer,
         splits=splits,
+        plan=plan,
         main_key=dev_prefix(kind.dev_splits[0]) + kind.main_metric,
     )
+
+
+def finetune(cfg, workdir) -> dict:
+    """Fine-tunes by `cfg` (a config with the keys of `configs/finetune_glue.py`, or of
+    `finetune_squad.py` for SQuAD) at each of cfg.learning_rates (each in WORKDIR/lr_<lr> when
+    there are several) and returns the dev metrics of the best run by the task's main metric;
+    they are written to WORKDIR/eval_results.json, its predictions to WORKDIR/predictions."""
+    import jax
+
+    run = prepare(cfg, workdir)
     workdir = Path(workdir)
     if len(cfg.learning_rates) == 1:
         return train_one(run, cfg.learning_rates[0], workdir)

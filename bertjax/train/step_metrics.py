@@ -41,9 +41,11 @@ class StepMetrics:
     gains nothing, holds every queued batch in device memory, and XLA:CPU (jaxlib 0.10) can
     deadlock its collectives with ~32 multi-device programs queued. `flush()` fetches what is
     pending now (before an evaluation, a checkpoint, the end). Each fetch adds `tokens_per_s`
-    since the previous one (`real_tokens_per_s` too when the step counts its real tokens; given
-    `flops_per_step`, `model_flops_per_s`; given `peak_flops` too, `mfu`), writes the record
-    through `writer` and stops the run on a non-finite loss.
+    since the previous one (padded tokens: `tokens_per_step` each, or the steps' own counts
+    given to `dispatched`, as length-bucketed fine-tuning steps differ; `real_tokens_per_s`
+    too when the step counts its real tokens; given `flops_per_step`, `model_flops_per_s`;
+    given `peak_flops` too, `mfu`), writes the record through `writer` and stops the run on a
+    non-finite loss.
     """
 
     def __init__(self, writer, tokens_per_step: int, start_step: int, *, remedy: str,
@@ -58,14 +60,17 @@ class StepMetrics:
         self._pending = None
         self._previous = None  # the last dispatched step's metrics, until the next dispatch
         self._real_tokens = None  # device sum of "real_tokens" since the last fetch
+        self._tokens = None  # host sum of the dispatched steps' `tokens` since the last fetch
 
     def restart_clock(self) -> None:
         """Throughput excludes what happened since the last fetch (an evaluation, a save)."""
         self._last_time = time.perf_counter()
 
-    def dispatched(self, step: int, metrics, *, log: bool) -> dict | None:
+    def dispatched(self, step: int, metrics, *, log: bool,
+                   tokens: int | None = None) -> dict | None:
         """Fetches the pending step (returns its record, or None), or waits for the previous
-        step to finish, then defers this one."""
+        step to finish, then defers this one. `tokens`: the padded tokens this step computed,
+        when steps differ (default: tokens_per_step)."""
         import jax
 
         record = self.flush()
@@ -73,6 +78,8 @@ class StepMetrics:
             jax.block_until_ready(self._previous)
         self._previous = metrics
         self._pending = (step, metrics) if log else None
+        if tokens is not None:
+            self._tokens = (self._tokens or 0) + tokens
         if "real_tokens" in metrics:  # summed on the device every step: exact, never waits
             real = metrics["real_tokens"]
             self._real_tokens = real if self._real_tokens is None else self._real_tokens + real
@@ -91,6 +98,9 @@ class StepMetrics:
         seconds = max(now - self._last_time, 1e-9)
         steps_per_s = (step - self._last_step) / seconds
         metrics["tokens_per_s"] = self._tokens_per_step * steps_per_s
+        if self._tokens is not None:  # the steps' own counts: each step's length may differ
+            metrics["tokens_per_s"] = self._tokens / seconds
+            self._tokens = None
         if self._real_tokens is not None:  # non-pad tokens beside the padded figure above
             metrics["real_tokens_per_s"] = float(self._real_tokens) / seconds
             self._real_tokens = None

@@ -1,0 +1,244 @@
+"""Length buckets vs padding: examples/s and dev accuracy of one fine-tuning, twice per seed.
+
+bertjax bench finetune-buckets [--preset mini] [--train 20000] [--dev 1000] [--epochs 3]
+    [--batch-size 32] [--max-seq-len 128] [--length-buckets 4] [--seeds 2] [--json]
+
+In one run: short single sentences of the offline demo corpus (`bertjax demo`'s) in SST-2's
+layout (train.tsv / dev.tsv: sentence, label), labelled 1 when the sentence holds one of a few
+frequent words (chosen so that about half are positive; a tiny BERT learns it from scratch),
+a WordPiece vocabulary learnt from them and a randomly initialised BERT of --preset. The same
+`bertjax finetune` run (finetune_glue's recipe, the model's own steps) is then made with
+--length-buckets K and with 0 (every batch padded to --max-seq-len), for each of --seeds seeds,
+so that the seed-to-seed noise of dev accuracy is measured beside the difference between the
+two. Training examples/s count epochs 2.. only: epoch 1 holds the compilation of every batch
+shape (each bucket has batches in every epoch); the dev evaluation is outside the clock too.
+"""
+
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bertjax.errors import UserError
+
+MIN_WORDS, MAX_WORDS = 3, 40  # SST-2's sentences: a few words to a few dozen
+LEARNING_RATE = 1e-4  # a randomly initialised model learns faster than BERT's 2e-5 allows
+
+
+def add_arguments(parser) -> None:
+    """Options of `bertjax bench finetune-buckets`."""
+    from bertjax.model import PRESETS
+
+    parser.add_argument("--preset", default="mini", choices=tuple(PRESETS), help="model size")
+    parser.add_argument("--train", type=int, default=20_000, help="training sentences")
+    parser.add_argument("--dev", type=int, default=1_000, help="dev sentences")
+    parser.add_argument("--epochs", type=int, default=3, help="at least 2 (epoch 1 compiles)")
+    parser.add_argument("--batch-size", type=int, default=32, help="global batch size")
+    parser.add_argument("--max-seq-len", type=int, default=128, help="the padded runs' length")
+    parser.add_argument("--length-buckets", type=int, default=4, help="the bucketed runs' K")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds of each (noise band)")
+    parser.add_argument("--lr", type=float, default=LEARNING_RATE, help="peak learning rate")
+    parser.add_argument("--workdir", help="where data and runs go (default: a temporary one)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+
+
+def check_args(args) -> None:
+    """Raises UserError on options no benchmark can run with."""
+    for flag in ("train", "dev", "batch_size", "length_buckets", "seeds"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}={getattr(args, flag)}: must be positive")
+    if args.epochs < 2:
+        raise UserError(f"--epochs={args.epochs}: at least 2 (epoch 1 holds the compilation)")
+    if not 8 <= args.max_seq_len <= 512:
+        raise UserError(f"--max-seq-len={args.max_seq_len}: between 8 and 512")
+
+
+def corpus_sentences(folder: Path) -> list[str]:
+    """The demo corpus's distinct sentences of MIN_WORDS..MAX_WORDS words (built in a child
+    process: it imports hundreds of stdlib modules to read their docstrings)."""
+    cmd = [sys.executable, "-m", "bertjax.data.demo_corpus", str(folder)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise UserError(f"building the demo corpus failed: {proc.stderr.strip()[-500:]}")
+    lines = (line for f in sorted(folder.glob("*.txt")) for line in f.read_text().splitlines())
+    return [s for s in dict.fromkeys(lines) if MIN_WORDS <= len(s.split()) <= MAX_WORDS]
+
+
+def keywords(sentences: list[str]) -> list[str]:
+    """Frequent words, most frequent first, taken while the sentences holding any of them
+    stay under 55%, until they reach 45%: a label of about half positives."""
+    words = [set(s.lower().split()) for s in sentences]
+    counts = {}
+    for ws in words:
+        for w in ws:
+            counts[w] = counts.get(w, 0) + 1
+    chosen, covered = [], np.zeros(len(sentences), bool)
+    for w in sorted(counts, key=lambda w: (-counts[w], w)):
+        with_w = covered | np.array([w in ws for ws in words])
+        if with_w.mean() <= 0.55:
+            chosen, covered = chosen + [w], with_w
+        if covered.mean() >= 0.45 or len(chosen) >= 8:
+            break
+    return chosen
+
+
+def write_sst2_layout(folder: Path, sentences: list[str], n_train: int, n_dev: int) -> dict:
+    """train.tsv and dev.tsv (sentence, label) of distinct sentences, label 1 when one of
+    `keywords` is in it; returns their summary."""
+    if len(sentences) < n_train + n_dev:
+        raise UserError(f"the demo corpus has {len(sentences)} short sentences, fewer than "
+                        f"--train + --dev = {n_train + n_dev}")
+    order = np.random.default_rng(0).permutation(len(sentences))[: n_train + n_dev]
+    chosen = [sentences[i].replace("\t", " ") for i in order]
+    keys = set(keywords(chosen))
+    labels = [int(bool(keys & set(s.lower().split()))) for s in chosen]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", slice(0, n_train)), ("dev", slice(n_train, None))):
+        rows = [f"{s}\t{y}\n" for s, y in zip(chosen[part], labels[part])]
+        (folder / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(rows))
+    return {"keywords": sorted(keys), "positive": float(np.mean(labels)),
+            "mean_words": float(np.mean([len(s.split()) for s in chosen]))}  # fmt: skip
+
+
+def random_model(folder: Path, preset: str, sentences: list[str], max_seq_len: int) -> Path:
+    """A randomly initialised BERT of `preset` with a WordPiece vocabulary learnt from
+    `sentences`, as a HuggingFace folder."""
+    import jax
+    from flax import linen as nn
+
+    from bertjax import hf
+    from bertjax import model as model_lib
+    from bertjax.data.tokenizer import train_wordpiece
+
+    tokenizer = train_wordpiece(sentences, 4000, folder)
+    cfg = model_lib.preset_config(preset, vocab_size=tokenizer.vocab_size,
+                                  max_position_embeddings=max(512, max_seq_len))  # fmt: skip
+    params = jax.jit(lambda k: nn.meta.unbox(model_lib.init_params(cfg, k)))(jax.random.key(0))
+    return hf.write_folder(params, cfg, folder, [folder / "vocab.txt"])
+
+
+class _NoWriter:
+    """StepMetrics' writer for timed runs: the bench reports its own figures."""
+
+    def write(self, step, metrics) -> None:
+        pass
+
+
+def time_run(args, data: Path, model: Path, root: Path, buckets: int, seed: int) -> dict:
+    """One fine-tuning of `bertjax finetune` (train.prepare, start_session, train_epoch,
+    evaluate) in root/run_k<buckets>_s<seed>, timed per epoch; its training examples/s and
+    tokens/s over epochs 2.., and its dev accuracy after the last epoch. The runs share a
+    compilation cache in root: the programs of a second seed are the first's (it shortens the
+    untimed epoch 1 only)."""
+    import jax
+
+    from bertjax.finetune import train as ft
+    from bertjax.train.config import load_config
+    from bertjax.train.step_metrics import StepMetrics
+
+    cfg = load_config("finetune_glue", [
+        "task=sst2", f"init={model}", f"data={data}", f"max_seq_len={args.max_seq_len}",
+        f"length_buckets={buckets}", f"epochs={args.epochs}", f"batch_size={args.batch_size}",
+        f"learning_rates=({args.lr},)", f"seed={seed}", "log_every=1000000",
+        f"compilation_cache_dir={root / 'jax_cache'}"])  # fmt: skip
+    run = ft.prepare(cfg, root / f"run_k{buckets}_s{seed}")
+    steps = run.plan.steps_per_epoch(cfg.batch_size)
+    session = ft.start_session(run, args.lr, args.epochs * steps)
+    metrics = StepMetrics(_NoWriter(), 0, 0, remedy=ft.NAN_REMEDY)
+    state, step, seconds = session.state, 0, []
+    for epoch in range(args.epochs):
+        start = time.perf_counter()
+        state, step = ft.train_epoch(run, session, state, epoch, step, metrics)
+        jax.block_until_ready(state)
+        seconds.append(time.perf_counter() - start)
+    dev, _ = ft.evaluate(run, session.predict_fn, state.params)
+    train = run.splits["train"]
+    timed = args.epochs - 1
+    padded = sum(args.batch_size * length
+                 for length, _ in run.plan.epoch(cfg.batch_size, seed, 0))  # fmt: skip
+    clock = sum(seconds[1:])
+    return {
+        "length_buckets": buckets, "seed": seed, "bucket_lengths": list(run.plan.lengths),
+        "steps_per_epoch": steps, "first_epoch_s": seconds[0], "timed_s": clock,
+        "examples_per_s": timed * len(train) / clock,
+        "real_tokens_per_s": timed * int(train.arrays["input_mask"].sum()) / clock,
+        "tokens_per_s": timed * padded / clock, "dev_accuracy": dev["accuracy"],
+    }  # fmt: skip
+
+
+def summary(runs: list[dict]) -> dict:
+    """Mean examples/s and dev accuracy of each side, their ratio and differences, and the
+    noise band: the largest dev-accuracy difference between two seeds of the same side."""
+    side = {name: [r for r in runs if (r["length_buckets"] > 0) == (name == "bucketed")]
+            for name in ("bucketed", "padded")}  # fmt: skip
+    mean = {name: {k: float(np.mean([r[k] for r in rs])) for k in
+                   ("examples_per_s", "real_tokens_per_s", "tokens_per_s", "dev_accuracy")}
+            for name, rs in side.items()}  # fmt: skip
+    band = max((max(r["dev_accuracy"] for r in rs) - min(r["dev_accuracy"] for r in rs)
+                for rs in side.values()), default=0.0)  # fmt: skip
+    diff = mean["bucketed"]["dev_accuracy"] - mean["padded"]["dev_accuracy"]
+    return {
+        "mean": mean,
+        "examples_per_s_ratio": mean["bucketed"]["examples_per_s"]
+        / mean["padded"]["examples_per_s"],
+        "dev_accuracy_difference": diff,
+        "noise_band": band,
+        "within_noise": abs(diff) <= band,
+    }
+
+
+def table(runs: list[dict], result: dict) -> str:
+    """The side-by-side table and the verdict lines."""
+    lines = [f"{'run':<22}{'examples/s':>12}{'real tok/s':>12}{'padded tok/s':>14}"
+             f"{'steps/epoch':>13}{'dev acc':>9}"]  # fmt: skip
+    for r in runs:
+        name = (f"buckets {'/'.join(map(str, r['bucket_lengths']))}" if r["length_buckets"]
+                else f"padded {r['bucket_lengths'][0]}")  # fmt: skip
+        lines.append(f"{name + ' s' + str(r['seed']):<22}{r['examples_per_s']:>12.1f}"
+                     f"{r['real_tokens_per_s']:>12.0f}{r['tokens_per_s']:>14.0f}"
+                     f"{r['steps_per_epoch']:>13}{r['dev_accuracy']:>9.4f}")  # fmt: skip
+    m = result["mean"]
+    lines.append(
+        f"bucketed / padded examples/s: {result['examples_per_s_ratio']:.2f}x; dev accuracy "
+        f"{m['bucketed']['dev_accuracy']:.4f} vs {m['padded']['dev_accuracy']:.4f} "
+        f"(difference {result['dev_accuracy_difference']:+.4f}; noise band, the largest "
+        f"seed-to-seed difference of one side: {result['noise_band']:.4f}; "
+        f"{'within' if result['within_noise'] else 'OUTSIDE'} the noise)")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    """`bertjax bench finetune-buckets`: data, model, the runs, the table (and --json)."""
+    import jax
+
+    check_args(args)
+    say = lambda *a: print(*a, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.workdir or tmp)
+        sentences = corpus_sentences(root / "corpus")
+        data = write_sst2_layout(root / "data", sentences, args.train, args.dev)
+        used = [line.split("\t")[0] for name in ("train", "dev")
+                for line in (root / "data" / f"{name}.tsv").read_text().splitlines()[1:]]
+        model = random_model(root / "model", args.preset, used, args.max_seq_len)
+        say(f"bench finetune-buckets: {args.train} train / {args.dev} dev demo-corpus sentences "
+            f"in SST-2's layout (mean {data['mean_words']:.1f} words, {data['positive']:.0%} "
+            f"positive: holds one of {', '.join(data['keywords'])}); random {args.preset} "
+            f"BERT; {args.epochs} epochs of batch {args.batch_size}, lr {args.lr:g}; "
+            f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
+        runs = []
+        for seed in range(args.seeds):
+            for buckets in (args.length_buckets, 0):
+                runs.append(time_run(args, root / "data", model, root, buckets, seed))
+        result = summary(runs)
+    say(table(runs, result))
+    say(f"examples/s and tokens/s: epochs 2-{args.epochs} (epoch 1 compiles every batch "
+        "shape); dev evaluation, data and model preparation excluded")
+    if args.json:
+        print(json.dumps({**result, "runs": runs, "data": data, "preset": args.preset,
+                          "devices": jax.device_count()}))  # fmt: skip
+    return 0 if all(math.isfinite(r["dev_accuracy"]) for r in runs) else 1
