@@ -2,6 +2,7 @@
 
 
 import functools
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -54,3 +55,16 @@ def assert_trees_close(a, b, atol: float):
     assert jax.tree.structure(a) == jax.tree.structure(b)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol,
                                                          rtol=0), a, b)
+
+
+def demo_corpus_file(out_dir) -> str:
+    """The whole offline demo corpus in one file, built in a fresh process (as `bertjax demo`
+    builds it): in this long-lived test process, libraries imported by earlier tests may have
+    replaced stdlib objects and their docstrings, making the text depend on the tests before."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "bertjax.data.demo_corpus", str(out_dir),
+                    "--num-files", "1"], check=True, capture_output=True, timeout=300)
+    (path,) = sorted(Path(out_dir).glob("*.txt"))
+    return str(path)

@@ -43,9 +43,9 @@ def test_packing_bench_compares_the_layouts_on_the_same_sequences(tmp_path, caps
     """Both layouts of each length hold the same sequences; each row of the table is the
     manifest's efficiency and the timed step's real tokens/s; the accuracy runs train on the
     same real tokens (packed: fewer steps) and are scored on the same held-out split."""
-    from bertjax.data.demo_corpus import build_demo_corpus
+    from tests.helpers import demo_corpus_file
 
-    corpus = build_demo_corpus(tmp_path / "corpus", num_files=1)["paths"][0]
+    corpus = demo_corpus_file(tmp_path / "corpus")
     work = tmp_path / "w"
     argv = ["bench", "packing", "--input", str(corpus), "--vocab-size", "1000",
             "--seq-lens", "32,64", "--steps", "3", "--seeds", "1", "--held-out", "16",

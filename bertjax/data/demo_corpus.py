@@ -367,8 +367,11 @@ def build_demo_corpus(
 
 
 if __name__ == "__main__":
-    # `python -m bertjax.data.demo_corpus OUT_DIR [PACKAGE...] [--max-documents N]`: build it and
-    # print the counts as JSON on the last line (what `bertjax demo` reads).
+    # `python -m bertjax.data.demo_corpus OUT_DIR [PACKAGE...] [--max-documents N]
+    # [--num-files K]`: build it and print the counts as JSON on the last line (what `bertjax
+    # demo` reads). A fresh process reads the docstrings as the modules define them: in a
+    # long-lived one (a test session), imported libraries and earlier code may have replaced
+    # stdlib objects (and their docstrings), so the corpus would depend on what ran before.
     import argparse
     import json
 
@@ -376,7 +379,8 @@ if __name__ == "__main__":
     parser.add_argument("out_dir")
     parser.add_argument("packages", nargs="*", help="also read these installed packages' docs")
     parser.add_argument("--max-documents", type=int, default=None)
+    parser.add_argument("--num-files", type=int, default=4)
     cli_args = parser.parse_args()
     result = build_demo_corpus(cli_args.out_dir, cli_args.max_documents,
-                               packages=cli_args.packages)
+                               packages=cli_args.packages, num_files=cli_args.num_files)
     print(json.dumps({k: v for k, v in result.items() if k != "paths"}))
