@@ -4,8 +4,8 @@ time-to-accuracy runs on the same real tokens (tiny settings here; the figures o
 closing note come from the full-size command in docs/TRAINING.md)."""
 
 import json
-import math
 
+import jax
 import pytest
 
 from bertjax import cli
@@ -42,7 +42,7 @@ def test_bench_train_on_a_dataset_counts_its_real_tokens(tmp_path, capsys):
 def test_packing_bench_compares_the_layouts_on_the_same_sequences(tmp_path, capsys):
     """Both layouts of each length hold the same sequences; each row of the table is the
     manifest's efficiency and the timed step's real tokens/s; the accuracy runs train on the
-    same real tokens (packed: fewer steps) and are scored on the same held-out split."""
+    same real tokens per step (packed: fewer rows) and are scored on the same held-out split."""
     from tests.helpers import demo_corpus_file
 
     corpus = demo_corpus_file(tmp_path / "corpus")
@@ -50,6 +50,7 @@ def test_packing_bench_compares_the_layouts_on_the_same_sequences(tmp_path, caps
     argv = ["bench", "packing", "--input", str(corpus), "--vocab-size", "1000",
             "--seq-lens", "32,64", "--steps", "3", "--seeds", "1", "--held-out", "16",
             "--timed-steps", "2", "--tokens-per-batch", "512", "--workdir", str(work),
+            "--max-sequences-per-row", "4",
             "--config.model.num_hidden_layers=1", "--json"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
@@ -59,6 +60,7 @@ def test_packing_bench_compares_the_layouts_on_the_same_sequences(tmp_path, caps
         packed = open_dataset(work / f"data_{length}_packed")
         layout = packed.manifest["layout"]
         assert layout["sequences"] == len(padded) > layout["rows"] == len(packed)
+        assert layout["max_sequences_per_row"] == 4 and not padded.packed
         figures = result["lengths"][str(length)]
         assert figures["padded"]["efficiency"] == layout["efficiency_unpacked"]
         assert figures["packed"]["efficiency"] == layout["efficiency_packed"]
@@ -68,8 +70,9 @@ def test_packing_bench_compares_the_layouts_on_the_same_sequences(tmp_path, caps
         assert f"{length} packed / padded real tokens/s: " in out
     acc = result["accuracy"]
     effs = [result["lengths"]["32"][k]["efficiency"] for k in ("padded", "packed")]
-    assert acc["layouts"]["padded"]["steps"] == 3
-    assert acc["layouts"]["packed"]["steps"] == math.ceil(3 * effs[0] / effs[1])
+    n = jax.device_count()  # packed rows: the padded batch's real tokens, n per device
+    assert acc["steps"] == 3 and acc["layouts"]["padded"]["rows"] == 16
+    assert acc["layouts"]["packed"]["rows"] == max(n, round(16 * effs[0] / effs[1] / n) * n)
     assert set(acc["runs"]) == {"padded_seed0", "packed_seed0"} and acc["noise_band"] == 0
     for name, r in acc["runs"].items():
         assert 0 <= r["eval_mlm_accuracy"] <= 1 and 0 < r["train_s"] < r["wall_s"], name

@@ -12,8 +12,9 @@ One run, everything side by side on this machine:
    (`bench train --data`), rows x length = `--tokens-per-batch` positions per step; real
    (non-pad) tokens/s packed over padded is the speed-up.
 3. Time to accuracy, at the first length: `bertjax train` of the config in subprocesses, on
-   the same number of real tokens: padded for `--steps` steps, packed for as many steps as
-   hold the same real tokens (fewer), each with `--seeds` seeds, all scored on the
+   the same number of real tokens: `--steps` steps each, the packed ones of fewer rows (as
+   many as hold a padded batch's real tokens, so about the same sequences per step and the
+   same schedule), each with `--seeds` seeds, all scored on the
    padded held-out split (the same sequences). The noise band is the larger of the two
    layouts' seed spreads: packing "reaches the same accuracy" when the two layouts' mean
    accuracies differ by no more than it. Times: the steps alone (from the logged tokens/s),
@@ -22,7 +23,6 @@ One run, everything side by side on this machine:
 """
 
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -113,9 +113,9 @@ def prepare_pair(files, tokenizer, root: Path, seq_len: int, args, held_out: int
     out = {}
     for layout in LAYOUTS:
         folder = root / f"data_{seq_len}_{layout}"
+        packing = {"pack": True, "max_sequences_per_row": args.max_sequences_per_row}
         opts = InstanceOptions(max_seq_len=seq_len, seed=0, dupe_factor=args.dupe_factor,
-                               block_docs=200, pack=layout == "packed",
-                               max_sequences_per_row=args.max_sequences_per_row)
+                               block_docs=200, **(packing if layout == "packed" else {}))
         corpus = TextCorpus([str(f) for f in files], "bert", "strict")
         manifest = prepare_dataset(corpus, tokenizer, folder, opts, held_out=held_out,
                                    overwrite=True, progress=False)
@@ -191,23 +191,31 @@ def time_to_accuracy(args, data: dict, seq_len: int, root: Path) -> dict:
     """Padded and packed runs on the same real tokens, `--seeds` each, on the same eval split:
     each layout's mean accuracy and time, and the noise band (the larger seed spread; 0 with
     one seed)."""
+    import jax
+
     rows = args.tokens_per_batch // seq_len
     padded_eff, packed_eff = (efficiency(data["packed"][1], k) for k in LAYOUTS)
-    # The same real tokens: steps x rows x L x efficiency is equal for both layouts.
-    steps = {"padded": args.steps,
-             "packed": max(1, math.ceil(args.steps * padded_eff / packed_eff))}
+    # The same real tokens in every step, so the same steps and learning-rate schedule: a
+    # packed step takes fewer rows (a whole number per device), each holding more sequences.
+    # (The same rows in fewer steps would be a larger batch in sequences: early in training,
+    # fewer optimizer steps on larger batches reach a lower accuracy per token.)
+    devices = jax.device_count()
+    packed_rows = max(devices, round(rows * padded_eff / packed_eff / devices) * devices)
+    layout_rows = {"padded": rows, "packed": packed_rows}
     eval_dir = data["padded"][0] / "eval"
     runs, summary = {}, {}
     for layout in LAYOUTS:
         for seed in range(args.seeds):
             name = f"{layout}_seed{seed}"
-            _say(f"  training {name}: {steps[layout]} steps of {rows} x {seq_len}")
+            _say(f"  training {name}: {args.steps} steps of {layout_rows[layout]} x {seq_len}")
             runs[name] = train_run(args, data[layout][0], eval_dir, root / f"run_{name}",
-                                   steps[layout], rows, seq_len, seed)
+                                   args.steps, layout_rows[layout], seq_len, seed)
         seeds = [runs[f"{layout}_seed{s}"] for s in range(args.seeds)]
         accuracy = [r["eval_mlm_accuracy"] for r in seeds]
         summary[layout] = {
-            "steps": steps[layout],
+            "rows": layout_rows[layout],
+            "real_tokens": args.steps * layout_rows[layout] * seq_len * efficiency(
+                data["packed"][1], layout),
             "mlm_accuracy_mean": sum(accuracy) / len(seeds),
             "seed_spread": max(accuracy) - min(accuracy),
             "train_s_mean": sum(r["train_s"] for r in seeds) / len(seeds),
@@ -216,8 +224,7 @@ def time_to_accuracy(args, data: dict, seq_len: int, root: Path) -> dict:
     band = max(summary[k]["seed_spread"] for k in LAYOUTS)
     gap = summary["packed"]["mlm_accuracy_mean"] - summary["padded"]["mlm_accuracy_mean"]
     return {
-        "seq_len": seq_len, "rows": rows, "runs": runs, "layouts": summary,
-        "real_tokens_each": args.steps * rows * seq_len * padded_eff,
+        "seq_len": seq_len, "steps": args.steps, "runs": runs, "layouts": summary,
         "noise_band": band, "packed_minus_padded": gap, "same_accuracy": abs(gap) <= band,
         "train_ratio_padded_over_packed":
             summary["padded"]["train_s_mean"] / summary["packed"]["train_s_mean"],
@@ -228,11 +235,15 @@ def time_to_accuracy(args, data: dict, seq_len: int, root: Path) -> dict:
 
 def report_accuracy(acc: dict) -> None:
     """Prints the time-to-accuracy table."""
-    _say(f"time to accuracy at {acc['seq_len']} tokens, {acc['real_tokens_each']:.0f} real "
-         f"tokens per run, scored on the padded held-out split (the same sequences):")
+    lay = acc["layouts"]
+    _say(f"time to accuracy at {acc['seq_len']} tokens, {acc['steps']} steps of the same real "
+         f"tokens (padded {lay['padded']['rows']} rows, packed {lay['packed']['rows']}; "
+         f"{lay['padded']['real_tokens']:.0f} and {lay['packed']['real_tokens']:.0f} real tokens "
+         f"in all), scored on the padded held-out split (the same sequences):")
     for name, r in acc["runs"].items():
-        _say(f"  {name:>13}: {r['steps']:>5} steps  MLM acc {r['eval_mlm_accuracy']:.4f}  "
-             f"steps {r['train_s']:.1f} s  process {r['wall_s']:.1f} s")
+        _say(f"  {name:>13}: MLM acc {r['eval_mlm_accuracy']:.4f}  NSP acc "
+             f"{r['eval_nsp_accuracy']:.4f}  steps {r['train_s']:.1f} s  process "
+             f"{r['wall_s']:.1f} s")
     _say(f"  MLM accuracy packed - padded (means over seeds): {acc['packed_minus_padded']:+.4f}, "
          f"noise band (larger seed spread) {acc['noise_band']:.4f}: "
          f"{'within' if acc['same_accuracy'] else 'OUTSIDE'} the band")
