@@ -353,8 +353,8 @@ def prepare(cfg, workdir) -> Prepared:
     )
     _log(f"length buckets {'/'.join(map(str, plan.lengths))} (--length-buckets="
          f"{cfg.length_buckets}): rows per bucket {'/'.join(map(str, plan.rows_per_bucket()))}, "
-         f"{plan.padded_fraction(cfg.batch_size):.0%} of the tokens padded to "
-         f"{max(plan.lengths)}")
+         f"an epoch computes {plan.padded_fraction(cfg.batch_size):.0%} of the positions of "
+         f"every row padded to {max(plan.lengths)}")
     return Prepared(
         cfg=cfg,
         kind=kind,
