@@ -1,6 +1,6 @@
 """Length buckets vs padding: examples/s and dev accuracy of one fine-tuning, twice per seed.
 
-bertjax bench finetune-buckets [--preset mini] [--train 20000] [--dev 1000] [--epochs 3]
+bertjax bench finetune-buckets [--preset tiny] [--train 8000] [--dev 1000] [--epochs 3]
     [--batch-size 32] [--max-seq-len 128] [--length-buckets 4] [--seeds 2] [--json]
 
 In one run: short single sentences of the offline demo corpus (`bertjax demo`'s) in SST-2's
@@ -27,15 +27,18 @@ import numpy as np
 from bertjax.errors import UserError
 
 MIN_WORDS, MAX_WORDS = 3, 40  # SST-2's sentences: a few words to a few dozen
-LEARNING_RATE = 1e-4  # a randomly initialised model learns faster than BERT's 2e-5 allows
+# A randomly initialised model needs more than BERT's 2e-5: bert-tiny learnt the label at 3e-4
+# (dev accuracy 0.993 after 3 epochs of 8,000 sentences); small runs at 1e-4 stayed near chance.
+LEARNING_RATE = 3e-4
 
 
 def add_arguments(parser) -> None:
     """Options of `bertjax bench finetune-buckets`."""
     from bertjax.model import PRESETS
 
-    parser.add_argument("--preset", default="mini", choices=tuple(PRESETS), help="model size")
-    parser.add_argument("--train", type=int, default=20_000, help="training sentences")
+    parser.add_argument("--preset", default="tiny", choices=tuple(PRESETS), help="model size")
+    # The demo corpus has ~15,000 distinct sentences of 3-40 words: room for 8,000 + 1,000.
+    parser.add_argument("--train", type=int, default=8_000, help="training sentences")
     parser.add_argument("--dev", type=int, default=1_000, help="dev sentences")
     parser.add_argument("--epochs", type=int, default=3, help="at least 2 (epoch 1 compiles)")
     parser.add_argument("--batch-size", type=int, default=32, help="global batch size")
