@@ -113,6 +113,27 @@ def dataset_batches(config, data_dir: str, steps: int):
     return ds, [loader.batch_for_step(ds, vocab, plan, step) for step in range(steps)]
 
 
+def dataset_model_config(config, ds, source: str):
+    """The config's model for dataset `ds`; UserError naming `source` (the option that chose
+    the dataset) if its rows are longer than the model's position embeddings."""
+    model_cfg = config_lib.model_config(config.model, ds.vocab_size)
+    if ds.max_seq_len > model_cfg.max_position_embeddings:
+        raise UserError(f"{source}: {ds.max_seq_len}-token rows are above the model's "
+                        f"max_position_embeddings={model_cfg.max_position_embeddings}")
+    return model_cfg
+
+
+def mean_per_step(batches: list[dict], steps: int, count) -> float:
+    """The mean of `count(batch)` over `steps` steps that take `batches` in turn (as
+    seconds_per_jax_step does)."""
+    return sum(count(batches[i % len(batches)]) for i in range(steps)) / steps
+
+
+def real_tokens(batch: dict) -> int:
+    """The batch's non-pad tokens."""
+    return int(batch["input_mask"].sum())
+
+
 def synthetic_batches(config, model_cfg, seq_len: int) -> list[dict]:
     """One synthetic batch of full rows (every position a real token) at `seq_len`."""
     from bertjax.data.masking import default_max_predictions
@@ -151,11 +172,8 @@ def run(args) -> int:
         if args.seq_len not in (None, ds.max_seq_len):
             raise UserError(f"--seq-len {args.seq_len} differs from the {ds.max_seq_len} tokens "
                             f"per row of --data {args.data}: leave it out")
-        model_cfg = config_lib.model_config(config.model, ds.vocab_size)
+        model_cfg = dataset_model_config(config, ds, f"--data {args.data}")
         seq_len, packed = ds.max_seq_len, ds.packed
-        if seq_len > model_cfg.max_position_embeddings:
-            raise UserError(f"--data {args.data} has {seq_len}-token rows, above the model's "
-                            f"max_position_embeddings={model_cfg.max_position_embeddings}")
         source = f"{'packed' if packed else 'padded'} rows of {args.data}"
     else:
         model_cfg = config_lib.model_config(config.model, BERT_VOCAB)
@@ -165,10 +183,9 @@ def run(args) -> int:
     predictions = batches[0]["masked_lm_positions"].shape[1]  # slots per row
     tokens = batch_size * seq_len
     # Over the timed steps, which take the batches in turn: real (non-pad) tokens and sequences.
-    timed = [batches[i % len(batches)] for i in range(args.steps)]
-    real_tokens = sum(int(b["input_mask"].sum()) for b in timed) / args.steps
-    sequences = sum(float(b.get("next_sentence_weights", b["input_mask"][:, :1]).sum())
-                    for b in timed) / args.steps
+    real = mean_per_step(batches, args.steps, real_tokens)
+    sequences = mean_per_step(batches, args.steps, lambda b: float(
+        b.get("next_sentence_weights", b["input_mask"][:, :1]).sum()))
     say = lambda *a: print(*a, flush=True)
 
     say(
@@ -191,8 +208,8 @@ def run(args) -> int:
         "device_kind": jax.devices()[0].device_kind,
         "step_s": ours_s,
         "tokens_per_s": tokens / ours_s,
-        "real_tokens_per_s": real_tokens / ours_s,
-        "real_token_fraction": real_tokens / tokens,
+        "real_tokens_per_s": real / ours_s,
+        "real_token_fraction": real / tokens,
         "sequences_per_s": sequences / ours_s,
         "model_flops_per_step": flops,
         "model_flops_per_s": flops / ours_s,

@@ -141,13 +141,9 @@ def throughput(args, data: dict, seq_len: int) -> dict:
             *args.config_overrides, f"--config.train.global_batch_size={rows}"])
         config_lib.validate(config, jax.device_count(), jax.process_count())
         ds, batches = bench.dataset_batches(config, str(folder), args.timed_steps)
-        model_cfg = config_lib.model_config(config.model, ds.vocab_size)
-        if seq_len > model_cfg.max_position_embeddings:
-            raise UserError(f"--seq-lens {seq_len} is above the model's "
-                            f"max_position_embeddings={model_cfg.max_position_embeddings}")
+        model_cfg = bench.dataset_model_config(config, ds, f"--seq-lens {seq_len}")
         step_s = bench.time_ours(config, model_cfg, batches, args.timed_steps)
-        real = sum(int(batches[i % len(batches)]["input_mask"].sum())
-                   for i in range(args.timed_steps)) / args.timed_steps
+        real = bench.mean_per_step(batches, args.timed_steps, bench.real_tokens)
         out[layout] = {"rows": rows, "step_s": step_s, "tokens_per_s": rows * seq_len / step_s,
                        "real_tokens_per_s": real / step_s,
                        "real_token_fraction": real / (rows * seq_len)}
