@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from bertjax.errors import UserError
+from bertjax.model_config import ATTENTION_IMPLS
 
-IMPLS = ("xla", "cudnn", "splash", "auto")
 # Splash tiles the sequence in blocks of 128 lanes at least (its segment-id path requires
 # block_q and block_kv to be multiples of 128); larger blocks amortise the per-block overhead.
 # Head sizes need no check: the kernel pads them to 128 lanes itself (every preset has 64).
@@ -80,8 +80,9 @@ def resolve_impl(
     length splash cannot tile). An explicit choice that cannot run is a UserError naming the
     config keys at fault and the valid values.
     """
-    if requested not in IMPLS:
-        raise UserError(f"model.attention_impl={requested!r}: expected one of {', '.join(IMPLS)}")
+    if requested not in ATTENTION_IMPLS:
+        raise UserError(f"model.attention_impl={requested!r}: expected one of "
+                        f"{', '.join(ATTENTION_IMPLS)}")
     problems = {  # kernel -> (why it cannot run here, what to do), or None
         "splash": _splash_problem(platform, dropout_rate, seq_len),
         "cudnn": _cudnn_problem(platform, dropout_rate, compute_dtype, head_dim),
@@ -90,8 +91,7 @@ def resolve_impl(
         return "xla", "requested"
     if requested != "auto":
         if problems[requested]:
-            why, remedy = problems[requested]
-            raise UserError(f"model.attention_impl={requested} {why}: {remedy}")
+            raise _refusal(requested, problems[requested])
         return requested, "requested"
     for impl, problem in problems.items():
         if problem is None:
@@ -156,6 +156,11 @@ def _cudnn_problem(platform, dropout_rate, compute_dtype, head_dim):
     return None
 
 
+def _refusal(impl: str, problem: tuple[str, str]) -> UserError:
+    why, remedy = problem
+    return UserError(f"model.attention_impl={impl} {why}: {remedy}")
+
+
 def _dropout_problem(dropout_rate):
     return (
         f"cannot apply attention dropout (model.attention_probs_dropout_prob={dropout_rate})",
@@ -205,10 +210,7 @@ def dot_product_attention(
             seq_len=length,
         )
     if with_dropout and impl != "xla":
-        raise ValueError(
-            f"model.attention_impl={impl} cannot apply attention dropout; set "
-            "model.attention_probs_dropout_prob=0 or model.attention_impl=xla"
-        )
+        raise _refusal(impl, _dropout_problem(dropout_rate))
     if impl == "xla":
         return _xla(
             q_BxLxNxD,
@@ -225,7 +227,9 @@ def dot_product_attention(
             _splash_per_shard, block=splash_block_size(length), interpret=interpret
         )
     else:
-        raise ValueError(f"model.attention_impl={impl!r}: expected one of {', '.join(IMPLS)}")
+        raise ValueError(
+            f"model.attention_impl={impl!r}: expected one of {', '.join(ATTENTION_IMPLS)}"
+        )
     return _on_shards(impl, kernel, q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, attn_segment_ids_BxL)
 
 

@@ -1,19 +1,14 @@
 """The encoder: post-LN transformer layers, unrolled or scanned, rematerialised by policy.
 
-`model.scan_layers` runs the layers with `nn.scan`: one traced and compiled layer whatever the
-depth, its parameters stacked along a leading axis named "layers". Unrolled, each layer has
-a subtree of its own (`layer_0`, `layer_1`, ...; HuggingFace's and our checkpoints' layout).
-`stack_layers` / `unstack_layers` convert any tree between the two layouts at the edges.
-`model.remat_policy` names what each layer keeps for the backward pass (`REMAT_POLICIES`).
-
-The building blocks (dense, LayerNorm, activation) are shared with model.py's embeddings and
-heads. `cfg` is always a `bertjax.model.BertConfig` (not imported: model.py imports this).
+`scan_layers` runs the layers with `nn.scan`: one traced and compiled layer whatever the depth,
+its parameters stacked along a leading axis named "layers". Unrolled, each layer has a subtree
+of its own (`layer_0`, `layer_1`, ...: HuggingFace's layout). `stack_layers` /
+`unstack_layers` convert any tree between the two layouts at the edges.
 """
 
 import functools
 import re
 from collections.abc import Mapping
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -22,120 +17,22 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from bertjax import attention
+from bertjax.layers import HeadsDense, activation, dense, layer_norm
+from bertjax.model_config import REMAT_POLICIES, BertConfig
 
 LAYERS_AXIS = "layers"  # logical name of the stacked parameters' leading axis (no mesh axis)
 STACKED_KEY = "layers"  # the scanned layers' subtree in BertModel (unrolled: layer_0, ...)
 _LAYER_KEY = re.compile(r"layer_(\d+)$")
 
-# Activations tagged with `checkpoint_name` in every layer (MaxText's names), which the named
-# policies below save: the q/k/v projections, the attention context before its output
-# projection, that projection, and the feed-forward block's two matmuls.
-TAGGED_ACTIVATIONS = (
-    "query_proj", "key_proj", "value_proj", "context", "out_proj", "mlpwi", "mlpwo"
-)
-_QKV = ("query_proj", "key_proj", "value_proj")
 
-
-def _save(*names):
-    return lambda: jax.checkpoint_policies.save_only_these_names(*names)
-
-
-# `model.remat_policy` -> a function giving the jax.checkpoint policy (None: save nothing).
-# Ordered from most memory (fastest) to least (slowest), as MaxText's base.yml lists its own:
-# MaxText's named policies, then JAX's generic ones. "none" is not here: no remat at all.
-REMAT_POLICIES = {
-    "minimal_with_context": _save(*TAGGED_ACTIVATIONS),
-    "minimal": _save(*_QKV, "out_proj", "mlpwi", "mlpwo"),
-    "save_dot_with_context_except_mlp": _save(*_QKV, "context", "out_proj"),
-    "save_dot_except_mlpwi": _save(*_QKV, "out_proj", "mlpwo"),
-    "save_dot_except_mlp": _save(*_QKV, "out_proj"),
-    "save_qkv_proj": _save(*_QKV),
-    "save_out_proj": _save("out_proj"),
-    "dots_saveable": lambda: jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": (
-        lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-    ),
-    "nothing_saveable": lambda: jax.checkpoint_policies.nothing_saveable,
-    "full": lambda: None,  # jax.checkpoint's default: recompute the whole layer
-}
-REMAT_POLICY_NAMES = ("none", *REMAT_POLICIES)
-
-
-# --- building blocks --------------------------------------------------------------------------
-
-
-def dense_init(cfg, axes: tuple[str | None, ...]):
-    """BERT's normal(initializer_range) initialiser, with logical axis names."""
-    return nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), axes)
-
-
-def zeros_init(axes: tuple[str | None, ...]):
-    """Zeros, with logical axis names."""
-    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
-
-
-def layer_norm(cfg, name: str) -> nn.LayerNorm:
-    """LayerNorm as BERT's: epsilon 1e-12 (flax: 1e-6), exact variance as PyTorch computes it."""
-    return nn.LayerNorm(
-        epsilon=cfg.layer_norm_eps,
-        dtype=cfg.dtype,
-        use_fast_variance=False,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-        bias_init=zeros_init(("embed",)),
-        name=name,
-    )
-
-
-def dense(cfg, features: int, axes: tuple[str | None, str | None], name: str) -> nn.Dense:
-    """nn.Dense with BERT's initialisers, computing in the config's dtype."""
-    return nn.Dense(
-        features,
-        dtype=cfg.dtype,
-        kernel_init=dense_init(cfg, axes),
-        bias_init=zeros_init(axes[1:]),
-        name=name,
-    )
-
-
-def activation(name: str):
-    """The feed-forward activation named as in HF configs (exact erf GELU for "gelu")."""
-    if name == "gelu":
-        return functools.partial(jax.nn.gelu, approximate=False)
-    return functools.partial(jax.nn.gelu, approximate=True)
-
-
-class HeadsDense(nn.Module):
-    """nn.DenseGeneral over the last `in_axes` input axes, its kernel made in its full shape.
-
-    The parameters (kernel [*in, *features], bias [*features]) and the computation are
-    DenseGeneral's. DenseGeneral initialises a flat 2-D kernel and reshapes it: with a mesh
-    and logical rules in scope (activation constraints on), flax then applies the kernel's
-    3-axis logical constraint to the 2-D array and tracing fails. The initial values are the
-    same either way (a normal draw is laid out flat).
-    """
-
-    cfg: Any
-    features: tuple[int, ...]
-    in_axes: int
-    kernel_axes: tuple[str | None, ...]
-
-    @nn.compact
-    def __call__(self, x):
-        cfg, n_in = self.cfg, self.in_axes
-        kernel = self.param(
-            "kernel",
-            dense_init(cfg, self.kernel_axes),
-            (*x.shape[x.ndim - n_in :], *self.features),
-            jnp.float32,
-        )
-        bias = self.param(
-            "bias", zeros_init(self.kernel_axes[n_in:]), tuple(self.features), jnp.float32
-        )
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.dtype)
-        # Contracting dimensions in order, as DenseGeneral (jnp.einsum would reverse them
-        # and add transposes to the backward pass).
-        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        return jax.lax.dot_general(x, kernel, (contract, ((), ()))) + bias
+def checkpoint_policy(name: str):
+    """The `jax.checkpoint` policy of `remat_policy` `name` (model_config.REMAT_POLICIES)."""
+    saved = REMAT_POLICIES[name]
+    if saved is None:  # jax.checkpoint's default: recompute the whole layer
+        return None
+    if isinstance(saved, str):
+        return getattr(jax.checkpoint_policies, saved)
+    return jax.checkpoint_policies.save_only_these_names(*saved)
 
 
 # --- one layer --------------------------------------------------------------------------------
@@ -144,7 +41,7 @@ class HeadsDense(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head self-attention within segments (attention.py), output projection, LayerNorm."""
 
-    cfg: Any
+    cfg: BertConfig
 
     @nn.compact
     def __call__(
@@ -194,7 +91,7 @@ class EncoderLayer(nn.Module):
     so that the same class runs unrolled and scanned.
     """
 
-    cfg: Any
+    cfg: BertConfig
 
     @nn.compact
     def __call__(
@@ -226,7 +123,7 @@ def make_layers(cfg) -> list[nn.Module]:
     if cfg.remat_policy != "none":
         layer_cls = nn.remat(
             layer_cls,
-            policy=REMAT_POLICIES[cfg.remat_policy](),
+            policy=checkpoint_policy(cfg.remat_policy),
             # `self` counts: deterministic and one_segment_per_row are Python bools.
             static_argnums=(3, 4),
             # Inside scan the loop already keeps XLA from merging the recomputation into the

@@ -7,121 +7,22 @@ parameter carries logical axis names so that sharding is chosen by config rules,
 the model.
 """
 
-import dataclasses
 import functools
-from collections.abc import Mapping
-from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from bertjax import attention, encoder
+from bertjax import encoder
+from bertjax.layers import activation, dense, dense_init, layer_norm, zeros_init
+
+# The config is model_config.py's; these names are also the model's public API.
+from bertjax.model_config import PRESETS, BertConfig, preset_config  # noqa: F401
 
 # Logical axis names used by the parameters and activations of this module.
 #   vocab, embed, heads, kv (per-head features), mlp, position, segment, layers (stacked
 #   layers' leading axis); batch, length.
-
-PRESETS: dict[str, dict[str, int]] = {
-    # name: (layers, hidden, heads), intermediate = 4 x hidden as in Turc et al. 2019 / BERT.
-    "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2),
-    "mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4),
-    "small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8),
-    "medium": dict(num_hidden_layers=8, hidden_size=512, num_attention_heads=8),
-    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12),
-    "large": dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16),
-}
-
-HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
-# BertConfig fields that decide the parameters' shapes and meaning (dropout and dtype do not).
-ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                       "intermediate_size", "hidden_act", "max_position_embeddings",
-                       "type_vocab_size", "layer_norm_eps")
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # compute_dtype -> dtype
-ATTENTION_IMPLS = attention.IMPLS
-REMAT_POLICIES = encoder.REMAT_POLICY_NAMES  # "none", "full", ...: see encoder.py
-
-
-@dataclasses.dataclass(frozen=True)
-class BertConfig:
-    """BERT hyperparameters; field names follow HuggingFace's `BertConfig` where they exist."""
-
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"  # "gelu" = exact erf GELU; "gelu_new"/"gelu_pytorch_tanh" = tanh form
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-12
-    # Not in HF's config: how we compute, not what the model is.
-    compute_dtype: str = "float32"  # activations/matmuls; parameters always float32
-    attention_impl: str = "xla"  # xla | cudnn | splash | auto: see attention.py
-    scan_layers: bool = False  # nn.scan over the layers: parameters stacked on axis "layers"
-    remat_policy: str = "none"  # what each layer keeps for the backward pass: REMAT_POLICIES
-
-    def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by "
-                f"num_attention_heads {self.num_attention_heads}"
-            )
-        if self.hidden_act not in HIDDEN_ACTS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {HIDDEN_ACTS}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
-        if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(
-                f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}"
-            )
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(
-                f"remat_policy {self.remat_policy!r} is not one of {', '.join(REMAT_POLICIES)}"
-            )
-        for name in ("vocab_size", "num_hidden_layers", "max_position_embeddings",
-                     "type_vocab_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def dtype(self):
-        return jnp.dtype(COMPUTE_DTYPES[self.compute_dtype])
-
-
-def config_fields() -> tuple[str, ...]:
-    """Names of every BertConfig field (used to reject unknown keys)."""
-    return tuple(f.name for f in dataclasses.fields(BertConfig))
-
-
-def config_from_dict(fields: Mapping[str, Any]) -> BertConfig:
-    """BertConfig from a saved dict (a checkpoint's model config). Checkpoints written before
-    `remat_policy` existed hold the boolean `remat`: True meant today's "full"."""
-    fields = dict(fields)
-    if fields.pop("remat", False) and fields.get("remat_policy", "none") == "none":
-        fields["remat_policy"] = "full"
-    return BertConfig(**fields)
-
-
-def preset_config(name: str, **overrides: Any) -> BertConfig:
-    """Returns the BertConfig of preset `name` (tiny ... large) with `overrides` applied."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
-    unknown = sorted(set(overrides) - set(config_fields()))
-    if unknown:
-        raise ValueError(f"unknown BertConfig keys {unknown}; known keys: {config_fields()}")
-    fields = dict(PRESETS[name])
-    fields["intermediate_size"] = 4 * fields["hidden_size"]
-    fields.update(overrides)
-    return BertConfig(**fields)
 
 
 def _gathered_table(embed: nn.Embed, rows_axis: str):
@@ -151,16 +52,16 @@ class Embeddings(nn.Module):
         cfg = self.cfg
         embed = functools.partial(nn.Embed, features=cfg.hidden_size, param_dtype=jnp.float32)
         self.word_embeddings = embed(
-            cfg.vocab_size, embedding_init=encoder.dense_init(cfg, ("vocab", "embed"))
+            cfg.vocab_size, embedding_init=dense_init(cfg, ("vocab", "embed"))
         )
         self.position_embeddings = embed(
             cfg.max_position_embeddings,
-            embedding_init=encoder.dense_init(cfg, ("position", "embed")),
+            embedding_init=dense_init(cfg, ("position", "embed")),
         )
         self.token_type_embeddings = embed(
-            cfg.type_vocab_size, embedding_init=encoder.dense_init(cfg, ("segment", "embed"))
+            cfg.type_vocab_size, embedding_init=dense_init(cfg, ("segment", "embed"))
         )
-        self.LayerNorm = encoder.layer_norm(cfg, "LayerNorm")
+        self.LayerNorm = layer_norm(cfg, "LayerNorm")
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, input_ids_BxL, segment_ids_BxL, deterministic: bool, pos_BxL=None):
@@ -192,7 +93,7 @@ class BertModel(nn.Module):
         self.embeddings = Embeddings(cfg)
         # layer_0 ... layer_{n-1}, or one scanned module "layers" (encoder.make_layers).
         self.layers = encoder.make_layers(cfg)
-        self.pooler = encoder.dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")
+        self.pooler = dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")
 
     def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True,
                  attn_segment_ids=None, position_ids=None, cls_positions=None):
@@ -255,16 +156,16 @@ class BertForPreTraining(nn.Module):
             x_BxPxE = jnp.take_along_axis(
                 hidden_BxLxE, masked_lm_positions_BxP[..., None].astype(jnp.int32), axis=1
             )
-        mlm_transform = encoder.dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "mlm_transform")
+        mlm_transform = dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "mlm_transform")
         x_BxPxE = mlm_transform(x_BxPxE)
-        x_BxPxE = encoder.activation(cfg.hidden_act)(x_BxPxE)
-        x_BxPxE = encoder.layer_norm(cfg, "mlm_LayerNorm")(x_BxPxE)
+        x_BxPxE = activation(cfg.hidden_act)(x_BxPxE)
+        x_BxPxE = layer_norm(cfg, "mlm_LayerNorm")(x_BxPxE)
         mlm_BxPxV = bert.attend(x_BxPxE.astype(cfg.dtype))
         mlm_bias_V = self.param(
-            "mlm_bias", encoder.zeros_init(("vocab",)), (cfg.vocab_size,), jnp.float32
+            "mlm_bias", zeros_init(("vocab",)), (cfg.vocab_size,), jnp.float32
         )
         mlm_BxPxV = mlm_BxPxV.astype(jnp.float32) + mlm_bias_V
-        nsp_Bx2 = encoder.dense(cfg, 2, ("embed", None), "nsp")(pooled_BxE).astype(jnp.float32)
+        nsp_Bx2 = dense(cfg, 2, ("embed", None), "nsp")(pooled_BxE).astype(jnp.float32)
         return PreTrainingOutput(mlm_BxPxV, nsp_Bx2, hidden_BxLxE, pooled_BxE)
 
 

@@ -163,7 +163,7 @@ def test_attention_dropout_with_a_fused_kernel_is_refused():
     """Asking a fused kernel for attention dropout raises; the xla path drops probabilities."""
     q, k, v, _ = qkv_and_cotangent(jnp.float32)
     rng, ids = jax.random.key(1), SEGMENT_IDS["padded"]
-    with pytest.raises(ValueError, match="model.attention_probs_dropout_prob=0"):
+    with pytest.raises(UserError, match="model.attention_probs_dropout_prob=0"):
         attention.dot_product_attention(
             q, k, v, ids, impl="splash", interpret=True, dropout_rate=0.1, dropout_rng=rng
         )

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bertjax import encoder
+from bertjax import encoder, model_config
 from bertjax import model as model_lib
 from bertjax.errors import UserError
 from bertjax.train import config as config_lib
@@ -45,7 +45,7 @@ def test_every_remat_policy_gives_the_loss_and_gradients_of_none(scan):
     batch = make_batch(0)
     params = perturbed(unboxed_params(base_cfg))
     ref_loss, ref_grads = jax.jit(functools.partial(loss_and_grads, base_cfg))(params, batch)
-    policies = model_lib.REMAT_POLICIES[1:]
+    policies = model_config.REMAT_POLICY_NAMES[1:]
 
     @jax.jit
     def every_policy(params, batch):
@@ -91,13 +91,13 @@ def test_remat_policies_keep_what_their_names_say():
     batch = make_batch(0)
     params = unboxed_params(TINY)
     kept = {}
-    for policy in model_lib.REMAT_POLICIES:
+    for policy in model_config.REMAT_POLICY_NAMES:
         residuals = saved_residuals(dataclasses.replace(TINY, remat_policy=policy), params, batch)
         activations = [line for line in residuals if "from the argument" not in line]
         kept[policy] = sum(residual_bytes(line) for line in activations)
         named = [line for line in activations if " named '" in line]
         if policy == "minimal_with_context":
-            for tag in encoder.TAGGED_ACTIVATIONS:
+            for tag in model_config.TAGGED_ACTIVATIONS:
                 assert sum(f"'{tag}'" in line for line in named) == TINY.num_hidden_layers, tag
         if policy in ("full", "nothing_saveable"):
             assert named == []
@@ -139,6 +139,6 @@ def test_remat_policy_and_the_old_remat_key_fail_clearly_at_start_up(tmp_path):
     assert (model_cfg.remat_policy, model_cfg.scan_layers) == ("minimal", True)
     old = dataclasses.asdict(TINY)
     del old["remat_policy"], old["scan_layers"]
-    assert model_lib.config_from_dict({**old, "remat": True}) == dataclasses.replace(
+    assert model_config.config_from_dict({**old, "remat": True}) == dataclasses.replace(
         TINY, remat_policy="full")
-    assert model_lib.config_from_dict({**old, "remat": False}) == TINY
+    assert model_config.config_from_dict({**old, "remat": False}) == TINY

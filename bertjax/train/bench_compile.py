@@ -149,13 +149,13 @@ def format_table(rows: list[dict]) -> str:
 
 def run(args) -> int:
     """Entry point of `bertjax bench compile`."""
-    from bertjax.model import PRESETS, REMAT_POLICIES
+    from bertjax.model_config import PRESETS, REMAT_POLICY_NAMES
 
     presets = _names(args.presets, list(PRESETS), "--presets")
     layouts = _names(args.layouts, list(LAYOUTS), "--layouts")
-    if args.remat_policy not in REMAT_POLICIES:
+    if args.remat_policy not in REMAT_POLICY_NAMES:
         raise UserError(f"--remat-policy={args.remat_policy!r}: expected one of "
-                        f"{', '.join(REMAT_POLICIES)}")
+                        f"{', '.join(REMAT_POLICY_NAMES)}")
     if args.batch_size < 1 or args.seq_len < 2:
         raise UserError("--batch-size must be at least 1 and --seq-len at least 2")
     if args.child:

@@ -162,7 +162,7 @@ class Checkpointer:
 
     def _check_same_model(self, step: int, model_cfg) -> None:
         """UserError when checkpoint `step` holds another architecture than `model_cfg`."""
-        from bertjax.model import ARCHITECTURE_FIELDS
+        from bertjax.model_config import ARCHITECTURE_FIELDS
 
         try:
             saved = self.restore_config(step).get(MODEL_CONFIG_KEY)
@@ -317,8 +317,7 @@ def is_checkpoint_dir(path) -> bool:
 
 def load_model(path, step: int | None = None) -> LoadedModel:
     """Loads a model from a training workdir (newest checkpoint, or `step`) or an HF folder."""
-    from bertjax import hf
-    from bertjax import model as model_lib
+    from bertjax import hf, model_config
     from bertjax.train import workdir_io
 
     path = str(path)
@@ -345,7 +344,7 @@ def load_model(path, step: int | None = None) -> LoadedModel:
         raise UserError(str(e)) from None
     if MODEL_CONFIG_KEY not in meta:
         raise UserError(f"checkpoint in {path} has no model config; was it written by bertjax?")
-    model_cfg = model_lib.config_from_dict(meta[MODEL_CONFIG_KEY])
+    model_cfg = model_config.config_from_dict(meta[MODEL_CONFIG_KEY])
     return LoadedModel(model_cfg, params, f"{path} step {used_step}",
                        _tokenizer_files(meta.get(TOKENIZER_DIR_KEY, "")), used_step,
                        meta.get(TOKENIZER_IDENTITY_KEY))

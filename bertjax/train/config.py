@@ -242,8 +242,7 @@ def add_config_arguments(
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
     """Checks what can be checked before any data is read or anything compiled."""
     # Local imports: these pull in JAX, which `bertjax --help` need not load.
-    from bertjax import attention
-    from bertjax.model import COMPUTE_DTYPES, REMAT_POLICIES
+    from bertjax import model_config
     from bertjax.train import sharding
     from bertjax.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -252,24 +251,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     if missing:
         raise UserError(f"the config lacks {', '.join(missing)}: every pretraining config "
                         "has these keys (start from bertjax/configs/base.py)")
-    if config.model.compute_dtype not in COMPUTE_DTYPES:
-        raise UserError(
-            f"model.compute_dtype={config.model.compute_dtype!r}: "
-            f"expected one of {', '.join(COMPUTE_DTYPES)}"
-        )
-    impl = config.model.get("attention_impl", "xla")
-    if impl not in attention.IMPLS:
-        raise UserError(
-            f"model.attention_impl={impl!r}: expected one of {', '.join(attention.IMPLS)}"
-        )
     renamed = [k for k in RENAMED_KEYS if k in keys]
     if renamed:
         raise UserError(RENAMED_KEYS[renamed[0]])
-    policy = config.model.get("remat_policy", "none")
-    if policy not in REMAT_POLICIES:
-        raise UserError(
-            f"model.remat_policy={policy!r}: expected one of {', '.join(REMAT_POLICIES)}"
-        )
+    try:
+        model_config.check_choices(config.model, prefix="model.")
+    except ValueError as e:
+        raise UserError(str(e)) from None
     for key, registry in (("optim.name", OPTIMIZERS), ("optim.schedule", SCHEDULES)):
         if _get(config, key) not in registry:
             raise UserError(f"{key}={_get(config, key)!r}: expected one of {', '.join(registry)}")

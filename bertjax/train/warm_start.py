@@ -53,7 +53,7 @@ def warm_start(state, path: str, *, model_cfg, abstract_state, state_shardings,
     import numpy as np
 
     from bertjax import encoder
-    from bertjax.model import ARCHITECTURE_FIELDS
+    from bertjax.model_config import ARCHITECTURE_FIELDS
     from bertjax.train import checkpoint
 
     loaded = checkpoint.load_model(path)
