@@ -12,6 +12,7 @@ dropout), `cudnn` (`jax.nn.dot_product_attention(implementation="cudnn")`), `spl
 Pallas kernel with `SegmentIds`, under `shard_map`), and `auto`, resolved by `resolve_impl`.
 """
 
+import dataclasses
 import functools
 import math
 
@@ -116,10 +117,14 @@ def resolve_for_model(model_cfg, seq_len: int | None = None, platform: str | Non
     )
 
 
-def describe_choice(model_cfg, seq_len: int) -> str:
-    """One log line: the kernel this process runs the model's attention with, and why."""
-    impl, why = resolve_for_model(model_cfg, seq_len=seq_len)
-    return f"attention {impl} (model.attention_impl={model_cfg.attention_impl}; {why})"
+def resolved_config(model_cfg, seq_len: int, platform: str | None = None):
+    """(model_cfg whose attention_impl is the kernel `resolve_for_model` picks at `seq_len` on
+    `platform`, one log line saying which and why): a run resolves its attention once, so
+    that training, evaluation and prediction run the same kernel. UserError when an explicit
+    kernel cannot run there."""
+    impl, why = resolve_for_model(model_cfg, seq_len=seq_len, platform=platform)
+    line = f"attention {impl} (model.attention_impl={model_cfg.attention_impl}; {why})"
+    return dataclasses.replace(model_cfg, attention_impl=impl), line
 
 
 def _splash_problem(platform, dropout_rate, seq_len):

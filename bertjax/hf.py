@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from bertjax import encoder
 from bertjax import model as bert_model
+from bertjax.model_config import BertConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -54,60 +56,100 @@ class CheckpointError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Weight:
+class Weight:
     """One HF tensor and where it lives in our tree. `kernel_in_dims`: ndims of a kernel's input
     side in our layout (HF stores a Linear's weight as [out, in]); 0 for a non-kernel."""
 
     hf_name: str
     path: tuple[str, ...]
     kernel_in_dims: int = 0
-    head: str = ""  # "" = encoder; "mlm" or "nsp" = a head that may be absent as a whole
+    group: str = ""  # "" = always present; else a group of HeadSpec.optional
     flat: bool = False  # HF stores it 1-D; ours is [heads, kv]
 
 
-def _dense(hf: str, path: tuple[str, ...], in_dims: int = 1, head: str = "",
-           flat_bias: bool = False) -> list[_Weight]:
-    return [_Weight(f"{hf}.weight", path + ("kernel",), in_dims, head),
-            _Weight(f"{hf}.bias", path + ("bias",), 0, head, flat_bias)]
+def dense_weights(hf: str, path: tuple[str, ...], in_dims: int = 1, group: str = "",
+                  flat_bias: bool = False) -> list[Weight]:
+    """The kernel and bias of HF Linear `hf` at our `path` (an nn.Dense or layers.dense)."""
+    return [Weight(f"{hf}.weight", path + ("kernel",), in_dims, group),
+            Weight(f"{hf}.bias", path + ("bias",), 0, group, flat_bias)]
 
 
-def _layer_norm(hf: str, path: tuple[str, ...], head: str = "") -> list[_Weight]:
-    return [_Weight(f"{hf}.weight", path + ("scale",), 0, head),
-            _Weight(f"{hf}.bias", path + ("bias",), 0, head)]
+def _layer_norm(hf: str, path: tuple[str, ...], group: str = "") -> list[Weight]:
+    return [Weight(f"{hf}.weight", path + ("scale",), 0, group),
+            Weight(f"{hf}.bias", path + ("bias",), 0, group)]
 
 
-def weight_table(cfg: bert_model.BertConfig) -> list[_Weight]:
-    """Every parameter of BertForPreTraining: HF name (with the `bert.` prefix) -> our path in
-    the per-layer layout (`encoder.unstack_layers` gives it for a `scan_layers` model)."""
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """What a model is at the HuggingFace edge: transformers' class, our Flax module of it, and
+    the parameters beyond the encoder with their HF names. Adding a head is declaring one;
+    every conversion, check and folder write below works from it."""
+
+    architecture: str  # transformers' class: config.json's "architectures"
+    module: Callable[[BertConfig], nn.Module]  # our model of it for a config
+    weights: tuple[Weight, ...] = ()  # beyond the encoder and the pooler
+    pooler: bool = True  # HF builds BertModel's pooler (False: add_pooling_layer=False)
+    # Weight groups that may be absent as a whole from a folder: initialised freshly, with
+    # a warning (a BertModel folder read as BertForPreTraining has no heads).
+    optional: dict[str, str] = dataclasses.field(default_factory=dict)  # group -> description
+    config_json: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # extra keys
+    input_shape: tuple[int, ...] = (1, 8)  # a batch shape that initialises the module
+    label: str = ""  # how messages name it; default the architecture
+
+    @property
+    def name(self) -> str:
+        return self.label or self.architecture
+
+
+PRETRAINING = HeadSpec(
+    "BertForPreTraining",
+    bert_model.BertForPreTraining,
+    weights=(
+        *dense_weights("cls.predictions.transform.dense", ("mlm_transform",), group="mlm"),
+        *_layer_norm("cls.predictions.transform.LayerNorm", ("mlm_LayerNorm",), group="mlm"),
+        Weight("cls.predictions.bias", ("mlm_bias",), 0, "mlm"),
+        *dense_weights("cls.seq_relationship", ("nsp",), group="nsp"),
+    ),
+    optional={"mlm": "masked-LM head (cls.predictions)",
+              "nsp": "NSP head (cls.seq_relationship)"},
+    label="BERT",
+)
+_POOLER = tuple(dense_weights("bert.pooler.dense", ("bert", "pooler")))
+
+
+def encoder_weights(cfg: BertConfig) -> list[Weight]:
+    """The embeddings' and encoder layers' parameters: HF name (with the `bert.` prefix) -> our
+    path in the per-layer layout (`encoder.unstack_layers` gives it for a `scan_layers` model)."""
     emb = ("bert", "embeddings")
     table = [
-        _Weight("bert.embeddings.word_embeddings.weight", emb + ("word_embeddings", "embedding")),
-        _Weight("bert.embeddings.position_embeddings.weight",
-                emb + ("position_embeddings", "embedding")),
-        _Weight("bert.embeddings.token_type_embeddings.weight",
-                emb + ("token_type_embeddings", "embedding")),
+        Weight("bert.embeddings.word_embeddings.weight", emb + ("word_embeddings", "embedding")),
+        Weight("bert.embeddings.position_embeddings.weight",
+               emb + ("position_embeddings", "embedding")),
+        Weight("bert.embeddings.token_type_embeddings.weight",
+               emb + ("token_type_embeddings", "embedding")),
         *_layer_norm("bert.embeddings.LayerNorm", emb + ("LayerNorm",)),
     ]
     for i in range(cfg.num_hidden_layers):
         hf, ours = f"bert.encoder.layer.{i}", ("bert", f"layer_{i}")
         for proj in ("query", "key", "value"):
-            table += _dense(f"{hf}.attention.self.{proj}", ours + ("attention", proj),
-                            flat_bias=True)
-        table += _dense(f"{hf}.attention.output.dense", ours + ("attention", "output"), in_dims=2)
+            table += dense_weights(f"{hf}.attention.self.{proj}", ours + ("attention", proj),
+                                   flat_bias=True)
+        table += dense_weights(f"{hf}.attention.output.dense", ours + ("attention", "output"),
+                               in_dims=2)
         table += _layer_norm(f"{hf}.attention.output.LayerNorm",
                              ours + ("attention", "output_LayerNorm"))
-        table += _dense(f"{hf}.intermediate.dense", ours + ("intermediate",))
-        table += _dense(f"{hf}.output.dense", ours + ("output",))
+        table += dense_weights(f"{hf}.intermediate.dense", ours + ("intermediate",))
+        table += dense_weights(f"{hf}.output.dense", ours + ("output",))
         table += _layer_norm(f"{hf}.output.LayerNorm", ours + ("output_LayerNorm",))
-    table += _dense("bert.pooler.dense", ("bert", "pooler"))
-    table += _dense("cls.predictions.transform.dense", ("mlm_transform",), head="mlm")
-    table += _layer_norm("cls.predictions.transform.LayerNorm", ("mlm_LayerNorm",), head="mlm")
-    table += [_Weight("cls.predictions.bias", ("mlm_bias",), 0, "mlm")]
-    table += _dense("cls.seq_relationship", ("nsp",), head="nsp")
     return table
 
 
-def _to_ours(tensor: np.ndarray, w: _Weight, shape: tuple[int, ...]) -> np.ndarray:
+def weight_table(cfg: BertConfig, spec: HeadSpec = PRETRAINING) -> list[Weight]:
+    """Every tensor of HF's `spec.architecture` and where it lives in our (per-layer) tree."""
+    return encoder_weights(cfg) + list(_POOLER if spec.pooler else ()) + list(spec.weights)
+
+
+def _to_ours(tensor: np.ndarray, w: Weight, shape: tuple[int, ...]) -> np.ndarray:
     if w.kernel_in_dims:
         tensor = tensor.T  # [out, in] -> [in, out]
     if tensor.size != int(np.prod(shape)):
@@ -116,7 +158,7 @@ def _to_ours(tensor: np.ndarray, w: _Weight, shape: tuple[int, ...]) -> np.ndarr
     return tensor.reshape(shape)
 
 
-def _to_hf(array: np.ndarray, w: _Weight) -> np.ndarray:
+def _to_hf(array: np.ndarray, w: Weight) -> np.ndarray:
     if w.flat:
         return np.ascontiguousarray(array.reshape(-1))
     if not w.kernel_in_dims:
@@ -125,7 +167,7 @@ def _to_hf(array: np.ndarray, w: _Weight) -> np.ndarray:
     return np.ascontiguousarray(array.reshape(in_size, -1).T)
 
 
-def _hf_shape(shape: tuple[int, ...], w: _Weight) -> tuple[int, ...]:
+def _hf_shape(shape: tuple[int, ...], w: Weight) -> tuple[int, ...]:
     if w.flat:
         return (int(np.prod(shape)),)
     if not w.kernel_in_dims:
@@ -136,7 +178,7 @@ def _hf_shape(shape: tuple[int, ...], w: _Weight) -> tuple[int, ...]:
 # --- config.json ---------------------------------------------------------------------------
 
 
-def config_from_hf(hf_config: dict[str, Any]) -> bert_model.BertConfig:
+def config_from_hf(hf_config: dict[str, Any]) -> BertConfig:
     """BertConfig from a HuggingFace config.json dict; refuses what is not BERT."""
     model_type = hf_config.get("model_type")
     if model_type != "bert":
@@ -145,20 +187,20 @@ def config_from_hf(hf_config: dict[str, Any]) -> bert_model.BertConfig:
         if key in hf_config and hf_config[key] != required:
             raise CheckpointError(f"config.json sets {key}={hf_config[key]!r}; bertjax supports "
                                   f"only {key}={required!r}")
-    fields = {f.name for f in dataclasses.fields(bert_model.BertConfig)}
+    fields = {f.name for f in dataclasses.fields(BertConfig)}
     # The remaining HF keys (architectures, torch_dtype, pad_token_id, ...) do not change the
     # network's function; ours that HF lacks (compute_dtype, scan_layers, remat_policy, ...)
     # keep their defaults.
     kwargs = {k: v for k, v in hf_config.items() if k in fields}
     try:
-        return bert_model.BertConfig(**kwargs)
+        return BertConfig(**kwargs)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"config.json: {e}") from None
 
 
-def config_to_hf(cfg: bert_model.BertConfig) -> dict[str, Any]:
-    """The config.json dict transformers' BertForPreTraining expects."""
-    out = {"architectures": ["BertForPreTraining"], "model_type": "bert"}
+def config_to_hf(cfg: BertConfig, spec: HeadSpec = PRETRAINING) -> dict[str, Any]:
+    """The config.json dict transformers' `spec.architecture` expects."""
+    out = {"architectures": [spec.architecture], "model_type": "bert"}
     for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "intermediate_size", "hidden_act", "hidden_dropout_prob",
                  "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
@@ -166,7 +208,7 @@ def config_to_hf(cfg: bert_model.BertConfig) -> dict[str, Any]:
         out[name] = getattr(cfg, name)
     out["position_embedding_type"] = "absolute"
     out["torch_dtype"] = "float32"
-    return out
+    return out | dict(spec.config_json)
 
 
 # --- reading and writing weights -------------------------------------------------------------
@@ -202,58 +244,63 @@ def _normalise_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def params_from_hf(tensors: dict[str, np.ndarray], cfg: bert_model.BertConfig,
-                   rng: jax.Array | None = None, source: str = "checkpoint"):
-    """Our (unboxed) parameter tree from HF tensors; strict about missing/extra/mis-shaped keys.
-    In the layout of `cfg` (layers stacked when `cfg.scan_layers`).
+_TIED_DECODER = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
-    A head that is absent as a whole is freshly initialised from `rng`, with a warning.
+
+def params_from_hf(tensors: dict[str, np.ndarray], cfg: BertConfig,
+                   spec: HeadSpec = PRETRAINING, rng: jax.Array | None = None,
+                   source: str = "checkpoint"):
+    """Our (unboxed) parameters of `spec`'s model from HF tensors, in the layout of `cfg`
+    (layers stacked when `cfg.scan_layers`); strict about missing, extra and mis-shaped
+    tensors (CheckpointError).
+
+    A group of `spec.optional` that is absent as a whole is freshly initialised from `rng`,
+    with a warning; the pooler of a head without one (spec.pooler False) is read when the
+    tensors hold it and zeros otherwise (it feeds none of that head's outputs).
     """
     tensors = _normalise_names(tensors)
     layout_cfg, cfg = cfg, dataclasses.replace(cfg, scan_layers=False)  # HF's: layer by layer
-    table = weight_table(cfg)
-    shapes = nn.meta.unbox(bert_model.abstract_params(cfg))
-    shape_of = lambda path: _get(shapes, path).shape
-    present_heads = {w.head for w in table if w.head and w.hf_name in tensors}
+    table = weight_table(cfg, spec)
+    module = spec.module(cfg)
+    shapes = nn.meta.unbox(bert_model.abstract_params(cfg, model=module,
+                                                      input_shape=spec.input_shape))
+    present = {w.group for w in table if w.group and w.hf_name in tensors}
     missing = [w.hf_name for w in table
-               if w.hf_name not in tensors and (not w.head or w.head in present_heads)]
+               if w.hf_name not in tensors and (not w.group or w.group in present)]
     if missing:
-        raise CheckpointError(f"{source} is missing {len(missing)} weight(s) BERT needs, e.g. "
-                              f"{missing[:5]}")
-    known = {w.hf_name for w in table}
-    unexpected = []
-    for name in tensors:
-        if name in known or name.endswith(BUFFER_SUFFIXES):
-            continue
-        if name in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias"):
-            continue  # tied copies, checked below
-        unexpected.append(name)
+        raise CheckpointError(f"{source} is missing {len(missing)} weight(s) of {spec.name}, "
+                              f"e.g. {missing[:5]}")
+    unused_pooler = () if spec.pooler else _POOLER
+    known = {w.hf_name for w in (*table, *unused_pooler)}
+    if any(w.group == "mlm" for w in spec.weights):
+        known |= set(_TIED_DECODER)  # tied copies, checked below
+    unexpected = sorted(n for n in tensors if n not in known and not n.endswith(BUFFER_SUFFIXES))
     if unexpected:
         raise CheckpointError(f"{source} has {len(unexpected)} weight(s) that are not part of "
-                              f"BERT (or of this config), e.g. {sorted(unexpected)[:5]}")
+                              f"{spec.name} (or of this config), e.g. {unexpected[:5]}")
     params: dict = {}
-    for w in table:
-        if w.hf_name in tensors:
-            shape = shape_of(w.path)
-            tensor = np.asarray(tensors[w.hf_name], np.float32)
-            if tensor.shape != _hf_shape(shape, w):
-                raise CheckpointError(
-                    f"weight {w.hf_name!r} has shape {tuple(tensor.shape)}; config.json implies "
-                    f"{_hf_shape(shape, w)}")
-            _set(params, w.path, _to_ours(tensor, w, shape))
+    for w in (*table, *unused_pooler):
+        shape = _get(shapes, w.path).shape
+        if w.hf_name not in tensors:
+            if w in unused_pooler:
+                _set(params, w.path, np.zeros(shape, np.float32))
+            continue
+        tensor = np.asarray(tensors[w.hf_name], np.float32)
+        if tensor.shape != _hf_shape(shape, w):
+            raise CheckpointError(
+                f"weight {w.hf_name!r} has shape {tuple(tensor.shape)}; config.json implies "
+                f"{_hf_shape(shape, w)}")
+        _set(params, w.path, _to_ours(tensor, w, shape))
     _check_tied(tensors, params, source)
-    absent = sorted({w.head for w in table if w.head} - present_heads)
+    absent = sorted(set(spec.optional) - present)
     if absent:
         rng = jax.random.key(0) if rng is None else rng
-        fresh = nn.meta.unbox(bert_model.init_params(cfg, rng))
+        fresh = nn.meta.unbox(bert_model.init_params(cfg, rng, model=module,
+                                                     input_shape=spec.input_shape))
         for w in table:
-            if w.head in absent:
+            if w.group in absent:
                 _set(params, w.path, np.asarray(_get(fresh, w.path)))
-        names = {
-            "mlm": "masked-LM head (cls.predictions)",
-            "nsp": "NSP head (cls.seq_relationship)",
-        }
-        warnings.warn(f"{source} has no {' and no '.join(names[h] for h in absent)}: "
+        warnings.warn(f"{source} has no {' and no '.join(spec.optional[g] for g in absent)}: "
                       "initialised freshly (random); train before using its outputs.",
                       stacklevel=3)
     return encoder.to_layout(params, layout_cfg.scan_layers)
@@ -274,12 +321,12 @@ def _check_tied(tensors, params, source):
                                   "cls.predictions.bias; BERT ties them")
 
 
-def params_to_hf(params, cfg: bert_model.BertConfig) -> dict[str, np.ndarray]:
-    """HF tensors (BertForPreTraining names; tied decoder left out, as transformers saves it)
-    of our parameters in either layout."""
-    params = encoder.unstack_layers(nn.meta.unbox(params))
+def params_to_hf(params, cfg: BertConfig, spec: HeadSpec = PRETRAINING) -> dict[str, np.ndarray]:
+    """HF tensors of `spec.architecture` (BertForPreTraining: the tied decoder left out, as
+    transformers saves it) of our (boxed or unboxed) parameters in either layout."""
+    params = encoder.unstack_layers(jax.device_get(nn.meta.unbox(params)))
     return {w.hf_name: _to_hf(np.asarray(_get(params, w.path), np.float32), w)
-            for w in weight_table(cfg)}
+            for w in weight_table(cfg, spec)}
 
 
 def _get(tree, path):
@@ -301,7 +348,7 @@ def _set(tree, path, value):
 class PretrainedBert:
     """A BertForPreTraining with its weights; call it like the HF model."""
 
-    config: bert_model.BertConfig
+    config: BertConfig
     params: Any
     tokenizer_files: tuple[Path, ...] = ()
 
@@ -323,35 +370,43 @@ def _forward(cfg, params, input_ids, token_type_ids, attention_mask):
         {"params": params}, input_ids, token_type_ids, attention_mask, deterministic=True)
 
 
-def load_pretrained(path: str | os.PathLike, **config_overrides) -> PretrainedBert:
-    """Loads a HuggingFace BertForPreTraining or BertModel folder (config.json + safetensors).
-
-    `config_overrides` set fields HF does not store, e.g. compute_dtype="bfloat16".
-    """
+def read_folder(path: str | os.PathLike, spec: HeadSpec = PRETRAINING, **config_overrides):
+    """(BertConfig, unboxed parameters, tokenizer files) of a HuggingFace folder holding
+    `spec.architecture` (for BertForPreTraining also a BertModel folder: fresh heads).
+    `config_overrides` set fields HF does not store, e.g. compute_dtype="bfloat16"."""
     folder = Path(path)
     if not (folder / CONFIG_NAME).is_file():
         raise CheckpointError(f"{folder} has no {CONFIG_NAME}; expected a HuggingFace model folder")
     cfg = config_from_hf(json.loads((folder / CONFIG_NAME).read_text()))
     if config_overrides:
         cfg = dataclasses.replace(cfg, **config_overrides)
-    params = params_from_hf(_read_safetensors(folder), cfg, source=str(folder))
-    params = jax.tree_util.tree_map(jnp.asarray, params)
+    params = params_from_hf(_read_safetensors(folder), cfg, spec, source=str(folder))
     tokenizer_files = tuple(folder / n for n in TOKENIZER_FILES if (folder / n).is_file())
-    return PretrainedBert(cfg, params, tokenizer_files)
+    return cfg, params, tokenizer_files
 
 
-def write_folder(params, cfg: bert_model.BertConfig, out_dir: str | os.PathLike,
-                 tokenizer_files=()) -> Path:
-    """Writes config.json + model.safetensors (+ tokenizer files) that transformers loads."""
+def load_pretrained(path: str | os.PathLike, **config_overrides) -> PretrainedBert:
+    """Loads a HuggingFace BertForPreTraining or BertModel folder (config.json + safetensors).
+
+    `config_overrides` set fields HF does not store, e.g. compute_dtype="bfloat16".
+    """
+    cfg, params, tokenizer_files = read_folder(path, **config_overrides)
+    return PretrainedBert(cfg, jax.tree_util.tree_map(jnp.asarray, params), tokenizer_files)
+
+
+def write_folder(params, cfg: BertConfig, out_dir: str | os.PathLike, tokenizer_files=(),
+                 spec: HeadSpec = PRETRAINING) -> Path:
+    """Writes config.json + model.safetensors (+ tokenizer files) that transformers'
+    `spec.architecture` loads with no missing or unexpected keys."""
     from safetensors.numpy import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = params_to_hf(jax.device_get(params), cfg)
+    tensors = params_to_hf(params, cfg, spec)
     # Temp name then rename: a killed export never leaves a truncated model.safetensors.
     save_file(tensors, str(out / (WEIGHTS_NAME + ".tmp")), metadata={"format": "pt"})
     os.replace(out / (WEIGHTS_NAME + ".tmp"), out / WEIGHTS_NAME)
-    (out / CONFIG_NAME).write_text(json.dumps(config_to_hf(cfg), indent=2) + "\n")
+    (out / CONFIG_NAME).write_text(json.dumps(config_to_hf(cfg, spec), indent=2) + "\n")
     for f in tokenizer_files:
         if Path(f).resolve().parent != out.resolve():
             shutil.copy2(f, out / Path(f).name)

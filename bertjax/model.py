@@ -169,16 +169,21 @@ class BertForPreTraining(nn.Module):
         return PreTrainingOutput(mlm_BxPxV, nsp_Bx2, hidden_BxLxE, pooled_BxE)
 
 
-def init_params(cfg: BertConfig, rng: jax.Array, seq_len: int = 8):
-    """Initialises BertForPreTraining; returns the boxed parameter tree (logical metadata kept)."""
-    ids_BxL = jnp.zeros((1, seq_len), jnp.int32)
-    variables = BertForPreTraining(cfg).init({"params": rng}, ids_BxL, ids_BxL, ids_BxL + 1)
-    return variables["params"]
+def init_params(cfg: BertConfig, rng: jax.Array, *, model: nn.Module | None = None,
+                input_shape: tuple[int, ...] = (1, 8)):
+    """The boxed parameter tree (logical metadata kept) of `model`, by default
+    BertForPreTraining(cfg): any of our models taking (input_ids, segment_ids, input_mask),
+    initialised on int inputs of `input_shape`."""
+    model = BertForPreTraining(cfg) if model is None else model
+    ids = jnp.zeros(input_shape, jnp.int32)
+    return model.init({"params": rng}, ids, ids, ids + 1)["params"]
 
 
-def abstract_params(cfg: BertConfig, seq_len: int = 8):
-    """Shapes, dtypes and logical metadata of the parameters, with no allocation."""
-    return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0), seq_len))
+def abstract_params(cfg: BertConfig, *, model: nn.Module | None = None,
+                    input_shape: tuple[int, ...] = (1, 8)):
+    """Shapes, dtypes and logical metadata of `init_params`'s tree, with no allocation."""
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0), model=model,
+                                              input_shape=input_shape))
 
 
 def count_params(params) -> int:

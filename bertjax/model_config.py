@@ -61,9 +61,10 @@ COMPUTE_FIELDS = ("compute_dtype", "attention_impl", "scan_layers", "remat_polic
 
 
 def check_choices(fields: Mapping[str, Any], prefix: str = "") -> None:
-    """ValueError naming the key (`prefix` + field) when a field of CHOICES holds another value."""
+    """ValueError naming the key (`prefix` + field) when a field of CHOICES holds another value
+    (None, "not set", passes)."""
     for name, allowed in CHOICES.items():
-        if name in fields and fields[name] not in allowed:
+        if fields.get(name) is not None and fields[name] not in allowed:
             raise ValueError(
                 f"{prefix}{name}={fields[name]!r}: expected one of {', '.join(allowed)}"
             )
@@ -139,3 +140,14 @@ def preset_config(name: str, **overrides: Any) -> BertConfig:
     fields["intermediate_size"] = 4 * fields["hidden_size"]
     fields.update(overrides)
     return BertConfig(**fields)
+
+
+def override(cfg: BertConfig, fields: Mapping[str, Any], source: str = "model") -> BertConfig:
+    """`cfg` with every field of `fields` that is not None: a run's `model` section over the
+    config a checkpoint or HuggingFace folder came with. ValueError naming `source`.KEY for a
+    key BertConfig lacks or a value it refuses."""
+    unknown = sorted(set(fields) - set(config_fields()))
+    if unknown:
+        raise ValueError(f"{source}.{unknown[0]}: BertConfig has no such field")
+    check_choices(fields, prefix=f"{source}.")
+    return dataclasses.replace(cfg, **{k: v for k, v in fields.items() if v is not None})

@@ -391,9 +391,9 @@ def test_budget_recipe_takes_the_fused_kernel_on_a_gpu_and_as_reproduce_md_runs_
     model_cfg = config_lib.model_config(config.model, dataset_vocab_size=30522)
     picks = {p: attention.resolve_for_model(model_cfg, 128, p)[0] for p in ("cpu", "cuda", "tpu")}
     assert picks == {"cpu": "xla", "cuda": "cudnn", "tpu": "splash"}
-    assert attention.describe_choice(model_cfg, 128) == (  # the training log's line, here
-        "attention xla (model.attention_impl=auto; auto: no fused kernel on cpu)"
-    )
+    resolved, line = attention.resolved_config(model_cfg, 128)  # the training log's line
+    assert line == "attention xla (model.attention_impl=auto; auto: no fused kernel on cpu)"
+    assert resolved.attention_impl == "xla"
     reproduce = REPRODUCE_MD.read_text()
     assert (
         "launch/local.sh bert_budget runs/budget" in reproduce

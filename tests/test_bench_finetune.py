@@ -9,7 +9,7 @@ import os
 import pytest
 
 from bertjax import cli
-from bertjax.finetune.bench import SQUAD_TRAIN_EXAMPLES
+from bertjax.finetune.kind_squad import TRAIN_EXAMPLES as SQUAD_TRAIN_EXAMPLES
 from bertjax.finetune.tasks import TASKS, TRAIN_EXAMPLES
 
 KEYS = {"preset", "seq_len", "batch_size", "tokens_per_s", "hf_tokens_per_s", "ratio_vs_hf",
@@ -59,7 +59,7 @@ def test_squad_bench_times_the_span_step_at_the_papers_settings(capsys):
     assert result["hf_process"]["jax_loaded"] is False and result["hf_step_s"] > 0
     hours = 2 * math.ceil(87_599 / 8) * result["step_s"] / 3600
     assert result["estimated_hours"] == pytest.approx(hours)
-    assert "squad head (start/end logits)" in out and "2 epochs x 10950 steps" in out
+    assert "squad head (BertForQuestionAnswering)" in out and "2 epochs x 10950 steps" in out
 
 
 def test_every_task_has_a_training_set_size():

@@ -16,7 +16,7 @@ from flax import linen as nn
 from bertjax import cli, hf
 from bertjax import model as model_lib
 from bertjax.data.synthetic import synthetic_dataset
-from bertjax.finetune import batches, heads
+from bertjax.finetune import batches, classifier_head, heads
 from bertjax.finetune import train as ft
 from bertjax.train import checkpoint, optim, sharding
 from bertjax.train import config as config_lib
@@ -119,7 +119,8 @@ def test_rules_are_the_pretraining_configs():
 
 def test_head_reuses_bert_and_names_its_axes():
     cfg = tiny_cfg()
-    ours = jax.eval_shape(lambda: heads.init_params(cfg, jax.random.key(0), num_labels=3))
+    head = classifier_head.head(cfg, 3, regression=False)
+    ours = jax.eval_shape(lambda: head.init_params(cfg, jax.random.key(0)))
     pre = model_lib.abstract_params(cfg)
     assert set(ours) == {"bert", "classifier"}
     assert jax.tree.structure(ours["bert"]) == jax.tree.structure(pre["bert"])
@@ -147,26 +148,29 @@ def test_epoch_rows_cover_each_example_once_and_pad_the_last_batch():
 def test_loss_sums_ignore_padding_rows_even_with_nan_labels():
     logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]])
     weights = jnp.array([1.0, 1.0, 0.0])  # row 2 only pads the batch
-    sums = heads.classification_sums(logits, jnp.array([0, 0, -1]), weights, regression=False)
-    m = heads.metrics_from_sums(sums)
+    sums = classifier_head.classification_sums(logits, jnp.array([0, 0, -1]), weights,
+                                               regression=False)
+    m = classifier_head.metrics_from_sums(sums)
     expected = -np.mean([jax.nn.log_softmax(logits[0])[0], jax.nn.log_softmax(logits[1])[0]])
     assert float(m["loss"]) == pytest.approx(expected) and float(m["accuracy"]) == 0.5
     scores = jnp.array([1.0, 3.0, jnp.nan])  # a padding row copied from a test row: NaN label
-    sums = heads.classification_sums(logits[:, :1], scores, weights, regression=True)
-    assert float(heads.metrics_from_sums(sums)["loss"]) == pytest.approx((1 + 9) / 2)
+    sums = classifier_head.classification_sums(logits[:, :1], scores, weights, regression=True)
+    assert float(classifier_head.metrics_from_sums(sums)["loss"]) == pytest.approx((1 + 9) / 2)
     assert set(sums) == {"loss_sum", "weight_sum"}
 
 
 def test_the_shared_train_step_accumulates_the_head_loss_exactly():
-    """heads.objective on step.train_step in 2 micro-batches: the loss, accuracy and gradient
-    of the mean over the real rows of the whole batch (padding rows weigh nothing)."""
+    """The classifier head's objective on step.train_step in 2 micro-batches: the loss,
+    accuracy and gradient of the mean over the real rows of the whole batch (padding rows
+    weigh nothing)."""
     cfg = tiny_cfg(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     tx, schedule = optim.make_optimizer(config_lib.load_config(CONFIG).optim, 10)
-    init = functools.partial(heads.init_params, num_labels=3)
+    head = classifier_head.head(cfg, 3, regression=False)
     state = jax.jit(  # faster than initialising op by op
-        lambda key: nn.meta.unbox(step_lib.init_state(key, model_cfg=cfg, tx=tx, init_params=init))
+        lambda key: nn.meta.unbox(step_lib.init_state(key, model_cfg=cfg, tx=tx,
+                                                      init_params=head.init_params))
     )(jax.random.key(0))
-    model = heads.BertForSequenceClassification(cfg, 3)
+    model = head.model
     rng = np.random.default_rng(0)
     ids = rng.integers(5, cfg.vocab_size, (8, 12)).astype(np.int32)
     labels = rng.integers(0, 3, 8).astype(np.int32)
@@ -182,7 +186,7 @@ def test_the_shared_train_step_accumulates_the_head_loss_exactly():
         return -jnp.mean(jax.nn.log_softmax(logits)[real, labels[real]]), logits
 
     step = functools.partial(step_lib.train_step, model=model, tx=tx, schedule=schedule,
-                             deterministic=True, objective=heads.objective(False),
+                             deterministic=True, objective=head.objective,
                              accum_steps=2)  # fmt: skip
     _, metrics = jax.jit(step)(state, batch, jax.random.key(1))
     (loss, logits), grads = jax.jit(jax.value_and_grad(reference_loss, has_aux=True))(state.params)
@@ -200,8 +204,9 @@ def test_tiny_bert_learns_a_sentence_pair_task(tiny_model, tmp_path, capsys):
     data = tmp_path / "rte"
     test_labels = write_rte(data, n_train=1024, n_dev=100, n_test=40)
     cfg = load_config("finetune_glue", [
-        "task=rte", f"init={tiny_model}", f"data={data}", "max_seq_len=16", "epochs=8",
-        "learning_rates=(1e-3,)", "log_every=32",
+        "task=rte", f"init={tiny_model}", f"data.dir={data}", "data.max_seq_len=16",
+        "train.epochs=8",
+        "optim.learning_rates=(1e-3,)", "train.log_every=32",
     ])
     workdir = tmp_path / "run"
     result = ft.finetune(cfg, workdir)

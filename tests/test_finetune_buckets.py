@@ -15,7 +15,7 @@ import pytest
 from bertjax import cli
 from bertjax.data import load_tokenizer
 from bertjax.errors import UserError
-from bertjax.finetune import batches, buckets, heads, kind_squad, span_head
+from bertjax.finetune import batches, buckets, classifier_head, heads, kind_squad, span_head
 from bertjax.finetune import train as ft
 from bertjax.train import sharding
 from bertjax.train.config import load_config
@@ -147,7 +147,8 @@ class RecordingMetrics:
 
 def test_the_train_step_sees_at_most_k_shapes_and_logs_each_steps_tokens():
     train = mask_split(np.random.default_rng(3).integers(3, 60, 150))
-    cfg = load_config("finetune_glue", ["batch_size=16", "length_buckets=3", "max_seq_len=64"])
+    cfg = load_config("finetune_glue", ["train.global_batch_size=16", "data.length_buckets=3",
+                                        "data.max_seq_len=64"])
     plan = buckets.Plan.of(train, 3, 64)
     run = ft.Prepared(cfg=cfg, kind=None, mesh=sharding.make_mesh(MESH), model_cfg=None,
                       bert_params=None, tokenizer=None, splits={"train": train}, plan=plan,
@@ -196,9 +197,10 @@ def predictions_both_ways(predict_step, model, params, split, plan, max_seq_len,
 
 def test_bucketed_glue_predictions_equal_padded_ones():
     cfg = tiny_cfg()
-    model = heads.BertForSequenceClassification(cfg, 2)
+    model = classifier_head.BertForSequenceClassification(cfg, 2)
     bert = init_params(cfg)["bert"]
-    head = jax.jit(lambda k: heads.init_params(cfg, k, num_labels=2))(jax.random.key(1))
+    init = classifier_head.head(cfg, 2, regression=False).init_params
+    head = jax.jit(lambda k: init(cfg, k))(jax.random.key(1))
     params = {"bert": bert, "classifier": jax.tree.map(lambda x: x.unbox(), head["classifier"],
                                                        is_leaf=lambda x: hasattr(x, "unbox"))}
     rng = np.random.default_rng(4)
@@ -238,7 +240,8 @@ def squad_split(folder: Path, cfg):
 def test_bucketed_squad_predictions_equal_padded_ones(tmp_path):
     """Same answers, n-best lists, EM/F1 and dev loss: the logits come back at max_seq_len
     (-inf past the bucket) and decoding leaves every row's padding out."""
-    cfg = load_config("finetune_squad", ["max_seq_len=32", "doc_stride=8", "max_query_length=8"])
+    cfg = load_config("finetune_squad", ["data.max_seq_len=32", "squad.doc_stride=8",
+                                         "squad.max_query_length=8"])
     kind, dev = squad_split(tmp_path, cfg)
     lengths = buckets.row_lengths(dev)
     assert lengths.min() < 16 and (lengths == 32).any()  # short windows and full ones
@@ -247,11 +250,12 @@ def test_bucketed_squad_predictions_equal_padded_ones(tmp_path):
         assert (dev.arrays[key] < lengths).all()
     mcfg = tiny_cfg(max_position_embeddings=32)
     model = span_head.BertForQuestionAnswering(mcfg)
-    params = jax.jit(lambda k: jax.tree.map(lambda x: x.unbox(), span_head.init_params(mcfg, k),
+    init = span_head.head(mcfg).init_params
+    params = jax.jit(lambda k: jax.tree.map(lambda x: x.unbox(), init(mcfg, k),
                                             is_leaf=lambda x: hasattr(x, "unbox")))(
         jax.random.key(2))  # fmt: skip
     plan = buckets.Plan.of(dev, 3, 32)  # buckets from these windows' own lengths
-    padded, bucketed = predictions_both_ways(span_head.predict_step, model, params, dev, plan,
+    padded, bucketed = predictions_both_ways(heads.predict_step, model, params, dev, plan,
                                              32, True)  # fmt: skip
     assert [x.shape for x in bucketed] == [x.shape for x in padded] == [(len(dev), 32)] * 2
     real = dev.arrays["input_mask"].astype(bool)

@@ -306,9 +306,9 @@ def data_dir(root: Path, files: dict) -> str:
          "SQuAD v2.0 (--task squad_v2) only"),
         ("--task squad_v2 --null-score-diff-threshold nan", None,
          "--null-score-diff-threshold=nan: must be a finite number"),
-        ("--task rte --doc-stride 64", None, "--doc-stride sets the config key doc_stride, which "
-         "config finetune_glue lacks: it applies to SQuAD tasks"),
-        ("--config finetune_glue", None, "--task squad needs the config key(s) doc_stride"),
+        ("--task rte --doc-stride 64", None, "--doc-stride sets the config key squad.doc_stride, "
+         "which config finetune_glue lacks: it applies to SQuAD tasks"),
+        ("--config finetune_glue", None, "--task squad needs the config key(s) squad.doc_stride"),
         ("--task squad-v3", None, "unknown task 'squad-v3'; choose one of cola"),
         ("--data /nonexistent", None, "SQuAD data directory /nonexistent does not exist"),
         ("", {"train-v2.0.json": tiny_file("v2.0", impossible=False)},

@@ -16,13 +16,15 @@ import torch
 import transformers
 from jax.sharding import PartitionSpec as P
 
-from bertjax import encoder, export
+from bertjax import encoder, export, hf
 from bertjax import model as model_lib
 from bertjax.data.synthetic import synthetic_batch
 from bertjax.errors import UserError
-from bertjax.train import checkpoint, optim, sharding
+from bertjax.train import checkpoint, optim, sharding, step_setup
 from bertjax.train import step as step_lib
-from bertjax.train.warm_start import restore_state, warm_start
+from bertjax.train.head import pretraining_head
+from bertjax.train.resume import restore_state
+from bertjax.train.warm_start import warm_start
 from helpers import SMALL_LENGTH as LENGTH
 from helpers import SMALL_VOCAB as VOCAB
 from helpers import TINY_NO_DROPOUT as TINY
@@ -168,11 +170,11 @@ def test_resume_and_init_from_cross_layouts(tmp_path, saved_scan):
     tx, _ = optim.make_optimizer(optim_config(), 10)
     params = encoder.to_layout(perturbed(unboxed_params(TINY)), saved_scan)
     saved = save_checkpoint(tmp_path, saved_cfg, params, tx)
-    abstract, shardings = step_lib.state_shardings(run_cfg, tx, mesh, RULES)
+    setup = step_setup.build(_run_config(), pretraining_head(run_cfg), mesh,
+                             optim_cfg=optim_config(), total_steps=10)
+    abstract, shardings = setup.abstract_state, setup.state_shardings
     ckpt = checkpoint.Checkpointer(tmp_path, read_only=True)
-    state, _, loader_state, _ = restore_state(
-        ckpt, model_cfg=run_cfg, tx=tx, mesh=mesh, rules=RULES, abstract_state=abstract,
-        state_shardings=shardings)
+    state, _, loader_state, _ = restore_state(ckpt, setup)
     expected = encoder.to_layout(saved, run_cfg.scan_layers)
     assert_trees_close(jax.device_get(state), expected, atol=0)
     assert loader_state == {"step": 3}
@@ -182,9 +184,7 @@ def test_resume_and_init_from_cross_layouts(tmp_path, saved_scan):
 
     # Any state of this run's layout will do as the one to warm-start (its params and moments
     # are replaced): the restored one, without compiling an init.
-    started, _ = warm_start(state, str(tmp_path), model_cfg=run_cfg, abstract_state=abstract,
-                            state_shardings=shardings, init_opt_state=True, tx=tx, mesh=mesh,
-                            rules=RULES)
+    started, _ = warm_start(state, str(tmp_path), setup, init_opt_state=True)
     assert_trees_close(jax.device_get(started.params), expected.params, atol=0)
     assert_trees_close(jax.device_get(started.opt_state[1][0].mu),
                        expected.opt_state[1][0].mu, atol=0)
@@ -193,6 +193,13 @@ def test_resume_and_init_from_cross_layouts(tmp_path, saved_scan):
     with pytest.raises(UserError, match=f"model.scan_layers={saved_scan} and cannot restore"):
         ckpt.restore(nn.meta.unbox(abstract), shardings, model_cfg=run_cfg)
     assert ckpt.all_steps() == [3]  # nothing set aside
+
+
+def _run_config():
+    """A pretraining config whose logical rules and micro-batching are RULES' and 1."""
+    from bertjax.train import config as config_lib
+
+    return config_lib.load_config("base")
 
 
 # --- LAMB -----------------------------------------------------------------------------------
@@ -269,22 +276,19 @@ def test_scanned_rematerialised_fsdp_step_compiles_without_involuntary_remateria
 
 def test_span_head_converts_scanned_encoders_at_its_hf_edges():
     """The SQuAD span head over a scanned encoder: the HF tensors of its stacked parameters
-    are those of the same model unrolled, they read back into either layout, and a
-    pretraining encoder in the other layout is converted when the head is built on it."""
+    are those of the same model unrolled, and they read back into either layout."""
     from bertjax.finetune import span_head
 
     cfg = dataclasses.replace(SCANNED, vocab_size=VOCAB)
-    shapes = jax.eval_shape(lambda: span_head.init_params(TINY, jax.random.key(0)))
+    shapes = jax.eval_shape(lambda: span_head.head(TINY).init_params(TINY, jax.random.key(0)))
     unrolled = perturbed(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
                                       nn.meta.unbox(shapes)))
     stacked = encoder.stack_layers(unrolled)
-    tensors = span_head.params_to_hf(stacked, cfg)
-    expected = span_head.params_to_hf(unrolled, TINY)
+    tensors = hf.params_to_hf(stacked, cfg, span_head.HF_SPEC)
+    expected = hf.params_to_hf(unrolled, TINY, span_head.HF_SPEC)
     assert tensors.keys() == expected.keys()
     assert_trees_close(tensors, expected, atol=0)
-    read_back = span_head.params_from_hf(tensors, cfg)
+    read_back = hf.params_from_hf(tensors, cfg, span_head.HF_SPEC)
     no_pooler = {**stacked["bert"], "pooler": jax.tree.map(np.zeros_like,
                                                            stacked["bert"]["pooler"])}
     assert_trees_close(read_back, {**stacked, "bert": no_pooler}, atol=0)  # HF has no pooler
-    built = span_head.params_from_encoder(unrolled["bert"], cfg, jax.random.key(1))
-    assert_trees_close(built["bert"], stacked["bert"], atol=0)

@@ -2,6 +2,8 @@
 random non-default weights, HF state dict <-> ours both ways, export that transformers loads
 with no missing or unexpected keys, init from an encoder, and bad checkpoints."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -50,8 +52,8 @@ def random_tree(shapes, seed=0):
 
 def our_random_params(cfg, seed=0):
     """Our span-model parameters with every leaf random (init leaves biases 0, scales 1)."""
-    return random_tree(jax.eval_shape(lambda: span_head.init_params(cfg, jax.random.key(0))),
-                       seed)
+    init = span_head.head(cfg).init_params
+    return random_tree(jax.eval_shape(lambda: init(cfg, jax.random.key(0))), seed)
 
 
 def batch(kwargs, size=3, length=13, seed=1):
@@ -90,7 +92,7 @@ def test_logits_and_loss_equal_transformers(hf_kwargs):
     cfg = bert_model.BertConfig(**hf_kwargs)
     params = our_random_params(cfg)
     torch_model = transformers.BertForQuestionAnswering(transformers.BertConfig(**hf_kwargs))
-    state = {k: torch.tensor(v) for k, v in span_head.params_to_hf(params, cfg).items()}
+    state = {k: torch.tensor(v) for k, v in hf.params_to_hf(params, cfg, span_head.HF_SPEC).items()}
     torch_model.load_state_dict(state, strict=True)  # no missing, no unexpected key
     ids, segments, mask = batch(hf_kwargs)
     starts, ends = np.array([3, 0, 4]), np.array([5, 0, 4])
@@ -102,7 +104,7 @@ def test_logits_and_loss_equal_transformers(hf_kwargs):
     print(f"span logits max-abs-diff vs transformers: {diffs}")
     assert max(diffs.values()) <= TOL, diffs
     assert np.abs(ref_start).max() > 1.0  # outputs are not trivially small
-    span_loss = jax.jit(span_head.span_loss)
+    span_loss = jax.jit(_span_loss)
     loss = span_loss(start, end, starts, ends)
     print(f"span loss: ours {float(loss):.7f} transformers {float(ref_loss):.7f}")
     assert abs(float(loss) - float(ref_loss)) <= 1e-5
@@ -119,7 +121,7 @@ def test_export_loads_in_transformers_and_import_reads_hf(hf_kwargs, tmp_path):
     cfg = bert_model.BertConfig(**hf_kwargs)
     params = our_random_params(cfg, seed=3)
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n")
-    span_head.write_folder(params, cfg, tmp_path / "out", [tmp_path / "vocab.txt"])
+    hf.write_folder(params, cfg, tmp_path / "out", [tmp_path / "vocab.txt"], span_head.HF_SPEC)
     loaded, info = transformers.BertForQuestionAnswering.from_pretrained(
         tmp_path / "out", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
@@ -137,64 +139,51 @@ def test_export_loads_in_transformers_and_import_reads_hf(hf_kwargs, tmp_path):
         for name, p in hf_model.named_parameters():
             p.copy_(torch.tensor(randomize(name, p.numpy(), rng), dtype=torch.float32))
     hf_model.save_pretrained(tmp_path / "hf", safe_serialization=True)
-    read_cfg, read_params = span_head.read_folder(tmp_path / "hf")
+    read_cfg, read_params, _ = hf.read_folder(tmp_path / "hf", span_head.HF_SPEC)
     assert read_cfg == cfg
     ref_start, ref_end, _ = theirs(hf_model.eval(), ids, segments, mask)
     start, end = ours(read_cfg, read_params, ids, segments, mask)
     assert max(max_diff(start, ref_start), max_diff(end, ref_end)) <= TOL
     # Round trip HF -> ours -> HF is lossless (the pooler HF lacks stays out).
-    again = span_head.params_to_hf(read_params, read_cfg)
+    again = hf.params_to_hf(read_params, read_cfg, span_head.HF_SPEC)
     want = {k: v.numpy() for k, v in hf_model.state_dict().items()}
     assert again.keys() == want.keys()
     for k in again:
         np.testing.assert_array_equal(again[k], want[k])
 
 
-def test_params_from_encoder_keeps_the_encoder():
-    """A pretraining model's `bert` parameters become the span model's encoder unchanged (its
-    last hidden state feeds the head) with a fresh qa_outputs; other sizes are refused."""
-    cfg = bert_model.preset_config("tiny", vocab_size=50, num_hidden_layers=1)
-    pretrain = random_tree(jax.eval_shape(lambda: bert_model.init_params(cfg, jax.random.key(0))))
-    params = span_head.params_from_encoder(pretrain["bert"], cfg, jax.random.key(2))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, params["bert"], pretrain["bert"])
-    assert params["qa_outputs"]["kernel"].shape == (cfg.hidden_size, 2)
-    assert params["qa_outputs"]["kernel"].std() > 0 and not params["qa_outputs"]["bias"].any()
-    ids = jnp.arange(12).reshape(2, 6) % 50
-    hidden = jax.jit(bert_model.BertForPreTraining(cfg).apply)(
-        {"params": pretrain}, ids, ids * 0, ids * 0 + 1).last_hidden_state
-    start, _ = jax.jit(span_head.BertForQuestionAnswering(cfg).apply)(
-        {"params": params}, ids, ids * 0, ids * 0 + 1)
-    head = params["qa_outputs"]
-    np.testing.assert_allclose(start, hidden @ head["kernel"][:, 0] + head["bias"][0], atol=1e-5)
-    other = bert_model.preset_config("tiny", vocab_size=51, num_hidden_layers=1)
-    with pytest.raises(hf.CheckpointError, match="do not match the model config"):
-        span_head.params_from_encoder(pretrain["bert"], other, jax.random.key(2))
-
-
 def test_bad_state_dicts_are_errors():
     """A missing qa_outputs, a pretraining head, a wrong shape are errors naming the weight;
     PyTorch buffers and a pooler are accepted."""
     cfg = bert_model.preset_config("tiny", vocab_size=50, num_hidden_layers=1)
-    tensors = span_head.params_to_hf(our_random_params(cfg), cfg)
+    tensors = hf.params_to_hf(our_random_params(cfg), cfg, span_head.HF_SPEC)
     extra = {"bert.embeddings.position_ids": np.arange(512)[None],
              "bert.pooler.dense.weight": np.ones((128, 128), np.float32),
              "bert.pooler.dense.bias": np.ones(128, np.float32)}
-    params = span_head.params_from_hf({**tensors, **extra}, cfg)
+    read = functools.partial(hf.params_from_hf, cfg=cfg, spec=span_head.HF_SPEC)
+    params = read({**tensors, **extra})
     assert (params["bert"]["pooler"]["bias"] == 1).all()
-    assert (span_head.params_from_hf(tensors, cfg)["bert"]["pooler"]["kernel"] == 0).all()
+    assert (read(tensors)["bert"]["pooler"]["kernel"] == 0).all()
     with pytest.raises(hf.CheckpointError, match=r"missing 1 weight.*qa_outputs.bias"):
-        span_head.params_from_hf({k: v for k, v in tensors.items() if k != "qa_outputs.bias"},
-                                 cfg)
+        read({k: v for k, v in tensors.items() if k != "qa_outputs.bias"})
     with pytest.raises(hf.CheckpointError, match=r"not part of BertForQuestionAnswering.*cls\."):
-        span_head.params_from_hf({**tensors, "cls.seq_relationship.bias": np.zeros(2)}, cfg)
+        read({**tensors, "cls.seq_relationship.bias": np.zeros(2)})
     with pytest.raises(hf.CheckpointError, match=r"'qa_outputs.weight' has shape \(3, 128\)"):
-        span_head.params_from_hf({**tensors, "qa_outputs.weight": np.zeros((3, 128))}, cfg)
+        read({**tensors, "qa_outputs.weight": np.zeros((3, 128))})
 
 
 def test_every_parameter_has_logical_axis_names():
     """Sharding rules can place every span-model parameter (the head included)."""
     cfg = bert_model.preset_config("tiny", vocab_size=50, num_hidden_layers=1)
-    boxed = jax.eval_shape(lambda: span_head.init_params(cfg, jax.random.key(0)))
+    boxed = jax.eval_shape(lambda: span_head.head(cfg).init_params(cfg, jax.random.key(0)))
     leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
     assert boxed["qa_outputs"]["kernel"].names == ("embed", None)
+
+
+def _span_loss(start_BxL, end_BxL, starts_B, ends_B, weights_B=None):
+    """The span head's training loss (span_sums over the real rows' weight)."""
+    weights_B = np.ones(len(starts_B), np.float32) if weights_B is None else weights_B
+    sums = span_head.span_sums(start_BxL, end_BxL, {"start_positions": starts_B,
+                                                    "end_positions": ends_B, "weights": weights_B})
+    return sums["loss_sum"] / sums["weight_sum"]

@@ -7,36 +7,31 @@ tokens. The finetune_glue recipe otherwise (AdamW, 10% warm-up, linear decay, cl
     bertjax finetune --task squad_v2 --init bert-base-ours --data squad/ --workdir runs/squad2 \
         [--null-score-diff-threshold T] [--config.KEY=VALUE ...]
 
-(`--config finetune_squad` is the default for SQuAD tasks.) --data holds the official
+(`--config finetune_squad` is the default for SQuAD tasks.) `data.dir` holds the official
 train-v1.1.json and dev-v1.1.json (or train-v2.0.json and dev-v2.0.json); without it the
-`datasets` hub's rajpurkar/squad (rajpurkar/squad_v2) is read. Every field has a flag of
-`bertjax finetune` as a shorthand (`--doc-stride`, `--max-query-length`, `--n-best-size`,
-`--max-answer-length`, `--null-score-diff-threshold`, `--lr`, `--epochs`, ...).
+`datasets` hub's rajpurkar/squad (rajpurkar/squad_v2) is read. The `squad` section's keys
+have flags of `bertjax finetune` too (`--doc-stride`, `--n-best-size`, ...).
 """
 
 from bertjax.configs import finetune_glue
 
 
 def get_config():
-    """The config: the run_squad.py recipe on the finetune_glue keys, plus SQuAD's own."""
+    """The config: the run_squad.py recipe on finetune_glue's sections, plus `squad`."""
     config = finetune_glue.get_config()
-    config.task = "squad"  # squad (v1.1) or squad_v2 (v2.0) (--task)
-    config.data = None  # the official JSON files' directory; None = the `datasets` hub (--data)
-    config.max_seq_len = 384  # tokens per window: [CLS] question [SEP] context [SEP]
-    # Static batch lengths from the training windows' lengths (0: all padded to max_seq_len).
-    # Off until measured on SQuAD itself: on the generated task of tests/test_finetune_squad.py
-    # (windows of 64) 4 buckets reached dev F1 81.3 where padded windows reach 93.5 (one seed
-    # each, not yet understood), although most SQuAD windows are far shorter than 384
-    # (--length-buckets)
-    config.length_buckets = 0
-    config.epochs = 2  # passes over the training windows (--epochs)
-    config.learning_rates = (3e-5,)  # peak rate; more than one: a sweep (--lr, --lr-sweep)
-    config.log_every = 100  # steps between metrics lines (--log-every)
-    config.doc_stride = 128  # tokens between the starts of a context's windows (--doc-stride)
-    config.max_query_length = 64  # question tokens kept, the rest cut (--max-query-length)
-    config.n_best_size = 20  # start and end candidates per window in decoding (--n-best-size)
-    config.max_answer_length = 30  # longest answer in tokens (--max-answer-length)
-    # v2.0: answer "" where null score - best non-null score exceeds it (the best value on dev
-    # is in eval_results.json as best_f1_thresh) (--null-score-diff-threshold).
-    config.null_score_diff_threshold = 0.0
+    config.task = "squad"  # squad (v1.1) or squad_v2 (v2.0)
+    config.data.max_seq_len = 384  # tokens per window: [CLS] question [SEP] context [SEP]
+    config.data.length_buckets = 0  # every window padded to max_seq_len
+    config.train.epochs = 2
+    config.train.log_every = 100
+    config.optim.learning_rates = (3e-5,)
+    config.squad = dict(
+        doc_stride=128,  # tokens between the starts of a context's windows
+        max_query_length=64,  # question tokens kept, the rest cut
+        n_best_size=20,  # start and end candidates per window in decoding
+        max_answer_length=30,  # longest answer in tokens
+        # v2.0: answer "" where null score - best non-null score exceeds it (the best value on
+        # dev is in eval_results.json as best_f1_thresh).
+        null_score_diff_threshold=0.0,
+    )
     return config

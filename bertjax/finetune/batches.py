@@ -1,7 +1,6 @@
-"""Fine-tuning data: encoded splits (GLUE examples here) -> the rows and batches of each step."""
+"""Fine-tuning data: encoded splits -> the rows and batches of each step."""
 
 import dataclasses
-import os
 
 import numpy as np
 
@@ -20,38 +19,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.idx)
-
-
-def _has_split_file(task, data_dir: str, split: str) -> bool:
-    stem = task.tsv_files[split].removesuffix(".tsv")
-    names = (f"{stem}.tsv", f"{split}.jsonl", f"{stem}.jsonl")
-    return any(os.path.isfile(os.path.join(data_dir, n)) for n in names)
-
-
-def load_examples(task, data_dir: str | None) -> dict[str, list[dict]]:
-    """split -> examples for train, the dev split(s) and the test split(s) there are (a local
-    directory may lack test files: no predictions are written then)."""
-    from bertjax.finetune import glue_data
-
-    splits = ["train", *task.dev_splits]
-    splits += [
-        s for s in task.test_splits if data_dir is None or _has_split_file(task, data_dir, s)
-    ]
-    return {s: glue_data.load_split(task, s, data_dir) for s in splits}
-
-
-def encode(task, examples: dict[str, list[dict]], tokenizer, max_seq_len: int) -> dict:
-    """split -> Split, tokenised and padded to max_seq_len."""
-    from bertjax.finetune import glue_data
-
-    return {
-        name: Split(
-            name,
-            glue_data.encode_examples(rows, tokenizer, max_seq_len, regression=task.is_regression),
-            np.array([r["idx"] for r in rows], np.int64),
-        )
-        for name, rows in examples.items()
-    }
 
 
 def epoch_rows(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
@@ -77,3 +44,13 @@ def local_slice(batch: dict, process_index: int, process_count: int) -> dict:
     """This process's rows of a global batch (process p holds the p-th contiguous block)."""
     b = len(batch["weights"]) // process_count
     return {k: v[process_index * b : (process_index + 1) * b] for k, v in batch.items()}
+
+
+def synthetic_inputs(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict:
+    """INPUT_KEYS of full-length two-segment rows (every position a real token) and weights
+    of 1: the inputs of a benchmark's or an ahead-of-time compile's batch."""
+    from bertjax.data.synthetic import synthetic_batch
+
+    full = synthetic_batch(seed, batch=batch_size, length=seq_len, predictions=1,
+                           vocab=vocab_size, padded=False)
+    return {k: full[k] for k in INPUT_KEYS} | {"weights": np.ones(batch_size, np.float32)}

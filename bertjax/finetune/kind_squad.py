@@ -11,16 +11,21 @@ from pathlib import Path
 
 import numpy as np
 
+from bertjax import hf
 from bertjax.errors import UserError
-from bertjax.finetune import batches, heads, span_head, squad_data, squad_decode, squad_features
+from bertjax.finetune import batches, span_head, squad_data, squad_decode, squad_features
 
+DEFAULT_CONFIG = "finetune_squad"
 VERSIONS = {"squad": "v1.1", "squad_v2": "v2.0"}  # task name -> SQuAD version
+# Training questions of train-v1.1.json / train-v2.0.json (bench estimates count one window
+# per question; contexts longer than a window add about 1%).
+TRAIN_EXAMPLES = {"squad": 87_599, "squad_v2": 130_319}
 
 # Other spellings of the two task names, after lower-casing and dropping "-", "_" and ".".
 _ALIASES = {"squad": "squad", "squadv1": "squad", "squadv11": "squad", "squadv2": "squad_v2",
             "squadv20": "squad_v2"}  # fmt: skip
-# The keys finetune_squad.py adds to the GLUE config, with the flags that set them.
-SQUAD_KEYS = {
+# The `squad` section's keys (configs/finetune_squad.py) with the flags that set them.
+FLAGS = {
     "doc_stride": "--doc-stride",
     "max_query_length": "--max-query-length",
     "n_best_size": "--n-best-size",
@@ -42,25 +47,37 @@ class Windows:
     features: squad_features.SquadFeatures  # the split's rows, in order
 
 
+def task_names() -> tuple[str, ...]:
+    """squad (v1.1) and squad_v2 (v2.0)."""
+    return tuple(VERSIONS)
+
+
 def canonical_name(task: str) -> str | None:
     """"squad" or "squad_v2" for any spelling of a SQuAD task ("SQuAD", "squad-v2.0"), else
     None."""
     return _ALIASES.get(task.lower().replace("-", "").replace("_", "").replace(".", ""))
 
 
+def make(cfg, name: str) -> "SquadKind":
+    """The SQuAD kind of task `name` for the run's config `cfg`."""
+    return SquadKind(cfg, name)
+
+
 def check_config(cfg, name: str) -> None:
     """Raises a UserError naming the flag when a SQuAD setting cannot work."""
-    missing = [key for key in SQUAD_KEYS if key not in cfg]
-    if missing:
+    if "squad" not in cfg:
         raise UserError(
-            f"--task {name} needs the config key(s) {', '.join(missing)}: use --config "
-            "finetune_squad (the default for SQuAD tasks) or a config derived from it"
+            f"--task {name} needs the config key(s) {', '.join('squad.' + k for k in FLAGS)}: "
+            "use --config finetune_squad (the default for SQuAD tasks) or a config derived "
+            "from it"
         )
-    squad_features.check_window_sizes(cfg.max_seq_len, cfg.doc_stride, cfg.max_query_length)
+    squad = cfg.squad
+    squad_features.check_window_sizes(cfg.data.max_seq_len, squad.doc_stride,
+                                      squad.max_query_length)
     for key in ("n_best_size", "max_answer_length"):
-        if cfg[key] < 1:
-            raise UserError(f"{SQUAD_KEYS[key]}={cfg[key]}: must be a positive integer")
-    threshold = cfg.null_score_diff_threshold
+        if squad[key] < 1:
+            raise UserError(f"{FLAGS[key]}={squad[key]}: must be a positive integer")
+    threshold = squad.null_score_diff_threshold
     if not math.isfinite(threshold):
         raise UserError(f"--null-score-diff-threshold={threshold}: must be a finite number")
     if VERSIONS[name] == "v1.1" and threshold != 0:
@@ -83,13 +100,14 @@ class SquadKind:
     def __init__(self, cfg, name: str):
         check_config(cfg, name)
         self.cfg, self.name, self.version = cfg, name, VERSIONS[name]
+        self.train_examples = TRAIN_EXAMPLES[name]
 
     def load_examples(self) -> dict[str, list]:
         """split -> validated SquadExamples: the official files in cfg.data, or the hub."""
-        if self.cfg.data is None:
+        if self.cfg.data.dir is None:
             hub = HUB_NAMES[self.version]
             return {s: squad_data.load_squad_hub(hub, s, self.version) for s in FILES[self.version]}
-        data = Path(self.cfg.data)
+        data = Path(self.cfg.data.dir)
         if not data.is_dir():
             raise UserError(f"SQuAD data directory {data} does not exist")
         examples = {}
@@ -106,18 +124,29 @@ class SquadKind:
 
     def encode(self, examples: dict, tokenizer) -> dict[str, batches.Split]:
         """split -> Split of run_squad.py's windows; dev splits keep what decoding needs."""
-        cfg, splits = self.cfg, {}
+        data, squad, splits = self.cfg.data, self.cfg.squad, {}
         for name, rows in examples.items():
             features = squad_features.build_features(
-                rows, tokenizer, cfg.max_seq_len, cfg.doc_stride, cfg.max_query_length)
+                rows, tokenizer, data.max_seq_len, squad.doc_stride, squad.max_query_length)
             source = None if name == "train" else Windows(rows, features)
             splits[name] = batches.Split(name, features.model_inputs(),
                                          features.example_index.astype(np.int64), source)
         return splits
 
-    def head(self, model_cfg) -> heads.Head:
+    def head(self, model_cfg):
         """BertForQuestionAnswering: start and end logits from the last hidden state."""
         return span_head.head(model_cfg)
+
+    def synthetic_batch(self, batch_size: int, seq_len: int, vocab_size: int,
+                        seed: int = 0) -> dict:
+        """Full-length two-segment rows, random answer start/end positions in the second
+        segment (end >= start) and weights of 1."""
+        batch = batches.synthetic_inputs(batch_size, seq_len, vocab_size, seed)
+        rng = np.random.default_rng(seed)
+        context = np.argmax(batch["segment_ids"], axis=1)  # first position of segment B
+        batch["start_positions"] = rng.integers(context, seq_len).astype(np.int32)
+        batch["end_positions"] = rng.integers(batch["start_positions"], seq_len).astype(np.int32)
+        return batch
 
     def decode(self, split: batches.Split, outputs) -> squad_decode.SquadPredictions:
         """Each question's best non-null answer and n-best list, and for v2.0 its null-score
@@ -125,15 +154,15 @@ class SquadKind:
         start_logits, end_logits = real_positions(split, outputs)
         return squad_decode.decode_predictions(
             split.source.examples, split.source.features, start_logits, end_logits,
-            version_2=self.version == "v2.0", n_best_size=self.cfg.n_best_size,
-            max_answer_length=self.cfg.max_answer_length, null_score_diff_threshold=math.inf)
+            version_2=self.version == "v2.0", n_best_size=self.cfg.squad.n_best_size,
+            max_answer_length=self.cfg.squad.max_answer_length, null_score_diff_threshold=math.inf)
 
     def answers(self, predictions: squad_decode.SquadPredictions) -> dict[str, str]:
         """predictions.json: v2.0 answers "" where null minus best non-null score exceeds
         --null-score-diff-threshold (run_squad.py's rule)."""
         if predictions.null_odds is None:
             return predictions.answers
-        threshold = self.cfg.null_score_diff_threshold
+        threshold = self.cfg.squad.null_score_diff_threshold
         return {qid: "" if predictions.null_odds[qid] > threshold else text
                 for qid, text in predictions.answers.items()}  # fmt: skip
 
@@ -143,18 +172,19 @@ class SquadKind:
         run's threshold T (HasAns/NoAns, the best thresholds found on this split); the mean
         span loss and the counts."""
         from bertjax.finetune import squad_metrics
+        from bertjax.finetune.metrics import mean_cross_entropy
 
         gold = squad_data.gold_answers(split.source.examples)
         if self.version == "v1.1":
             scores = squad_metrics.squad_v1_scores(gold, predictions.answers)
         else:
-            threshold = self.cfg.null_score_diff_threshold
+            threshold = self.cfg.squad.null_score_diff_threshold
             scores = squad_metrics.squad_v2_scores(gold, self.answers(predictions),
                                                    predictions.null_odds, threshold)
             scores["null_score_diff_threshold"] = threshold
         start_logits, end_logits = real_positions(split, outputs)
-        loss = (_cross_entropy(start_logits, split.arrays["start_positions"])
-                + _cross_entropy(end_logits, split.arrays["end_positions"])) / 2
+        loss = (mean_cross_entropy(start_logits, split.arrays["start_positions"])
+                + mean_cross_entropy(end_logits, split.arrays["end_positions"])) / 2
         return {**scores, "loss": loss, "examples": len(gold), "features": len(split)}
 
     def write_predictions(self, out_dir: Path, split: batches.Split, predictions) -> list[Path]:
@@ -165,8 +195,7 @@ class SquadKind:
 
     def checkpoint_info(self) -> dict:
         """What the checkpoint records of the task beside the model."""
-        return {"task": self.name, "version": self.version,
-                **{key: self.cfg[key] for key in SQUAD_KEYS}}  # fmt: skip
+        return {"task": self.name, "version": self.version, **self.cfg.squad.to_dict()}
 
     def export(self, out: Path, params, model_cfg, tokenizer) -> None:
         """`out`: a folder transformers.BertForQuestionAnswering (and, for WordPiece,
@@ -176,7 +205,7 @@ class SquadKind:
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            span_head.write_folder(params, model_cfg, tmp)
+            hf.write_folder(params, model_cfg, tmp, spec=span_head.HF_SPEC)
             tokenizer.save(tmp)
             shutil.rmtree(out, ignore_errors=True)
             tmp.rename(out)
@@ -191,9 +220,3 @@ def real_positions(split: batches.Split, outputs):
     the dev loss is then the softmax over the real tokens."""
     real_NxL = split.arrays["input_mask"].astype(bool)
     return tuple(np.where(real_NxL, logits_NxL, -np.inf) for logits_NxL in outputs)
-
-
-def _cross_entropy(logits_NxL: np.ndarray, positions_N: np.ndarray) -> float:
-    shifted = logits_NxL - logits_NxL.max(-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    return float(-np.mean(log_probs[np.arange(len(positions_N)), positions_N]))

@@ -1,4 +1,5 @@
-"""GLUE metrics in numpy: accuracy, F1, Matthews correlation, Pearson and Spearman."""
+"""GLUE metrics in numpy: accuracy, F1, Matthews correlation, Pearson and Spearman; and the
+dev cross-entropy every classifier-like head reports."""
 
 import numpy as np
 
@@ -114,3 +115,12 @@ def glue_metrics(task: str, predictions, labels) -> dict[str, float]:
         out = {"accuracy": accuracy(p, y)}
     assert tuple(out) == spec.metrics, (out, spec.metrics)
     return out
+
+
+def mean_cross_entropy(logits_NxC: np.ndarray, labels_N: np.ndarray) -> float:
+    """The mean softmax cross-entropy of integer labels, in float64 on the host (the dev loss
+    of any classifier: GLUE's classes, SQuAD's start and end positions)."""
+    logits_NxC = np.asarray(logits_NxC, np.float64)
+    shifted = logits_NxC - logits_NxC.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return float(-np.mean(log_probs[np.arange(len(labels_N)), labels_N]))

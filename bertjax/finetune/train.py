@@ -1,20 +1,19 @@
 """Fine-tuning runs of every task kind on the pretraining machinery (mesh and logical rules,
-optax AdamW, the jitted train step, orbax checkpoints, metrics.jsonl): one loop for all; what
-differs per kind (head, encoding, loss, decoding, metrics, output files) is a `TaskKind`
-(kind_glue.py: GLUE classification and regression; kind_squad.py: SQuAD span extraction).
-The configs are `bertjax/configs/finetune_glue.py` and `finetune_squad.py`."""
+optax AdamW, the one step set-up, orbax checkpoints, metrics.jsonl): one loop for all; what
+differs per kind (head, encoding, loss, decoding, metrics, output files) is a
+`kinds.TaskKind`. The configs are `bertjax/configs/finetune_glue.py` and `finetune_squad.py`."""
 
 import dataclasses
-import functools
 import json
 import math
 import shutil
 import sys
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 from bertjax.errors import UserError
-from bertjax.finetune import batches, buckets, heads
+from bertjax.finetune import batches, buckets
+from bertjax.finetune.kinds import TaskKind, make_kind
 
 RESULTS_FILE = "eval_results.json"
 PREDICTIONS_DIR = "predictions"  # WORKDIR/predictions: submission / predictions.json files
@@ -26,77 +25,42 @@ NAN_REMEDY = (
 )
 
 
-class TaskKind(Protocol):
-    """What the loop asks of a kind of task, built from the run's config by `make_kind`."""
-
-    name: str  # the task, as eval_results.json names it
-    dev_splits: tuple[str, ...]  # scored after every epoch; the first picks the learning rate
-    main_metric: str  # the dev metric that picks the best learning rate
-    output_splits: tuple[str, ...]  # whose predictions are written after training (if loaded)
-    min_seq_len: int  # the shortest --max-seq-len that leaves room for text
-    exports_model: bool  # whether `export` writes the fine-tuned model after training
-    token_outputs: bool  # outputs have a sequence axis (SQuAD's logits): see buckets.predict
-
-    def load_examples(self) -> dict: ...  # split -> examples, before the model is loaded
-    def encode(self, examples: dict, tokenizer) -> dict[str, batches.Split]: ...
-    def head(self, model_cfg) -> heads.Head: ...  # the model, its init, loss and predict step
-    def decode(self, split, outputs): ...  # the model's outputs on a split -> predictions
-    def metrics(self, split, outputs, predictions) -> dict: ...  # one split's dev metrics
-    def write_predictions(self, out_dir: Path, split, predictions) -> list[Path]: ...
-    def checkpoint_info(self) -> dict: ...  # recorded in the checkpoint beside the model
-    def export(self, out: Path, params, model_cfg, tokenizer) -> None: ...  # a HF folder
-
-
-def resolve_task(name: str):
-    """("squad" or "squad_v2", None) for a SQuAD task, (its name, tasks.GlueTask) for a GLUE
-    one (any spelling of either); a UserError listing every task otherwise."""
-    from bertjax.finetune import kind_squad
-    from bertjax.finetune.tasks import TASKS, get_task
-
-    squad = kind_squad.canonical_name(name)
-    if squad:
-        return squad, None
-    try:
-        task = get_task(name)
-    except UserError:
-        raise UserError(f"unknown task {name!r}; choose one of "
-                        f"{', '.join([*TASKS, *kind_squad.VERSIONS])}") from None
-    return task.name, task
-
-
-def make_kind(cfg) -> TaskKind:
-    """The task kind of `cfg.task`: a GLUE task or SQuAD (v1.1 `squad`, v2.0 `squad_v2`)."""
-    from bertjax.finetune import kind_glue, kind_squad
-
-    name, glue_task = resolve_task(cfg.task)
-    return kind_glue.GlueKind(cfg, glue_task) if glue_task else kind_squad.SquadKind(cfg, name)
-
-
 def _log(msg: str) -> None:
-    from bertjax.train.step_metrics import log
+    from bertjax.log import log
 
     log("finetune", msg)
 
 
 def check_config(cfg) -> None:
     """Raises UserError on values no run can use (before anything is loaded)."""
+    train, optim = cfg.train, cfg.optim
     positive = {
-        "--batch-size": cfg.batch_size,
-        "--epochs": cfg.epochs,
-        "--grad-accum-steps": cfg.grad_accum_steps,
-        "--log-every": cfg.log_every,
+        "--batch-size": train.global_batch_size,
+        "--epochs": train.epochs,
+        "--grad-accum-steps": train.grad_accum_steps,
+        "--log-every": train.log_every,
     }
     for flag, value in positive.items():
         if value < 1:
             raise UserError(f"{flag}={value}: must be a positive integer")
-    buckets.check_count(cfg.length_buckets)
-    if not 0.0 <= cfg.warmup <= 1.0:
-        raise UserError(f"--warmup={cfg.warmup}: a fraction of the steps, in [0, 1]")
-    bad = [lr for lr in cfg.learning_rates if not lr > 0 or not math.isfinite(lr)]
-    if bad or not cfg.learning_rates:
-        raise UserError(f"learning rates must be positive numbers, got {list(cfg.learning_rates)}")
-    if len(set(cfg.learning_rates)) != len(cfg.learning_rates):
-        raise UserError(f"--lr-sweep lists a rate twice: {list(cfg.learning_rates)}")
+    buckets.check_count(cfg.data.length_buckets)
+    if not 0.0 <= optim.warmup_fraction <= 1.0:
+        raise UserError(f"--warmup={optim.warmup_fraction}: a fraction of the steps, in [0, 1]")
+    rates = list(optim.learning_rates)
+    if not rates or any(not lr > 0 or not math.isfinite(lr) for lr in rates):
+        raise UserError(f"learning rates must be positive numbers, got {rates}")
+    if len(set(rates)) != len(rates):
+        raise UserError(f"--lr-sweep lists a rate twice: {rates}")
+
+
+def optim_config(cfg, lr: float, total_steps: int):
+    """The optimizer settings of one run: the config's `optim` section at peak rate `lr`,
+    warming up over its `warmup_fraction` of `total_steps`."""
+    import ml_collections
+
+    return ml_collections.ConfigDict({
+        **cfg.optim.to_dict(), "peak_lr": float(lr),
+        "warmup_steps": int(cfg.optim.warmup_fraction * total_steps)})
 
 
 # --- model ---------------------------------------------------------------------------------
@@ -109,8 +73,8 @@ def load_model_and_tokenizer(cfg, kind: TaskKind):
     from bertjax.train import checkpoint
 
     loaded = checkpoint.load_model(cfg.init, cfg.init_step)
-    if cfg.tokenizer:
-        tok_path = cfg.tokenizer
+    if cfg.data.tokenizer:
+        tok_path = cfg.data.tokenizer
     elif loaded.tokenizer_files:
         tok_path = str(Path(loaded.tokenizer_files[0]).parent)
     else:
@@ -132,14 +96,31 @@ def load_model_and_tokenizer(cfg, kind: TaskKind):
             f"{vocab} embeddings (fine if its vocabulary was padded)",
             file=sys.stderr,
         )
-    limit = loaded.model_cfg.max_position_embeddings
-    if cfg.max_seq_len > limit:
+    limit, max_seq_len = loaded.model_cfg.max_position_embeddings, cfg.data.max_seq_len
+    if max_seq_len > limit:
         raise UserError(
-            f"--max-seq-len={cfg.max_seq_len} exceeds the model's max_position_embeddings={limit}"
+            f"--max-seq-len={max_seq_len} exceeds the model's max_position_embeddings={limit}"
         )
-    if cfg.max_seq_len < kind.min_seq_len:
-        raise UserError(f"--max-seq-len={cfg.max_seq_len} leaves no room for {kind.name}'s text")
+    if max_seq_len < kind.min_seq_len:
+        raise UserError(f"--max-seq-len={max_seq_len} leaves no room for {kind.name}'s text")
     return loaded, tokenizer
+
+
+def run_model_config(cfg, loaded_cfg, lengths):
+    """(the model config the run computes with, the attention log line): the checkpoint's
+    config with the config's `model` section over it (compute dtype, kernel, scan, remat,
+    dropout: None keeps the checkpoint's), the attention kernel resolved once for this
+    platform at every length a batch can have (the length buckets and max_seq_len)."""
+    from bertjax import attention, model_config
+
+    try:
+        model_cfg = model_config.override(loaded_cfg, cfg.model.to_dict())
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    choices = [attention.resolved_config(model_cfg, length) for length in sorted(set(lengths))]
+    # A fused kernel must run at every length; where one length rules it out, all take xla.
+    resolved, line = next((c for c in choices if c[0].attention_impl == "xla"), choices[-1])
+    return resolved, f"{line}; the checkpoint's: {loaded_cfg.attention_impl}"
 
 
 # --- one fine-tuning run ---------------------------------------------------------------
@@ -173,9 +154,10 @@ class Session(NamedTuple):
 def predict(run: Prepared, predict_fn, params, split: batches.Split):
     """The model's outputs (each [n, ...]) on every row of `split`, in order, predicted in
     the run's length buckets (buckets.predict)."""
-    lengths = buckets.prediction_lengths(run.plan.lengths, run.cfg.max_seq_len)
-    return buckets.predict(predict_fn, params, split, run.cfg.batch_size, run.mesh, lengths,
-                           run.cfg.max_seq_len, run.kind.token_outputs)
+    max_seq_len = run.cfg.data.max_seq_len
+    lengths = buckets.prediction_lengths(run.plan.lengths, max_seq_len)
+    return buckets.predict(predict_fn, params, split, run.cfg.train.global_batch_size, run.mesh,
+                           lengths, max_seq_len, run.kind.token_outputs)
 
 
 def dev_prefix(split: str) -> str:
@@ -185,26 +167,20 @@ def dev_prefix(split: str) -> str:
 
 def start_session(run: Prepared, lr: float, total_steps: int) -> Session:
     """The sharded state (the pretrained encoder and a fresh head) and the jitted train and
-    predict steps of the kind's head at peak learning rate `lr`."""
+    predict steps of the kind's head at peak learning rate `lr` (step_setup.build)."""
     import jax
 
-    from bertjax.finetune import step_setup
-    from bertjax.train import sharding
+    from bertjax.train import step_setup
 
-    cfg, mesh = run.cfg, run.mesh
-    head = run.kind.head(run.model_cfg)
-    optim_cfg = step_setup.optim_config(cfg, lr, total_steps)
-    root = jax.random.key(cfg.seed)
-    setup = step_setup.setup_step(run.model_cfg, head, optim_cfg, total_steps, mesh,
-                                  jax.random.fold_in(root, 0), cfg.grad_accum_steps)
-    bert = jax.device_put(run.bert_params, setup.shardings.params["bert"])
-    state = setup.state.replace(params={**setup.state.params, "bert": bert})  # head stays fresh
-    predict_fn = jax.jit(
-        functools.partial(head.predict_step, model=setup.model),
-        in_shardings=(setup.shardings.params, sharding.batch_sharding(mesh)),
-        out_shardings=sharding.replicated(mesh),
-    )
-    return Session(state, setup.train_fn, predict_fn, jax.random.fold_in(root, 1),
+    cfg = run.cfg
+    optim_cfg = optim_config(cfg, lr, total_steps)
+    setup = step_setup.build(cfg, run.kind.head(run.model_cfg), run.mesh, optim_cfg=optim_cfg,
+                             total_steps=total_steps)
+    root = jax.random.key(cfg.train.seed)
+    state = setup.init_state(jax.random.fold_in(root, 0))
+    bert = jax.device_put(run.bert_params, setup.state_shardings.params["bert"])
+    state = state.replace(params={**state.params, "bert": bert})  # the head stays fresh
+    return Session(state, setup.train_fn, setup.predict_fn(), jax.random.fold_in(root, 1),
                    optim_cfg.warmup_steps)
 
 
@@ -215,9 +191,10 @@ def train_epoch(run: Prepared, session: Session, state, epoch: int, step: int, s
 
     from bertjax.train import sharding
 
-    cfg, train = run.cfg, run.splits["train"]
-    steps_per_epoch = run.plan.steps_per_epoch(cfg.batch_size)
-    for length, rows in run.plan.epoch(cfg.batch_size, cfg.seed, epoch):
+    train_cfg, train = run.cfg.train, run.splits["train"]
+    batch_size = train_cfg.global_batch_size
+    steps_per_epoch = run.plan.steps_per_epoch(batch_size)
+    for length, rows in run.plan.epoch(batch_size, train_cfg.seed, epoch):
         batch = batches.local_slice(
             buckets.take(train, rows, length), jax.process_index(), jax.process_count()
         )
@@ -225,9 +202,9 @@ def train_epoch(run: Prepared, session: Session, state, epoch: int, step: int, s
             state, sharding.global_batch(batch, run.mesh), session.dropout_rng
         )
         step += 1
-        is_log = step % cfg.log_every == 0 or step % steps_per_epoch == 0
+        is_log = step % train_cfg.log_every == 0 or step % steps_per_epoch == 0
         # The tokens this step computed, padding included (its bucket's length, not max_seq_len).
-        step_metrics.dispatched(step, metrics, log=is_log, tokens=cfg.batch_size * length)
+        step_metrics.dispatched(step, metrics, log=is_log, tokens=batch_size * length)
     step_metrics.flush()
     return state, step
 
@@ -278,36 +255,37 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
     from bertjax.train.step_metrics import StepMetrics
 
     cfg, kind, train = run.cfg, run.kind, run.splits["train"]
-    steps_per_epoch = run.plan.steps_per_epoch(cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
+    batch_size, epochs = cfg.train.global_batch_size, cfg.train.epochs
+    steps_per_epoch = run.plan.steps_per_epoch(batch_size)
+    total = epochs * steps_per_epoch
     ckpt = checkpoint.Checkpointer(workdir, keep=1)
     if ckpt.latest_step() is not None:
         ckpt.close()
         raise UserError(f"{workdir} already holds a fine-tuned checkpoint: use a new --workdir")
     session = start_session(run, lr, total)
     _log(
-        f"lr {lr:g}: {cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size} "
+        f"lr {lr:g}: {epochs} epochs x {steps_per_epoch} steps of {batch_size} "
         f"({len(train)} training rows; the last batch of each length bucket padded), "
         f"warm-up {session.warmup_steps} steps"
     )
     writer = MetricsWriter(workdir, total, enabled=jax.process_index() == 0)
-    step_metrics = StepMetrics(writer, cfg.batch_size * cfg.max_seq_len, 0, remedy=NAN_REMEDY)
+    step_metrics = StepMetrics(writer, batch_size * cfg.data.max_seq_len, 0, remedy=NAN_REMEDY)
     state, results, step = session.state, {}, 0
     try:
-        for epoch in range(cfg.epochs):
+        for epoch in range(epochs):
             state, step = train_epoch(run, session, state, epoch, step, step_metrics)
             dev, dev_predictions = evaluate(run, session.predict_fn, state.params)
             writer.write_eval(step, {**dev, "epoch": epoch + 1})
             results = {"task": kind.name, "learning_rate": lr, "epoch": epoch + 1, "step": step,
                        **dev}  # fmt: skip
             main = run.main_key
-            _log(f"lr {lr:g} epoch {epoch + 1}/{cfg.epochs}: dev {main} {results[main]:.4f}")
+            _log(f"lr {lr:g} epoch {epoch + 1}/{epochs}: dev {main} {results[main]:.4f}")
             step_metrics.restart_clock()  # throughput excludes evaluation
         jax.block_until_ready(state)
         tokenizer_dir = Path(run.tokenizer.files[0]).parent if run.tokenizer.files else ""
         meta = checkpoint.checkpoint_metadata(run.model_cfg, cfg, tokenizer_dir)
         meta["finetune"] = {**kind.checkpoint_info(), "learning_rate": lr}
-        ckpt.save(step, state, session.dropout_rng, {"epoch": cfg.epochs}, meta, force=True)
+        ckpt.save(step, state, session.dropout_rng, {"epoch": epochs}, meta, force=True)
         write_outputs(run, workdir, session, state.params, dev_predictions)
     finally:
         writer.close()
@@ -325,23 +303,27 @@ def prepare(cfg, workdir) -> Prepared:
     splits and chooses the length buckets: everything before the first compilation."""
     import jax
 
+    from bertjax import encoder
     from bertjax.train import compile_cache, sharding
 
     kind = make_kind(cfg)
     check_config(cfg)
-    cache_dir = compile_cache.enable(cfg.compilation_cache_dir, workdir, jax.process_count(),
-                                     key="compilation_cache_dir")
+    cache_dir = compile_cache.enable(cfg.train.compilation_cache_dir, workdir,
+                                     jax.process_count(), key="train.compilation_cache_dir")
     mesh = sharding.make_mesh(cfg.mesh)
-    ways = sharding.data_parallel_size(mesh) * cfg.grad_accum_steps
-    if cfg.batch_size % ways or cfg.batch_size % jax.process_count():
+    batch_size = cfg.train.global_batch_size
+    ways = sharding.data_parallel_size(mesh) * cfg.train.grad_accum_steps
+    if batch_size % ways or batch_size % jax.process_count():
         raise UserError(
-            f"--batch-size={cfg.batch_size} is not divisible by the data-parallel "
+            f"--batch-size={batch_size} is not divisible by the data-parallel "
             f"size x --grad-accum-steps = {ways} (and {jax.process_count()} processes)"
         )
     examples = kind.load_examples()
     loaded, tokenizer = load_model_and_tokenizer(cfg, kind)
     splits = kind.encode(examples, tokenizer)
-    plan = buckets.Plan.of(splits["train"], cfg.length_buckets, cfg.max_seq_len)
+    plan = buckets.Plan.of(splits["train"], cfg.data.length_buckets, cfg.data.max_seq_len)
+    model_cfg, attention_line = run_model_config(
+        cfg, loaded.model_cfg, [*plan.lengths, cfg.data.max_seq_len])
     _log(
         f"{kind.name}: "
         + ", ".join(f"{len(v)} {k}" for k, v in examples.items())
@@ -351,16 +333,20 @@ def prepare(cfg, workdir) -> Prepared:
         + ", ".join(f"{k}={v}" for k, v in mesh.shape.items())
         + f"; compilation cache {cache_dir or 'off'}"
     )
+    _log(attention_line)
     _log(f"length buckets {'/'.join(map(str, plan.lengths))} (--length-buckets="
-         f"{cfg.length_buckets}): rows per bucket {'/'.join(map(str, plan.rows_per_bucket()))}, "
-         f"an epoch computes {plan.padded_fraction(cfg.batch_size):.0%} of the positions of "
+         f"{cfg.data.length_buckets}): rows per bucket "
+         f"{'/'.join(map(str, plan.rows_per_bucket()))}, an epoch computes "
+         f"{plan.padded_fraction(batch_size):.0%} of the positions of "
          f"every row padded to {max(plan.lengths)}")
     return Prepared(
         cfg=cfg,
         kind=kind,
         mesh=mesh,
-        model_cfg=loaded.model_cfg,
-        bert_params=jax.device_get(loaded.params["bert"]),
+        model_cfg=model_cfg,
+        # In the run's layer layout (the `model` section may change scan_layers).
+        bert_params=encoder.to_layout(jax.device_get(loaded.params["bert"]),
+                                      model_cfg.scan_layers),
         tokenizer=tokenizer,
         splits=splits,
         plan=plan,
@@ -370,16 +356,17 @@ def prepare(cfg, workdir) -> Prepared:
 
 def finetune(cfg, workdir) -> dict:
     """Fine-tunes by `cfg` (a config with the keys of `configs/finetune_glue.py`, or of
-    `finetune_squad.py` for SQuAD) at each of cfg.learning_rates (each in WORKDIR/lr_<lr> when
+    `finetune_squad.py` for SQuAD) at each of optim.learning_rates (each in WORKDIR/lr_<lr> when
     there are several) and returns the dev metrics of the best run by the task's main metric;
     they are written to WORKDIR/eval_results.json, its predictions to WORKDIR/predictions."""
     import jax
 
     run = prepare(cfg, workdir)
     workdir = Path(workdir)
-    if len(cfg.learning_rates) == 1:
-        return train_one(run, cfg.learning_rates[0], workdir)
-    runs = {lr: train_one(run, lr, workdir / f"lr_{lr:g}") for lr in cfg.learning_rates}
+    rates = cfg.optim.learning_rates
+    if len(rates) == 1:
+        return train_one(run, rates[0], workdir)
+    runs = {lr: train_one(run, lr, workdir / f"lr_{lr:g}") for lr in rates}
     best = max(runs, key=lambda lr: runs[lr][run.main_key])  # ties: the first listed
     result = {**runs[best], "lr_sweep": {f"{lr:g}": r[run.main_key] for lr, r in runs.items()}}
     if jax.process_index() == 0:

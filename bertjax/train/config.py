@@ -43,6 +43,21 @@ RENAMED_KEYS = {
 }
 
 
+# Fine-tuning keys that moved into sections (the config dialect pretraining has): old -> new.
+MOVED_KEYS = {
+    "data": "data.dir", "tokenizer": "data.tokenizer", "max_seq_len": "data.max_seq_len",
+    "length_buckets": "data.length_buckets", "batch_size": "train.global_batch_size",
+    "grad_accum_steps": "train.grad_accum_steps", "epochs": "train.epochs",
+    "seed": "train.seed", "log_every": "train.log_every",
+    "compilation_cache_dir": "train.compilation_cache_dir",
+    "learning_rates": "optim.learning_rates", "warmup": "optim.warmup_fraction",
+    "weight_decay": "optim.weight_decay", "doc_stride": "squad.doc_stride",
+    "max_query_length": "squad.max_query_length", "n_best_size": "squad.n_best_size",
+    "max_answer_length": "squad.max_answer_length",
+    "null_score_diff_threshold": "squad.null_score_diff_threshold",
+}
+
+
 def config_names() -> list[str]:
     """The recipes shipped in `bertjax/configs/`, loadable by name."""
     return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.py") if not p.stem.startswith("_"))
@@ -110,8 +125,13 @@ def _get(config, dotted: str):
     return node
 
 
-def _parse_value(key: str, text: str, current):
-    """Parses `text` into the type of the key's current value, or raises UserError."""
+def _parse_value(key: str, text: str, current, declared: type = type(None)):
+    """Parses `text` into the type of the key's current value (for an unset value, the type
+    its `placeholder` declares), or raises UserError."""
+    if current is None and declared is not type(None):
+        if text.lower() in ("none", "null"):
+            return None
+        current = declared(False) if declared is bool else declared()
 
     def bad(kind):
         return UserError(
@@ -166,6 +186,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides, source: str = 
         if key not in valid:
             if key in RENAMED_KEYS:
                 raise UserError(RENAMED_KEYS[key])
+            if MOVED_KEYS.get(key) in valid:
+                raise UserError(f"--config.{key} is now --config.{MOVED_KEYS[key]}")
             if any(k.startswith(key + ".") for k in valid):
                 raise UserError(
                     f"--config.{key} is not a leaf key of {source}; set its fields one by one"
@@ -173,9 +195,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides, source: str = 
             close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
             hint = f"; did you mean --config.{close[0]}?" if close else ""
             raise UserError(f"--config.{key}: {source} has no key {key!r}{hint}")
-        value = _parse_value(key, value_text, _get(config, key))
         parent, _, leaf = key.rpartition(".")
         node = _get(config, parent) if parent else config
+        value = _parse_value(key, value_text, _get(config, key), node.get_type(leaf))
         try:
             node[leaf] = value
         except TypeError as e:

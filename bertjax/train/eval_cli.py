@@ -2,10 +2,12 @@
 
 import json
 import math
+import sys
 
 import ml_collections
 
 from bertjax.errors import UserError
+from bertjax.model_config import ATTENTION_IMPLS
 
 # The training settings of a model that comes without its run's config (an HF folder).
 DEFAULT_CONFIG = "base"
@@ -22,12 +24,16 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help="dataset directory (e.g. DATA/eval)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="sequences per batch (default: the run's train.eval_batch_size)")
+    p.add_argument("--attention-impl", default="auto", choices=ATTENTION_IMPLS,
+                   help="attention kernel (default auto: the fastest that runs here, whichever "
+                   "the checkpoint was trained with)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     """Entry point of `bertjax eval`."""
-    metrics = evaluate_model(args.workdir, args.data, step=args.step, batch_size=args.batch_size)
+    metrics = evaluate_model(args.workdir, args.data, step=args.step, batch_size=args.batch_size,
+                             attention_impl=args.attention_impl)
     out = {k: None if isinstance(v, float) and not math.isfinite(v) else v
            for k, v in metrics.items()}
     if any(v is None for v in out.values()):
@@ -49,13 +55,20 @@ def _run_config(loaded, workdir) -> ml_collections.ConfigDict:
     return config_lib.load_config(DEFAULT_CONFIG)
 
 
-def evaluate_model(workdir, data_dir, *, step=None, batch_size=None) -> dict:
-    """Metrics of the model in `workdir` over every example of `data_dir` (exactly once)."""
+def evaluate_model(workdir, data_dir, *, step=None, batch_size=None,
+                   attention_impl: str = "auto") -> dict:
+    """Metrics of the model in `workdir` over every example of `data_dir` (exactly once), its
+    attention on `attention_impl` resolved for this platform (a checkpoint says which kernel
+    it was trained with, not which one this machine runs)."""
+    import dataclasses
+
     import jax
 
+    from bertjax import attention
     from bertjax import model as model_lib
     from bertjax.data.integrity import check_same_tokenizer
     from bertjax.data.shards import open_dataset
+    from bertjax.log import log
     from bertjax.train import checkpoint, sharding
     from bertjax.train import config as config_lib
     from bertjax.train.evaluator import Evaluator
@@ -66,8 +79,11 @@ def evaluate_model(workdir, data_dir, *, step=None, batch_size=None) -> dict:
         ds = open_dataset(data_dir)
     except FileNotFoundError as e:
         raise UserError(f"--data={data_dir}: {e}") from None
-    config_lib.validate_against_data(config, loaded.model_cfg, ds.max_seq_len, ds.vocab_size,
+    model_cfg = dataclasses.replace(loaded.model_cfg, attention_impl=attention_impl)
+    config_lib.validate_against_data(config, model_cfg, ds.max_seq_len, ds.vocab_size,
                                      f"--data={data_dir}")
+    model_cfg, choice = attention.resolved_config(model_cfg, ds.max_seq_len)
+    log("eval", f"{choice}; trained with {loaded.model_cfg.attention_impl}", sys.stderr)
     if loaded.tokenizer_identity is not None:  # recorded by every run since the identity was
         check_same_tokenizer(loaded.tokenizer_identity, ds.tokenizer_identity, f"--data={data_dir}")
     # Evaluation replicates the parameters and splits batches over every device.
@@ -82,7 +98,7 @@ def evaluate_model(workdir, data_dir, *, step=None, batch_size=None) -> dict:
         batch_size=batch_size,
         seed=config.train.seed,
         masking=config_lib.masking_config(config.data, ds),
-        model=model_lib.BertForPreTraining(loaded.model_cfg),
+        model=model_lib.BertForPreTraining(model_cfg),
         mesh=mesh,
         rules=sharding.logical_rules(config),
         param_shardings=replicated,

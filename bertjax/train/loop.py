@@ -16,11 +16,11 @@ from bertjax.train.step_metrics import PRETRAINING_REMEDY, StepMetrics
 if TYPE_CHECKING:
     import jax
     import ml_collections
-    import optax
 
-    from bertjax import model as model_lib
     from bertjax.data.shards import Dataset
-    from bertjax.train.step import TrainState
+    from bertjax.model_config import BertConfig
+    from bertjax.train.head import Head
+    from bertjax.train.step_setup import StepSetup
 
 
 @dataclasses.dataclass
@@ -30,22 +30,18 @@ class Run:
     config: ml_collections.ConfigDict
     workdir: Path
     mesh: jax.sharding.Mesh | None = None  # 1. setup_mesh
-    rules: tuple = ()
     is_writer: bool = True  # process 0 writes logs, config.json and metrics
     train_ds: Dataset | None = None  # 2. setup_data
     eval_ds: Dataset | None = None
-    model_cfg: model_lib.BertConfig | None = None
-    model: model_lib.BertForPreTraining | None = None
-    tx: optax.GradientTransformation | None = None  # 3. setup_state_shardings
-    schedule: optax.Schedule | None = None
-    abstract_state: TrainState | None = None  # boxed shapes, no arrays
-    state_shardings: TrainState | None = None
+    model_cfg: BertConfig | None = None  # as configured (attention_impl may be "auto")
+    head: Head | None = None  # BertForPreTraining on the kernel this platform runs
+    setup: StepSetup | None = None  # 3. setup_step: optimizer, shardings, jitted step
     resumed_loader_state: dict | None = None  # 4. the loader state a restored checkpoint holds
     compile_cache_dir: str | None = None  # JAX's persistent compilation cache (None: off)
 
 
 def _log(msg: str) -> None:
-    from bertjax.train.step_metrics import log
+    from bertjax.log import log
 
     log("train", msg)
 
@@ -58,7 +54,6 @@ def setup_mesh(run: Run) -> None:
 
     config_lib.validate(run.config, jax.device_count(), jax.process_count())
     run.mesh = sharding.make_mesh(run.config.mesh)
-    run.rules = sharding.logical_rules(run.config)
     run.is_writer = jax.process_index() == 0
     shape = ", ".join(f"{k}={v}" for k, v in run.mesh.shape.items())
     _log(
@@ -91,8 +86,8 @@ def _open(path, key, verify_checksums: bool):
 def setup_data(run: Run) -> None:
     """2. Open the train and eval datasets and check that the model fits them."""
     from bertjax import attention
-    from bertjax import model as model_lib
     from bertjax.data.integrity import check_same_tokenizer
+    from bertjax.train.head import pretraining_head
 
     data, train_cfg = run.config.data, run.config.train
     if not data.train_dir:
@@ -118,22 +113,19 @@ def setup_data(run: Run) -> None:
                 run.config, run.model_cfg, ds.max_seq_len, ds.vocab_size, f"{key}={ds.path}",
                 dataset_nsp=ds.manifest.get("nsp", True),
             )
-    run.model = model_lib.BertForPreTraining(run.model_cfg)
-    _log(attention.describe_choice(run.model_cfg, run.train_ds.max_seq_len))
+    resolved, choice = attention.resolved_config(run.model_cfg, run.train_ds.max_seq_len)
+    run.head = pretraining_head(resolved, nsp=train_cfg.nsp)
+    _log(choice)
 
 
-def setup_state_shardings(run: Run) -> None:
-    """3. Optimizer, then the state's shardings from its abstract shape (nothing allocated)."""
+def setup_step(run: Run) -> None:
+    """3. Optimizer, the state's shardings from its abstract shape (nothing allocated), and
+    the jitted train step (step_setup.build)."""
     from bertjax import model as model_lib
-    from bertjax.train import optim, sharding
-    from bertjax.train import step as step_lib
+    from bertjax.train import step_setup
 
-    run.tx, run.schedule = optim.make_optimizer(run.config.optim, run.config.train.steps)
-    run.abstract_state, run.state_shardings = step_lib.state_shardings(
-        run.model_cfg, run.tx, run.mesh, run.rules
-    )
-    sharding.check_divisible(run.abstract_state, run.state_shardings)
-    params = model_lib.count_params(run.abstract_state.params)
+    run.setup = step_setup.build(run.config, run.head, run.mesh)
+    params = model_lib.count_params(run.setup.abstract_state.params)
     _log(
         f"model {run.config.model.preset}: {params / 1e6:.2f}M parameters, "
         f"vocab {run.model_cfg.vocab_size}, compute {run.model_cfg.compute_dtype}, layers "
@@ -151,28 +143,21 @@ def init_or_restore(run: Run, ckpt):
     """
     import jax
 
-    from bertjax.train import step as step_lib
     from bertjax.train.warm_start import restore_state, warm_start
 
     root = jax.random.key(run.config.train.seed)
     init_rng, dropout_rng = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
     if ckpt.latest_step() is not None:
-        state, dropout_rng, loader_state, _ = restore_state(
-            ckpt, model_cfg=run.model_cfg, tx=run.tx, mesh=run.mesh, rules=run.rules,
-            abstract_state=run.abstract_state, state_shardings=run.state_shardings)
+        state, dropout_rng, loader_state, _ = restore_state(ckpt, run.setup)
         start_step = int(jax.device_get(state.step))
         run.resumed_loader_state = loader_state
         _log(f"resuming from checkpoint step {start_step} in {ckpt.directory}")
         return state, dropout_rng, start_step
-    state = step_lib.create_sharded_state(
-        init_rng, model_cfg=run.model_cfg, tx=run.tx, shardings=run.state_shardings
-    )
+    state = run.setup.init_state(init_rng)
     train_cfg = run.config.train
     if train_cfg.init_from:
-        state, source = warm_start(
-            state, train_cfg.init_from, model_cfg=run.model_cfg,
-            abstract_state=run.abstract_state, state_shardings=run.state_shardings,
-            init_opt_state=train_cfg.init_opt_state, tx=run.tx, mesh=run.mesh, rules=run.rules)
+        state, source = warm_start(state, train_cfg.init_from, run.setup,
+                                   init_opt_state=train_cfg.init_opt_state)
         _log(f"initialised from {source}"
              + (" (parameters and optimizer moments)" if train_cfg.init_opt_state else ""))
     return state, dropout_rng, 0
@@ -224,10 +209,10 @@ def make_evaluator(run: Run):
         batch_size=run.config.train.eval_batch_size,
         seed=run.config.train.seed,
         masking=config_lib.masking_config(run.config.data, run.eval_ds),
-        model=run.model,
+        model=run.head.model,
         mesh=run.mesh,
-        rules=run.rules,
-        param_shardings=run.state_shardings.params,
+        rules=run.setup.rules,
+        param_shardings=run.setup.state_shardings.params,
         nsp=run.config.train.nsp,
     )
 
@@ -235,22 +220,10 @@ def make_evaluator(run: Run):
 def compile_train_step(run: Run, state, batch, dropout_rng):
     """5. The train step, compiled once with explicit shardings; the state is donated."""
     from bertjax.train import compile_cache
-    from bertjax.train import step as step_lib
 
-    train_cfg = run.config.train
-    train_fn = step_lib.jit_train_step(
-        run.mesh,
-        run.rules,
-        run.state_shardings,
-        model=run.model,
-        tx=run.tx,
-        schedule=run.schedule,
-        accum_steps=train_cfg.grad_accum_steps,
-        nsp=train_cfg.nsp,
-    )
     t0 = time.perf_counter()
     with compile_cache.watch() as cache_events:
-        compiled = train_fn.lower(state, batch, dropout_rng).compile()
+        compiled = run.setup.train_fn.lower(state, batch, dropout_rng).compile()
     _log(f"compiled the train step in {time.perf_counter() - t0:.1f}s "
          f"({cache_events.describe(run.compile_cache_dir)})")
     return compiled
@@ -287,7 +260,7 @@ def train(config, workdir) -> list[dict]:
     setup_mesh(run)  # 1. mesh
     setup_compile_cache(run)  # before the first compile (the state's initialisation)
     setup_data(run)  # 2. data
-    setup_state_shardings(run)  # 3. model, optimizer, shardings
+    setup_step(run)  # 3. optimizer, shardings, jitted step
     train_cfg = config.train
     with contextlib.ExitStack() as cleanup:
         ckpt = checkpoint.Checkpointer(

@@ -92,3 +92,14 @@ def metrics_from_sums(sums: dict) -> dict:
         metrics["nsp_accuracy"] = sums["nsp_correct_sum"] / nsp_denominator
         loss = loss + metrics["nsp_loss"]
     return {"loss": loss, **metrics}
+
+
+def weighted_means(sums: dict, means: dict[str, str]) -> dict:
+    """Fine-tuning metrics from sums: metric -> sums[key] / weight_sum (at least 1) for each
+    (metric, key) of `means` present in `sums`; a train step's `real_tokens` passes through
+    (StepMetrics' real tokens/s)."""
+    denominator = jnp.maximum(sums["weight_sum"], 1.0)
+    metrics = {name: sums[key] / denominator for name, key in means.items() if key in sums}
+    if "real_tokens" in sums:
+        metrics["real_tokens"] = sums["real_tokens"]
+    return metrics

@@ -1,6 +1,5 @@
 """The train state, the pure train and eval steps, and their one-time jit with shardings."""
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +11,8 @@ import jax.numpy as jnp
 import optax
 
 from bertjax import model as model_lib
-from bertjax.train import losses, sharding
+from bertjax.train import sharding
+from bertjax.train.head import Objective, pretraining_objective
 
 
 @flax.struct.dataclass
@@ -59,72 +59,6 @@ def create_sharded_state(
         return nn.meta.unbox(init_state(rng, model_cfg=model_cfg, tx=tx, init_params=init_params))
 
     return jax.jit(init, out_shardings=shardings)(rng)
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-    """What a step optimises, built from sums over a batch's examples (see losses.py), so
-    that micro-batches, and evaluation batches, add up exactly to the figures of the whole.
-
-    sums(model, params, batch, dropout_rng, deterministic) -> dict of float32 scalar sums
-      (dropout_rng is None when deterministic);
-    denominators(batch) -> what the loss divides by, taken over the whole global batch;
-    loss(sums, denominators) -> the scalar loss (of one micro-batch's sums);
-    metrics(sums) -> dict of metrics (jax arrays or host floats).
-    """
-
-    sums: Callable[..., dict]
-    denominators: Callable[[dict], Any]
-    loss: Callable[[dict, Any], jax.Array]
-    metrics: Callable[[dict], dict]
-
-
-def pretraining_objective(nsp: bool = True) -> Objective:
-    """BERT's loss: MLM cross-entropy weighted by `masked_lm_weights` over their sum, plus
-    the mean NSP cross-entropy when `nsp`."""
-
-    def sums(model, params, batch, dropout_rng, deterministic):
-        return _forward_sums(
-            params, batch, dropout_rng, model=model, nsp=nsp, deterministic=deterministic
-        )
-
-    def denominators(batch):
-        mlm = jnp.sum(batch["masked_lm_weights"]) + losses.MLM_DENOMINATOR_EPS
-        return mlm, _sequences(batch)  # NSP: a mean over real sequences (packed rows: [B, K])
-
-    def loss(sums, denominators):
-        return losses.loss_from_sums(sums, *denominators)
-
-    def metrics(sums):  # and what the step read: real (non-pad) tokens and sequences
-        return losses.metrics_from_sums(sums) | {k: sums[k] for k in ("real_tokens", "sequences")}
-
-    return Objective(sums, denominators, loss, metrics)
-
-
-def _sequences(batch):
-    """The batch's real sequences: the sum of `next_sentence_weights` (packed rows, eval),
-    else one per row."""
-    weights = batch.get("next_sentence_weights")
-    return batch["input_ids"].shape[0] if weights is None else jnp.sum(weights)
-
-
-def _forward_sums(params, batch, dropout_rng, *, model, nsp: bool, deterministic: bool):
-    out = model.apply(
-        {"params": params},
-        batch["input_ids"],
-        batch["segment_ids"],
-        batch["input_mask"],
-        batch["masked_lm_positions"],
-        deterministic=deterministic,
-        attn_segment_ids=batch.get("attn_segment_ids"),  # packed rows; else one per row
-        position_ids=batch.get("position_ids"),  # packed rows: 0 at each sequence's start
-        nsp_positions=batch.get("next_sentence_positions"),  # packed rows: each [CLS]
-        rngs=None if deterministic else {"dropout": dropout_rng},
-    )
-    sums = losses.pretraining_sums(out.mlm_logits, out.nsp_logits, batch, nsp)
-    sums["real_tokens"] = jnp.sum(batch["input_mask"], dtype=jnp.float32)
-    sums["sequences"] = jnp.asarray(_sequences(batch), jnp.float32)
-    return sums
 
 
 def _split_micro_batches(batch, accum_steps: int, micro_sharding):

@@ -4,15 +4,6 @@ step late so the host never idles the devices, with throughput and a NaN check."
 import math
 import time
 
-
-def log(command: str, msg: str) -> None:
-    """Prints `bertjax COMMAND: msg` on process 0 only (every process runs the same code)."""
-    import jax
-
-    if jax.process_index() == 0:
-        print(f"bertjax {command}: {msg}", flush=True)
-
-
 # The advice of a diverged pretraining run, in its config keys.
 PRETRAINING_REMEDY = (
     "Check the data first (keep data.verify_checksums=true: corrupt shards and token ids outside "

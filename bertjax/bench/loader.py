@@ -1,15 +1,21 @@
-"""Loader throughput benchmark: sequences/s of `Loader` on a generated dataset.
+"""Loader throughput benchmark: sequences/s of `Loader` on a prepared dataset, or on one
+generated into a temporary folder (deleted afterwards).
 
-python -m bertjax.data.bench_loader --data /tmp/bench-data   (or `bertjax bench loader`)
+    bertjax bench loader [--data DATASET_DIR] [--workers 0 2] [--json FILE]
+
+`--data` is only read: the benchmark never writes into a user's dataset.
 """
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from bertjax.data.synthetic import synthetic_dataset
+from bertjax.errors import UserError
 
 
 def _measure(ds, global_batch_size: int, steps: int, **loader_kwargs) -> dict:
@@ -30,7 +36,7 @@ def _measure(ds, global_batch_size: int, steps: int, **loader_kwargs) -> dict:
 
 
 def run_loader_benchmark(
-    data_dir,
+    data_dir=None,
     global_batch_size: int = 256,
     steps: int = 60,
     workers=(0, 2),
@@ -39,23 +45,31 @@ def run_loader_benchmark(
     whole_word: bool = False,
 ) -> dict:
     """Loader sequences/s for each worker count (0 = background threads), plus the
-    single-thread synchronous rate. Builds a generated dataset in `data_dir` unless one
-    with `num_instances` instances of `max_seq_len` tokens is already there."""
-    from bertjax.data.loader import default_masking
+    single-thread synchronous rate, over the prepared dataset `data_dir` (read only), or
+    without one over `num_instances` generated instances of `max_seq_len` tokens in a
+    temporary folder."""
     from bertjax.data.shards import open_dataset
 
-    data_dir = Path(data_dir)
-    reuse = False
-    if (data_dir / "manifest.json").exists():
-        ds = open_dataset(data_dir)
-        reuse = len(ds) == num_instances and ds.max_seq_len == max_seq_len
-    if not reuse:
-        print(
-            f"building {num_instances} generated instances at {max_seq_len} tokens in {data_dir}",
-            file=sys.stderr,
-        )
-        synthetic_dataset(data_dir, num_instances, max_seq_len)
-        ds = open_dataset(data_dir)
+    if data_dir is not None:
+        if not (Path(data_dir) / "manifest.json").is_file():
+            raise UserError(f"--data {data_dir} is not a prepared dataset (no manifest.json); "
+                            "leave --data out to time a generated one")
+        return _benchmark(open_dataset(data_dir), global_batch_size, steps, workers, whole_word)
+    tmp = Path(tempfile.mkdtemp(prefix="bertjax-bench-loader-"))
+    try:
+        print(f"generating {num_instances} instances of {max_seq_len} tokens in {tmp}",
+              file=sys.stderr)
+        synthetic_dataset(tmp / "data", num_instances, max_seq_len)
+        return _benchmark(open_dataset(tmp / "data"), global_batch_size, steps, workers,
+                          whole_word)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _benchmark(ds, global_batch_size: int, steps: int, workers, whole_word: bool) -> dict:
+    from bertjax.data.loader import default_masking
+
+    max_seq_len = ds.max_seq_len
     masking = default_masking(ds, whole_word=whole_word)
     result = {
         "max_seq_len": max_seq_len,
@@ -79,25 +93,18 @@ def run_loader_benchmark(
     return result
 
 
-def register(subparsers) -> None:
-    """Adds `loader` to a subcommand group (e.g. `bertjax bench loader`)."""
-    p = subparsers.add_parser(
-        "loader",
-        help="input-pipeline throughput (sequences/s)",
-        description=__doc__.splitlines()[0],
-    )
-    add_arguments(p)
-    p.set_defaults(func=run)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
-    p.add_argument("--data", required=True, help="dataset directory (built here if absent)")
+    p.add_argument("--data", default=None,
+                   help="a prepared dataset to time, read only (default: a generated one in a "
+                   "temporary folder)")
     p.add_argument("--global-batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=60, help="batches timed per configuration")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    p.add_argument("--num-instances", type=int, default=50_000)
-    p.add_argument("--max-seq-len", type=int, default=128)
+    p.add_argument("--num-instances", type=int, default=50_000,
+                   help="instances of the generated dataset (without --data)")
+    p.add_argument("--max-seq-len", type=int, default=128,
+                   help="tokens per row of the generated dataset (without --data)")
     p.add_argument("--whole-word", action="store_true")
     p.add_argument("--json", help="also write the result to this file")
 
@@ -123,9 +130,3 @@ def run(args) -> int:
     if args.json:
         Path(args.json).write_text(text + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m bertjax.data.bench_loader")
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))

@@ -55,36 +55,28 @@ def measure_in_process(preset: str, scan_layers: bool, *, batch_size: int, seq_l
     persistent compilation cache in `cache_dir` switched on as `bertjax train` does
     (compile_cache.py: every entry written, however small or quick); returns the seconds of
     each stage and the cache hits and misses of the compile."""
-    import flax.linen as nn
     import jax
 
     from bertjax import model as model_lib
     from bertjax.data.synthetic import synthetic_batch
-    from bertjax.train import compile_cache, optim, sharding
+    from bertjax.train import compile_cache, sharding, step_setup
     from bertjax.train import config as config_lib
-    from bertjax.train import step as step_lib
+    from bertjax.train.head import pretraining_head
 
     compile_cache.configure(cache_dir)
 
     # configs/base.py's model (dropout 0.1, xla attention) and optimizer, as a run has them.
     config = config_lib.load_config("base", [
         f"model.preset={preset}", f"model.scan_layers={scan_layers}",
-        f"model.remat_policy={remat_policy}"])
+        f"model.remat_policy={remat_policy}", "train.steps=1000"])
     model_cfg = config_lib.model_config(config.model, BERT_VOCAB)
-    tx, schedule = optim.make_optimizer(config.optim, 1000)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    rules = sharding.logical_rules(config)
-    abstract, shardings = step_lib.state_shardings(model_cfg, tx, mesh, rules)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         nn.meta.unbox(abstract), shardings)
+    setup = step_setup.build(config, pretraining_head(model_cfg), mesh)
     predictions = max(1, round(seq_len * 0.15))
     example = synthetic_batch(0, batch=batch_size, length=seq_len, predictions=predictions,
                               vocab=BERT_VOCAB)
-    batch = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh))
-             for k, x in example.items()}
-    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
-    fn = step_lib.jit_train_step(mesh, rules, shardings, tx=tx, schedule=schedule,
-                                 model=model_lib.BertForPreTraining(model_cfg))
+    state, batch, rng = setup.abstract_train_args(example)
+    fn = setup.train_fn
     start = time.perf_counter()
     lowered = fn.trace(state, batch, rng).lower()
     lowered_at = time.perf_counter()
@@ -94,7 +86,7 @@ def measure_in_process(preset: str, scan_layers: bool, *, batch_size: int, seq_l
     return {
         "preset": preset,
         "layout": "scanned" if scan_layers else "unrolled",
-        "params": model_lib.count_params(abstract.params),
+        "params": model_lib.count_params(setup.abstract_state.params),
         "lower_s": round(lowered_at - start, 3),
         "compile_s": round(compiled_at - lowered_at, 3),
         "cache_hits": events.hits,

@@ -34,7 +34,7 @@ LEARNING_RATE = 3e-4
 
 def add_arguments(parser) -> None:
     """Options of `bertjax bench finetune-buckets`."""
-    from bertjax.model import PRESETS
+    from bertjax.model_config import PRESETS
 
     parser.add_argument("--preset", default="tiny", choices=tuple(PRESETS), help="model size")
     # The demo corpus has ~15,000 distinct sentences of 3-40 words: room for 8,000 + 1,000.
@@ -145,12 +145,13 @@ def time_run(args, data: Path, model: Path, root: Path, buckets: int, seed: int)
     from bertjax.train.step_metrics import StepMetrics
 
     cfg = load_config("finetune_glue", [
-        "task=sst2", f"init={model}", f"data={data}", f"max_seq_len={args.max_seq_len}",
-        f"length_buckets={buckets}", f"epochs={args.epochs}", f"batch_size={args.batch_size}",
-        f"learning_rates=({args.lr},)", f"seed={seed}", "log_every=1000000",
-        f"compilation_cache_dir={root / 'jax_cache'}"])  # fmt: skip
+        "task=sst2", f"init={model}", f"data.dir={data}", f"data.max_seq_len={args.max_seq_len}",
+        f"data.length_buckets={buckets}", f"train.epochs={args.epochs}",
+        f"train.global_batch_size={args.batch_size}", f"optim.learning_rates=({args.lr},)",
+        f"train.seed={seed}", "train.log_every=1000000",
+        f"train.compilation_cache_dir={root / 'jax_cache'}"])  # fmt: skip
     run = ft.prepare(cfg, root / f"run_k{buckets}_s{seed}")
-    steps = run.plan.steps_per_epoch(cfg.batch_size)
+    steps = run.plan.steps_per_epoch(args.batch_size)
     session = ft.start_session(run, args.lr, args.epochs * steps)
     metrics = StepMetrics(_NoWriter(), 0, 0, remedy=ft.NAN_REMEDY)
     state, step, seconds = session.state, 0, []
@@ -163,7 +164,7 @@ def time_run(args, data: Path, model: Path, root: Path, buckets: int, seed: int)
     train = run.splits["train"]
     timed = args.epochs - 1
     padded = sum(args.batch_size * length
-                 for length, _ in run.plan.epoch(cfg.batch_size, seed, 0))  # fmt: skip
+                 for length, _ in run.plan.epoch(args.batch_size, seed, 0))  # fmt: skip
     clock = sum(seconds[1:])
     return {
         "length_buckets": buckets, "seed": seed, "bucket_lengths": list(run.plan.lengths),

@@ -1,4 +1,4 @@
-"""`bertjax bench NAME ...`: throughput benchmarks, one module per benchmark.
+"""`bertjax bench NAME ...`: the benchmarks, one module of this package each.
 
 A benchmark module exposes `add_arguments(parser)` and `run(args) -> int`. It is imported
 only when its benchmark is chosen, so `bertjax bench prepare` never imports JAX.
@@ -11,14 +11,14 @@ from bertjax.errors import UserError
 
 # benchmark name -> module
 BENCHMARKS = {
-    "prepare": "bertjax.data.bench_prepare",  # prepare tokens/s vs raw tokenizer tokens/s
-    "loader": "bertjax.data.bench_loader",  # input pipeline sequences/s
-    "train": "bertjax.train.bench",  # training step throughput
-    "packing": "bertjax.train.bench_packing",  # packed vs padded real tokens/s, time to accuracy
-    "checkpoint": "bertjax.train.bench_checkpoint",  # save (blocking/total) and restore time
-    "compile": "bertjax.train.bench_compile",  # train-step compile: unrolled/scanned, cache
-    "finetune": "bertjax.finetune.bench",  # fine-tuning step tokens/s vs HF, GLUE epoch time
-    "finetune-buckets": "bertjax.finetune.bench_buckets",  # length buckets vs padded to 128
+    "prepare": "bertjax.bench.prepare",  # prepare tokens/s vs raw tokenizer tokens/s
+    "loader": "bertjax.bench.loader",  # input pipeline sequences/s
+    "train": "bertjax.bench.train",  # training step throughput
+    "packing": "bertjax.bench.packing",  # packed vs padded real tokens/s, time to accuracy
+    "checkpoint": "bertjax.bench.checkpoint",  # save (blocking/total) and restore time
+    "compile": "bertjax.bench.compile_time",  # train-step compile: unrolled/scanned, cache
+    "finetune": "bertjax.bench.finetune",  # fine-tuning step tokens/s vs HF, epoch time
+    "finetune-buckets": "bertjax.bench.finetune_buckets",  # length buckets vs padded
 }
 
 

@@ -24,21 +24,18 @@ def measure(preset: str, vocab_size: int, directory: Path) -> dict:
     """Saves and restores one train state of `preset` in `directory`; returns the timings."""
     import flax.linen as nn
     import jax
-    import ml_collections
 
     from bertjax import model as model_lib
-    from bertjax.train import checkpoint, optim, sharding
-    from bertjax.train import step as step_lib
+    from bertjax.train import checkpoint, sharding, step_setup
+    from bertjax.train import config as config_lib
+    from bertjax.train.head import pretraining_head
 
+    config = config_lib.load_config("base", ["train.steps=100", "optim.warmup_steps=10"])
     model_cfg = model_lib.preset_config(preset, vocab_size=vocab_size)
-    optim_cfg = ml_collections.ConfigDict(dict(
-        name="adamw", peak_lr=1e-4, warmup_steps=10, schedule="linear", end_lr=0.0, power=1.0,
-        b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=1.0))
-    tx, _ = optim.make_optimizer(optim_cfg, 100)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    abstract, shardings = step_lib.state_shardings(model_cfg, tx, mesh, ())
-    state = step_lib.create_sharded_state(jax.random.key(0), model_cfg=model_cfg, tx=tx,
-                                          shardings=shardings)
+    setup = step_setup.build(config, pretraining_head(model_cfg), mesh)
+    abstract, shardings = setup.abstract_state, setup.state_shardings
+    state = setup.init_state(jax.random.key(0))
     # Fresh Adam moments are zeros, which storage compresses to nothing: give them the
     # incompressible values a trained run has, so size and times are those of a real run.
     keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state.opt_state))))

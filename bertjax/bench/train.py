@@ -7,7 +7,7 @@ bertjax bench train --config bert_tiny --data DATASET_DIR [--steps 10] [--json]
 On one synthetic batch of full rows (no dataset needed), or with `--data` on the dataset's
 first `--steps` real batches as the loader serves them (packed or padded rows): our jitted
 train step on every device, then transformers' BertForPreTraining with torch.optim.AdamW
-doing the same step on the same (first) batch, in a process of its own (bench_torch.py;
+doing the same step on the same (first) batch, in a process of its own (torch_reference.py;
 skipped for packed rows, which transformers' model cannot keep apart). `tokens_per_s` counts
 every position the step computes (padding included), `real_tokens_per_s` the non-pad ones.
 MFU = model FLOPs per second / the peak of flops.device_peak: a known accelerator's published
@@ -44,32 +44,18 @@ def time_ours(config, model_cfg, batches_np, steps: int) -> float:
     over `batches_np` (one batch dict, or a list of them taken in turn)."""
     import jax
 
-    from bertjax import model as model_lib
-    from bertjax.train import optim, sharding
-    from bertjax.train import step as step_lib
+    from bertjax import attention
+    from bertjax.train import sharding, step_setup
+    from bertjax.train.head import pretraining_head
 
-    mesh = sharding.make_mesh(config.mesh)
-    rules = sharding.logical_rules(config)
-    tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
-    abstract, shardings = step_lib.state_shardings(model_cfg, tx, mesh, rules)
-    sharding.check_divisible(abstract, shardings)
-    state = step_lib.create_sharded_state(
-        jax.random.key(0), model_cfg=model_cfg, tx=tx, shardings=shardings
-    )
-    train_step = step_lib.jit_train_step(
-        mesh,
-        rules,
-        shardings,
-        model=model_lib.BertForPreTraining(model_cfg),
-        tx=tx,
-        schedule=schedule,
-        accum_steps=config.train.grad_accum_steps,
-        nsp=config.train.nsp,
-    )
     if isinstance(batches_np, dict):
         batches_np = [batches_np]
+    model_cfg, _ = attention.resolved_config(model_cfg, batches_np[0]["input_ids"].shape[1])
+    mesh = sharding.make_mesh(config.mesh)
+    setup = step_setup.build(config, pretraining_head(model_cfg, config.train.nsp), mesh)
+    state = setup.init_state(jax.random.key(0))
     batches = [sharding.global_batch(b, mesh) for b in batches_np]
-    return seconds_per_jax_step(train_step, state, batches, steps)
+    return seconds_per_jax_step(setup.train_fn, state, batches, steps)
 
 
 def seconds_per_jax_step(train_step, state, batches, steps: int) -> float:
@@ -91,13 +77,12 @@ def seconds_per_jax_step(train_step, state, batches, steps: int) -> float:
 
 
 def time_hf(model_cfg, optim_cfg, batch_np, steps: int) -> dict:
-    """bench_torch.time_in_subprocess of transformers' BertForPreTraining + torch AdamW on the
+    """torch_reference.time_in_subprocess of transformers' BertForPreTraining + torch AdamW on the
     same batch, in a process of its own."""
     from bertjax import hf
-    from bertjax.train.bench_torch import time_in_subprocess
+    from bertjax.bench.torch_reference import time_in_subprocess
 
-    return time_in_subprocess("pretraining", hf.config_to_hf(model_cfg), optim_cfg, batch_np,
-                              steps)
+    return time_in_subprocess(hf.config_to_hf(model_cfg), optim_cfg, batch_np, steps)
 
 
 def dataset_batches(config, data_dir: str, steps: int):

@@ -2,12 +2,10 @@
 its own: transformers' BERT with torch.optim.AdamW and clipping, doing the step ours does on
 the same batch. This module never imports JAX.
 
-Why a process of its own: issue 13 measured the same PyTorch step at half its speed inside the
-benchmark's JAX process; re-measured back to back, the difference was within the noise of a
-shared machine and nothing in the JAX process used the CPU meanwhile (docs/TRAINING.md,
-"Benchmark"), but a separate process rules interference out by construction.
+A process of its own rules out interference between the two frameworks' thread pools by
+construction (docs/TRAINING.md, "Benchmark").
 
-    python -m bertjax.train.bench_torch < request.json    (prints {"step_s": ...} last)
+    python -m bertjax.bench.torch_reference < request.json    (prints {"step_s": ...} last)
 """
 
 from __future__ import annotations
@@ -49,9 +47,9 @@ def seconds_per_torch_step(model, optimizer, inputs: dict, clip_norm: float, ste
 
 
 def _model_and_inputs(request: dict, batch: dict[str, np.ndarray]):
-    """transformers' BertForPreTraining, BertForQuestionAnswering or
-    BertForSequenceClassification, and its inputs (HuggingFace's names) from a batch in our
-    vocabulary."""
+    """transformers' model of the request's `architectures` (BertForPreTraining,
+    BertForQuestionAnswering or BertForSequenceClassification) and its inputs (HuggingFace's
+    names) from a batch in our vocabulary."""
     import torch
     import transformers
 
@@ -59,22 +57,23 @@ def _model_and_inputs(request: dict, batch: dict[str, np.ndarray]):
     inputs = {"input_ids": long("input_ids"), "token_type_ids": long("segment_ids"),
               "attention_mask": long("input_mask")}  # fmt: skip
     hf_config = transformers.BertConfig(**request["hf_config"])
+    architecture = request["hf_config"]["architectures"][0]
     torch.manual_seed(0)
-    if request["head"] == "pretraining":
-        model = transformers.BertForPreTraining(hf_config)
+    model = getattr(transformers, architecture)(hf_config)
+    if architecture == "BertForPreTraining":
         labels = np.full(batch["input_ids"].shape, -100, np.int64)
         np.put_along_axis(labels, batch["masked_lm_positions"], batch["masked_lm_ids"], axis=1)
         inputs["labels"] = torch.from_numpy(labels)
         inputs["next_sentence_label"] = long("next_sentence_labels")
-    elif request["head"] == "span":
-        model = transformers.BertForQuestionAnswering(hf_config)
+    elif architecture == "BertForQuestionAnswering":
         inputs["start_positions"] = long("start_positions")
         inputs["end_positions"] = long("end_positions")
-    else:
-        model = transformers.BertForSequenceClassification(hf_config)
+    elif architecture == "BertForSequenceClassification":
         labels = torch.from_numpy(batch["labels"])
         # transformers picks the loss from the labels' dtype: MSE on floats, else cross-entropy.
         inputs["labels"] = labels if labels.is_floating_point() else labels.long()
+    else:
+        raise ValueError(f"no PyTorch reference for {architecture}")
     return model.train(), inputs
 
 
@@ -95,9 +94,9 @@ def _time(request: dict) -> dict:
             "jax_loaded": "jax" in sys.modules}
 
 
-def time_in_subprocess(head: str, hf_config: dict, optim, batch: dict, steps: int) -> dict:
-    """{"step_s", "torch_threads", "pid", "jax_loaded"} of transformers' model (`head`
-    "pretraining", "span" or "classification", built from the HF config dict) with AdamW at
+def time_in_subprocess(hf_config: dict, optim, batch: dict, steps: int) -> dict:
+    """{"step_s", "torch_threads", "pid", "jax_loaded"} of transformers' model of
+    `hf_config["architectures"]` (the config.json dict hf.config_to_hf writes) with AdamW at
     `optim`'s settings (peak_lr, b1, b2, eps, weight_decay, clip_norm) on `batch`, timed in a
     new Python process that imports no JAX."""
     if not all(importlib.util.find_spec(name) for name in ("torch", "transformers")):
@@ -107,14 +106,14 @@ def time_in_subprocess(head: str, hf_config: dict, optim, batch: dict, steps: in
     with tempfile.TemporaryDirectory(prefix="bertjax-bench-") as tmp:
         batch_file = os.path.join(tmp, "batch.npz")
         np.savez(batch_file, **batch)
-        request = {"head": head, "hf_config": hf_config, "steps": steps,
+        request = {"hf_config": hf_config, "steps": steps,
                    "optim": {k: float(optim[k]) for k in keys}, "batch_file": batch_file}
         # The child finds this very bertjax, wherever it was imported from.
         package_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ,
                "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
                                                            os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.run([sys.executable, "-m", "bertjax.train.bench_torch"],
+        proc = subprocess.run([sys.executable, "-m", "bertjax.bench.torch_reference"],
                               input=json.dumps(request), capture_output=True, text=True,
                               env=env, check=False)  # fmt: skip
     if proc.returncode != 0:
