@@ -1,5 +1,7 @@
 """The import layers of docs/ARCHITECTURE.md hold: no module imports a higher layer's (lazy
-imports inside functions included), and the module import graph has no cycle."""
+imports inside functions included), the module import graph has no cycle, and neither has the
+graph of rooms (a subpackage such as bertjax.train, or a top-level module): two rooms never
+import from each other."""
 
 import ast
 import fnmatch
@@ -86,7 +88,35 @@ def violations(package_dir: Path, layers) -> list[str]:
     for node in graph:
         if node not in state:
             visit(node, [node])
-    return problems
+    return problems + room_cycles(graph)
+
+
+def room_of(module: str, graph) -> str:
+    """A module's room: its top-level subpackage (`pkg.train` for pkg.train.loop), or the
+    module itself when it is a top-level module."""
+    parts = module.split(".")
+    room = ".".join(parts[:2])
+    return room if any(m.startswith(room + ".") for m in graph) else module
+
+
+def room_cycles(graph) -> list[str]:
+    """One line per pair of rooms that import from each other (directly or around a loop)."""
+    rooms: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        source = room_of(name, graph)
+        rooms.setdefault(source, set()).update(
+            room_of(t, graph) for t in targets if room_of(t, graph) != source)
+    reach = {room: set(targets) for room, targets in rooms.items()}
+    changed = True
+    while changed:  # transitive closure; a few dozen rooms
+        changed = False
+        for room, seen in reach.items():
+            more = set().union(*(reach.get(r, set()) for r in seen)) - seen
+            if more:
+                seen |= more
+                changed = True
+    return [f"room cycle: {a} <-> {b}" for a in sorted(reach) for b in sorted(reach[a])
+            if a < b and a in reach.get(b, set())]
 
 
 def test_bertjax_imports_follow_the_documented_layers():
@@ -123,3 +153,33 @@ def test_a_planted_upward_import_and_a_cycle_are_caught(tmp_path):
     assert "pkg.train.loop (train, 1) imports pkg.cli (commands, 2)" in problems
     assert any(p.startswith("import cycle: pkg.train.a -> pkg.train.b -> pkg.train.a")
                for p in problems), problems
+
+
+def _copy_of_bertjax(tmp_path):
+    import shutil
+
+    copy = tmp_path / "bertjax"
+    shutil.copytree(REPO / "bertjax", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def test_a_planted_lazy_import_of_a_command_from_train_is_caught(tmp_path):
+    """On a copy of the real tree: train/loop.py importing a benchmark (a command) inside a
+    function is reported."""
+    copy = _copy_of_bertjax(tmp_path)
+    loop = copy / "train" / "loop.py"
+    loop.write_text(loop.read_text() + "\n\ndef _planted():\n    from bertjax.bench import train\n")
+    problems = violations(copy, read_layers(ARCHITECTURE.read_text()))
+    assert any(p.startswith("bertjax.train.loop (train, 2) imports bertjax.bench.train "
+                            "(commands, 5)") for p in problems), problems
+
+
+def test_a_planted_cycle_between_rooms_is_caught(tmp_path):
+    """On a copy of the real tree: hf.py importing data.shards and data/loader.py importing hf
+    make no module cycle, but the rooms bertjax.hf and bertjax.data import from each other."""
+    copy = _copy_of_bertjax(tmp_path)
+    for path, line in ((copy / "hf.py", "from bertjax.data import shards"),
+                       (copy / "data" / "loader.py", "from bertjax import hf")):
+        path.write_text(path.read_text() + f"\n\ndef _planted():\n    {line}\n")
+    problems = violations(copy, read_layers(ARCHITECTURE.read_text()))
+    assert problems == ["room cycle: bertjax.data <-> bertjax.hf"], problems
