@@ -132,7 +132,7 @@ def throughput(args, data: dict, seq_len: int) -> dict:
     """layout -> bench train's figures on that dataset's first batches (this process)."""
     import jax
 
-    from bertjax.train import bench
+    from bertjax.bench import train as bench
 
     rows = args.tokens_per_batch // seq_len
     out = {}

@@ -143,7 +143,8 @@ def init_or_restore(run: Run, ckpt):
     """
     import jax
 
-    from bertjax.train.warm_start import restore_state, warm_start
+    from bertjax.train.resume import restore_state
+    from bertjax.train.warm_start import warm_start
 
     root = jax.random.key(run.config.train.seed)
     init_rng, dropout_rng = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
