@@ -139,6 +139,8 @@ def test_the_verdict_keeps_headroom_below_the_chips_hbm():
     (["--topology", "v4:3x3x3"], "--topology v4:3x3x3: libtpu does not accept it"),
     (["--topology", SLICE, "--config.mesh.data=3"],
      "mesh: axis sizes data=3 x fsdp=1 x tensor=1 multiply to 3, but there are 8 devices"),
+    (["--topology", "v5p:4x4x4", "--config.mesh.fsdp=8"], "mesh: axis sizes data=8 x fsdp=8 "
+     "x tensor=1 cannot be laid onto the 4x4x4 torus of the 64 TPU v5 chips"),
     (["--topology", SLICE, "--config.train.global_batch_size=12"],
      "train.global_batch_size=12 / train.grad_accum_steps=1 = 12 is not divisible by the "
      "data-parallel size mesh.data x mesh.fsdp = 8"),

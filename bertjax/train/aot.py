@@ -256,7 +256,9 @@ def roofline_report(compiled, flops: dict, *, tokens_per_step: int, chips: int,
                     "layers, gradient accumulation); compile with model.scan_layers=false and "
                     "train.grad_accum_steps=1 for its roofline"}
     elif optimal is None or optimal <= 0:
-        compiler = {"unavailable": f"the compiler gave no roofline (optimal_seconds={optimal})"}
+        # HloCostAnalysis prices an operation it cannot cost at -1 s, and sums regardless.
+        compiler = {"unavailable": "the compiler's cost analysis could not price some "
+                    f"operations (optimal_seconds={optimal})"}
     else:
         compiler = bound(optimal)
     return {"compiler_estimate": compiler, "matmuls_at_peak": bound(per_chip_matmul / peak),

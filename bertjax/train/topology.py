@@ -125,6 +125,10 @@ def tpu_slice(name: str) -> Slice:
     # libtpu would otherwise ask the cloud metadata server what TPU this host has (as
     # axlearn's run_aot_compilation does, skip it: the topology is given).
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # libtpu's /tmp/libtpu_lockfile keeps a second process off a TPU's chips; a compile-only
+    # topology opens none, so another compile must not fail on the lock ("Internal error when
+    # accessing libtpu multi-process lockfile").
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         with _quiet_native_stderr():
             devices = topologies.get_topology_desc(
