@@ -83,7 +83,7 @@ def _gib(n_bytes) -> str:
 def _bound(name: str, bound: dict) -> str:
     if "unavailable" in bound:
         return f"{name}: unavailable: {bound['unavailable']}"
-    return (f"{name}: {bound['step_s'] * 1e3:.2f} ms/step, {bound['tokens_per_s']:,.0f} "
+    return (f"{name}: {bound['step_s'] * 1e3:.3g} ms/step, {bound['tokens_per_s']:,.0f} "
             f"tokens/s, MFU at most {bound['mfu']:.1%}")
 
 

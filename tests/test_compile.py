@@ -49,7 +49,7 @@ def reports():
     return result
 
 
-@pytest.mark.slow  # the module's two compiles: ~70 s
+@pytest.mark.slow  # the module's two compiles: 17 s quiet, 64 s on a shared machine
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 def test_bert_tiny_compiles_for_a_tpu_slice_fits_and_runs_splash(reports, layout):
     """Exit 0; per-chip memory from the compiler, adding up, far below a v5e's 16 GiB; the
@@ -227,3 +227,16 @@ def test_loop_bodies_are_counted_once_per_trip():
     tpu = jax.jit(scanned).lower(*tpu_args).compile().as_text()
     assert "convolution(" in tpu
     assert hlo_cost.analyze(tpu).matmul_flops == trips * one
+
+
+@pytest.mark.slow  # a third compile: ~10 s on a quiet machine, 55 s on a shared one
+def test_full_remat_recomputes_each_layers_forward_matmuls(capsys):
+    """What the report calls recomputed is the remat: with remat_policy=full (and the `xla`
+    attention, whose matmuls are visible) it is every layer's forward matmuls once more."""
+    code, r, _ = compile_json(capsys, "--config", "bert_tiny", "--config.model.scan_layers=true",
+                              "--config.model.remat_policy=full",
+                              "--config.model.vocab_size=1024", "--topology", SLICE)
+    assert code == 0 and r["model"]["attention"] == "xla"
+    h, inter, layers, B, L = 128, 512, 2, 64, 128  # bert_tiny, 64 rows of 128 tokens
+    forward = layers * (2 * (4 * h * h + 2 * h * inter) * B * L + 4 * B * L * L * h)
+    assert r["flops"]["recomputed"] == pytest.approx(forward, rel=FLOPS_TOLERANCE)
