@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "bertjax.data.batches_cli",
     "bertjax.train.train_cli",
     "bertjax.train.eval_cli",
+    "bertjax.compile_cli",
     "bertjax.export",
     "bertjax.demo",
     "bertjax.plot",

@@ -37,6 +37,32 @@ CHIP_PEAKS: tuple[tuple[str, float], ...] = (
 )
 
 
+GIB = 2**30
+# High-bandwidth memory of one chip, by `Device.device_kind` as in CHIP_PEAKS (TPUs only: what
+# `bertjax compile` checks a program against). Google's pages print GB where the memory is
+# GiB: the TPU compiler of libtpu 0.0.42 reports 15.75 GiB of a v5e usable, 30.75 of a v4,
+# 95.74 of a v5p and 31.25 of a v6e (its out-of-memory error at compile time), a little under
+# 16, 32, 96 and 32 GiB.
+CHIP_HBM: tuple[tuple[str, int], ...] = (
+    # https://cloud.google.com/tpu/docs/v4: "HBM2 capacity and bandwidth: 32 GiB, 1200 GBps"
+    (r"^TPU v4$", 32 * GIB),
+    # https://cloud.google.com/tpu/docs/v5e: "HBM2 capacity and bandwidth: 16 GB, 819 GBps"
+    (r"^TPU v5( lite|e)$", 16 * GIB),
+    # https://cloud.google.com/tpu/docs/v5p: "HBM2e capacity and bandwidth: 95 GB, 2765 GBps"
+    (r"^TPU v5p?$", 95 * GIB),
+    # https://cloud.google.com/tpu/docs/v6e: "HBM capacity per chip: 32 GB"
+    (r"^TPU v6( lite|e)$", 32 * GIB),
+)
+
+
+def chip_hbm(device_kind: str) -> int | None:
+    """The HBM bytes of one chip of this kind, None if not in CHIP_HBM."""
+    for pattern, hbm in CHIP_HBM:
+        if re.search(pattern, device_kind):
+            return hbm
+    return None
+
+
 def model_flops_per_step(cfg, batch: int, seq_len: int, predictions: int) -> float:
     """Training FLOPs of one step (forward + backward = 3x forward), counting matmuls only:
     6 x (non-embedding parameters) x tokens, plus attention scores and mixing

@@ -75,9 +75,18 @@ def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
     devices = jax.devices() if devices is None else list(devices)
     sizes = mesh_shape(mesh_cfg, len(devices))
     shape = tuple(sizes[axis] for axis in MESH_AXES)
-    return jax.make_mesh(
-        shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
-    )
+    try:
+        return jax.make_mesh(
+            shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+        )
+    except NotImplementedError:  # jax lays each mesh axis along whole sides of a TPU torus
+        torus = "x".join(str(max(d.coords[i] for d in devices) + 1)
+                         for i in range(len(devices[0].coords)))
+        raise UserError(
+            f"mesh: axis sizes {_describe(sizes)} cannot be laid onto the {torus} torus of "
+            f"the {len(devices)} {devices[0].device_kind} chips: each axis size must be a "
+            f"product of whole sides of the torus (of {torus.replace('x', ', ')})"
+        ) from None
 
 
 def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
