@@ -24,7 +24,8 @@ def register(subparsers) -> None:
         "slice, on this host, with the TPU compiler of libtpu (pip install 'bertjax[tpu]'); "
         "print its memory per chip, FLOPs, the compiler's roofline and its kernels. Exit "
         "status 0 when it fits in the chips' HBM, 2 when it does not.")
-    config_lib.add_config_arguments(p)
+    config_lib.add_config_arguments(p, default_help="none: required without --task; with "
+                                    "--task the task kind's fine-tuning config")
     p.add_argument("--topology", required=True, help=f"the TPU slice: {known_forms()}")
     p.add_argument("--seq-len", type=int, default=None,
                    help=f"tokens per row (default {DEFAULT_SEQ_LEN}, as `bertjax prepare`; "
@@ -32,6 +33,12 @@ def register(subparsers) -> None:
     p.add_argument("--max-sequences-per-row", type=int, default=None, metavar="K",
                    help="packed rows of up to K sequences, as `bertjax prepare --pack` makes "
                    "(default: one padded sequence per row, or the dataset's layout)")
+    p.add_argument("--task", default=None,
+                   help="compile a fine-tuning step instead: the task's head (any task of "
+                   "`bertjax finetune`) on its config (default: the task kind's), batches of "
+                   "data.max_seq_len and train.global_batch_size")
+    p.add_argument("--preset", default="base",
+                   help="with --task: the size of the model being fine-tuned (default base)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=run)
 
@@ -64,12 +71,64 @@ def run(args) -> int:
     # The step is compiled for the named slice, never for this host's own accelerators,
     # which another process may be using.
     jax.config.update("jax_platforms", "cpu")
+    progress = lambda msg: print(msg, file=sys.stderr, flush=True)
+    if args.task:
+        return run_task(args, progress)
+    if args.config is None:
+        raise UserError("--config NAME is required (or --task TASK for a fine-tuning step)")
     config = config_lib.load_config(args.config, args.config_overrides)
     layout = _layout(args, config)
     tpu_slice = topology.tpu_slice(args.topology)
-    report = aot.compile_for_slice(config, tpu_slice, layout,
-                                   progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    report = aot.compile_for_slice(config, tpu_slice, layout, progress=progress)
     report = {"config": args.config, **report}
+    return _verdict(args, report, config)
+
+
+def run_task(args, progress) -> int:
+    """`bertjax compile --task`: the task's fine-tuning step, as `bertjax finetune` builds it
+    (step_setup.build of the kind's head, its config's optimizer at its first rate), for a
+    model of --preset with BERT's vocabulary."""
+    from bertjax import attention, model_config
+    from bertjax.finetune import kinds, train
+    from bertjax.train import aot, sharding, step_setup, topology
+
+    for flag, value in (("--seq-len", args.seq_len),
+                        ("--max-sequences-per-row", args.max_sequences_per_row)):
+        if value is not None:
+            raise UserError(f"{flag} applies to pretraining steps; with --task set "
+                            "--config.data.max_seq_len")
+    name = args.config or kinds.default_config(args.task)
+    config = config_lib.load_config(name, [f"task={args.task}", *args.config_overrides])
+    train.check_config(config)
+    kind = kinds.make_kind(config)
+    tpu_slice = topology.tpu_slice(args.topology)
+    try:
+        base = model_config.preset_config(args.preset, vocab_size=aot.BERT_VOCAB_SIZE)
+        model_cfg = model_config.override(base, config.model.to_dict())
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    seq_len, batch_size = config.data.max_seq_len, config.train.global_batch_size
+    model_cfg, choice = attention.resolved_config(model_cfg, seq_len, platform="tpu")
+    mesh = sharding.make_mesh(config.mesh, tpu_slice.devices)
+    ways = sharding.data_parallel_size(mesh) * config.train.grad_accum_steps
+    if batch_size % ways:
+        raise UserError(f"train.global_batch_size={batch_size} is not divisible by the "
+                        f"data-parallel size x train.grad_accum_steps = {ways}")
+    steps = 1000  # the schedule's length does not change the compiled step
+    setup = step_setup.build(config, kind.head(model_cfg), mesh, total_steps=steps,
+                             optim_cfg=train.optim_config(config, config.optim.learning_rates[0],
+                                                          steps))
+    batch_np = kind.synthetic_batch(batch_size, seq_len, model_cfg.vocab_size)
+    batch = {"global_batch_size": batch_size, "grad_accum_steps": config.train.grad_accum_steps,
+             "seq_len": seq_len, "task": kind.name, "shapes_from": f"{name}'s data section"}
+    report = aot.compile_setup(setup, batch_np, tpu_slice, preset=args.preset,
+                               attention_choice=choice, batch=batch, progress=progress)
+    return _verdict(args, {"config": name, **report}, config)
+
+
+def _verdict(args, report: dict, config) -> int:
+    from bertjax.train import aot
+
     print(json.dumps(report) if args.json else format_report(report))
     if not report["fits"]:
         raise UserError(aot.no_fit_message(report, config))
@@ -91,17 +150,21 @@ def format_report(r: dict) -> str:
     """The report as lines of text."""
     model, batch, memory = r["model"], r["batch"], r["memory_per_chip"]
     mesh = " ".join(f"{k}={v}" for k, v in r["mesh"].items())
-    layout = batch["layout"] + (f", up to {batch['max_sequences_per_row']} sequences per row"
-                                if batch["max_sequences_per_row"] else "")
+    if "task" in batch:
+        rows = f"{batch['task']} rows"
+    else:
+        rows = batch["layout"] + (f", up to {batch['max_sequences_per_row']} sequences per row"
+                                  if batch["max_sequences_per_row"] else "")
+        rows += (f", {batch['predictions_per_row']} predictions per row, vocabulary "
+                 f"{batch['vocab_size']}")
     lines = [
         f"{r['config']} on {r['topology']}: {r['chips']} x {r['device_kind']} ({r['hosts']} "
         f"host(s)), mesh {mesh}",
-        f"model {model['preset']} ({model['params'] / 1e6:.1f}M parameters), layers "
-        f"{'scanned' if model['scan_layers'] else 'unrolled'}, remat {model['remat_policy']}, "
-        f"{model['compute_dtype']}, attention {model['attention']} ({model['attention_choice']})",
-        f"batch {batch['global_batch_size']} x {batch['seq_len']} tokens ({layout}, "
-        f"{batch['predictions_per_row']} predictions per row, vocabulary {batch['vocab_size']}; "
-        f"shapes from {batch['shapes_from']}), grad_accum_steps {batch['grad_accum_steps']}",
+        f"model {model['preset']} + {model['head']} ({model['params'] / 1e6:.1f}M parameters), "
+        f"layers {'scanned' if model['scan_layers'] else 'unrolled'}, remat "
+        f"{model['remat_policy']}, {model['compute_dtype']}, {model['attention_choice']}",
+        f"batch {batch['global_batch_size']} x {batch['seq_len']} tokens ({rows}; shapes from "
+        f"{batch['shapes_from']}), grad_accum_steps {batch['grad_accum_steps']}",
     ]
     verdict = "fits" if r["fits"] else "DOES NOT FIT"
     if memory.get("refused_by_compiler"):
@@ -135,5 +198,8 @@ def format_report(r: dict) -> str:
                    r["roofline"]["matmuls_at_peak"]),
             "kernels: " + (", ".join(r["kernels"]) or "none (XLA's own fusions only)"),
         ]
+    elif "compiled_matmul_flops_per_step" in r:
+        lines += [f"FLOPs per step: compiled matmuls {r['compiled_matmul_flops_per_step']:.4g}",
+                  "kernels: " + (", ".join(r["kernels"]) or "none (XLA's own fusions only)")]
     lines.append(f"lowered in {r['lower_s']:.1f} s, compiled in {r['compile_s']:.1f} s")
     return "\n".join(lines)

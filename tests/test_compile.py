@@ -239,3 +239,52 @@ def test_full_remat_recomputes_each_layers_forward_matmuls(capsys):
     h, inter, layers, B, L = 128, 512, 2, 64, 128  # bert_tiny, 64 rows of 128 tokens
     forward = layers * (2 * (4 * h * h + 2 * h * inter) * B * L + 4 * B * L * L * h)
     assert r["flops"]["recomputed"] == pytest.approx(forward, rel=FLOPS_TOLERANCE)
+
+
+@pytest.mark.slow  # two compiles: ~10 s each quiet, 20-30 s on a shared machine
+@pytest.mark.parametrize("task, head", [("sst2", "BertForSequenceClassification"),
+                                        ("squad", "BertForQuestionAnswering")])
+def test_fine_tuning_steps_compile_for_a_tpu_slice(capsys, task, head):
+    """--task: the task kind's head on its fine-tuning config (GLUE's classifier at batch 32 x
+    64 tokens, SQuAD's span head at 32 x 64 here) compiles for the slice and fits."""
+    extra = ["--config.squad.max_query_length=16", "--config.squad.doc_stride=16"] if (
+        task == "squad") else []
+    code, r, err = compile_json(capsys, "--task", task, "--preset", "tiny", "--topology", SLICE,
+                                "--config.data.max_seq_len=64", *extra)
+    assert code == 0, err
+    assert r["fits"] and r["model"]["head"] == head and r["model"]["preset"] == "tiny"
+    assert (r["batch"]["task"], r["batch"]["seq_len"], r["batch"]["global_batch_size"]) == (
+        task, 64, 32)
+    assert r["compiled_matmul_flops_per_step"] > 0
+    # The fine-tuning configs keep attention dropout, so `auto` takes the explicit form.
+    assert r["model"]["attention"] == "xla" and not r["splash_attention"]
+
+
+def test_train_logs_the_compiled_memory_and_refuses_a_step_that_cannot_fit(monkeypatch, capsys):
+    """`bertjax train` reads the memory of the step it compiles anyway: on this CPU a log
+    line; on a TPU whose HBM is known, a step that cannot fit is compile's one error naming
+    the bytes, raised before the first step (here a TPU v5e's report, stubbed)."""
+    from pathlib import Path
+
+    from bertjax.errors import UserError
+    from bertjax.train import loop
+
+    run = loop.Run(config=config_lib.load_config("bert_tiny"), workdir=Path("unused"),
+                   mesh=types.SimpleNamespace(shape={"data": 8, "fsdp": 1, "tensor": 1}))
+    compiled = jax.jit(lambda x: x @ x).lower(jnp.ones((64, 64))).compile()
+    loop.check_memory(run, compiled)
+    line = capsys.readouterr().out
+    assert "the compiled step needs 0.00 GiB per device" in line and "HBM" not in line
+
+    gib = 2**30
+    stats = types.SimpleNamespace(argument_size_in_bytes=4 * gib, output_size_in_bytes=4 * gib,
+                                  alias_size_in_bytes=4 * gib, temp_size_in_bytes=12 * gib,
+                                  generated_code_size_in_bytes=0)
+    too_big = types.SimpleNamespace(memory_analysis=lambda: stats)
+    monkeypatch.setattr(jax, "local_devices",
+                        lambda: [types.SimpleNamespace(device_kind="TPU v5 lite")])
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    with pytest.raises(UserError, match=r"needs 16.00 GiB of the 15.20 GiB usable per TPU v5 "
+                       r"lite chip .*remat_policy=full"):
+        loop.check_memory(run, too_big)
+    assert "of 16.00 GiB HBM (usable 15.20 GiB): does not fit" in capsys.readouterr().out

@@ -165,7 +165,8 @@ def compile_step(train_fn, args):
 
 
 def memory_report(compiled, device_kind: str) -> dict:
-    """Per-chip bytes of the compiled step against the chip's HBM less HBM_HEADROOM."""
+    """Per-chip bytes of the compiled step; for a chip of CHIP_HBM also its HBM, the limit
+    (HBM less HBM_HEADROOM) and whether the step fits ("fits" None for another device)."""
     stats = compiled.memory_analysis()
     argument, output = stats.argument_size_in_bytes, stats.output_size_in_bytes
     alias, temp = stats.alias_size_in_bytes, stats.temp_size_in_bytes
@@ -173,10 +174,21 @@ def memory_report(compiled, device_kind: str) -> dict:
     # Donated state: outputs aliased to arguments take no memory of their own.
     total = argument + output - alias + temp + code
     hbm = flops_lib.chip_hbm(device_kind)
-    limit = int(hbm * (1 - HBM_HEADROOM))
+    limit = None if hbm is None else int(hbm * (1 - HBM_HEADROOM))
     return {"argument_bytes": argument, "output_bytes": output, "alias_bytes": alias,
             "temp_bytes": temp, "code_bytes": code, "total_bytes": total, "hbm_bytes": hbm,
-            "limit_bytes": limit, "headroom": HBM_HEADROOM, "fits": total <= limit}
+            "limit_bytes": limit, "headroom": HBM_HEADROOM,
+            "fits": None if limit is None else total <= limit}
+
+
+def describe_memory(memory: dict) -> str:
+    """One log line of memory_report's figures."""
+    line = (f"the compiled step needs {_gib(memory['total_bytes'])} per device (arguments "
+            f"{_gib(memory['argument_bytes'])}, temporaries {_gib(memory['temp_bytes'])})")
+    if memory["hbm_bytes"] is not None:
+        line += (f" of {_gib(memory['hbm_bytes'])} HBM (usable {_gib(memory['limit_bytes'])}): "
+                 + ("fits" if memory["fits"] else "does not fit"))
+    return line
 
 
 def flops_report(compiled, expected: dict, chips: int) -> dict:
