@@ -105,14 +105,27 @@ def test_logits_and_loss_equal_transformers(hf_kwargs):
     assert max(diffs.values()) <= TOL, diffs
     assert np.abs(ref_start).max() > 1.0  # outputs are not trivially small
     span_loss = jax.jit(_span_loss)
-    loss = span_loss(start, end, starts, ends)
+    # Over every position (a mask of ones): transformers' loss, which softmaxes the padding too.
+    everywhere = np.ones_like(mask)
+    loss = span_loss(start, end, starts, ends, everywhere)
     print(f"span loss: ours {float(loss):.7f} transformers {float(ref_loss):.7f}")
     assert abs(float(loss) - float(ref_loss)) <= 1e-5
     # Padding rows (weight 0) do not count.
     padded = span_loss(np.concatenate([start, start[:1]]),
-                                 np.concatenate([end, end[:1] * 5]), np.append(starts, 1),
-                                 np.append(ends, 2), np.array([1, 1, 1, 0]))
+                       np.concatenate([end, end[:1] * 5]), np.append(starts, 1),
+                       np.append(ends, 2), np.concatenate([everywhere, everywhere[:1]]),
+                       np.array([1, 1, 1, 0]))
     assert abs(float(padded) - float(ref_loss)) <= 1e-5
+    # Over each row's real tokens (what training uses): the same cross-entropies with the
+    # padding positions left out of the softmax, so rows 1 and 2 (padded) score lower.
+    def real_ce(logits, positions):
+        logits = np.where(mask.astype(bool), np.asarray(logits, np.float64), -np.inf)
+        log_probs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(
+            1, keepdims=True)) - logits.max(1, keepdims=True)
+        return -log_probs[np.arange(len(positions)), positions]
+    reference = np.mean((real_ce(start, starts) + real_ce(end, ends)) / 2)
+    assert abs(float(span_loss(start, end, starts, ends, mask)) - reference) <= 1e-5
+    assert reference < float(ref_loss)
 
 
 def test_export_loads_in_transformers_and_import_reads_hf(hf_kwargs, tmp_path):
@@ -181,9 +194,10 @@ def test_every_parameter_has_logical_axis_names():
     assert boxed["qa_outputs"]["kernel"].names == ("embed", None)
 
 
-def _span_loss(start_BxL, end_BxL, starts_B, ends_B, weights_B=None):
+def _span_loss(start_BxL, end_BxL, starts_B, ends_B, mask_BxL, weights_B=None):
     """The span head's training loss (span_sums over the real rows' weight)."""
     weights_B = np.ones(len(starts_B), np.float32) if weights_B is None else weights_B
-    sums = span_head.span_sums(start_BxL, end_BxL, {"start_positions": starts_B,
-                                                    "end_positions": ends_B, "weights": weights_B})
+    sums = span_head.span_sums(start_BxL, end_BxL, {
+        "start_positions": starts_B, "end_positions": ends_B, "input_mask": mask_BxL,
+        "weights": weights_B})
     return sums["loss_sum"] / sums["weight_sum"]

@@ -83,34 +83,56 @@ class Plan:
         return np.bincount(self.train_bucket, minlength=len(self.lengths))
 
     def steps_per_epoch(self, batch_size: int) -> int:
-        """Sum over the buckets of ceil(rows / batch_size): each bucket's last batch padded."""
-        return int(sum(-(-n // batch_size) for n in self.rows_per_bucket()))
+        """ceil(rows / batch_size), as without buckets: `epoch` carries each bucket's
+        leftover rows into the next, so only the last batch of an epoch is partial."""
+        return -(-len(self.train_bucket) // batch_size)
+
+    def batches_per_bucket(self, batch_size: int) -> list[int]:
+        """The batches of each bucket in an epoch (leftovers carried up, see `epoch`)."""
+        counts, carried = [], 0
+        for b, n in enumerate(self.rows_per_bucket()):
+            rows = carried + int(n)
+            last = b == len(self.lengths) - 1
+            counts.append(-(-rows // batch_size) if last else rows // batch_size)
+            carried = 0 if last else rows % batch_size
+        return counts
 
     def padded_fraction(self, batch_size: int) -> float:
         """Tokens of an epoch's batches as a fraction of the same rows padded to the largest
         of `lengths` in ceil(n / batch_size) batches, for the log."""
-        tokens = sum(-(-n // batch_size) * batch_size * length
-                     for n, length in zip(self.rows_per_bucket(), self.lengths))  # fmt: skip
-        full = -(-len(self.train_bucket) // batch_size) * batch_size * max(self.lengths)
+        tokens = sum(n * batch_size * length
+                     for n, length in zip(self.batches_per_bucket(batch_size), self.lengths))
+        full = self.steps_per_epoch(batch_size) * batch_size * max(self.lengths)
         return tokens / max(full, 1)
 
     def epoch(self, batch_size: int, seed: int, epoch: int) -> list[tuple[int, np.ndarray]]:
         """(bucket length, [batch_size] rows) of each step of one epoch, a pure function of
-        (seed, epoch): the epoch's permutation (batches.epoch_rows's) split by bucket, kept
-        in order within each, cut into batches (a bucket's last one padded with -1 rows of
-        weight 0), then the batches shuffled by the same generator. With one bucket the
-        batches are epoch_rows' own, in its order."""
+        (seed, epoch). The epoch's permutation (batches.epoch_rows's) is split by bucket, in
+        order within each; the rows of a bucket that do not fill a last batch are carried
+        into the next (longer) one, so that only the epoch's last batch is partial (padded
+        with -1 rows of weight 0), as without buckets; then each bucket's batches are spread
+        evenly over the epoch (its batch j of n at (j + u) / n, u a random offset per bucket),
+        so that any few consecutive steps hold the buckets' mix. Runs of one bucket's batches
+        would skew the optimizer where a row's length and its label go together (SQuAD: only
+        long contexts have windows without the answer). With one bucket the batches are
+        epoch_rows' own, in its order."""
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(self.train_bucket))
-        steps = []
+        keyed, carried = [], np.zeros(0, np.int64)
         for b, length in enumerate(self.lengths):
-            rows = order[self.train_bucket[order] == b]
-            n_batches = -(-len(rows) // batch_size)
-            padded = np.concatenate([rows, np.full(n_batches * batch_size - len(rows), -1)])
-            steps += [(length, chunk) for chunk in padded.reshape(n_batches, batch_size)]
-        if len(self.lengths) > 1:
-            steps = [steps[i] for i in rng.permutation(len(steps))]
-        return steps
+            rows = np.concatenate([carried, order[self.train_bucket[order] == b]])
+            if b == len(self.lengths) - 1:
+                full = -(-len(rows) // batch_size) * batch_size
+                rows, carried = np.concatenate([rows, np.full(full - len(rows), -1)]), rows[:0]
+            else:
+                full = len(rows) // batch_size * batch_size
+                rows, carried = rows[:full], rows[full:]
+            chunks = rows.reshape(-1, batch_size)
+            offset = rng.random() if len(self.lengths) > 1 else 0.0
+            keyed += [((j + offset) / len(chunks), b, length, chunk)
+                      for j, chunk in enumerate(chunks)]
+        keyed.sort(key=lambda item: item[:2])
+        return [(length, chunk) for _, _, length, chunk in keyed]
 
 
 def take(split: batches.Split, rows: np.ndarray, length: int, keys=None) -> dict:

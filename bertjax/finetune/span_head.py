@@ -56,11 +56,21 @@ def _example_sums(outputs, batch) -> dict:
     return span_sums(start_BxL, end_BxL, batch)
 
 
+# The logit padding positions take in the span softmax: exp() of it is 0 in float32.
+PADDING_LOGIT = -1e9
+
+
 def span_sums(start_logits_BxL, end_logits_BxL, batch: dict) -> dict:
     """Sums over the rows, weighted by `weights` (0 on rows that only pad a batch): `loss_sum`
-    (per row, the start and end positions' cross-entropies over 2: run_squad.py's and HF's
-    loss), `exact_sum` (rows whose argmax start and end are both right) and `weight_sum`."""
+    (per row, the start and end positions' cross-entropies over 2, as run_squad.py's and HF's
+    loss, but with the softmax over the row's real tokens: padding is never an answer, and a
+    row's loss and gradients are then the same whatever length its batch is padded to, its
+    length bucket's or max_seq_len), `exact_sum` (rows whose argmax start and end are both
+    right) and `weight_sum`."""
     weights_B = batch["weights"].astype(jnp.float32)
+    real_BxL = batch["input_mask"].astype(bool)
+    start_logits_BxL = jnp.where(real_BxL, start_logits_BxL, PADDING_LOGIT)
+    end_logits_BxL = jnp.where(real_BxL, end_logits_BxL, PADDING_LOGIT)
     start_B, end_B = batch["start_positions"], batch["end_positions"]
     loss_B = (optax.softmax_cross_entropy_with_integer_labels(start_logits_BxL, start_B)
               + optax.softmax_cross_entropy_with_integer_labels(end_logits_BxL, end_B)) / 2

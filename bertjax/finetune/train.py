@@ -265,7 +265,7 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
     session = start_session(run, lr, total)
     _log(
         f"lr {lr:g}: {epochs} epochs x {steps_per_epoch} steps of {batch_size} "
-        f"({len(train)} training rows; the last batch of each length bucket padded), "
+        f"({len(train)} training rows; the last batch padded), "
         f"warm-up {session.warmup_steps} steps"
     )
     writer = MetricsWriter(workdir, total, enabled=jax.process_index() == 0)
