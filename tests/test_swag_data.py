@@ -178,3 +178,18 @@ def test_choices_encode_as_run_swags_fast_tokenizer(wordpiece, max_seq_len):
         assert arrays[key].dtype == np.int32
     with pytest.raises(UserError, match=r"--max-seq-len 4 leaves no room"):
         swag_data.encode_examples(examples, wordpiece, 4)
+
+
+def test_a_split_carries_the_choices(wordpiece):
+    """batches.Split takes the [n, 4, L] arrays as they are: a batch of examples (a padding
+    row -1 with weight 0) holds each example's four choices."""
+    from bertjax.finetune import batches
+
+    examples = [SwagExample(i, r[4], r[5], tuple(r[7:11]), int(r[11])) for i, r in
+                enumerate(ROWS)]  # fmt: skip
+    arrays = swag_data.encode_examples(examples, wordpiece, 32)
+    split = batches.Split("validation", arrays, np.arange(len(examples)))
+    batch = batches.take(split, np.array([1, -1]))
+    assert batch["input_ids"].shape == (2, 4, 32) and batch["weights"].tolist() == [1, 0]
+    np.testing.assert_array_equal(batch["segment_ids"][0], arrays["segment_ids"][1])
+    assert batch["labels"].tolist() == [3, 0]
