@@ -2,6 +2,7 @@
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +33,12 @@ def _compilation_cache_per_test(tmp_path_factory, monkeypatch):
             compilation_cache.reset_cache()
             jax.config.update("jax_compilation_cache_dir", None)
         jax.config.update("jax_enable_compilation_cache", True)
+
+
+@pytest.fixture(scope="session")
+def demo_corpus_dir(tmp_path_factory):
+    """The whole offline demo corpus, one file, built once per session in a fresh process
+    (as `bertjax demo` builds it; see helpers.demo_corpus_file)."""
+    from tests.helpers import demo_corpus_file
+
+    return Path(demo_corpus_file(tmp_path_factory.mktemp("demo_corpus"))).parent
