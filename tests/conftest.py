@@ -42,3 +42,26 @@ def demo_corpus_dir(tmp_path_factory):
     from tests.helpers import demo_corpus_file
 
     return Path(demo_corpus_file(tmp_path_factory.mktemp("demo_corpus"))).parent
+
+
+DEMO_ENCODER_SEQ = 64  # positions of the demo encoder: the NER, SWAG and feature tests' length
+
+
+@pytest.fixture(scope="session")
+def demo_encoder(demo_documents, tmp_path_factory):
+    """A random tiny BERT (2 layers of 64, 64 positions) saved by transformers, with a cased
+    WordPiece vocabulary of 1,000 learnt from the demo corpus (capitals carry the generated NER
+    task's ORG rule): the encoder of the NER, SWAG and feature tests, built once."""
+    from tests.helpers import save_tiny_encoder
+
+    sentences = [s for document in demo_documents for s in document]
+    return save_tiny_encoder(tmp_path_factory.mktemp("demo_encoder"), sentences,
+                             DEMO_ENCODER_SEQ, layers=2, lowercase=False, vocab_size=1000)
+
+
+@pytest.fixture(scope="session")
+def demo_documents(demo_corpus_dir):
+    """The demo corpus's documents (lists of sentences)."""
+    from bertjax.finetune.demo_tasks import corpus_documents
+
+    return corpus_documents(demo_corpus_dir)
