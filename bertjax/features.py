@@ -39,7 +39,9 @@ def register(subparsers) -> None:
     """Adds `features` to the `bertjax` command."""
     p = subparsers.add_parser(
         "features", help="per-token hidden states of a text file (extract_features.py's JSONL)",
-        description=__doc__.splitlines()[0].removeprefix("`bertjax features`: "))
+        description="Write the outputs of chosen encoder layers for every token of every "
+        "line of a text file (a line `A ||| B`: a sentence pair) as the JSONL of "
+        "google-research/bert's extract_features.py, streamed in batches.")
     p.add_argument("--init", required=True,
                    help="pretraining or fine-tuning workdir (newest checkpoint) or a HuggingFace "
                    "BERT folder (any head; its encoder is read)")
@@ -225,6 +227,8 @@ def check_paths(input_path: Path, out: Path, overwrite: bool) -> None:
 def load(init: str, init_step, tokenizer_path, max_seq_len: int | None):
     """(float32 BertConfig, `bert` parameters in its layout, tokenizer, max_seq_len) of
     --init (max_seq_len None: DEFAULT_MAX_SEQ_LEN or the model's positions if fewer)."""
+    import jax
+
     from bertjax import encoder, model_config
     from bertjax.data import load_tokenizer
     from bertjax.train import checkpoint
@@ -245,7 +249,8 @@ def load(init: str, init_step, tokenizer_path, max_seq_len: int | None):
     if not 3 <= max_seq_len <= cfg.max_position_embeddings:
         raise UserError(f"--max-seq-len {max_seq_len} is outside [3, the model's "
                         f"max_position_embeddings={cfg.max_position_embeddings}]")
-    params = encoder.to_layout(loaded.params["bert"], cfg.scan_layers)
+    # On the device once: every batch's forward pass reads them.
+    params = jax.device_put(encoder.to_layout(loaded.params["bert"], cfg.scan_layers))
     return cfg, params, tokenizer, max_seq_len
 
 

@@ -105,9 +105,10 @@ def test_the_values_are_transformers_hidden_states(extracted, demo_encoder):
             np.testing.assert_allclose(ours, hidden_NxLxH[layer], atol=1e-5, rtol=0)
 
 
-def test_a_fine_tuned_heads_folder_gives_its_encoders_features(tmp_path):
+def test_a_fine_tuned_heads_folder_gives_its_encoders_features(tmp_path, monkeypatch, capsys):
     """A HuggingFace BertForTokenClassification folder (a fine-tuned model: no pooler, a
-    classifier) is read for its encoder alone; long inputs stream in batches of 2."""
+    classifier) is read for its encoder alone; the input streams in batches of 2, with
+    progress on stderr and a JSON summary on stdout."""
     import torch
     import transformers
 
@@ -127,7 +128,15 @@ def test_a_fine_tuned_heads_folder_gives_its_encoders_features(tmp_path):
     argv = ["features", "--init", str(tmp_path / "model"), "--input", str(tmp_path / "in.txt"),
             "--out", str(tmp_path / "out.jsonl"), "--layers=-3", "--batch-size", "2",
             "--max-seq-len", "16"]  # fmt: skip
+    monkeypatch.setattr(features, "PROGRESS_SECONDS", 0.0)
     assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert [line.split(" lines")[0] for line in captured.err.splitlines()
+            if line.startswith("bertjax features: ")] == [
+        "bertjax features: 2", "bertjax features: 4", "bertjax features: 6",
+        "bertjax features: 7"]  # fmt: skip
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert (summary["lines"], summary["layers"], summary["max_seq_len"]) == (7, [-3], 16)
     out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     tokenizer = load_tokenizer(tmp_path / "model")
     rows = [features.encode_line(line, tokenizer, 16) for line in lines]

@@ -111,6 +111,24 @@ def test_the_export_loads_in_transformers_with_the_checkpoints_logits(learnt_run
     assert np.abs(np.asarray(ours)).max() > 1.0  # trained logits, not trivially small
 
 
+def test_features_of_the_fine_tuned_run_from_its_checkpoint_and_its_export(learnt_run,
+                                                                           tmp_path):
+    """`bertjax features --init` takes the fine-tuned run's workdir (its checkpoint) and its
+    HuggingFace export alike: the same encoder, the same values."""
+    (tmp_path / "in.txt").write_text("The Python Software Foundation has 3 modules .\n")
+    out = {}
+    for name, init in (("ckpt", learnt_run), ("hf", learnt_run / "hf_model")):
+        argv = ["features", "--init", str(init), "--input", str(tmp_path / "in.txt"), "--out",
+                str(tmp_path / f"{name}.jsonl"), "--layers=-1,-2"]  # fmt: skip
+        assert cli.main(argv) == 0
+        out[name] = json.loads((tmp_path / f"{name}.jsonl").read_text())
+    assert [f["token"] for f in out["ckpt"]["features"]] == \
+        [f["token"] for f in out["hf"]["features"]]
+    values = {k: np.array([[x["values"] for x in f["layers"]] for f in v["features"]])
+              for k, v in out.items()}  # fmt: skip
+    np.testing.assert_allclose(values["ckpt"], values["hf"], atol=2e-6, rtol=0)
+
+
 def test_the_token_loss_is_hfs_and_adds_up_over_micro_batches(tmp_path):
     """Our objective's loss equals transformers' (labels -100 where the weight is 0) for the
     same model and batch; the loss sums of two halves over the whole batch's labelled tokens
