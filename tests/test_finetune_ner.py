@@ -42,6 +42,7 @@ def learnt_run(ner_data, demo_encoder, tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.mark.slow
 def test_a_tiny_encoder_learns_the_generated_ner_task(learnt_run, ner_data, capsys):
     """Dev entity F1 >= 90 (each type >= 70), where tagging every word with the majority tag
     (O) finds no entity (F1 0); the label list is the training file's."""
@@ -62,6 +63,7 @@ def test_a_tiny_encoder_learns_the_generated_ner_task(learnt_run, ner_data, caps
     assert set(info.params) == {"bert", "classifier"}
 
 
+@pytest.mark.slow
 def test_the_prediction_files_score_as_the_results_say(learnt_run, ner_data):
     """predictions/validation.conll (`word gold predicted`, a blank line after each sentence)
     holds every dev word once, and conlleval's rules on it give eval_results.json's scores; its
@@ -82,6 +84,7 @@ def test_the_prediction_files_score_as_the_results_say(learnt_run, ner_data):
     assert len(test_text.splitlines()) == sum(len(s.words) + 1 for s in test)
 
 
+@pytest.mark.slow
 def test_the_export_loads_in_transformers_with_the_checkpoints_logits(learnt_run, ner_data,
                                                                       demo_encoder):
     """WORKDIR/hf_model loads into transformers' BertForTokenClassification with no missing or
@@ -111,6 +114,7 @@ def test_the_export_loads_in_transformers_with_the_checkpoints_logits(learnt_run
     assert np.abs(np.asarray(ours)).max() > 1.0  # trained logits, not trivially small
 
 
+@pytest.mark.slow
 def test_features_of_the_fine_tuned_run_from_its_checkpoint_and_its_export(learnt_run,
                                                                            tmp_path):
     """`bertjax features --init` takes the fine-tuned run's workdir (its checkpoint) and its
@@ -217,6 +221,9 @@ GOOD = conll([("The", "O"), ("PSF", "B-ORG"), ("met", "O"), ("", ""), ("Fine", "
          "between 1 and the 62 pieces a window holds"),
         ("--task swag --tag-scheme iob1", None, "--tag-scheme sets the config key ner.scheme, "
          "which config finetune_swag lacks: it applies to NER tasks"),
+        ("--task conll2003 --config finetune_glue", None, "--task conll2003 needs the config "
+         "key(s) ner.labels, ner.scheme, ner.doc_stride, ner.encoding: use --config "
+         "finetune_ner"),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, capsys, flags, files, message):

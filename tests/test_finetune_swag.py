@@ -41,6 +41,7 @@ def learnt_run(swag_dir, demo_encoder, tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.mark.slow
 def test_a_tiny_encoder_learns_the_generated_swag_task(learnt_run, swag_dir, capsys):
     """Dev accuracy >= 0.33 on 500 questions of documents never trained on, where a fixed
     choice scores about 0.25 (0.33 is 4 standard deviations of chance above it)."""
@@ -56,6 +57,7 @@ def test_a_tiny_encoder_learns_the_generated_swag_task(learnt_run, swag_dir, cap
     assert (result["task"], result["epoch"], result["examples"]) == ("swag", 3, 500)
 
 
+@pytest.mark.slow
 def test_each_split_gets_its_chosen_endings(learnt_run, swag_dir):
     """predictions/validation_predictions.csv holds every dev question's chosen ending, and
     they score eval_results.json's accuracy; the unlabelled test split gets its file too."""
@@ -71,6 +73,7 @@ def test_each_split_gets_its_chosen_endings(learnt_run, swag_dir):
     assert test[0] == "idx,label" and len(test) == 1 + 50
 
 
+@pytest.mark.slow
 def test_the_export_loads_in_transformers_with_the_checkpoints_logits(learnt_run, swag_dir,
                                                                       demo_encoder):
     """WORKDIR/hf_model loads into transformers' BertForMultipleChoice with no missing or
