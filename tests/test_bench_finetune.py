@@ -63,6 +63,7 @@ def test_squad_bench_times_the_span_step_at_the_papers_settings(capsys):
     assert "squad head (BertForQuestionAnswering)" in out and "2 epochs x 10950 steps" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, architecture, rows, examples", [
     ("conll2003", "BertForTokenClassification", 8 * 16, 14_041),
     ("swag", "BertForMultipleChoice", 8 * 4 * 16, 73_546),
