@@ -133,8 +133,9 @@ class NerKind:
     def head(self, model_cfg):
         """BertForTokenClassification over the label list."""
         if self.labels is None:
-            raise UserError("--task ner takes its label list from the training file: give it "
-                            "with --labels O,B-TYPE,I-TYPE,... to build the head without data")
+            raise UserError("--task ner takes its label list from its training file; to build "
+                            "the head without data, give the list (--labels O,B-X,I-X,..., "
+                            "config key ner.labels) or take --task conll2003's")
         return token_head.head(model_cfg, self.labels)
 
     def synthetic_batch(self, batch_size: int, seq_len: int, vocab_size: int,
