@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "bertjax.demo",
     "bertjax.plot",
     "bertjax.finetune.finetune_cli",
+    "bertjax.features",
 )
 
 

@@ -87,15 +87,18 @@ class SelfAttention(nn.Module):
 class EncoderLayer(nn.Module):
     """One post-LN transformer layer: attention, then the GELU feed-forward block.
 
-    Returns (output, None): the (carry, per-step output) pair `nn.scan` expects of its body,
-    so that the same class runs unrolled and scanned.
+    Returns (output, output if `collect` else None): the (carry, per-step output) pair
+    `nn.scan` expects of its body, so that the same class runs unrolled and scanned; scanned
+    with `collect`, the per-step outputs stack into every layer's output [layers, B, L, E],
+    and without it the scan stacks nothing.
     """
 
     cfg: BertConfig
 
     @nn.compact
     def __call__(
-        self, x_BxLxE, attn_segment_ids_BxL, deterministic: bool, one_segment_per_row: bool
+        self, x_BxLxE, attn_segment_ids_BxL, deterministic: bool, one_segment_per_row: bool,
+        collect: bool = False,
     ):
         cfg = self.cfg
         x_BxLxE = SelfAttention(cfg, name="attention")(
@@ -109,7 +112,8 @@ class EncoderLayer(nn.Module):
         out_BxLxE = checkpoint_name(out_BxLxE, "mlpwo")
         out_BxLxE = nn.Dropout(cfg.hidden_dropout_prob)(out_BxLxE, deterministic=deterministic)
         out_BxLxE = layer_norm(cfg, "output_LayerNorm")(out_BxLxE + x_BxLxE)
-        return nn.with_logical_constraint(out_BxLxE, ("batch", "length", "embed")), None
+        out_BxLxE = nn.with_logical_constraint(out_BxLxE, ("batch", "length", "embed"))
+        return out_BxLxE, (out_BxLxE if collect else None)
 
 
 # --- the stack of layers ----------------------------------------------------------------------
@@ -118,14 +122,16 @@ class EncoderLayer(nn.Module):
 def make_layers(cfg) -> list[nn.Module]:
     """The encoder's layers, made inside a parent's `setup`: one scanned module named
     STACKED_KEY (`cfg.scan_layers`), else `layer_0 ... layer_{n-1}`. Each is called as
-    `x, _ = layer(x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row)`."""
+    `x, outs = layer(x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row,
+    collect)`: `outs` is None, or with `collect` the layer's output [B, L, E] (unrolled) or
+    every layer's [layers, B, L, E] (scanned)."""
     layer_cls = EncoderLayer
     if cfg.remat_policy != "none":
         layer_cls = nn.remat(
             layer_cls,
             policy=checkpoint_policy(cfg.remat_policy),
-            # `self` counts: deterministic and one_segment_per_row are Python bools.
-            static_argnums=(3, 4),
+            # `self` counts: deterministic, one_segment_per_row and collect are Python bools.
+            static_argnums=(3, 4, 5),
             # Inside scan the loop already keeps XLA from merging the recomputation into the
             # forward pass; the extra barriers would only cost (jax.checkpoint's docs).
             prevent_cse=not cfg.scan_layers,
@@ -136,7 +142,7 @@ def make_layers(cfg) -> list[nn.Module]:
         layer_cls,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_hidden_layers,
         metadata_params={nn.PARTITION_NAME: LAYERS_AXIS},
     )

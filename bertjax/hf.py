@@ -117,6 +117,22 @@ PRETRAINING = HeadSpec(
 _POOLER = tuple(dense_weights("bert.pooler.dense", ("bert", "pooler")))
 
 
+class _Encoder(nn.Module):
+    """BertModel as the `bert` submodule: the parameters every BERT head model shares."""
+
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True):
+        return bert_model.BertModel(self.cfg, name="bert")(input_ids, segment_ids, input_mask,
+                                                           deterministic)
+
+
+# The encoder alone (what `read_encoder` reads of any BERT folder): its pooler is read when
+# the folder has one, zeros otherwise (as for the heads built without one).
+ENCODER = HeadSpec("BertModel", _Encoder, pooler=False, label="the BERT encoder")
+
+
 def encoder_weights(cfg: BertConfig) -> list[Weight]:
     """The embeddings' and encoder layers' parameters: HF name (with the `bert.` prefix) -> our
     path in the per-layer layout (`encoder.unstack_layers` gives it for a `scan_layers` model)."""
@@ -375,14 +391,32 @@ def read_folder(path: str | os.PathLike, spec: HeadSpec = PRETRAINING, **config_
     `spec.architecture` (for BertForPreTraining also a BertModel folder: fresh heads).
     `config_overrides` set fields HF does not store, e.g. compute_dtype="bfloat16"."""
     folder = Path(path)
+    cfg = _folder_config(folder, config_overrides)
+    params = params_from_hf(_read_safetensors(folder), cfg, spec, source=str(folder))
+    return cfg, params, _tokenizer_files(folder)
+
+
+def read_encoder(path: str | os.PathLike, **config_overrides):
+    """(BertConfig, {"bert": unboxed parameters}, tokenizer files) of a HuggingFace folder of
+    any BERT model (BertForPreTraining, BertModel, a fine-tuned head's): its `bert.` weights,
+    checked as strictly as `read_folder` checks them; the heads' weights are left unread."""
+    folder = Path(path)
+    cfg = _folder_config(folder, config_overrides)
+    tensors = {name: tensor for name, tensor in _normalise_names(_read_safetensors(folder)).items()
+               if name.startswith("bert.")}  # fmt: skip
+    params = params_from_hf(tensors, cfg, ENCODER, source=str(folder))
+    return cfg, params, _tokenizer_files(folder)
+
+
+def _folder_config(folder: Path, config_overrides: dict) -> BertConfig:
     if not (folder / CONFIG_NAME).is_file():
         raise CheckpointError(f"{folder} has no {CONFIG_NAME}; expected a HuggingFace model folder")
     cfg = config_from_hf(json.loads((folder / CONFIG_NAME).read_text()))
-    if config_overrides:
-        cfg = dataclasses.replace(cfg, **config_overrides)
-    params = params_from_hf(_read_safetensors(folder), cfg, spec, source=str(folder))
-    tokenizer_files = tuple(folder / n for n in TOKENIZER_FILES if (folder / n).is_file())
-    return cfg, params, tokenizer_files
+    return dataclasses.replace(cfg, **config_overrides) if config_overrides else cfg
+
+
+def _tokenizer_files(folder: Path) -> tuple[Path, ...]:
+    return tuple(folder / n for n in TOKENIZER_FILES if (folder / n).is_file())
 
 
 def load_pretrained(path: str | os.PathLike, **config_overrides) -> PretrainedBert:

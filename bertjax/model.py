@@ -96,21 +96,32 @@ class BertModel(nn.Module):
         self.pooler = dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")
 
     def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True,
-                 attn_segment_ids=None, position_ids=None, cls_positions=None):
+                 attn_segment_ids=None, position_ids=None, cls_positions=None,
+                 output_hidden_states: bool = False):
         """Returns (last_hidden_state [B, L, H], pooled_output [B, H]) for [B, L] int inputs.
         Packed rows give `attn_segment_ids` (0 = padding; else a row is one segment),
-        `position_ids` [B, L] and `cls_positions` [B, K] (then pooled_output is [B, K, H])."""
+        `position_ids` [B, L] and `cls_positions` [B, K] (then pooled_output is [B, K, H]).
+        `output_hidden_states`: a third element, every encoder layer's output [layers, B, L,
+        H] (HuggingFace's hidden_states[1:]; the original's get_all_encoder_layers), built
+        only when asked for."""
         input_ids_BxL, segment_ids_BxL, input_mask_BxL = input_ids, segment_ids, input_mask
         x_BxLxE = self.embeddings(input_ids_BxL, segment_ids_BxL, deterministic, position_ids)
         x_BxLxE = nn.with_logical_constraint(x_BxLxE, ("batch", "length", "embed"))
         one_segment_per_row = attn_segment_ids is None
         ids_BxL = (input_mask_BxL != 0) if one_segment_per_row else attn_segment_ids
         attn_segment_ids_BxL = ids_BxL.astype(jnp.int32)
+        collected = []
         for layer in self.layers:
-            x_BxLxE, _ = layer(x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row)
+            x_BxLxE, outs = layer(x_BxLxE, attn_segment_ids_BxL, deterministic,
+                                  one_segment_per_row, output_hidden_states)
+            if output_hidden_states:  # scanned: all layers' [N, B, L, E]; unrolled: one's
+                collected.append(outs if self.cfg.scan_layers else outs[None])
         cls_BxE = x_BxLxE[:, 0] if cls_positions is None else jnp.take_along_axis(
             x_BxLxE, cls_positions[..., None].astype(jnp.int32), axis=1)  # packed: [B, K, E]
-        return x_BxLxE, jnp.tanh(self.pooler(cls_BxE))
+        pooled_BxE = jnp.tanh(self.pooler(cls_BxE))
+        if output_hidden_states:
+            return x_BxLxE, pooled_BxE, jnp.concatenate(collected)
+        return x_BxLxE, pooled_BxE
 
     def attend(self, x_BxPxE):
         """MLM decoder logits against the tied word embeddings."""

@@ -2,6 +2,7 @@
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +33,35 @@ def _compilation_cache_per_test(tmp_path_factory, monkeypatch):
             compilation_cache.reset_cache()
             jax.config.update("jax_compilation_cache_dir", None)
         jax.config.update("jax_enable_compilation_cache", True)
+
+
+@pytest.fixture(scope="session")
+def demo_corpus_dir(tmp_path_factory):
+    """The whole offline demo corpus, one file, built once per session in a fresh process
+    (as `bertjax demo` builds it; see helpers.demo_corpus_file)."""
+    from tests.helpers import demo_corpus_file
+
+    return Path(demo_corpus_file(tmp_path_factory.mktemp("demo_corpus"))).parent
+
+
+DEMO_ENCODER_SEQ = 64  # positions of the demo encoder: the NER, SWAG and feature tests' length
+
+
+@pytest.fixture(scope="session")
+def demo_encoder(demo_documents, tmp_path_factory):
+    """A random tiny BERT (2 layers of 64, 64 positions) saved by transformers, with a cased
+    WordPiece vocabulary of 1,000 learnt from the demo corpus (capitals carry the generated NER
+    task's ORG rule): the encoder of the NER, SWAG and feature tests, built once."""
+    from tests.helpers import save_tiny_encoder
+
+    sentences = [s for document in demo_documents for s in document]
+    return save_tiny_encoder(tmp_path_factory.mktemp("demo_encoder"), sentences,
+                             DEMO_ENCODER_SEQ, layers=2, lowercase=False, vocab_size=1000)
+
+
+@pytest.fixture(scope="session")
+def demo_documents(demo_corpus_dir):
+    """The demo corpus's documents (lists of sentences)."""
+    from bertjax.finetune.demo_tasks import corpus_documents
+
+    return corpus_documents(demo_corpus_dir)

@@ -68,3 +68,31 @@ def demo_corpus_file(out_dir) -> str:
                     "--num-files", "1"], check=True, capture_output=True, timeout=300)
     (path,) = sorted(Path(out_dir).glob("*.txt"))
     return str(path)
+
+
+def save_tiny_encoder(folder: Path, sentences: list[str], seq: int, hidden: int = 64,
+                      layers: int = 4, lowercase: bool = True, vocab_size: int = 800) -> Path:
+    """A random BertForPreTraining (hidden `hidden`, `seq` positions) saved by transformers,
+    with a WordPiece vocabulary of `vocab_size` learnt from `sentences`. Its position
+    embeddings start as sinusoids (Vaswani et al.) scaled to the size of the token
+    embeddings: with learnt-from-random ones a model this small needs thousands of steps
+    before it attends to neighbouring tokens."""
+    import torch
+    import transformers
+
+    from bertjax.data.tokenizer import train_wordpiece
+
+    tokenizer = train_wordpiece(sentences, vocab_size, folder, lowercase=lowercase)
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=4, intermediate_size=4 * hidden, max_position_embeddings=seq,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertForPreTraining(config)
+    position, dim = np.arange(seq)[:, None], np.arange(hidden)[None, :]
+    angle = position / 10_000 ** (dim // 2 * 2 / hidden)
+    table = 0.2 * np.where(dim % 2 == 0, np.sin(angle), np.cos(angle))
+    with torch.no_grad():
+        model.bert.embeddings.position_embeddings.weight.copy_(torch.tensor(table))
+    model.save_pretrained(folder)
+    return folder

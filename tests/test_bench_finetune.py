@@ -1,6 +1,7 @@
 """`bertjax bench finetune`: the JSON line's schema, the ratio and the wall-time estimate agree
 with the measured step times, the PyTorch reference runs in a process of its own, SQuAD's span
-step takes the paper's sequence length and epochs, and bad options are one clear error."""
+step takes the paper's sequence length and epochs, NER's and SWAG's heads run against
+transformers' own, and bad options are one clear error."""
 
 import json
 import math
@@ -60,6 +61,27 @@ def test_squad_bench_times_the_span_step_at_the_papers_settings(capsys):
     hours = 2 * math.ceil(87_599 / 8) * result["step_s"] / 3600
     assert result["estimated_hours"] == pytest.approx(hours)
     assert "squad head (BertForQuestionAnswering)" in out and "2 epochs x 10950 steps" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, architecture, rows, examples", [
+    ("conll2003", "BertForTokenClassification", 8 * 16, 14_041),
+    ("swag", "BertForMultipleChoice", 8 * 4 * 16, 73_546),
+])
+def test_ner_and_swag_bench_against_their_transformers_heads(capsys, task, architecture, rows,
+                                                             examples):
+    """The NER and SWAG kinds' synthetic batches train on both sides (transformers' head in a
+    process of its own); SWAG's tokens count its four choices per example."""
+    argv = f"bench finetune --preset tiny --seq-len 16 --batch-size 8 --steps 2 --task {task}"
+    code = cli.main((argv + " --json").split())
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert (result["task"], result["train_examples"]) == (task, examples)
+    assert result["tokens_per_s"] == pytest.approx(rows / result["step_s"])
+    assert result["hf_tokens_per_s"] == pytest.approx(rows / result["hf_step_s"])
+    assert result["hf_process"]["jax_loaded"] is False and result["hf_step_s"] > 0
+    assert f"{task} head ({architecture})" in out
 
 
 def test_every_task_has_a_training_set_size():

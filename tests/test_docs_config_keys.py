@@ -20,7 +20,6 @@ OVERRIDE = re.compile(r"--config\.([A-Za-z_][\w.]*)=([^\s`'\")]+)")
 BARE_KEY = re.compile(r"--config\.([A-Za-z_][\w.]*\w)(?![\w.=])")
 CONFIG_FLAG = re.compile(r"--config[= ]([\w./-]+(?::\S+)?)")
 PRETRAINING_DEFAULT, FINETUNE_DEFAULT = "bert_base_phase1", "finetune_glue"
-SQUAD_DEFAULT = "finetune_squad"
 # Overrides the docs show being rejected, and the words of the rejection they promise.
 DOCUMENTED_ERRORS = {
     "train.steps=abc": "expected an integer",
@@ -64,8 +63,11 @@ def config_of(command: str) -> str:
     for word in command.split():
         if word.partition(":")[0] in names:
             return word
-    if "bertjax finetune" in command:  # the CLI's default: finetune_squad for SQuAD tasks
-        return SQUAD_DEFAULT if re.search(r"--task[= ]squad", command) else FINETUNE_DEFAULT
+    if "bertjax finetune" in command:  # the CLI's default: the task kind's config
+        from bertjax.finetune.kinds import default_config
+
+        task = re.search(r"--task[= ]([\w-]+)", command)
+        return default_config(task.group(1)) if task else FINETUNE_DEFAULT
     return PRETRAINING_DEFAULT
 
 
@@ -88,12 +90,12 @@ NAMED = documented(BARE_KEY, lambda m: m.group(1))
 def check(config_name: str, overrides: list[str]) -> None:
     """What a run checks before compiling, on the devices the config's mesh asks for."""
     config = config_lib.load_config(config_name, overrides)
-    if config_name.partition(":")[0] in (FINETUNE_DEFAULT, SQUAD_DEFAULT):
+    if config_name.partition(":")[0].startswith("finetune_"):
         from bertjax.finetune.train import check_config, make_kind
 
         check_config(config)
-        if config_name.partition(":")[0] == SQUAD_DEFAULT:
-            make_kind(config)  # the SQuAD keys' checks
+        if config_name.partition(":")[0] != FINETUNE_DEFAULT:
+            make_kind(config)  # the task kind's own keys' checks (SQuAD's, NER's)
         return
     devices = math.prod(v for v in config.mesh.values() if v > 0)
     config_lib.validate(config, devices, 1)

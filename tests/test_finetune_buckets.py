@@ -1,7 +1,7 @@
 """Length-bucketed fine-tuning (finetune/buckets.py): the bucket lengths, every example once per
 epoch in an order that is a pure function of (seed, epoch), a few compiled shapes, bucketed
-predictions equal to padded ones (GLUE and SQuAD), honest tokens/s, a bucketed run through the
-CLI that learns, bad input, and `bertjax bench finetune-buckets`."""
+predictions equal to padded ones (GLUE, SQuAD, NER, SWAG), honest tokens/s, a bucketed run
+through the CLI that learns, bad input, and `bertjax bench finetune-buckets`."""
 
 import functools
 import itertools
@@ -324,6 +324,81 @@ def test_bucketed_squad_predictions_equal_padded_ones(tmp_path):
     assert m_got.keys() == m_want.keys()
     for key in m_want:
         assert m_got[key] == pytest.approx(m_want[key], rel=1e-5), key
+
+
+def head_params(head, cfg, seed: int):
+    """A head's random parameters, unboxed (jitted)."""
+    return jax.jit(lambda k: jax.tree.map(lambda x: x.unbox(), head.init_params(cfg, k),
+                                          is_leaf=lambda x: hasattr(x, "unbox")))(
+        jax.random.key(seed))  # fmt: skip
+
+
+def test_bucketed_ner_predictions_equal_padded_ones(tmp_path):
+    """Token logits [n, L, K] come back at max_seq_len: the same at every real position, so
+    the same words' tags and conlleval scores; sentences longer than a window span several
+    rows, and the label arrays are cut with the inputs."""
+    from bertjax.finetune import conll_data, kind_ner
+
+    cfg = load_config("finetune_ner", ["task=ner", "ner.labels=O,B-X,I-X",
+                                       "data.max_seq_len=32"])  # fmt: skip
+    kind = kind_ner.make(cfg, "ner")
+    rng = np.random.default_rng(7)
+    tags = ("O", "B-X", "I-X")
+    sentences = [conll_data.Sentence(tuple(WORDS[i] for i in rng.integers(0, 30, n)),
+                                     tuple(tags[i] for i in rng.integers(0, 3, n)))
+                 for n in rng.integers(1, 45, 40)]  # fmt: skip
+    tokenizer = load_tokenizer(write_vocab(tmp_path / "vocab"))
+    dev = kind.encode({"validation": sentences}, tokenizer)["validation"]
+    lengths = buckets.row_lengths(dev)
+    assert len(dev) > len(sentences) and lengths.min() < 16 and (lengths == 32).any()
+    batch = buckets.take(dev, np.arange(4), 16)
+    assert batch["label_ids"].shape == batch["label_weights"].shape == (4, 16)
+    mcfg = tiny_cfg(max_position_embeddings=32)
+    head = kind.head(mcfg)
+    params = head_params(head, mcfg, 3)
+    plan = buckets.Plan.of(dev, 3, 32)
+    padded, bucketed = predictions_both_ways(heads.predict_step, head.model, params, dev, plan,
+                                             32, True)  # fmt: skip
+    assert bucketed.shape == padded.shape == (len(dev), 32, 3)
+    real = dev.arrays["input_mask"].astype(bool)
+    np.testing.assert_allclose(bucketed[real], padded[real], rtol=1e-5, atol=1e-5)
+    assert kind.decode(dev, bucketed) == kind.decode(dev, padded)
+    m_got, m_want = (kind.metrics(dev, out, kind.decode(dev, out)) for out in (bucketed, padded))
+    assert m_got.keys() == m_want.keys()
+    for key in m_want:
+        assert m_got[key] == pytest.approx(m_want[key], rel=1e-5), key
+
+
+def test_bucketed_swag_predictions_equal_padded_ones(tmp_path):
+    """Choices [n, 4, L] go into the bucket of their longest choice; the scores [n, 4] (and so
+    the chosen endings and the accuracy) equal the padded ones; a batch cuts all four."""
+    from bertjax.finetune import kind_swag
+    from bertjax.finetune.swag_data import SwagExample
+
+    cfg = load_config("finetune_swag", ["data.max_seq_len=32"])
+    kind = kind_swag.make(cfg, "swag")
+    rng = np.random.default_rng(8)
+    text = lambda n: " ".join(WORDS[i] for i in rng.integers(0, 30, n))
+    examples = [SwagExample(i, text(rng.integers(1, 8)), text(2),
+                            tuple(text(rng.integers(1, 35)) for _ in range(4)), i % 4)
+                for i in range(37)]  # fmt: skip
+    tokenizer = load_tokenizer(write_vocab(tmp_path / "vocab"))
+    dev = kind.encode({"validation": examples}, tokenizer)["validation"]
+    per_choice = dev.arrays["input_mask"].sum(-1)
+    assert (buckets.row_lengths(dev) == per_choice.max(1)).all()
+    assert (per_choice.min(1) < per_choice.max(1)).any() and (per_choice == 32).any()
+    batch = buckets.take(dev, np.array([0, 1, -1]), 24)
+    assert batch["input_ids"].shape == (3, 4, 24) and batch["labels"].shape == (3,)
+    mcfg = tiny_cfg(max_position_embeddings=32)
+    head = kind.head(mcfg)
+    params = head_params(head, mcfg, 4)
+    plan = buckets.Plan.of(dev, 3, 32)
+    assert len(plan.lengths) > 1
+    padded, bucketed = predictions_both_ways(heads.predict_step, head.model, params, dev, plan,
+                                             32, False)  # fmt: skip
+    assert bucketed.shape == padded.shape == (37, 4)
+    np.testing.assert_allclose(bucketed, padded, rtol=1e-5, atol=1e-5)
+    assert (kind.decode(dev, bucketed) == kind.decode(dev, padded)).all()
 
 
 # --- end to end and bad input -------------------------------------------------------------

@@ -14,10 +14,10 @@ import pytest
 
 from bertjax import cli
 from bertjax.data import load_tokenizer
-from bertjax.data.tokenizer import train_wordpiece
 from bertjax.finetune import span_head, squad_data, squad_features, squad_metrics
 from bertjax.train import checkpoint
 from bertjax.train.metrics_writer import read_metrics
+from tests.helpers import save_tiny_encoder
 
 QUESTION = "What does the text say in parentheses?"
 SEQ, HIDDEN = 64, 64
@@ -101,34 +101,10 @@ def paren_task(corpus, folder: Path, n_train: int, n_dev: int) -> list[list[str]
     return dev_contexts
 
 
-def save_tiny_encoder(folder: Path, sentences: list[str], layers: int = 4) -> Path:
-    """A random BertForPreTraining (hidden 64) saved by transformers, with a WordPiece
-    vocabulary of 800 learnt from `sentences`. Its position embeddings start as sinusoids
-    (Vaswani et al.) scaled to the size of the token embeddings: with learnt-from-random ones
-    a model this small needs thousands of steps before it attends to neighbouring tokens."""
-    import torch
-    import transformers
-
-    tokenizer = train_wordpiece(sentences, 800, folder, lowercase=True)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=HIDDEN, num_hidden_layers=layers,
-        num_attention_heads=4, intermediate_size=4 * HIDDEN, max_position_embeddings=SEQ,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.BertForPreTraining(config)
-    position, dim = np.arange(SEQ)[:, None], np.arange(HIDDEN)[None, :]
-    angle = position / 10_000 ** (dim // 2 * 2 / HIDDEN)
-    table = 0.2 * np.where(dim % 2 == 0, np.sin(angle), np.cos(angle))
-    with torch.no_grad():
-        model.bert.embeddings.position_embeddings.weight.copy_(torch.tensor(table))
-    model.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_encoder(corpus, tmp_path_factory) -> Path:
     """save_tiny_encoder's 4-layer encoder, its vocabulary learnt from the demo corpus."""
-    return save_tiny_encoder(tmp_path_factory.mktemp("encoder"), corpus[2])
+    return save_tiny_encoder(tmp_path_factory.mktemp("encoder"), corpus[2], SEQ, HIDDEN)
 
 
 @pytest.fixture(scope="module")
@@ -306,8 +282,8 @@ def data_dir(root: Path, files: dict) -> str:
          "SQuAD v2.0 (--task squad_v2) only"),
         ("--task squad_v2 --null-score-diff-threshold nan", None,
          "--null-score-diff-threshold=nan: must be a finite number"),
-        ("--task rte --doc-stride 64", None, "--doc-stride sets the config key squad.doc_stride, "
-         "which config finetune_glue lacks: it applies to SQuAD tasks"),
+        ("--task rte --doc-stride 64", None, "--doc-stride sets the config key squad.doc_stride "
+         "or ner.doc_stride, which config finetune_glue lacks: it applies to SQuAD tasks"),
         ("--config finetune_glue", None, "--task squad needs the config key(s) squad.doc_stride"),
         ("--task squad-v3", None, "unknown task 'squad-v3'; choose one of cola"),
         ("--data /nonexistent", None, "SQuAD data directory /nonexistent does not exist"),

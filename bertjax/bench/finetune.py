@@ -4,6 +4,7 @@ wall time of the task's recipe.
 bertjax bench finetune --preset base [--task sst2] [--seq-len L] [--batch-size B] [--steps 10]
     [--epochs E] [--json]
 bertjax bench finetune --preset base --task squad     (the SQuAD recipe's seq 384, 2 epochs)
+bertjax bench finetune --preset base --task conll2003 / --task swag   (NER / multiple choice)
 
 On one synthetic batch of full rows (no data, no checkpoint needed): the jitted fine-tuning
 train step `bertjax finetune` runs for the task's head (BERT's AdamW with clipping at 1) on
@@ -122,13 +123,15 @@ def run(args) -> int:
     check_args(args, model_cfg)
     head = kind.head(model_cfg)
     batch = kind.synthetic_batch(args.batch_size, args.seq_len, model_cfg.vocab_size)
-    tokens = args.batch_size * args.seq_len
+    tokens = batch["input_ids"].size  # batch x seq_len (x the choices of multiple choice)
     real = int(batch["input_mask"].sum())  # all of them: the synthetic rows fill the length
     say = lambda *a: print(*a, flush=True)
 
+    rows = "x".join(map(str, batch["input_ids"].shape[1:-1]))
     say(
         f"bench finetune: {args.preset} + {kind.name} head ({head.spec.architecture}), batch "
-        f"{args.batch_size} x {args.seq_len} tokens, {args.steps} timed steps, "
+        f"{args.batch_size}{f' x {rows} choices' if rows else ''} x {args.seq_len} tokens, "
+        f"{args.steps} timed steps, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
     )
     ours_s = time_ours(config, head, batch, args.steps)
@@ -152,20 +155,23 @@ def run(args) -> int:
         "task": kind.name,
         "train_examples": kind.train_examples,
         "epochs": args.epochs,
-        "estimated_hours": estimate_hours(kind.train_examples, args.epochs, args.batch_size,
-                                          ours_s),
+        "estimated_hours": None if kind.train_examples is None else estimate_hours(
+            kind.train_examples, args.epochs, args.batch_size, ours_s),
     }
     say(
         f"HF PyTorch:   {result['hf_tokens_per_s']:10.0f} tokens/s  {hf_s * 1e3:8.1f} ms/step  "
         f"(own process, {hf['torch_threads']} threads; ours / theirs = "
         f"{result['ratio_vs_hf']:.2f}x)"
     )
-    steps = math.ceil(result["train_examples"] / args.batch_size)
-    say(
-        f"estimate: {args.epochs} epochs x {steps} steps ({result['train_examples']} "
-        f"{kind.name} training examples) = {result['estimated_hours']:.2f} h on this machine "
-        "(without compilation and dev evaluation)"
-    )
+    if kind.train_examples is None:
+        say(f"estimate: none ({kind.name} has no published training-set size)")
+    else:
+        steps = math.ceil(result["train_examples"] / args.batch_size)
+        say(
+            f"estimate: {args.epochs} epochs x {steps} steps ({result['train_examples']} "
+            f"{kind.name} training examples) = {result['estimated_hours']:.2f} h on this "
+            "machine (without compilation and dev evaluation)"
+        )
     if args.json:
         print(json.dumps(result))
     return 0

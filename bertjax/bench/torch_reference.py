@@ -48,8 +48,9 @@ def seconds_per_torch_step(model, optimizer, inputs: dict, clip_norm: float, ste
 
 def _model_and_inputs(request: dict, batch: dict[str, np.ndarray]):
     """transformers' model of the request's `architectures` (BertForPreTraining,
-    BertForQuestionAnswering or BertForSequenceClassification) and its inputs (HuggingFace's
-    names) from a batch in our vocabulary."""
+    BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification or
+    BertForMultipleChoice) and its inputs (HuggingFace's names) from a batch in our
+    vocabulary."""
     import torch
     import transformers
 
@@ -72,6 +73,12 @@ def _model_and_inputs(request: dict, batch: dict[str, np.ndarray]):
         labels = torch.from_numpy(batch["labels"])
         # transformers picks the loss from the labels' dtype: MSE on floats, else cross-entropy.
         inputs["labels"] = labels if labels.is_floating_point() else labels.long()
+    elif architecture == "BertForTokenClassification":
+        # -100: a position the loss leaves out (our label weight 0): the same mean.
+        labels = np.where(batch["label_weights"] > 0, batch["label_ids"], -100)
+        inputs["labels"] = torch.from_numpy(labels.astype(np.int64))
+    elif architecture == "BertForMultipleChoice":  # inputs [B, C, L], labels [B]
+        inputs["labels"] = long("labels")
     else:
         raise ValueError(f"no PyTorch reference for {architecture}")
     return model.train(), inputs

@@ -16,8 +16,18 @@ ALIGN = 8
 
 
 def row_lengths(split: batches.Split) -> np.ndarray:
-    """[n] real tokens of each row (its input_mask sum, [CLS] and [SEP]s included)."""
-    return split.arrays["input_mask"].sum(axis=1).astype(np.int64)
+    """[n] real tokens of each row (its input_mask sum, [CLS] and [SEP]s included); a row of
+    several sequences (SWAG's [n, C, L] choices) is as long as its longest."""
+    mask = split.arrays["input_mask"]
+    return mask.sum(axis=-1).reshape(len(mask), -1).max(axis=1).astype(np.int64)
+
+
+def cut(arrays: dict, length: int, token_shape: tuple[int, ...]) -> dict:
+    """`arrays` with every per-token array (rows of `token_shape`, input_ids' row shape:
+    the inputs, NER's label ids and weights, SWAG's [C, L] choices) cut to its first `length`
+    positions along the last axis; per-row arrays (labels, answer positions, weights) as
+    they are."""
+    return {k: v[..., :length] if v.shape[1:] == token_shape else v for k, v in arrays.items()}
 
 
 def choose_lengths(lengths: np.ndarray, count: int, max_seq_len: int) -> tuple[int, ...]:
@@ -136,13 +146,10 @@ class Plan:
 
 
 def take(split: batches.Split, rows: np.ndarray, length: int, keys=None) -> dict:
-    """batches.take's batch with the model's inputs (INPUT_KEYS) cut to `length` tokens;
-    labels (and SQuAD's answer positions, always inside a row's real tokens) as they are."""
-    batch = batches.take(split, rows, keys)
-    for key in batches.INPUT_KEYS:
-        if key in batch:
-            batch[key] = batch[key][:, :length]
-    return batch
+    """batches.take's batch with its per-token arrays cut to `length` tokens (`cut`): nothing
+    real is lost, as every row of a bucket fits in it; per-row labels (and SQuAD's answer
+    positions, always inside a row's real tokens) as they are."""
+    return cut(batches.take(split, rows, keys), length, split.arrays["input_ids"].shape[1:])
 
 
 def check_count(count) -> None:
@@ -159,9 +166,9 @@ def predict(predict_fn, params, split: batches.Split, batch_size: int, mesh,
     """The model's outputs (each [n, ...]) on every row of `split`, in the split's order: rows
     grouped by the smallest of `bucket_lengths` that holds them, each group in batches of
     `batch_size` (the last padded, its padding rows dropped), so each row counts exactly once.
-    `token_outputs`: the outputs have a sequence axis (SQuAD's logits), restored to
-    max_seq_len with -inf beyond the bucket (positions past a row's real tokens are padding,
-    which decoding leaves out)."""
+    `token_outputs`: the outputs have a sequence axis second (SQuAD's start/end logits [n, L],
+    NER's [n, L, K]), restored to max_seq_len with -inf beyond the bucket (positions past a
+    row's real tokens are padding, which decoding leaves out)."""
     import jax
 
     from bertjax.train import sharding

@@ -36,11 +36,17 @@ def real_tokens(batch) -> jax.Array:
     return jnp.sum(mask_BxL * weights.reshape(weights.shape + (1,) * (mask_BxL.ndim - 1)))
 
 
-def example_objective(example_sums: Callable[[object, dict], dict],
-                      means: dict[str, str]) -> Objective:
+def real_rows(batch) -> jax.Array:
+    """The batch's real rows (the sum of `weights`; rows of weight 0 only pad the batch)."""
+    return jnp.sum(batch["weights"].astype(jnp.float32))
+
+
+def example_objective(example_sums: Callable[[object, dict], dict], means: dict[str, str],
+                      count: Callable[[dict], jax.Array] = real_rows) -> Objective:
     """A fine-tuning loss for `step.train_step`: `example_sums(outputs, batch)` gives weighted
-    sums over the rows (`loss_sum`, `weight_sum`, ...); the loss is `loss_sum` over the global
-    batch's real rows (taken over the whole batch, so micro-batches add up); the metrics are
+    sums (`loss_sum`, `weight_sum`, ...) over what the loss averages, `count(batch)` how many
+    of those the global batch holds (by default its real rows); the loss is `loss_sum` over
+    `count` of the whole global batch (so micro-batches add up exactly); the metrics are
     `means` (metric -> sum key) over `weight_sum`, and the real tokens the step read."""
 
     def sums(model, params, batch, dropout_rng, deterministic):
@@ -49,7 +55,7 @@ def example_objective(example_sums: Callable[[object, dict], dict],
 
     def denominators(batch):
         # At least 1: a batch of padding alone (never built, but cheap to allow) gives 0, not NaN.
-        return jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
+        return jnp.maximum(count(batch), 1.0)
 
     def loss(sums, denominator):
         return sums["loss_sum"] / denominator
@@ -57,6 +63,28 @@ def example_objective(example_sums: Callable[[object, dict], dict],
     return Objective(sums, denominators, loss, lambda s: losses.weighted_means(s, means))
 
 
-def finetuning_head(model, spec: hf.HeadSpec, example_sums, means: dict[str, str]) -> Head:
-    """A Head of `model` with `example_objective(example_sums, means)` and `predict_step`."""
-    return Head(model, example_objective(example_sums, means), predict_step, spec)
+def finetuning_head(model, spec: hf.HeadSpec, example_sums, means: dict[str, str],
+                    count: Callable[[dict], jax.Array] = real_rows) -> Head:
+    """A Head of `model` with `example_objective(example_sums, means, count)` and
+    `predict_step`."""
+    return Head(model, example_objective(example_sums, means, count), predict_step, spec)
+
+
+def export_folder(out, params, model_cfg, tokenizer, spec: hf.HeadSpec) -> None:
+    """`out`: a folder transformers' `spec.architecture` (and, for WordPiece, BertTokenizer)
+    loads, written beside and moved into place (a failed export leaves nothing
+    complete-looking); `out` is the run's own WORKDIR/hf_model, replaced if there."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        hf.write_folder(params, model_cfg, tmp, spec=spec)
+        tokenizer.save(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -5,15 +5,12 @@ that transformers' BertForQuestionAnswering loads."""
 
 import dataclasses
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from bertjax import hf
 from bertjax.errors import UserError
-from bertjax.finetune import batches, span_head, squad_data, squad_decode, squad_features
+from bertjax.finetune import batches, heads, span_head, squad_data, squad_decode, squad_features
 
 DEFAULT_CONFIG = "finetune_squad"
 VERSIONS = {"squad": "v1.1", "squad_v2": "v2.0"}  # task name -> SQuAD version
@@ -199,18 +196,8 @@ class SquadKind:
 
     def export(self, out: Path, params, model_cfg, tokenizer) -> None:
         """`out`: a folder transformers.BertForQuestionAnswering (and, for WordPiece,
-        BertTokenizer) loads, written beside and moved into place (a failed export leaves
-        nothing complete-looking)."""
-        out = Path(out)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            hf.write_folder(params, model_cfg, tmp, spec=span_head.HF_SPEC)
-            tokenizer.save(tmp)
-            shutil.rmtree(out, ignore_errors=True)
-            tmp.rename(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        BertTokenizer) loads (heads.export_folder)."""
+        heads.export_folder(out, params, model_cfg, tokenizer, span_head.HF_SPEC)
 
 
 def real_positions(split: batches.Split, outputs):

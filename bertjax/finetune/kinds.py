@@ -15,6 +15,8 @@ from bertjax.errors import UserError
 KIND_MODULES = (
     "bertjax.finetune.kind_glue",  # GLUE: sentence(-pair) classification and regression
     "bertjax.finetune.kind_squad",  # SQuAD v1.1 / v2.0: span extraction
+    "bertjax.finetune.kind_ner",  # CoNLL-2003 and other CoNLL-format NER: token classification
+    "bertjax.finetune.kind_swag",  # SWAG: multiple choice
 )
 
 
@@ -27,7 +29,7 @@ class TaskKind(Protocol):
     output_splits: tuple[str, ...]  # whose predictions are written after training (if loaded)
     min_seq_len: int  # the shortest data.max_seq_len that leaves room for text
     exports_model: bool  # whether `export` writes the fine-tuned model after training
-    token_outputs: bool  # outputs have a sequence axis (SQuAD's logits): see buckets.predict
+    token_outputs: bool  # outputs have a sequence axis (SQuAD's, NER's logits): buckets.predict
     train_examples: int | None  # the published training set's size (bench estimates)
 
     def load_examples(self) -> dict: ...  # split -> examples, before the model is loaded

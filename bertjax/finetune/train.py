@@ -1,7 +1,8 @@
 """Fine-tuning runs of every task kind on the pretraining machinery (mesh and logical rules,
 optax AdamW, the one step set-up, orbax checkpoints, metrics.jsonl): one loop for all; what
 differs per kind (head, encoding, loss, decoding, metrics, output files) is a
-`kinds.TaskKind`. The configs are `bertjax/configs/finetune_glue.py` and `finetune_squad.py`."""
+`kinds.TaskKind`. The configs are `bertjax/configs/finetune_glue.py`, `finetune_squad.py`,
+`finetune_ner.py` and `finetune_swag.py`."""
 
 import dataclasses
 import json
@@ -130,7 +131,7 @@ def run_model_config(cfg, loaded_cfg, lengths):
 class Prepared:
     """What every learning rate's run shares: loaded once, before any compilation."""
 
-    cfg: object  # the run's ConfigDict (configs/finetune_glue.py, finetune_squad.py)
+    cfg: object  # the run's ConfigDict (configs/finetune_*.py)
     kind: TaskKind
     mesh: object
     model_cfg: object  # the pretrained model's BertConfig
@@ -195,16 +196,16 @@ def train_epoch(run: Prepared, session: Session, state, epoch: int, step: int, s
     batch_size = train_cfg.global_batch_size
     steps_per_epoch = run.plan.steps_per_epoch(batch_size)
     for length, rows in run.plan.epoch(batch_size, train_cfg.seed, epoch):
-        batch = batches.local_slice(
-            buckets.take(train, rows, length), jax.process_index(), jax.process_count()
-        )
+        whole = buckets.take(train, rows, length)
+        batch = batches.local_slice(whole, jax.process_index(), jax.process_count())
         state, metrics = session.train_fn(
             state, sharding.global_batch(batch, run.mesh), session.dropout_rng
         )
         step += 1
         is_log = step % train_cfg.log_every == 0 or step % steps_per_epoch == 0
-        # The tokens this step computed, padding included (its bucket's length, not max_seq_len).
-        step_metrics.dispatched(step, metrics, log=is_log, tokens=batch_size * length)
+        # The tokens this step computed, padding included (its bucket's length, not
+        # max_seq_len; every choice of a multiple-choice example).
+        step_metrics.dispatched(step, metrics, log=is_log, tokens=whole["input_ids"].size)
     step_metrics.flush()
     return state, step
 
@@ -269,7 +270,8 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
         f"warm-up {session.warmup_steps} steps"
     )
     writer = MetricsWriter(workdir, total, enabled=jax.process_index() == 0)
-    step_metrics = StepMetrics(writer, batch_size * cfg.data.max_seq_len, 0, remedy=NAN_REMEDY)
+    tokens_per_step = batch_size * train.arrays["input_ids"][:1].size  # [.., max_seq_len]
+    step_metrics = StepMetrics(writer, tokens_per_step, 0, remedy=NAN_REMEDY)
     state, results, step = session.state, {}, 0
     try:
         for epoch in range(epochs):
@@ -355,10 +357,11 @@ def prepare(cfg, workdir) -> Prepared:
 
 
 def finetune(cfg, workdir) -> dict:
-    """Fine-tunes by `cfg` (a config with the keys of `configs/finetune_glue.py`, or of
-    `finetune_squad.py` for SQuAD) at each of optim.learning_rates (each in WORKDIR/lr_<lr> when
-    there are several) and returns the dev metrics of the best run by the task's main metric;
-    they are written to WORKDIR/eval_results.json, its predictions to WORKDIR/predictions."""
+    """Fine-tunes by `cfg` (a config with the keys of `configs/finetune_glue.py`, plus its
+    kind's section: `finetune_squad.py`, `finetune_ner.py`) at each of optim.learning_rates
+    (each in WORKDIR/lr_<lr> when there are several) and returns the dev metrics of the best
+    run by the task's main metric; they are written to WORKDIR/eval_results.json, its
+    predictions to WORKDIR/predictions."""
     import jax
 
     run = prepare(cfg, workdir)

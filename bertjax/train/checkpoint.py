@@ -315,8 +315,10 @@ def is_checkpoint_dir(path) -> bool:
     return d.exists() and any(p.name.isdigit() for p in d.iterdir())
 
 
-def load_model(path, step: int | None = None) -> LoadedModel:
-    """Loads a model from a training workdir (newest checkpoint, or `step`) or an HF folder."""
+def load_model(path, step: int | None = None, encoder_only: bool = False) -> LoadedModel:
+    """Loads a model from a training workdir (newest checkpoint, or `step`) or an HF folder.
+    `encoder_only`: an HF folder may hold any BERT model (a fine-tuned head's too), and only
+    its encoder (`bert`) is read."""
     from bertjax import hf, model_config
     from bertjax.train import workdir_io
 
@@ -333,6 +335,9 @@ def load_model(path, step: int | None = None) -> LoadedModel:
         if step is not None:
             raise UserError(f"{path} is a HuggingFace folder: --step applies to checkpoints only")
         try:
+            if encoder_only:
+                model_cfg, params, tokenizer_files = hf.read_encoder(path)
+                return LoadedModel(model_cfg, params, path, tokenizer_files)
             loaded = hf.load_pretrained(path)
         except hf.CheckpointError as e:
             raise UserError(str(e)) from None
