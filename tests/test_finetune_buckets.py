@@ -470,7 +470,22 @@ def test_bench_finetune_buckets_prints_the_side_by_side_table(capsys):
     assert all(r["bucket_lengths"] == [24] for r in runs if r["length_buckets"] == 0)
     assert result["examples_per_s_ratio"] == pytest.approx(
         result["mean"]["bucketed"]["examples_per_s"] / result["mean"]["padded"]["examples_per_s"])
-    spread = [abs(runs[i]["dev_accuracy"] - runs[i + 2]["dev_accuracy"]) for i in (0, 1)]
+    spread = [abs(runs[i]["dev_score"] - runs[i + 2]["dev_score"]) for i in (0, 1)]
     assert result["noise_band"] == pytest.approx(max(spread))  # seed to seed, within a side
     assert "bucketed / padded examples/s" in out and "noise band" in out
     assert "epoch 1 compiles every batch shape" in out
+
+
+@pytest.mark.slow  # two tiny SQuAD-style runs: ~40 s
+def test_bench_finetune_buckets_runs_the_squad_task(capsys):
+    """--task squad: generated extractive questions on demo-corpus text, bucketed and padded,
+    scored by dev F1 (the `first-half` rule of the sst2 task is refused with it)."""
+    argv = ("bench finetune-buckets --task squad --train 96 --dev 24 --epochs 2 "
+            "--batch-size 16 --length-buckets 2 --seeds 1 --json")
+    assert cli.main(argv.split()) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["task"] == "squad" and [r["length_buckets"] for r in result["runs"]] == [2, 0]
+    assert all(0 <= r["dev_score"] <= 100 for r in result["runs"])
+    assert "dev F1" in out and "SQuAD-style questions" in out
+    assert cli.main(["bench", "finetune-buckets", "--task", "squad", "--rule", "first-half"]) == 2

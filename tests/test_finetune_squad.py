@@ -14,12 +14,13 @@ import pytest
 
 from bertjax import cli
 from bertjax.data import load_tokenizer
-from bertjax.finetune import span_head, squad_data, squad_features, squad_metrics
+from bertjax.finetune import demo_tasks, span_head, squad_data, squad_features, squad_metrics
 from bertjax.train import checkpoint
 from bertjax.train.metrics_writer import read_metrics
 from tests.helpers import save_tiny_encoder
 
-QUESTION = "What does the text say in parentheses?"
+QUESTION = demo_tasks.SQUAD_QUESTION
+parenthesised, squad_json = demo_tasks.parenthesised, demo_tasks.squad_json
 SEQ, HIDDEN = 64, 64
 # Windows of 64 tokens, questions cut to 16 tokens, stride 16: long contexts span 2-3 windows.
 WINDOWS = ["--max-seq-len", str(SEQ), "--max-query-length", "16", "--doc-stride", "16"]
@@ -34,71 +35,18 @@ def demo_sentences(out: Path) -> list[str]:
     return list(dict.fromkeys(line for line in lines if line))
 
 
-def parenthesised(sentence: str) -> tuple[int, int] | None:
-    """[start, end) of the text inside the sentence's one pair of parentheses, if it has
-    exactly one (of 1-6 words) and no quotes, else None."""
-    if sentence.count("(") != 1 or sentence.count(")") != 1 or '"' in sentence:
-        return None
-    start, end = sentence.index("(") + 1, sentence.index(")")
-    return (start, end) if start < end and 1 <= len(sentence[start:end].split()) <= 6 else None
-
-
-def squad_json(groups, version: str = "1.1") -> dict:
-    """An official-format SQuAD file: one paragraph per group of (sentence, answer span or
-    None) whose context is the sentences joined by spaces; a question per group, unanswerable
-    (v2.0) when no sentence has a span."""
-    data = []
-    for g, group in enumerate(groups):
-        context, qa = "", {"id": f"q{g}", "question": QUESTION, "answers": []}
-        for sentence, span in group:
-            offset = len(context) + (1 if context else 0)
-            context = f"{context} {sentence}" if context else sentence
-            if span:
-                text = sentence[span[0] : span[1]]
-                qa["answers"].append({"text": text, "answer_start": offset + span[0]})
-        if version == "v2.0":
-            qa["is_impossible"] = not qa["answers"]
-        data.append({"title": f"t{g}", "paragraphs": [{"context": context, "qas": [qa]}]})
-    return {"version": version, "data": data}
-
-
-def split_corpus(sentences: list[str]):
-    """(sentences with one parenthesised span, sentences without parentheses or quotes), each
-    of 4-18 words."""
-    short = [s for s in sentences if 4 <= len(s.split()) <= 18]
-    return [s for s in short if parenthesised(s)], [s for s in short if not set('()"') & set(s)]
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """(parenthesised sentences, fillers, every sentence) of the demo corpus."""
     sentences = demo_sentences(tmp_path_factory.mktemp("corpus"))
-    spans, fillers = split_corpus(sentences)
+    spans, fillers = demo_tasks.squad_sentences(sentences)
     assert len(spans) > 700 and len(fillers) > 3000, (len(spans), len(fillers))
     return spans, fillers, sentences
 
 
 def paren_task(corpus, folder: Path, n_train: int, n_dev: int) -> list[list[str]]:
-    """train-v1.1.json / dev-v1.1.json: each context a parenthesised sentence and a filler in
-    random order, the answer the text in the parentheses; dev uses sentences training never
-    sees. Returns each dev context's sentences (for the baselines)."""
-    spans, fillers, _ = corpus
-    rng = np.random.default_rng(0)
-    spans = [spans[i] for i in rng.permutation(len(spans))]
-    fillers = [fillers[i] for i in rng.permutation(len(fillers))]
-    dev_spans, dev_fillers = spans[:150], fillers[:300]
-    folder.mkdir(parents=True, exist_ok=True)
-    dev_contexts = []
-    for name, n, (pool, pad) in (("train", n_train, (spans[150:], fillers[300:])),
-                                 ("dev", n_dev, (dev_spans, dev_fillers))):
-        groups = []
-        for _ in range(n):
-            pair = (pool[rng.integers(len(pool))], pad[rng.integers(len(pad))])
-            groups.append([(pair[i], parenthesised(pair[i])) for i in rng.permutation(2)])
-        (folder / f"{name}-v1.1.json").write_text(json.dumps(squad_json(groups)))
-        if name == "dev":
-            dev_contexts = [[s for s, _ in g] for g in groups]
-    return dev_contexts
+    """demo_tasks.write_squad_task on the corpus's sentences."""
+    return demo_tasks.write_squad_task(corpus[2], folder, n_train=n_train, n_dev=n_dev)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
-"""Generated NER and SWAG-style tasks on the demo corpus's real text, and their baselines.
+"""Generated NER, SWAG-style and SQuAD-style tasks on the demo corpus's real text, and their
+baselines.
 
     documents = corpus_documents(folder)            # `python -m bertjax.data.demo_corpus folder`
     write_ner_task(documents, "ner/")               # train.txt / valid.txt / test.txt (CoNLL)
     write_swag_task(documents, "swag/")             # train.csv / val.csv / test.csv (SWAG)
+    write_squad_task(sentences, "squad/")           # train-v1.1.json / dev-v1.1.json
 
 NER: sentences cut into words and punctuation; a run of capitalised words right after "the"
 is one ORG entity ("the Python Software Foundation"), every number a NUM entity, the rest O.
@@ -10,13 +12,17 @@ Capitals carry the ORG rule: a model learns it with a cased tokenizer. Multiple 
 true continuation of a sentence against three taken from sentences of other documents, the
 true one at a random position. Splits never share a document. The baselines a learnt model
 must beat: tagging every word with the most frequent training tag (O: entity F1 0) and the
-chance level of four choices (accuracy 0.25).
+chance level of four choices (accuracy 0.25). Extractive QA: a context of a sentence with one
+parenthesised span and a filler sentence, in random order; the answer is the text in the
+parentheses (answering the first sentence, or the whole sentence holding the parentheses,
+scores F1 below 50).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 from collections import Counter
@@ -219,3 +225,71 @@ def majority_label_accuracy(train_labels: Sequence[int], dev_labels: Sequence[in
     CHANCE_ACCURACY when the true ending's position is uniformly random)."""
     majority = Counter(int(x) for x in train_labels).most_common(1)[0][0]
     return float(np.mean(np.asarray(dev_labels) == majority))
+
+
+SQUAD_QUESTION = "What does the text say in parentheses?"
+
+
+def parenthesised(sentence: str) -> tuple[int, int] | None:
+    """[start, end) of the text inside the sentence's one pair of parentheses, if it has
+    exactly one (of 1-6 words) and no quotes, else None."""
+    if sentence.count("(") != 1 or sentence.count(")") != 1 or '"' in sentence:
+        return None
+    start, end = sentence.index("(") + 1, sentence.index(")")
+    return (start, end) if start < end and 1 <= len(sentence[start:end].split()) <= 6 else None
+
+
+def squad_json(groups, version: str = "1.1") -> dict:
+    """An official-format SQuAD file: one paragraph per group of (sentence, answer span or
+    None) whose context is the sentences joined by spaces; a question per group, unanswerable
+    (v2.0) when no sentence has a span."""
+    data = []
+    for g, group in enumerate(groups):
+        context, qa = "", {"id": f"q{g}", "question": SQUAD_QUESTION, "answers": []}
+        for sentence, span in group:
+            offset = len(context) + (1 if context else 0)
+            context = f"{context} {sentence}" if context else sentence
+            if span:
+                text = sentence[span[0] : span[1]]
+                qa["answers"].append({"text": text, "answer_start": offset + span[0]})
+        if version == "v2.0":
+            qa["is_impossible"] = not qa["answers"]
+        data.append({"title": f"t{g}", "paragraphs": [{"context": context, "qas": [qa]}]})
+    return {"version": version, "data": data}
+
+
+def squad_sentences(sentences: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(sentences with one parenthesised span, sentences without parentheses or quotes), each
+    of 4-18 words."""
+    short = [s for s in sentences if 4 <= len(s.split()) <= 18]
+    return [s for s in short if parenthesised(s)], [s for s in short if not set('()"') & set(s)]
+
+
+def write_squad_task(sentences: Sequence[str], out_dir, *, n_train: int, n_dev: int,
+                     seed: int = 0) -> list[list[str]]:
+    """train-v1.1.json / dev-v1.1.json in `out_dir`: each context a parenthesised sentence and
+    a filler in random order, the answer the text in the parentheses; dev uses sentences
+    training never sees (the first 150 parenthesised ones and 300 fillers of a seeded order).
+    Returns each dev context's sentences (for the baselines)."""
+    spans, fillers = squad_sentences(sentences)
+    if len(spans) <= 150 or len(fillers) <= 300:
+        raise UserError(f"{len(spans)} sentences with parentheses and {len(fillers)} without: "
+                        "too few for a SQuAD-style task (more than 150 and 300)")
+    rng = np.random.default_rng(seed)
+    spans = [spans[i] for i in rng.permutation(len(spans))]
+    fillers = [fillers[i] for i in rng.permutation(len(fillers))]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files, dev_contexts = {}, []
+    for name, n, (pool, pad) in (("train", n_train, (spans[150:], fillers[300:])),
+                                 ("dev", n_dev, (spans[:150], fillers[:300]))):
+        groups = []
+        for _ in range(n):
+            pair = (pool[rng.integers(len(pool))], pad[rng.integers(len(pad))])
+            groups.append([(pair[i], parenthesised(pair[i])) for i in rng.permutation(2)])
+        files[out_dir / f"{name}-v1.1.json"] = json.dumps(squad_json(groups))
+        if name == "dev":
+            dev_contexts = [[sentence for sentence, _ in group] for group in groups]
+    _refuse_existing(list(files))
+    _publish(files)
+    return dev_contexts
