@@ -52,6 +52,7 @@ def launch(data_dir, workdir: Path, *extra) -> list[subprocess.Popen]:
              "--workdir", str(workdir), "--coordinator", f"127.0.0.1:{port}",
              "--num-processes", "2", "--process-id", str(i),
              f"--config.data.train_dir={data_dir}", f"--config.train.steps={STEPS}",
+             "--config.optim.warmup_steps=2",
              "--config.train.global_batch_size=8", "--config.train.log_every=1",
              "--config.train.eval_every=0", "--config.model.num_hidden_layers=1",
              f"--config.train.peer_timeout_s={PEER_TIMEOUT_S}", *extra],

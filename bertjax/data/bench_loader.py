@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from bertjax import outputs
 from bertjax.data.synthetic import synthetic_dataset
 
 
@@ -39,17 +40,20 @@ def run_loader_benchmark(
     whole_word: bool = False,
 ) -> dict:
     """Loader sequences/s for each worker count (0 = background threads), plus the
-    single-thread synchronous rate. Builds a generated dataset in `data_dir` unless one
-    with `num_instances` instances of `max_seq_len` tokens is already there."""
+    single-thread synchronous rate. Times the dataset in `data_dir` when there is one (it is
+    only read), else builds a generated one of `num_instances` instances of `max_seq_len`
+    tokens there."""
     from bertjax.data.loader import default_masking
     from bertjax.data.shards import open_dataset
 
     data_dir = Path(data_dir)
-    reuse = False
-    if (data_dir / "manifest.json").exists():
+    found = outputs.holding(data_dir)
+    if found is not None and found.kind == outputs.DATASET and found.complete:
         ds = open_dataset(data_dir)
-        reuse = len(ds) == num_instances and ds.max_seq_len == max_seq_len
-    if not reuse:
+        print(f"timing the dataset in {data_dir} ({len(ds)} instances of {ds.max_seq_len} "
+              "tokens; --num-instances and --max-seq-len build a new one only)", file=sys.stderr)
+    else:
+        outputs.check_new_folder(data_dir, flag="--data")
         print(
             f"building {num_instances} generated instances at {max_seq_len} tokens in {data_dir}",
             file=sys.stderr,
@@ -58,7 +62,7 @@ def run_loader_benchmark(
         ds = open_dataset(data_dir)
     masking = default_masking(ds, whole_word=whole_word)
     result = {
-        "max_seq_len": max_seq_len,
+        "max_seq_len": ds.max_seq_len,
         "global_batch_size": global_batch_size,
         "num_instances": len(ds),
         "steps": steps,

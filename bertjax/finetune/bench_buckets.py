@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertjax import outputs
 from bertjax.errors import UserError
 
 MIN_WORDS, MAX_WORDS = 3, 40  # SST-2's sentences: a few words to a few dozen
@@ -220,6 +221,8 @@ def run(args) -> int:
     import jax
 
     check_args(args)
+    if args.workdir:  # its data, model and runs, never into a user's
+        outputs.check_new_folder(args.workdir)
     say = lambda *a: print(*a, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)

@@ -140,15 +140,18 @@ def config_from_args(args):
 def run(args) -> int:
     """Entry point of `bertjax finetune`."""
     from bertjax.finetune.train import finetune
-    from bertjax.train.distributed import initialize_distributed
+    from bertjax.train import distributed
 
     config = config_from_args(args)
-    initialize_distributed()  # before any other JAX call; a lone process does nothing
+    # Before any other JAX call; a lone process does nothing. With several, a lost one is
+    # named by the watchdog, as in pretraining.
+    distributed.initialize_distributed(peer_timeout_s=distributed.DEFAULT_PEER_TIMEOUT_S)
     try:
         result = finetune(config, args.workdir)
     except FloatingPointError as e:  # a diverged run: say where, without a traceback
         print(f"bertjax finetune: error: {e}", file=sys.stderr)
         return 1
+    distributed.finish()
     import jax
 
     if jax.process_index() == 0:

@@ -5,12 +5,11 @@ that transformers' BertForQuestionAnswering loads."""
 
 import dataclasses
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from bertjax import outputs
 from bertjax.errors import UserError
 from bertjax.finetune import batches, heads, span_head, squad_data, squad_decode, squad_features
 
@@ -172,16 +171,9 @@ class SquadKind:
         """`out`: a folder transformers.BertForQuestionAnswering (and, for WordPiece,
         BertTokenizer) loads, written beside and moved into place (a failed export leaves
         nothing complete-looking)."""
-        out = Path(out)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            span_head.write_folder(params, model_cfg, tmp)
-            tokenizer.save(tmp)
-            shutil.rmtree(out, ignore_errors=True)
-            tmp.rename(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with outputs.replacing_folder(out) as staging:
+            span_head.write_folder(params, model_cfg, staging)
+            tokenizer.save(staging)
 
 
 def real_positions(split: batches.Split, outputs):

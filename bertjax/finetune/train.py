@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from bertjax import outputs
 from bertjax.errors import UserError
 from bertjax.finetune import batches, buckets, heads
 
@@ -313,7 +314,7 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
         writer.close()
         ckpt.close()
     if jax.process_index() == 0:
-        (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        outputs.write_file(workdir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -375,6 +376,9 @@ def finetune(cfg, workdir) -> dict:
     they are written to WORKDIR/eval_results.json, its predictions to WORKDIR/predictions."""
     import jax
 
+    # A folder of its own: never a run's, a dataset's, or one holding the model or data read.
+    inputs = [p for p in (cfg.init, cfg.data, cfg.tokenizer) if p]
+    outputs.check_new_folder(workdir, inputs=inputs)
     run = prepare(cfg, workdir)
     workdir = Path(workdir)
     if len(cfg.learning_rates) == 1:
@@ -387,6 +391,6 @@ def finetune(cfg, workdir) -> dict:
             if (workdir / f"lr_{best:g}" / folder).is_dir():
                 shutil.copytree(workdir / f"lr_{best:g}" / folder, workdir / folder,
                                 dirs_exist_ok=True)
-        (workdir / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        outputs.write_file(workdir / RESULTS_FILE, json.dumps(result, indent=2) + "\n")
     _log(f"best learning rate {best:g}: dev {run.main_key} {runs[best][run.main_key]:.4f}")
     return result
