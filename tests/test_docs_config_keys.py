@@ -89,12 +89,18 @@ def check(config_name: str, overrides: list[str]) -> None:
     """What a run checks before compiling, on the devices the config's mesh asks for."""
     config = config_lib.load_config(config_name, overrides)
     if config_name.partition(":")[0] in (FINETUNE_DEFAULT, SQUAD_DEFAULT):
-        from bertjax.finetune.train import check_config, make_kind
+        from bertjax.configs import finetune_glue, finetune_squad
+        from bertjax.finetune.train import make_kind
 
-        check_config(config)
         if config_name.partition(":")[0] == SQUAD_DEFAULT:
-            make_kind(config)  # the SQuAD keys' checks
+            finetune_squad.SCHEMA.check(config)
+            make_kind(config)  # the SQuAD kind's own checks
+        else:
+            finetune_glue.SCHEMA.check(config)
         return
+    from bertjax.configs import base
+
+    base.SCHEMA.check(config)
     devices = math.prod(v for v in config.mesh.values() if v > 0)
     config_lib.validate(config, devices, 1)
     config_lib.model_config(config.model, 30522)

@@ -11,6 +11,9 @@ sets any key, the flags win where both are given.
 
 import ml_collections
 
+from bertjax.train.config_schema import Float, Int, Rule, Schema, Str, Tuple
+from bertjax.train.optim import OPTIMIZERS, SCHEDULES
+
 PAPER_LEARNING_RATES = (2e-5, 3e-5, 5e-5)  # BERT paper, section A.3 (batch 32, 3 epochs)
 
 
@@ -57,3 +60,47 @@ def get_config():
         clip_norm=1.0,  # global gradient-norm clipping, as google-research/bert
     )
     return config
+
+
+# Every key above (dotted, as `--config.KEY`): its type, range and meaning, checked when
+# `bertjax finetune` starts, before anything is read.
+_MESH_AXIS = dict(low=-1, not_equal=(0,))  # an axis size, -1 = the remaining devices
+SCHEMA = Schema(
+    {
+        "task": Str("the task (--task)"),
+        "init": Str("pretraining workdir or HuggingFace folder (--init)"),
+        "init_step": Int("checkpoint step of init (--init-step)", low=0, none=True),
+        "data": Str("data directory (--data)", none=True),
+        "tokenizer": Str("tokenizer (--tokenizer)", none=True),
+        "max_seq_len": Int("tokens per example (--max-seq-len)", low=3),
+        "length_buckets": Int("static batch lengths, 0 = all padded (--length-buckets)", low=0),
+        "batch_size": Int("global batch size (--batch-size)", low=1),
+        "grad_accum_steps": Int("micro-batches per step (--grad-accum-steps)", low=1),
+        "epochs": Int("passes over the training split (--epochs)", low=1),
+        "learning_rates": Tuple("peak learning rates (--lr, --lr-sweep)",
+                                item=Float("a learning rate", above=0)),
+        "warmup": Float("fraction of the steps warming up (--warmup)", low=0, high=1),
+        "weight_decay": Float("decoupled weight decay (--weight-decay)", low=0),
+        "seed": Int("seed (--seed)", low=0),
+        "log_every": Int("steps between metrics lines (--log-every)", low=1),
+        "compilation_cache_dir": Str("persistent compilation cache"),
+        "mesh.data": Int("data-parallel axis (--mesh-data)", **_MESH_AXIS),
+        "mesh.fsdp": Int("fully sharded axis (--mesh-fsdp)", **_MESH_AXIS),
+        "mesh.tensor": Int("tensor-parallel axis (--mesh-tensor)", **_MESH_AXIS),
+        "optim.name": Str("optimizer", choices=tuple(OPTIMIZERS)),
+        "optim.schedule": Str("decay after warm-up", choices=tuple(SCHEDULES)),
+        "optim.end_lr": Float("learning rate at the last step", low=0),
+        "optim.power": Float("polynomial schedule's exponent", above=0),
+        "optim.b1": Float("Adam beta1", low=0, below=1),
+        "optim.b2": Float("Adam beta2", low=0, below=1),
+        "optim.eps": Float("Adam epsilon", above=0),
+        "optim.clip_norm": Float("global-norm clipping, 0 = off", low=0),
+    },
+    rules=(
+        Rule(("learning_rates",), lambda rates: len(rates) == len(set(rates)) > 0,
+             "learning_rates must list at least one rate, none twice"),
+        Rule(("mesh.data", "mesh.fsdp", "mesh.tensor"), lambda *axes: axes.count(-1) <= 1,
+             "only one mesh axis may be -1"),
+    ),
+    source="bertjax/configs/finetune_glue.py",
+)

@@ -139,10 +139,14 @@ def config_from_args(args):
 
 def run(args) -> int:
     """Entry point of `bertjax finetune`."""
+    from bertjax.configs import finetune_glue, finetune_squad
+    from bertjax.finetune.kind_squad import canonical_name
     from bertjax.finetune.train import finetune
     from bertjax.train import distributed
 
     config = config_from_args(args)
+    # Every key's type and range, and the rules across keys, before anything is read.
+    (finetune_squad if canonical_name(config.task) else finetune_glue).SCHEMA.check(config)
     # Before any other JAX call; a lone process does nothing. With several, a lost one is
     # named by the watchdog, as in pretraining.
     distributed.initialize_distributed(peer_timeout_s=distributed.DEFAULT_PEER_TIMEOUT_S)

@@ -56,12 +56,7 @@ def check_config(cfg, name: str) -> None:
             "finetune_squad (the default for SQuAD tasks) or a config derived from it"
         )
     squad_features.check_window_sizes(cfg.max_seq_len, cfg.doc_stride, cfg.max_query_length)
-    for key in ("n_best_size", "max_answer_length"):
-        if cfg[key] < 1:
-            raise UserError(f"{SQUAD_KEYS[key]}={cfg[key]}: must be a positive integer")
     threshold = cfg.null_score_diff_threshold
-    if not math.isfinite(threshold):
-        raise UserError(f"--null-score-diff-threshold={threshold}: must be a finite number")
     if VERSIONS[name] == "v1.1" and threshold != 0:
         raise UserError(
             f"--null-score-diff-threshold={threshold} applies to SQuAD v2.0 (--task squad_v2) "

@@ -7,7 +7,6 @@ The configs are `bertjax/configs/finetune_glue.py` and `finetune_squad.py`."""
 import dataclasses
 import functools
 import json
-import math
 import shutil
 import sys
 from pathlib import Path
@@ -77,27 +76,6 @@ def _log(msg: str) -> None:
     from bertjax.train.step_metrics import log
 
     log("finetune", msg)
-
-
-def check_config(cfg) -> None:
-    """Raises UserError on values no run can use (before anything is loaded)."""
-    positive = {
-        "--batch-size": cfg.batch_size,
-        "--epochs": cfg.epochs,
-        "--grad-accum-steps": cfg.grad_accum_steps,
-        "--log-every": cfg.log_every,
-    }
-    for flag, value in positive.items():
-        if value < 1:
-            raise UserError(f"{flag}={value}: must be a positive integer")
-    buckets.check_count(cfg.length_buckets)
-    if not 0.0 <= cfg.warmup <= 1.0:
-        raise UserError(f"--warmup={cfg.warmup}: a fraction of the steps, in [0, 1]")
-    bad = [lr for lr in cfg.learning_rates if not lr > 0 or not math.isfinite(lr)]
-    if bad or not cfg.learning_rates:
-        raise UserError(f"learning rates must be positive numbers, got {list(cfg.learning_rates)}")
-    if len(set(cfg.learning_rates)) != len(cfg.learning_rates):
-        raise UserError(f"--lr-sweep lists a rate twice: {list(cfg.learning_rates)}")
 
 
 # --- model ---------------------------------------------------------------------------------
@@ -329,7 +307,6 @@ def prepare(cfg, workdir) -> Prepared:
     from bertjax.train import compile_cache, sharding
 
     kind = make_kind(cfg)
-    check_config(cfg)
     cache_dir = compile_cache.enable(cfg.compilation_cache_dir, workdir, jax.process_count(),
                                      key="compilation_cache_dir")
     mesh = sharding.make_mesh(cfg.mesh)

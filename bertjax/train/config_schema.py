@@ -155,7 +155,7 @@ class Schema:
         if unknown:
             raise UserError(f"the config has key(s) bertjax does not read: {', '.join(unknown)} "
                             f"(the keys are those of {self.source})")
-        errors = [f"{k}={_get(config, k)!r} {why}" for k, key in self.keys.items()
+        errors = [f"{k}={_get(config, k)!r} {why} ({key.meaning})" for k, key in self.keys.items()
                   if _has(config, k) and (why := key.problem(_get(config, k))) is not None]
         if not errors:
             errors = [f"{rule.says} (" + ", ".join(f"{k}={_get(config, k)!r}" for k in rule.keys)
