@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script (`argv` None: this process's command line)."""
     interrupt.install()  # first: a Ctrl-C at any later moment ends as one line, exit 130
-    command = "bertjax"
+    words = sys.argv[1:] if argv is None else argv
+    command = "bertjax" + (f" {words[0]}" if words and not words[0].startswith("-") else "")
     try:
         args = build_parser().parse_args(argv)
         command = f"bertjax {args.command}"

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
 
 
 class Stopped(KeyboardInterrupt):
@@ -110,6 +111,9 @@ def blocked_while_starting() -> Iterator[None]:
     mask, so a Ctrl-C that reaches it (a terminal signals the whole process group) before its
     initializer calls `ignore_in_worker` waits instead of printing a KeyboardInterrupt
     traceback. A SIGINT meant for this process is delivered when the block ends."""
+    # multiprocessing starts its resource tracker on first use and unblocks SIGINT after
+    # doing so: started first, it leaves the mask alone inside the block.
+    resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield

@@ -68,3 +68,13 @@ def demo_corpus_file(out_dir) -> str:
                     "--num-files", "1"], check=True, capture_output=True, timeout=300)
     (path,) = sorted(Path(out_dir).glob("*.txt"))
     return str(path)
+
+
+def snapshot(folder) -> dict[str, str]:
+    """relative path -> sha256 of every file under `folder` (symlinks followed): equal before
+    and after a command means the command changed none of them."""
+    import hashlib
+
+    root = Path(folder)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
