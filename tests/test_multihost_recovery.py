@@ -19,6 +19,7 @@ import pytest
 
 from bertjax.data.synthetic import synthetic_dataset
 from bertjax.train import checkpoint
+from bertjax.train.config import load_config
 from bertjax.train.distributed import EXIT_LOST_PEER
 
 STEPS = 24
@@ -38,8 +39,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(data_dir, workdir: Path, *extra) -> list[subprocess.Popen]:
-    """The same `bertjax train` command on 2 processes of 2 CPU devices each."""
+def launch(data_dir, workdir: Path, *extra, peer_timeout_s=PEER_TIMEOUT_S) -> list[
+        subprocess.Popen]:
+    """The same `bertjax train` command on 2 processes of 2 CPU devices each (peer timeout
+    None: the config's default)."""
     port = free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu")
@@ -55,7 +58,8 @@ def launch(data_dir, workdir: Path, *extra) -> list[subprocess.Popen]:
              "--config.optim.warmup_steps=2",
              "--config.train.global_batch_size=8", "--config.train.log_every=1",
              "--config.train.eval_every=0", "--config.model.num_hidden_layers=1",
-             f"--config.train.peer_timeout_s={PEER_TIMEOUT_S}", *extra],
+             *([f"--config.train.peer_timeout_s={peer_timeout_s}"] if peer_timeout_s else []),
+             *extra],
             env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
         procs[-1].log_path = log.name
     return procs
@@ -165,3 +169,26 @@ def test_a_killed_peer_ends_the_run_within_the_bound_naming_it(data_dir, tmp_pat
     procs = run_to_end(data_dir, workdir, *extra)
     assert f"resuming from checkpoint step {last}" in output(procs[0])
     assert logged_step(workdir) == STEPS
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3 * LAUNCH_TIMEOUT_S)
+def test_with_the_default_settings_our_watchdog_names_a_killed_peer_first(data_dir, tmp_path):
+    """(d) The same with the default train.peer_timeout_s: process 0 exits with EXIT_LOST_PEER
+    within the timeout + 30 s, with our message naming process 1. Before: the runtime's own
+    heartbeat check aborted it first (SIGABRT at ~114 s, naming nobody). The wait is the
+    default timeout itself; the kill comes at the first step to keep the rest short."""
+    default = load_config("bert_tiny").train.peer_timeout_s
+    workdir = tmp_path / "run"
+    procs = launch(data_dir, workdir, peer_timeout_s=None)
+    wait_for_step(procs, workdir, 1)
+    procs[1].kill()
+    killed = time.monotonic()
+    codes = wait_all(procs, timeout=default + 60)
+    took = time.monotonic() - killed
+    out = output(procs[0])
+    print(f"\nSIGKILL of process 1, default peer timeout {default} s: process 0 exit code "
+          f"{codes[0]} after {took:.1f} s")
+    assert codes[0] == EXIT_LOST_PEER, out[-3000:]
+    assert took < default + 30
+    assert f"lost process 1 of 2 (no heartbeat for {default:.0f} s)" in out
