@@ -78,3 +78,11 @@ def snapshot(folder) -> dict[str, str]:
     root = Path(folder)
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# `python -m bertjax.cli ARGS`, with SIGINT honoured even when this test process runs with it
+# ignored (a shell starts background jobs so, and a child inherits an ignored signal):
+# [sys.executable, "-c", BERTJAX_WITH_SIGINT, *args].
+BERTJAX_WITH_SIGINT = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'bertjax'; runpy.run_module('bertjax.cli', run_name='__main__')")

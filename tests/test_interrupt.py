@@ -17,23 +17,18 @@ import numpy as np
 import pytest
 
 from bertjax.train import checkpoint
-from tests.helpers import snapshot
+from tests.helpers import BERTJAX_WITH_SIGINT, snapshot
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-
-
-# `python -m bertjax.cli` with SIGINT honoured even where this test runs with it ignored (a
-# shell starts background jobs so, and a child inherits an ignored signal).
-LAUNCH = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-          "sys.argv[0] = 'bertjax'; runpy.run_module('bertjax.cli', run_name='__main__')")
 
 
 def start(argv, log: Path) -> subprocess.Popen:
     """`bertjax ARGV` in a session of its own (Ctrl-C goes to its process group), output to
     files."""
     return subprocess.Popen(
-        [sys.executable, "-c", LAUNCH, *map(str, argv)], env=ENV, start_new_session=True,
-        stdout=open(log.with_suffix(".out"), "w"), stderr=open(log.with_suffix(".err"), "w"))
+        [sys.executable, "-c", BERTJAX_WITH_SIGINT, *map(str, argv)], env=ENV,
+        start_new_session=True, stdout=open(log.with_suffix(".out"), "w"),
+        stderr=open(log.with_suffix(".err"), "w"))
 
 
 def ctrl_c(proc, log: Path, when) -> tuple[int, str]:

@@ -21,6 +21,7 @@ from bertjax.data.synthetic import synthetic_dataset
 from bertjax.train import checkpoint
 from bertjax.train.config import load_config
 from bertjax.train.distributed import EXIT_LOST_PEER
+from tests.helpers import BERTJAX_WITH_SIGINT
 
 STEPS = 24
 PEER_TIMEOUT_S = 8
@@ -51,7 +52,7 @@ def launch(data_dir, workdir: Path, *extra, peer_timeout_s=PEER_TIMEOUT_S) -> li
     for i in range(2):
         log = open(workdir.parent / f"{workdir.name}.{i}.{port}.log", "w")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "bertjax.cli", "train", "--config", "bert_tiny",
+            [sys.executable, "-c", BERTJAX_WITH_SIGINT, "train", "--config", "bert_tiny",
              "--workdir", str(workdir), "--coordinator", f"127.0.0.1:{port}",
              "--num-processes", "2", "--process-id", str(i),
              f"--config.data.train_dir={data_dir}", f"--config.train.steps={STEPS}",
@@ -120,25 +121,32 @@ def uninterrupted(data_dir, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.timeout(3 * LAUNCH_TIMEOUT_S)
-@pytest.mark.parametrize("signalled", [(0, 1), (1,)], ids=["both", "one"])
+@pytest.mark.parametrize("signalled, sig", [((0, 1), signal.SIGTERM), ((1,), signal.SIGTERM),
+                                            ((1,), signal.SIGINT)],
+                         ids=["both", "one", "ctrl-c-one"])
 def test_sigterm_saves_the_same_step_on_every_process_and_the_rerun_is_exact(
-        signalled, data_dir, uninterrupted, tmp_path):
-    """(a) SIGTERM to both processes, (b) to process 1 only: both exit 0 within the bound,
-    with one checkpoint at one step, and the same command run again ends bit-identical to an
-    uninterrupted run. Before: both logged the signal and trained on, saving nothing."""
+        signalled, sig, data_dir, uninterrupted, tmp_path):
+    """(a) SIGTERM to both processes, (b) to process 1 only, (c) Ctrl-C (SIGINT) to process 1
+    only: both stop within the bound, with one checkpoint at one step (exit 0, and 130 for
+    Ctrl-C, whose line names the step), and the same command run again ends bit-identical to
+    an uninterrupted run. Before: both logged the signal and trained on, saving nothing."""
     workdir = tmp_path / "run"
     procs = launch(data_dir, workdir)
     wait_for_step(procs, workdir, 3)
     sent = time.monotonic()
     for i in signalled:
-        procs[i].send_signal(signal.SIGTERM)
+        procs[i].send_signal(sig)
     codes = wait_all(procs, timeout=120)
     took = time.monotonic() - sent
-    assert codes == [0, 0], "\n".join(output(p)[-3000:] for p in procs)
+    expected = [130 if sig == signal.SIGINT and i in signalled else 0 for i in range(2)]
+    assert codes == expected, "\n".join(output(p)[-3000:] for p in procs)
     saved = checkpoint.Checkpointer(workdir, read_only=True).all_steps()
     assert len(saved) == 1 and 3 <= saved[0] < STEPS, saved
     assert logged_step(workdir) == saved[0]  # nothing trained past the saved step
-    print(f"\nSIGTERM to process(es) {signalled}: exit codes {codes} after {took:.1f} s, "
+    if sig == signal.SIGINT:
+        assert (f"bertjax train: interrupted: saved the checkpoint of step {saved[0]}"
+                in output(procs[1]))
+    print(f"\n{sig.name} to process(es) {signalled}: exit codes {codes} after {took:.1f} s, "
           f"checkpoint at step {saved[0]}")
     run_to_end(data_dir, workdir)
     jax.tree.map(np.testing.assert_array_equal, uninterrupted, final_params(workdir))

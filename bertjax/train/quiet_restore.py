@@ -1,6 +1,7 @@
 """A checkpoint that fails to restore is one warning line: what orbax, tensorstore and asyncio
-log while the read fails (a traceback per array and per abandoned task: thousands of lines for
-a large model) is held back and dropped. BERTJAX_DEBUG=1 shows all of it and the full trace."""
+print while the read fails and after (a traceback per array, per abandoned task, per read that
+finishes after its event loop closed, per coroutine never awaited: thousands of lines for a
+large model) is held back and dropped. BERTJAX_DEBUG=1 shows all of it and the full trace."""
 
 import contextlib
 import gc
@@ -77,6 +78,8 @@ def attempt():
     hold, handlers = _Hold(), _handlers()
     for h in handlers:
         h.addFilter(hold)
+    if not getattr(sys.unraisablehook, "drops_closed_loop", False):  # they come mid-attempt
+        sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
     failed = False
     try:
         with warnings.catch_warnings():
@@ -87,8 +90,8 @@ def attempt():
         for h in handlers:
             if _DROP_ABANDONED not in h.filters:
                 h.addFilter(_DROP_ABANDONED)
-        if not getattr(sys.unraisablehook, "drops_closed_loop", False):
-            sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+        # Their coroutines, collected later, would each warn that they were never awaited.
+        warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
         gc.collect()  # the failed reads' tasks, while their records are still held back
         raise
     finally:
