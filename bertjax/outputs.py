@@ -121,13 +121,19 @@ def enclosing(path) -> tuple[Path, Holding] | None:
     return None
 
 
-def _check_inputs(out: Path, inputs: Iterable, flag: str) -> None:
+def _check_place(out: Path, inputs: Iterable, flag: str, what: str) -> None:
+    """Refuses an `out` that is or holds one of the command's inputs, or that is part of
+    something else (`enclosing`)."""
     target = out.resolve()
     for given in inputs:
         source = Path(given).resolve()
         if source == target or target in source.parents:
             raise UserError(f"{flag} {out} holds this command's input {given}: write the "
                             "output to another folder")
+    part_of = enclosing(out)
+    if part_of is not None:
+        raise UserError(f"{flag} {out} is inside {part_of[0]}, which holds {part_of[1].words}: "
+                        f"choose a {what} outside it")
 
 
 def check_folder(out, kind: str, *, overwrite: bool, inputs: Iterable = (),
@@ -137,11 +143,7 @@ def check_folder(out, kind: str, *, overwrite: bool, inputs: Iterable = (),
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} exists and is not a directory")
-    _check_inputs(out, inputs, flag)
-    part_of = enclosing(out)
-    if part_of is not None:
-        raise UserError(f"{flag} {out} is inside {part_of[0]}, which holds {part_of[1].words}: "
-                        "choose a folder outside it")
+    _check_place(out, inputs, flag, "folder")
     found = holding(out)
     if found is None or (found.kind == kind and (overwrite or not found.complete)):
         return
@@ -159,11 +161,7 @@ def check_new_folder(out, *, inputs: Iterable = (), flag: str = "--workdir") -> 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} exists and is not a directory")
-    _check_inputs(out, inputs, flag)
-    part_of = enclosing(out)
-    if part_of is not None:
-        raise UserError(f"{flag} {out} is inside {part_of[0]}, which holds {part_of[1].words}: "
-                        "choose a folder outside it")
+    _check_place(out, inputs, flag, "folder")
     found = holding(out)
     if found is not None:
         raise UserError(f"{flag} {out} already holds {found.words}: give a new or empty folder")
@@ -176,11 +174,7 @@ def check_file(out, *, overwrite: bool, inputs: Iterable = (), flag: str = "--ou
     out = Path(out)
     if out.is_dir():
         raise UserError(f"{flag} {out} is a folder: name the file to write")
-    _check_inputs(out, inputs, flag)
-    part_of = enclosing(out)
-    if part_of is not None:
-        raise UserError(f"{flag} {out} is inside {part_of[0]}, which holds {part_of[1].words}: "
-                        "choose a path outside it")
+    _check_place(out, inputs, flag, "path")
     if out.exists() and not overwrite:
         raise UserError(f"{flag} {out} already exists: pass --overwrite to replace it, or "
                         "choose another name")

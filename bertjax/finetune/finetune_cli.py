@@ -5,6 +5,7 @@ keys, then `finetune.train.finetune`."""
 import json
 import sys
 
+from bertjax import outputs
 from bertjax.errors import UserError
 from bertjax.train import config as config_lib
 
@@ -147,6 +148,10 @@ def run(args) -> int:
     config = config_from_args(args)
     # Every key's type and range, and the rules across keys, before anything is read.
     (finetune_squad if canonical_name(config.task) else finetune_glue).SCHEMA.check(config)
+    # A folder of its own: never a run's, a dataset's, or one holding the model or data read.
+    # Checked by every process before they join, so before any of them writes there.
+    inputs = [p for p in (config.init, config.data, config.tokenizer) if p]
+    outputs.check_new_folder(args.workdir, inputs=inputs)
     # Before any other JAX call; a lone process does nothing. With several, a lost one is
     # named by the watchdog, as in pretraining.
     distributed.initialize_distributed(peer_timeout_s=distributed.DEFAULT_PEER_TIMEOUT_S)

@@ -353,9 +353,6 @@ def finetune(cfg, workdir) -> dict:
     they are written to WORKDIR/eval_results.json, its predictions to WORKDIR/predictions."""
     import jax
 
-    # A folder of its own: never a run's, a dataset's, or one holding the model or data read.
-    inputs = [p for p in (cfg.init, cfg.data, cfg.tokenizer) if p]
-    outputs.check_new_folder(workdir, inputs=inputs)
     run = prepare(cfg, workdir)
     workdir = Path(workdir)
     if len(cfg.learning_rates) == 1:
