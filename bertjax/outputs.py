@@ -30,7 +30,7 @@ KIND_NAMES = {
     EXPORT: "a HuggingFace model folder",
     DEMO: "a bertjax demo folder",
 }
-# The files `bertjax tokenizer train` writes (data/tokenizer_train.py's OUTPUT_FILES).
+# The files a trained tokenizer is saved as (data/tokenizer.py: vocab or model, and its config).
 TOKENIZER_FILES = ("tokenizer_config.json", "spm.vocab", "vocab.txt", "spm.model")
 # What bertjax writes into a run's folder: anything at these names belongs to the run.
 RUN_ENTRIES = ("checkpoints", "checkpoints_damaged", "metrics.jsonl", "config.json", "tb",
