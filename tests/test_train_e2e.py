@@ -124,7 +124,7 @@ def test_cli_trains_evaluates_and_writes_metrics(data_dir, tmp_path, capsys):
             ],
             "cannot be split 2 ways",
         ),
-        (["--config.optim.name=sgd"], "optim.name='sgd': expected one of"),
+        (["--config.optim.name=sgd"], "optim.name='sgd' must be one of adamw, lamb"),
         (["--config.data.eval_dir=/nonexistent"], "evaluation dataset /nonexistent does not exist"),
     ],
 )
