@@ -98,7 +98,8 @@ def holding(path) -> Holding | None:
         shards = sum(n.startswith("shard-") for n in names)
         if "manifest.json" in names:
             return Holding(DATASET, f"a bertjax dataset (manifest.json, {shards} shard files)")
-        return Holding(DATASET, "an incomplete bertjax dataset (no manifest.json)", False)
+        if any(n.startswith(("shard-", ".shard-")) for n in names):
+            return Holding(DATASET, "an incomplete bertjax dataset (no manifest.json)", False)
     if "config.json" in names and any(n.endswith((".safetensors", ".bin")) for n in names):
         return Holding(EXPORT, f"a HuggingFace model folder ({_listed(names)})")
     if set(names) <= set(TOKENIZER_FILES) and {"vocab.txt", "spm.model"} & set(names):

@@ -57,6 +57,8 @@ def test_what_a_folder_holds(world):
     assert kinds == {"data": "dataset", "run": "run", "export": "export", "tok": "tokenizer",
                      "notes": None}
     assert outputs.holding(world["root"] / "missing") is None
+    (world["root"] / "only" / "tokenizer").mkdir(parents=True)  # a folder named so: no dataset
+    assert outputs.holding(world["root"] / "only").kind is None
     part_of = {name: outputs.enclosing(world[name[0]] / name[1])
                for name in (("run", "checkpoints"), ("run", "hf"), ("data", "eval"),
                             ("data", "tokenizer"), ("export", "x"), ("notes", "x"))}
