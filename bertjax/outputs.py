@@ -4,7 +4,7 @@ its target so that it replaces the target only when complete.
 
 An output goes to a folder (or file) that is new or empty, or, with --overwrite, one that holds
 an output of the same kind. Never to one holding anything else, never inside a dataset, an
-export, a tokenizer or a demo, never over a run's own files, never over the command's input. No
+export or a tokenizer, never over a run's own files, never over the command's input. No
 command deletes what it did not write.
 """
 
@@ -109,13 +109,14 @@ def holding(path) -> Holding | None:
 
 def enclosing(path) -> tuple[Path, Holding] | None:
     """The folder above `path` that `path` is part of, with what it holds: a dataset, an
-    export, a tokenizer or a demo folder, or a run when `path` is one of the run's own
-    entries (its checkpoints, metrics, ...); None when `path` is part of none."""
+    export or a tokenizer, or a run when `path` is one of the run's own entries (its
+    checkpoints, metrics, ...); None when `path` is part of none. (A demo folder's parts are
+    outputs of their own kinds, which the demo replaces.)"""
     child = Path(path).absolute()
     for parent in child.parents:
         found = holding(parent)
         if found is not None and (
-                found.kind in (DATASET, EXPORT, TOKENIZER, DEMO)
+                found.kind in (DATASET, EXPORT, TOKENIZER)
                 or (found.kind == RUN and child.name in RUN_ENTRIES)):
             return parent, found
         child = parent
@@ -170,7 +171,7 @@ def check_new_folder(out, *, inputs: Iterable = (), flag: str = "--workdir") -> 
 
 def check_file(out, *, overwrite: bool, inputs: Iterable = (), flag: str = "--out") -> None:
     """Raises UserError unless the file `out` may be written: not a folder, not part of a
-    dataset, export, tokenizer or demo, not one of a run's own files, and (without
+    dataset, export or tokenizer, not one of a run's own files, and (without
     `overwrite`) not an existing file."""
     out = Path(out)
     if out.is_dir():

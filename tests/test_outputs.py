@@ -59,6 +59,14 @@ def test_what_a_folder_holds(world):
     assert outputs.holding(world["root"] / "missing") is None
     (world["root"] / "only" / "tokenizer").mkdir(parents=True)  # a folder named so: no dataset
     assert outputs.holding(world["root"] / "only").kind is None
+    demo = world["root"] / "demo"  # what `bertjax demo` leaves: a rerun may use it again
+    (demo / "corpus").mkdir(parents=True)
+    (demo / "corpus" / "DONE.json").write_text("{}")
+    shutil.copytree(world["data"], demo / "data")
+    fake_run(demo / "run")
+    assert outputs.holding(demo).kind == "demo"
+    outputs.check_folder(demo, outputs.DEMO, overwrite=True, flag="--workdir")
+    assert outputs.enclosing(demo / "run" / "checkpoints")[0] == demo / "run"
     part_of = {name: outputs.enclosing(world[name[0]] / name[1])
                for name in (("run", "checkpoints"), ("run", "hf"), ("data", "eval"),
                             ("data", "tokenizer"), ("export", "x"), ("notes", "x"))}
