@@ -6,9 +6,12 @@ code. Modules are imported only when listed here, so `bertjax --help` stays fast
 """
 
 import argparse
+import atexit
 import importlib
+import os
 import sys
 
+from bertjax import interrupt
 from bertjax.errors import UserError
 
 # subcommand module, in the order `bertjax --help` lists them.
@@ -39,24 +42,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Entry point of the console script (`argv` None: this process's command line)."""
+    interrupt.install()  # first: a Ctrl-C at any later moment ends as one line, exit 130
+    words = sys.argv[1:] if argv is None else argv
+    command = "bertjax" + (f" {words[0]}" if words and not words[0].startswith("-") else "")
     try:
-        return int(args.func(args) or 0)
+        args = build_parser().parse_args(argv)
+        command = f"bertjax {args.command}"
+        code = int(args.func(args) or 0)
+        interrupt.check()  # a Ctrl-C that Python swallowed (in a gc callback) still counts
+        return code
     except UserError as e:
-        print(f"bertjax {args.command}: error: {e}", file=sys.stderr)
+        print(f"{command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         if not e.filename:
             raise
         # The file system refused (a workdir that is a file, no permission, disk full): one
         # line naming the path, as for any other input the user must fix.
-        print(f"bertjax {args.command}: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        print(f"{command}: error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"bertjax {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # The work in progress has cleaned up on the way here (partial outputs removed,
+        # checkpoints complete); the exception may say what was saved.
+        print(f"{command}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        if argv is None:
+            _exit_now(130)
         return 130
+
+
+def _exit_now(code: int) -> None:
+    """Ends the process after the exit handlers, skipping the interpreter's teardown: after
+    an interrupt, threads of XLA (a compilation) or orbax may still run, and tearing the
+    interpreter down under them crashed (SIGSEGV) after the message was printed."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ def run_task(args, progress) -> int:
     (step_setup.build of the kind's head, its config's optimizer at its first rate), for a
     model of --preset with BERT's vocabulary."""
     from bertjax import attention, model_config
+    from bertjax.configs import finetune_schema
     from bertjax.finetune import kinds, train
     from bertjax.train import aot, sharding, step_setup, topology
 
@@ -99,7 +100,7 @@ def run_task(args, progress) -> int:
                             "--config.data.max_seq_len")
     name = args.config or kinds.default_config(args.task)
     config = config_lib.load_config(name, [f"task={args.task}", *args.config_overrides])
-    train.check_config(config)
+    finetune_schema(config).check(config)
     kind = kinds.make_kind(config)
     tpu_slice = topology.tpu_slice(args.topology)
     try:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from bertjax import outputs
 from bertjax.errors import UserError
 
 TABLE_ROWS = ("mlm_accuracy", "nsp_accuracy", "mlm_loss", "nsp_loss", "loss", "mlm_perplexity")
@@ -53,25 +54,25 @@ def build_corpus(out_dir: Path, corpus: str, max_documents: int | None) -> list[
     done = out_dir / "DONE.json"
     if done.exists() and json.loads(done.read_text()).get("max_documents") == max_documents:
         return sorted(out_dir.glob("*.txt"))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    if corpus == "wikitext":
-        from bertjax.data.wikitext import build_wikitext_corpus
+    with outputs.replacing_folder(out_dir) as staging:  # a corpus of other settings: the demo's
+        if corpus == "wikitext":
+            from bertjax.data.wikitext import build_wikitext_corpus
 
-        stats = build_wikitext_corpus(out_dir, max_documents)
-    else:
-        # A child process: building imports hundreds of stdlib modules to read their
-        # docstrings, which the training process is better without.
-        cmd = [sys.executable, "-m", "bertjax.data.demo_corpus", str(out_dir)]
-        if max_documents:
-            cmd += ["--max-documents", str(max_documents)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode:
-            raise UserError(f"building the demo corpus failed: {proc.stderr.strip()[-500:]}")
-        stats = json.loads(proc.stdout.strip().splitlines()[-1])
+            stats = build_wikitext_corpus(staging, max_documents)
+        else:
+            # A child process: building imports hundreds of stdlib modules to read their
+            # docstrings, which the training process is better without.
+            cmd = [sys.executable, "-m", "bertjax.data.demo_corpus", str(staging)]
+            if max_documents:
+                cmd += ["--max-documents", str(max_documents)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode:
+                raise UserError(f"building the demo corpus failed: {proc.stderr.strip()[-500:]}")
+            stats = json.loads(proc.stdout.strip().splitlines()[-1])
+        (staging / done.name).write_text(json.dumps({"max_documents": max_documents, **{
+            k: stats[k] for k in ("documents", "sentences", "words")}}))
     _say(f"corpus: {stats['documents']} documents, {stats['sentences']} sentences, "
          f"{stats['words']} words in {out_dir}")
-    done.write_text(json.dumps({"max_documents": max_documents, **{
-        k: stats[k] for k in ("documents", "sentences", "words")}}))
     return sorted(out_dir.glob("*.txt"))
 
 
@@ -111,11 +112,14 @@ def run_demo(workdir, *, corpus="stdlib", steps=300, max_documents=None, vocab_s
              held_out=512, config_path=None, overrides=()) -> dict:
     """Runs every stage; returns {before, after, tokens_per_s, paths, seconds}."""
     from bertjax import hf, plot
+    from bertjax.configs import base
     from bertjax.train import checkpoint, loop
     from bertjax.train import config as config_lib
 
     start = time.perf_counter()
     workdir = Path(workdir)
+    # New, empty, or an earlier demo's: what the demo replaces there is its own.
+    outputs.check_folder(workdir, outputs.DEMO, overwrite=True, flag="--workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     files = build_corpus(workdir / "corpus", corpus, max_documents)
     tokenizer = build_tokenizer(files, workdir / "tokenizer", vocab_size)
@@ -127,12 +131,16 @@ def run_demo(workdir, *, corpus="stdlib", steps=300, max_documents=None, vocab_s
         f"--config.data.train_dir={data_dir}", f"--config.train.steps={steps}",
         f"--config.train.eval_every={max(1, steps // 3)}", "--config.train.eval_at_start=True",
         f"--config.train.checkpoint_every={steps}", *overrides])
+    if config.optim.warmup_steps > steps:  # a shortened demo warms up over its first tenth
+        config.optim.warmup_steps = max(1, steps // 10)
+    base.SCHEMA.check(config)
     _say(f"pretraining bert-{config.model.preset} for {steps} steps in {run_dir}")
     history = loop.train(config, run_dir)
 
     hf_dir = workdir / "hf_export"
     loaded = checkpoint.load_model(run_dir)
-    hf.write_folder(loaded.params, loaded.model_cfg, hf_dir, loaded.tokenizer_files)
+    with outputs.replacing_folder(hf_dir) as staging:
+        hf.write_folder(loaded.params, loaded.model_cfg, staging, loaded.tokenizer_files)
     png = plot.plot_workdir(run_dir, workdir / "metrics.png")
     before = _eval_at(history, 0)
     after = _eval_at(history, steps)

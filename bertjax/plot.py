@@ -5,6 +5,7 @@ import io
 import pathlib
 from collections.abc import Sequence
 
+from bertjax import outputs
 from bertjax.errors import UserError
 from bertjax.train import metrics_writer, workdir_io
 
@@ -143,7 +144,10 @@ def plot_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path):
     image = io.BytesIO()  # rendered here, written in one go: the same for a file and an object
     fig.savefig(image, format=fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(image.getvalue())
+    if workdir_io.is_remote(out):
+        out.write_bytes(image.getvalue())  # an object store writes an object whole anyway
+    else:
+        outputs.write_file(out, image.getvalue())
     return out
 
 
@@ -156,11 +160,15 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--workdir", required=True, help="training workdir with metrics.jsonl")
     parser.add_argument("--out", help="image to write (default: WORKDIR/metrics.png)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file (WORKDIR/metrics.png always is)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs `bertjax plot`."""
+    if args.out and not workdir_io.is_remote(args.out):
+        outputs.check_file(args.out, overwrite=args.overwrite)
     out = plot_workdir(args.workdir, args.out or workdir_io.path(args.workdir) / "metrics.png")
     print(f"wrote {out}")
     return 0

@@ -65,3 +65,35 @@ def demo_documents(demo_corpus_dir):
     from bertjax.finetune.demo_tasks import corpus_documents
 
     return corpus_documents(demo_corpus_dir)
+
+
+@pytest.fixture(scope="session")
+def word_corpus(tmp_path_factory):
+    """(corpus file, tokenizer folder): 3,000 generated documents in BERT's format (a sentence
+    per line, a blank line between documents) and a WordPiece vocab.txt holding every word."""
+    import random
+
+    root = tmp_path_factory.mktemp("word_corpus")
+    words = [f"w{i}" for i in range(200)]
+    (root / "tok").mkdir()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."]
+    (root / "tok" / "vocab.txt").write_text("\n".join(specials + words) + "\n")
+    rng = random.Random(0)
+    with open(root / "corpus.txt", "w", encoding="utf-8") as f:
+        for _ in range(3000):
+            for _ in range(rng.randint(2, 12)):
+                f.write(" ".join(rng.choices(words, k=rng.randint(3, 20))) + " .\n")
+            f.write("\n")
+    return root / "corpus.txt", root / "tok"
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A generated dataset of 128 rows of 32 tokens (vocabulary 256) with a 16-row eval split."""
+    from bertjax.data.synthetic import synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    path = synthetic_dataset(root / "data", 128, 32, vocab_size=256, shard_size=64)
+    synthetic_dataset(root / "eval_split", 16, 32, vocab_size=256, seed=1)
+    (root / "eval_split").rename(path / "eval")
+    return path

@@ -96,3 +96,21 @@ def save_tiny_encoder(folder: Path, sentences: list[str], seq: int, hidden: int 
         model.bert.embeddings.position_embeddings.weight.copy_(torch.tensor(table))
     model.save_pretrained(folder)
     return folder
+
+
+def snapshot(folder) -> dict[str, str]:
+    """relative path -> sha256 of every file under `folder` (symlinks followed): equal before
+    and after a command means the command changed none of them."""
+    import hashlib
+
+    root = Path(folder)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# `python -m bertjax.cli ARGS`, with SIGINT honoured even when this test process runs with it
+# ignored (a shell starts background jobs so, and a child inherits an ignored signal):
+# [sys.executable, "-c", BERTJAX_WITH_SIGINT, *args].
+BERTJAX_WITH_SIGINT = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'bertjax'; runpy.run_module('bertjax.cli', run_name='__main__')")

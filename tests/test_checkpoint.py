@@ -4,6 +4,7 @@ policy, and the SIGTERM watcher."""
 import json
 import logging
 import os
+import re
 import signal
 
 import flax.linen as nn
@@ -100,7 +101,7 @@ def test_restore_onto_another_mesh_gives_the_same_next_loss(tmp_path, target):
     np.testing.assert_allclose(float(got["loss"]), float(expected["loss"]), rtol=0, atol=1e-5)
 
 
-def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path):
+def test_damaged_newest_checkpoint_falls_back_with_one_warning_line(tmp_path, capfd):
     setup = make_setup(data=8)
     state = trained_state(setup, steps=1)
     ckpt = checkpoint.Checkpointer(tmp_path)
@@ -114,10 +115,16 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path):
                 f.truncate(max(0, os.path.getsize(f.name) // 3))
             damaged += 1
     assert damaged
-    with pytest.warns(UserWarning, match=r"checkpoints/2 could not be restored.*falling back"):
-        _, _, loader_state, config = checkpoint.Checkpointer(tmp_path).restore(setup[2], setup[3])
+    capfd.readouterr()
+    resumed = checkpoint.Checkpointer(tmp_path)
+    _, _, loader_state, config = resumed.restore(setup[2], setup[3])
     assert loader_state == {"step": 1} and config == {"c": 1}
-    # Moved aside, so that the resumed run can save step 2 again.
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(r"checkpoints/2 could not be restored .*falling back to "
+                                       "the one before", err[0]), err
+    # Moved aside once the run's start-up checks passed, so that it can save step 2 again.
+    assert not (tmp_path / checkpoint.DAMAGED_DIR).exists()
+    resumed.set_aside_damaged()
     assert (tmp_path / checkpoint.DAMAGED_DIR / "2").is_dir()
     assert checkpoint.Checkpointer(tmp_path).all_steps() == [1]
 

@@ -21,7 +21,8 @@ def train_in_subprocess(data, workdir, cache_setting):
     """One step of `bertjax train --config bert_tiny` in a fresh Python process; its stdout."""
     argv = [sys.executable, "-m", "bertjax.cli", "train", "--config", "bert_tiny",
             "--workdir", str(workdir), f"--config.data.train_dir={data}",
-            "--config.train.steps=1", "--config.train.global_batch_size=8",
+            "--config.train.steps=1", "--config.optim.warmup_steps=1",
+            "--config.train.global_batch_size=8",
             "--config.train.eval_every=0", "--config.train.log_every=1",
             "--config.train.async_checkpointing=false", "--config.model.num_hidden_layers=1",
             f"--config.train.compilation_cache_dir={cache_setting}"]  # fmt: skip

@@ -91,12 +91,16 @@ def check(config_name: str, overrides: list[str]) -> None:
     """What a run checks before compiling, on the devices the config's mesh asks for."""
     config = config_lib.load_config(config_name, overrides)
     if config_name.partition(":")[0].startswith("finetune_"):
-        from bertjax.finetune.train import check_config, make_kind
+        from bertjax.configs import finetune_schema
+        from bertjax.finetune.kinds import make_kind
 
-        check_config(config)
+        finetune_schema(config).check(config)
         if config_name.partition(":")[0] != FINETUNE_DEFAULT:
-            make_kind(config)  # the task kind's own keys' checks (SQuAD's, NER's)
+            make_kind(config)  # the task kind's own checks (SQuAD's, NER's)
         return
+    from bertjax.configs import base
+
+    base.SCHEMA.check(config)
     devices = math.prod(v for v in config.mesh.values() if v > 0)
     config_lib.validate(config, devices, 1)
     config_lib.model_config(config.model, 30522)

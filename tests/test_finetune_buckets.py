@@ -15,7 +15,6 @@ import pytest
 
 from bertjax import cli
 from bertjax.data import load_tokenizer
-from bertjax.errors import UserError
 from bertjax.finetune import batches, buckets, classifier_head, heads, kind_squad, span_head
 from bertjax.finetune import train as ft
 from bertjax.train import sharding
@@ -454,8 +453,6 @@ def test_a_bad_bucket_count_is_one_clear_error(tmp_path, capsys, value):
     code = cli.main(argv)
     err = capsys.readouterr().err
     assert code == 2 and "length_buckets" in err and "Traceback" not in err, err
-    with pytest.raises(UserError, match=r"--length-buckets=-1 \(config key length_buckets\)"):
-        buckets.check_count(-1)
 
 
 @pytest.mark.slow

@@ -222,14 +222,14 @@ def data_dir(root: Path, files: dict) -> str:
     [
         ("--doc-stride 400", None, "--doc-stride 400 must be at least 1 and smaller than the 317 "
          "context tokens a window holds"),
-        ("--max-query-length 0", None, "--max-query-length must be at least 1, got 0"),
+        ("--max-query-length 0", None, "max_query_length=0 must be >= 1 (question tokens kept"),
         ("--max-seq-len 40 --max-query-length 64", None, "--max-seq-len 40 leaves no room"),
-        ("--n-best-size 0", None, "--n-best-size=0: must be a positive integer"),
-        ("--max-answer-length 0", None, "--max-answer-length=0: must be a positive integer"),
+        ("--n-best-size 0", None, "n_best_size=0 must be >= 1 (start and end candidates"),
+        ("--max-answer-length 0", None, "max_answer_length=0 must be >= 1 (longest answer"),
         ("--null-score-diff-threshold 1.5", None, "--null-score-diff-threshold=1.5 applies to "
          "SQuAD v2.0 (--task squad_v2) only"),
         ("--task squad_v2 --null-score-diff-threshold nan", None,
-         "--null-score-diff-threshold=nan: must be a finite number"),
+         "squad.null_score_diff_threshold=nan must be a finite number"),
         ("--task rte --doc-stride 64", None, "--doc-stride sets the config key squad.doc_stride "
          "or ner.doc_stride, which config finetune_glue lacks: it applies to SQuAD tasks"),
         ("--config finetune_glue", None, "--task squad needs the config key(s) squad.doc_stride"),

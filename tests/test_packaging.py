@@ -34,7 +34,7 @@ def test_an_installed_bertjax_trains_and_evaluates_from_an_empty_directory(tmp_p
     run("-c", "from bertjax.data.synthetic import synthetic_dataset as s; "
         "s('data', 64, 32, vocab_size=300); s('data/eval', 16, 32, vocab_size=300, seed=1)")
     run("-m", "bertjax.cli", "train", "--config", "bert_tiny", "--workdir", "run",
-        "--config.data.train_dir=data", "--config.train.steps=2",
+        "--config.data.train_dir=data", "--config.train.steps=2", "--config.optim.warmup_steps=1",
         "--config.train.global_batch_size=8", "--config.train.eval_batch_size=8",
         "--config.train.eval_every=2", "--config.train.async_checkpointing=False")
     metrics = json.loads(run("-m", "bertjax.cli", "eval", "--workdir", "run",

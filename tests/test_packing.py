@@ -176,7 +176,7 @@ def test_packed_data_without_nsp_labels_needs_a_config_without_nsp(setup, tmp_pa
     args = ["train", "--config", "bert_tiny", "--workdir", str(tmp_path / "run"),
             f"--config.data.train_dir={tmp_path / 'd'}", "--config.train.global_batch_size=8",
             "--config.model.num_hidden_layers=1", "--config.train.eval_every=0",
-            "--config.train.steps=2"]
+            "--config.train.steps=2", "--config.optim.warmup_steps=1"]
     capsys.readouterr()
     assert cli.main(args) == 2
     err = capsys.readouterr().err

@@ -36,7 +36,8 @@ def train_cmd(data_dir, workdir, *extra):
     return [sys.executable, "-m", "bertjax.cli", "train", "--config", CONFIG,
             "--workdir", str(workdir), f"--config.data.train_dir={data_dir}",
             "--config.train.global_batch_size=16", "--config.train.log_every=1",
-            "--config.train.eval_every=0", "--config.model.num_hidden_layers=1", *extra]
+            "--config.train.eval_every=0", "--config.model.num_hidden_layers=1",
+            "--config.optim.warmup_steps=1", *extra]
 
 
 def child_env(devices=2):

@@ -121,18 +121,20 @@ def test_truncated_and_missing_shards(tmp_path, tok):
 
 
 def test_output_dir_rules(tmp_path, tok):
+    """A complete dataset is replaced only with overwrite; what an older interrupted write left
+    (shards, no manifest) is replaced without; other files are refused even with overwrite."""
     rows = random_instances(3, 12)
     out = write_dataset(tmp_path / "ds", rows, tok, 12)
-    with pytest.raises(UserError, match="already holds a complete dataset"):
+    with pytest.raises(UserError, match="already holds a bertjax dataset .*pass --overwrite"):
         write_dataset(out, rows, tok, 12)
     write_dataset(out, rows[:1], tok, 12, overwrite=True)
     assert len(open_dataset(out)) == 1
-    # leftovers of an interrupted run are cleaned; foreign files make us refuse
     (out / "manifest.json").unlink()
     (out / ".shard-00007.input_ids.npy.tmp").write_bytes(b"x")
     write_dataset(out, rows, tok, 12)
     assert not (out / ".shard-00007.input_ids.npy.tmp").exists()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="not part of a bertjax dataset"):
-        write_dataset(tmp_path / "other", rows, tok, 12)
+    with pytest.raises(UserError, match="files bertjax did not write .*choose another folder"):
+        write_dataset(tmp_path / "other", rows, tok, 12, overwrite=True)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"

@@ -158,7 +158,7 @@ def test_tokenizer_train_refuses_to_overwrite(corpora, tmp_path, capsys):
     before = (tmp_path / "t" / "vocab.txt").read_bytes()
     assert train("wordpiece", 250) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 't' / 'vocab.txt'} already exists" in err and "--overwrite" in err
+    assert f"{tmp_path / 't'} already holds a tokenizer" in err and "--overwrite" in err
     assert (tmp_path / "t" / "vocab.txt").read_bytes() == before
 
     assert train("sentencepiece", 60, tmp_path / "t", "--overwrite") == 0

@@ -43,6 +43,7 @@ def overrides(data_dir):
     return [
         f"data.train_dir={data_dir}",
         "train.steps=6",
+        "optim.warmup_steps=1",
         "train.log_every=1",
         "train.eval_every=0",
         "train.global_batch_size=16",

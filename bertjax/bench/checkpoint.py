@@ -7,12 +7,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from bertjax import outputs
+
 
 def add_arguments(parser) -> None:
     """The benchmark's options."""
     parser.add_argument("--preset", default="base", help="model preset (default: base)")
     parser.add_argument("--vocab-size", type=int, default=30522)
-    parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    parser.add_argument("--dir", default=None,
+                        help="a new or empty folder to write to (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
 
 
@@ -68,6 +71,8 @@ def measure(preset: str, vocab_size: int, directory: Path) -> dict:
 
 def run(args) -> int:
     """Entry point of `bertjax bench checkpoint`."""
+    if args.dir:  # it saves a checkpoint there: never into a user's run
+        outputs.check_new_folder(args.dir, flag="--dir")
     directory = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_ckpt_"))
     try:
         result = measure(args.preset, args.vocab_size, directory)

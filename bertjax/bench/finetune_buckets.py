@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertjax import outputs
 from bertjax.errors import UserError
 
 MIN_WORDS, MAX_WORDS = 3, 40  # SST-2's sentences: a few words to a few dozen
@@ -275,6 +276,8 @@ def run(args) -> int:
 
     fill_defaults(args)
     check_args(args)
+    if args.workdir:  # its data, model and runs, never into a user's
+        outputs.check_new_folder(args.workdir)
     say = lambda *a: print(*a, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)

@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bertjax import outputs
 from bertjax.errors import UserError
 from bertjax.train import config as config_lib
 
@@ -251,6 +252,8 @@ def run(args) -> int:
     """`bertjax bench packing`: prints the tables (and, with --json, a JSON line)."""
     lengths = check_args(args)
     config_lib.load_config(args.config, args.config_overrides)  # fails before any work
+    if args.workdir:  # its datasets and runs, never into a user's
+        outputs.check_new_folder(args.workdir)
     with tempfile.TemporaryDirectory(prefix="bertjax-bench-packing-") as tmp:
         root = Path(args.workdir or tmp)
         root.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-r"""Every key of a pretraining config with its default: the base of every recipe.
+r"""Every key of a pretraining config with its default, and (SCHEMA) its type, range and meaning:
+the base of every recipe.
 
 Defaults are BERT-base's values from Devlin et al. 2018 where the paper gives one (batch 256,
 1,000,000 steps, Adam at 1e-4 with 10,000 warm-up steps, dropout 0.1); the recipes
@@ -9,6 +10,11 @@ Defaults are BERT-base's values from Devlin et al. 2018 where the paper gives on
 
 import ml_collections
 
+from bertjax.model_config import ATTENTION_IMPLS as IMPLS
+from bertjax.model_config import COMPUTE_DTYPES, PRESETS
+from bertjax.model_config import REMAT_POLICY_NAMES as REMAT_POLICIES
+from bertjax.train.config_schema import Bool, Float, Int, Rule, Schema, Str, Tuple
+from bertjax.train.optim import OPTIMIZERS, SCHEDULES
 from bertjax.train.sharding import DEFAULT_LOGICAL_AXIS_RULES
 
 
@@ -91,3 +97,85 @@ def get_config():
     # Logical axis -> mesh axes, first match wins (bertjax/train/sharding.py explains them).
     config.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
     return config
+
+
+# Every key above: its type, range and meaning, checked when `bertjax train` starts (before any
+# data is read or anything compiled). fixed=True: the key changes the objective, the data or
+# the saved state's layout, so a resumed run may not change it.
+_SIZE = dict(low=0, fixed_on_resume=True)  # model sizes: 0 = the preset's
+_MESH_AXIS = dict(low=-1, not_equal=(0,))  # an axis size, -1 = the remaining devices
+SCHEMA = Schema(
+    {
+        "model.preset": Str("model size", choices=tuple(PRESETS), fixed_on_resume=True),
+        "model.compute_dtype": Str("matmul/activation dtype", choices=tuple(COMPUTE_DTYPES)),
+        "model.vocab_size": Int("vocabulary size, 0 = the dataset's", **_SIZE),
+        "model.num_hidden_layers": Int("encoder layers, 0 = the preset's", **_SIZE),
+        "model.hidden_size": Int("hidden size, 0 = the preset's", **_SIZE),
+        "model.num_attention_heads": Int("attention heads, 0 = the preset's", **_SIZE),
+        "model.intermediate_size": Int("feed-forward size, 0 = 4 x hidden", **_SIZE),
+        "model.max_position_embeddings": Int("longest sequence", low=1, fixed_on_resume=True),
+        "model.attention_impl": Str("attention kernel", choices=IMPLS),
+        "model.scan_layers": Bool("scanned layers"),
+        "model.remat_policy": Str("what the backward pass recomputes", choices=REMAT_POLICIES),
+        "model.hidden_dropout_prob": Float("dropout", low=0, below=1, fixed_on_resume=True),
+        "model.attention_probs_dropout_prob": Float("attention dropout", low=0, below=1,
+                                                    fixed_on_resume=True),
+        "data.train_dir": Str("training dataset"),
+        "data.eval_dir": Str("held-out dataset, empty = TRAIN_DIR/eval"),
+        "data.masked_lm_prob": Float("fraction masked", above=0, high=1, fixed_on_resume=True),
+        "data.max_predictions_per_seq": Int("masked positions per sequence, 0 = the default",
+                                            low=0, fixed_on_resume=True),
+        "data.whole_word_masking": Bool("mask whole words", fixed_on_resume=True),
+        "data.workers": Int("loader processes, 0 = threads", low=0),
+        "data.threads": Int("loader threads", low=0),
+        "data.prefetch": Int("batches built ahead", low=1),
+        "data.verify_checksums": Bool("verify every shard at start"),
+        "train.steps": Int("optimizer steps", low=1),
+        "train.global_batch_size": Int("sequences per step", low=1, fixed_on_resume=True),
+        "train.grad_accum_steps": Int("micro-batches per step", low=1),
+        "train.seed": Int("seed of parameters, data order, masks, dropout", low=0,
+                          fixed_on_resume=True),
+        "train.nsp": Bool("next-sentence loss", fixed_on_resume=True),
+        "train.log_every": Int("steps between logged steps", low=1),
+        "train.eval_every": Int("steps between evaluations, 0 = never", low=0),
+        "train.eval_batch_size": Int("sequences per evaluation batch", low=1),
+        "train.checkpoint_every": Int("steps between checkpoints", low=1),
+        "train.keep_checkpoints": Int("recent checkpoints kept", low=1),
+        "train.keep_checkpoints_every": Int("also keep multiples of this, 0 = none", low=0),
+        "train.async_checkpointing": Bool("save in the background"),
+        "train.init_from": Str("warm start: HF folder or workdir"),
+        "train.init_opt_state": Bool("warm start the Adam moments too"),
+        "train.eval_at_start": Bool("evaluate before the first step"),
+        "train.profile_steps": Str("profiled steps A:B", pattern=r"(\s*\d+\s*:\s*\d+\s*)?"),
+        "train.peer_timeout_s": Float("seconds before a silent process counts as lost, 0 = "
+                                      "never", low=0),
+        "train.compilation_cache_dir": Str("persistent compilation cache"),
+        "optim.name": Str("optimizer", choices=tuple(OPTIMIZERS), fixed_on_resume=True),
+        "optim.peak_lr": Float("learning rate after warm-up", above=0),
+        "optim.warmup_steps": Int("linear warm-up steps", low=0),
+        "optim.schedule": Str("decay after warm-up", choices=tuple(SCHEDULES)),
+        "optim.end_lr": Float("learning rate at the last step", low=0),
+        "optim.power": Float("polynomial schedule's exponent", above=0),
+        "optim.b1": Float("Adam beta1", low=0, below=1),
+        "optim.b2": Float("Adam beta2", low=0, below=1),
+        "optim.eps": Float("Adam epsilon", above=0),
+        "optim.weight_decay": Float("decoupled weight decay", low=0, fixed_on_resume=True),
+        "optim.clip_norm": Float("global-norm clipping, 0 = off", low=0, fixed_on_resume=True),
+        "mesh.data": Int("data-parallel axis", **_MESH_AXIS),
+        "mesh.fsdp": Int("fully sharded data-parallel axis", **_MESH_AXIS),
+        "mesh.tensor": Int("tensor-parallel axis", **_MESH_AXIS),
+        "logical_axis_rules": Tuple("logical axis -> mesh axes"),
+    },
+    rules=(
+        Rule(("optim.warmup_steps", "train.steps"), lambda warmup, steps: warmup <= steps,
+             "the warm-up is longer than the run, so the learning rate never reaches "
+             "optim.peak_lr: lower optim.warmup_steps"),
+        Rule(("optim.end_lr", "optim.peak_lr"), lambda end, peak: end <= peak,
+             "optim.end_lr is above optim.peak_lr"),
+        Rule(("train.global_batch_size", "train.grad_accum_steps"), lambda b, k: b % k == 0,
+             "train.global_batch_size is not divisible by train.grad_accum_steps"),
+        Rule(("mesh.data", "mesh.fsdp", "mesh.tensor"), lambda *axes: axes.count(-1) <= 1,
+             "only one mesh axis may be -1"),
+    ),
+    source="bertjax/configs/base.py",
+)

@@ -13,6 +13,9 @@ The sections are pretraining's (configs/base.py): `data`, `model`, `train`, `opt
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from bertjax.model_config import ATTENTION_IMPLS, COMPUTE_DTYPES, REMAT_POLICY_NAMES
+from bertjax.train.config_schema import Bool, Float, Int, Rule, Schema, Str, Tuple
+from bertjax.train.optim import OPTIMIZERS, SCHEDULES
 from bertjax.train.sharding import DEFAULT_LOGICAL_AXIS_RULES
 
 PAPER_LEARNING_RATES = (2e-5, 3e-5, 5e-5)  # BERT paper, section A.3 (batch 32, 3 epochs)
@@ -79,3 +82,60 @@ def get_config():
     # Logical axis -> mesh axes, first match wins (bertjax/train/sharding.py explains them).
     config.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
     return config
+
+
+# Every key above (dotted, as `--config.KEY`): its type, range and meaning, checked when
+# `bertjax finetune` starts, before anything is read.
+_MESH_AXIS = dict(low=-1, not_equal=(0,))  # an axis size, -1 = the remaining devices
+_DROPOUT = dict(low=0, below=1, none=True)
+SCHEMA = Schema(
+    {
+        "task": Str("the task (--task)"),
+        "init": Str("pretraining workdir or HuggingFace folder (--init)"),
+        "init_step": Int("checkpoint step of init (--init-step)", low=0, none=True),
+        "data.dir": Str("data directory (--data)", none=True),
+        "data.tokenizer": Str("tokenizer (--tokenizer)", none=True),
+        "data.max_seq_len": Int("tokens per example (--max-seq-len)", low=3),
+        "data.length_buckets": Int("static batch lengths, 0 = all padded (--length-buckets)",
+                                   low=0),
+        "model.compute_dtype": Str("matmul/activation dtype, None = the checkpoint's",
+                                   choices=COMPUTE_DTYPES, none=True),
+        "model.attention_impl": Str("attention kernel", choices=ATTENTION_IMPLS),
+        "model.scan_layers": Bool("scanned layers, None = the checkpoint's", none=True),
+        "model.remat_policy": Str("what the backward pass recomputes, None = the checkpoint's",
+                                  choices=REMAT_POLICY_NAMES, none=True),
+        "model.hidden_dropout_prob": Float("dropout, None = the checkpoint's", **_DROPOUT),
+        "model.attention_probs_dropout_prob": Float("attention dropout, None = the checkpoint's",
+                                                    **_DROPOUT),
+        "train.global_batch_size": Int("global batch size (--batch-size)", low=1),
+        "train.grad_accum_steps": Int("micro-batches per step (--grad-accum-steps)", low=1),
+        "train.epochs": Int("passes over the training split (--epochs)", low=1),
+        "train.seed": Int("seed (--seed)", low=0),
+        "train.log_every": Int("steps between metrics lines (--log-every)", low=1),
+        "train.compilation_cache_dir": Str("persistent compilation cache"),
+        "optim.name": Str("optimizer", choices=tuple(OPTIMIZERS)),
+        "optim.learning_rates": Tuple("peak learning rates (--lr, --lr-sweep)",
+                                      item=Float("a learning rate", above=0)),
+        "optim.warmup_fraction": Float("fraction of the steps warming up (--warmup)", low=0,
+                                       high=1),
+        "optim.schedule": Str("decay after warm-up", choices=tuple(SCHEDULES)),
+        "optim.end_lr": Float("learning rate at the last step", low=0),
+        "optim.power": Float("polynomial schedule's exponent", above=0),
+        "optim.b1": Float("Adam beta1", low=0, below=1),
+        "optim.b2": Float("Adam beta2", low=0, below=1),
+        "optim.eps": Float("Adam epsilon", above=0),
+        "optim.weight_decay": Float("decoupled weight decay (--weight-decay)", low=0),
+        "optim.clip_norm": Float("global-norm clipping, 0 = off", low=0),
+        "mesh.data": Int("data-parallel axis (--mesh-data)", **_MESH_AXIS),
+        "mesh.fsdp": Int("fully sharded axis (--mesh-fsdp)", **_MESH_AXIS),
+        "mesh.tensor": Int("tensor-parallel axis (--mesh-tensor)", **_MESH_AXIS),
+        "logical_axis_rules": Tuple("logical axis -> mesh axes, first match wins"),
+    },
+    rules=(
+        Rule(("optim.learning_rates",), lambda rates: len(rates) == len(set(rates)) > 0,
+             "optim.learning_rates must list at least one rate, none twice"),
+        Rule(("mesh.data", "mesh.fsdp", "mesh.tensor"), lambda *axes: axes.count(-1) <= 1,
+             "only one mesh axis may be -1"),
+    ),
+    source="bertjax/configs/finetune_glue.py",
+)

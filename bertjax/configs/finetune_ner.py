@@ -19,6 +19,7 @@ eriktks/conll2003. `--lr-sweep` runs the three A.3 rates and keeps the best dev 
 from ml_collections.config_dict import placeholder
 
 from bertjax.configs import finetune_glue
+from bertjax.train.config_schema import Int, Schema, Str
 
 
 def get_config():
@@ -40,3 +41,18 @@ def get_config():
         encoding="utf-8",  # of the CoNLL files (CoNLL-2002's Spanish and Dutch: latin-1)
     )
     return config
+
+
+# finetune_glue's keys and the `ner` section's: type, range and meaning.
+SCHEMA = Schema(
+    finetune_glue.SCHEMA.keys | {
+        "ner.labels": Str("the label list, comma-separated; empty = the training file's "
+                          "(--labels)"),
+        "ner.scheme": Str("the files' tags (--tag-scheme)", choices=("auto", "iob1", "iob2")),
+        "ner.doc_stride": Int("pieces between a long sentence's windows, None = half "
+                              "(--doc-stride)", low=1, none=True),
+        "ner.encoding": Str("the CoNLL files' encoding"),
+    },
+    rules=finetune_glue.SCHEMA.rules,
+    source="bertjax/configs/finetune_ner.py",
+)

@@ -11,6 +11,7 @@ val.csv and (optional, unlabelled) test.csv; without it the `datasets` hub's all
 """
 
 from bertjax.configs import finetune_glue
+from bertjax.train.config_schema import Schema
 
 
 def get_config():
@@ -23,3 +24,13 @@ def get_config():
     config.train.log_every = 100
     config.optim.learning_rates = (2e-5,)
     return config
+
+
+# finetune_glue's keys: type, range and meaning.
+SCHEMA = Schema(
+    finetune_glue.SCHEMA.keys | {
+
+    },
+    rules=finetune_glue.SCHEMA.rules,
+    source="bertjax/configs/finetune_swag.py",
+)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertjax import outputs
 from bertjax.errors import UserError
 
 
@@ -32,6 +33,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--whole-word", action="store_true", help="mask whole words")
     p.add_argument("--out", required=True, help="output .npz file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
 
 
@@ -49,6 +51,7 @@ def run(args) -> int:
         raise UserError(f"--out {out}: directory {out.parent} does not exist")
     if out.suffix != ".npz":
         raise UserError(f"--out {out} must end in .npz")
+    outputs.check_file(out, overwrite=args.overwrite, inputs=[args.data])
     ds = open_dataset(args.data)
     masking = default_masking(ds, args.masked_lm_prob, args.max_predictions, args.whole_word)
     batches = {k: [] for k in BATCH_KEYS}
@@ -68,7 +71,8 @@ def run(args) -> int:
                 batches[k].append(batch[k])
             if (i + 1) % every == 0 or i + 1 == args.steps:
                 print(f"batches: {i + 1}/{args.steps} steps", file=sys.stderr, flush=True)
-    np.savez(out, **{k: np.stack(v) for k, v in batches.items()})
+    with outputs.replacing_file(out) as staging:
+        np.savez(staging, **{k: np.stack(v) for k, v in batches.items()})
     b = args.global_batch_size // args.process_count
     print(
         f"wrote {out}: steps {args.start_step}..{args.start_step + args.steps - 1} of process "

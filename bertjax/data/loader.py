@@ -22,6 +22,7 @@ import multiprocessing
 
 import numpy as np
 
+from bertjax import interrupt
 from bertjax.data.masking import (
     MaskingConfig,
     Vocab,
@@ -99,6 +100,12 @@ class BatchPlan:
             )
         if self.seed < 0:
             raise UserError(f"seed must be >= 0, got {self.seed}")
+
+    def _submit_quietly(self, fn, step: int):
+        # A submit may start a worker process: it starts with SIGINT blocked (see
+        # interrupt.blocked_while_starting).
+        with interrupt.blocked_while_starting():
+            return self._pool.submit(fn, step)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -218,6 +225,7 @@ _WORKER = {}
 
 
 def _worker_init(path: str, plan: BatchPlan) -> None:
+    interrupt.ignore_in_worker()  # a Ctrl-C is the parent's to handle: it ends the pool
     # The parent opened (and, unless told not to, verified) the dataset already; hashing it
     # again in every worker would only delay the first batch. Batches still check their ids.
     ds = open_dataset(path, verify_checksums=False)
@@ -278,12 +286,18 @@ class Loader:
                 initializer=_worker_init,
                 initargs=(str(ds.path), self.plan),
             )
-            self._submit = lambda step: self._pool.submit(_worker_batch, step)
+            self._submit = lambda step: self._submit_quietly(_worker_batch, step)
         elif threads:
             self._pool = concurrent.futures.ThreadPoolExecutor(threads, "bertjax-loader")
             self._submit = lambda step: self._pool.submit(self.batch_for_step, step)
         else:
             self._pool = None
+
+    def _submit_quietly(self, fn, step: int):
+        # A submit may start a worker process: it starts with SIGINT blocked (see
+        # interrupt.blocked_while_starting).
+        with interrupt.blocked_while_starting():
+            return self._pool.submit(fn, step)
 
     @property
     def steps_per_epoch(self) -> int:

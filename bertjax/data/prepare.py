@@ -17,6 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from bertjax import outputs
 from bertjax.data import shards
 from bertjax.data.prepare_engine import InstanceOptions, prepare_dataset
 from bertjax.errors import UserError
@@ -240,14 +241,10 @@ def merge_parts(part_dirs, out_dir, overwrite: bool = False) -> dict:
             f"merge needs parts 0..{n - 1} of one {n}-part run exactly once; got indices {indices}"
         )
     out_dir = Path(out_dir)
-    if out_dir.resolve() in {ds.path.resolve() for ds in parts}:
-        raise UserError(f"--out {out_dir} is one of the parts; choose a new directory")
-    shards.prepare_output_dir(out_dir, overwrite)
-    try:
-        return _merge(parts, out_dir)
-    except BaseException:
-        shards.remove_partial(out_dir)
-        raise
+    outputs.check_folder(out_dir, outputs.DATASET, overwrite=overwrite,
+                         inputs=[ds.path for ds in parts])
+    with outputs.replacing_folder(out_dir) as staging:  # out_dir changes only when complete
+        return _merge(parts, staging)
 
 
 def _merge(parts, out_dir: Path) -> dict:

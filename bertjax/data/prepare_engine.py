@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertjax import interrupt, outputs
 from bertjax.data import instances as inst
 from bertjax.data import packing, shards
 from bertjax.errors import UserError
@@ -135,6 +136,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(tokenizer_path: str, lowercase: bool, opts: InstanceOptions) -> None:
+    interrupt.ignore_in_worker()  # a Ctrl-C is the parent's to handle: it ends the pool
     # K worker processes share the cores: no extra Rust threads inside each of them.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from bertjax.data.tokenizer import load_tokenizer
@@ -165,7 +167,9 @@ def run_blocks(
         return
     ctx = multiprocessing.get_context("spawn")  # fork after Rust threads started is unsafe
     init = (str(tokenizer.vocab_file), tokenizer.lowercase, opts)
-    with ctx.Pool(workers, initializer=_init_worker, initargs=init) as pool:
+    with interrupt.blocked_while_starting():
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=init)
+    with pool:
         pending: collections.deque = collections.deque()
         for b, docs in blocks:
             pending.append((b, pool.apply_async(_work, (b, docs)) if wanted(b) else None))
@@ -242,14 +246,12 @@ def prepare_dataset(
         raise UserError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     if held_out < 0:
         raise UserError(f"--held-out {held_out} must be >= 0")
-    job = _Job(corpus, tokenizer, Path(out_dir), opts, workers, shard_index, num_shards,
-               held_out, progress, extra or {})
-    shards.prepare_output_dir(job.out_dir, overwrite)
-    try:
-        return _prepare(job)
-    except BaseException:
-        shards.remove_partial(job.out_dir)  # a failed run leaves nothing that looks usable
-        raise
+    out_dir = Path(out_dir)
+    inputs = [*getattr(corpus, "paths", ()), *tokenizer.files]
+    outputs.check_folder(out_dir, outputs.DATASET, overwrite=overwrite, inputs=inputs)
+    with outputs.replacing_folder(out_dir) as staging:  # out_dir changes only when complete
+        return _prepare(_Job(corpus, tokenizer, staging, opts, workers, shard_index,
+                             num_shards, held_out, progress, extra or {}))
 
 
 @dataclasses.dataclass

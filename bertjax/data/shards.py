@@ -20,13 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bertjax import outputs
 from bertjax.data import packing
-from bertjax.data.dataset_dir import (  # noqa: F401 (callers use shards.prepare_output_dir)
-    MANIFEST,
-    prepare_output_dir,
-    remove_partial,
-    write_json_atomic,
-)
+from bertjax.data.dataset_dir import MANIFEST, write_json_atomic
 from bertjax.data.instances import pack_instances
 from bertjax.data.integrity import check_token_ids, file_sha256, verify_files
 from bertjax.errors import UserError
@@ -183,24 +179,25 @@ def write_dataset(
 
         tokenizer = load_tokenizer(tokenizer)
     out_dir = Path(out_dir)
-    prepare_output_dir(out_dir, overwrite)
+    outputs.check_folder(out_dir, outputs.DATASET, overwrite=overwrite, inputs=tokenizer.files)
     if not isinstance(instances, dict):
         instances = pack_instances(
             instances, max_seq_len, tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
         )
-    copy_tokenizer(tokenizer, out_dir)
-    writer = ShardWriter(out_dir, max_seq_len, tokenizer.vocab_size, shard_size,
-                         max_sequences_per_row)
-    writer.add(instances)
-    writer.close(
-        {
-            "tokenizer": tokenizer_manifest(tokenizer),
-            "nsp": nsp,
-            "seed": seed,
-            "command": list(sys.argv),
-            **(extra or {}),
-        }
-    )
+    with outputs.replacing_folder(out_dir) as staging:
+        copy_tokenizer(tokenizer, staging)
+        writer = ShardWriter(staging, max_seq_len, tokenizer.vocab_size, shard_size,
+                             max_sequences_per_row)
+        writer.add(instances)
+        writer.close(
+            {
+                "tokenizer": tokenizer_manifest(tokenizer),
+                "nsp": nsp,
+                "seed": seed,
+                "command": list(sys.argv),
+                **(extra or {}),
+            }
+        )
     return out_dir
 
 

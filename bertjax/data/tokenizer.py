@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertjax import outputs
 from bertjax.errors import UserError
 
 SPECIAL_TOKENS = {
@@ -310,21 +311,18 @@ def train_wordpiece(
     Reproducible: the same lines and arguments give a byte-identical vocab.txt on every run,
     in the order documented in `bertjax.data.tokenizer_train` (the specials [PAD]=0 [UNK]=1
     [CLS]=2 [SEP]=3 [MASK]=4, the characters, the `##` characters, then the merges).
-    Refuses an `out_dir` that holds a tokenizer unless `overwrite`; writes nothing there
-    unless training succeeds.
+    Refuses an `out_dir` that holds a tokenizer unless `overwrite`, and one that holds anything
+    else (bertjax.outputs); `out_dir` changes only when training succeeded.
     """
     from bertjax.data import tokenizer_train as train
 
-    out_dir = train.check_output_dir(out_dir, overwrite)
+    out_dir = Path(out_dir)
+    outputs.check_folder(out_dir, outputs.TOKENIZER, overwrite=overwrite)
     counts = train.count_words(lines, lowercase)
     tokens = train.learn_vocab(counts, vocab_size, SPECIAL_TOKENS.values(), min_frequency)
-    tmp = train.staging_dir(out_dir)
-    try:
+    with outputs.replacing_folder(out_dir) as tmp:
         (tmp / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
         WordPieceTokenizer(tmp / "vocab.txt", lowercase=lowercase).save(tmp)
-        train.publish(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return WordPieceTokenizer(out_dir / "vocab.txt", lowercase=lowercase)
 
 
@@ -344,15 +342,12 @@ def train_sentencepiece(
     """
     from bertjax.data import tokenizer_train as train
 
-    out_dir = train.check_output_dir(out_dir, overwrite)
+    out_dir = Path(out_dir)
+    outputs.check_folder(out_dir, outputs.TOKENIZER, overwrite=overwrite)
     lines = (line.lower() for line in lines) if lowercase else lines
     model = train.sentencepiece_model(lines, vocab_size, model_type)
-    tmp = train.staging_dir(out_dir)
-    try:
+    with outputs.replacing_folder(out_dir) as tmp:
         (tmp / "spm.model").write_bytes(model)
         train.write_sentencepiece_vocab(tmp / "spm.model")
         SentencePieceTokenizer(tmp / "spm.model", lowercase=lowercase).save(tmp)
-        train.publish(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return SentencePieceTokenizer(out_dir / "spm.model", lowercase=lowercase)

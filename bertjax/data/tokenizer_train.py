@@ -27,7 +27,8 @@ is pinned here and the model is taken from memory rather than through `model_pre
 path that would otherwise be stored inside it.
 
 Outputs are written to a temporary sibling directory and moved into place only when
-training has succeeded, and never over an existing tokenizer unless `overwrite`.
+training has succeeded, and never over an existing tokenizer unless `overwrite`
+(bertjax/outputs.py).
 """
 
 from __future__ import annotations
@@ -36,17 +37,12 @@ import collections
 import heapq
 import io
 import itertools
-import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 from bertjax.errors import UserError
 
 PREFIX = "##"  # continuation pieces, as BERT's vocab.txt writes them
-# Files a training run writes; any of them in --out means a tokenizer is already there.
-# The model file moves into place last: before it, the directory reads as no tokenizer.
-OUTPUT_FILES = ("tokenizer_config.json", "spm.vocab", "vocab.txt", "spm.model")
 SENTENCEPIECE_THREADS = 16  # sentencepiece's default; its result depends on it, so pinned
 _LINES_PER_CHUNK = 1000  # lines normalized per call into `tokenizers` (Rust)
 
@@ -195,49 +191,6 @@ def sentencepiece_model(
     except RuntimeError as e:  # e.g. "Vocabulary size too high" on a small corpus
         raise UserError(f"sentencepiece training failed: {str(e).strip()}") from None
     return model.getvalue()
-
-
-def check_output_dir(out_dir, overwrite: bool) -> Path:
-    """Raises UserError if `out_dir` is a file, or holds a tokenizer and not `overwrite`."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} exists and is not a directory")
-    existing = [out_dir / name for name in OUTPUT_FILES[::-1] if (out_dir / name).exists()]
-    if existing and not overwrite:
-        raise UserError(
-            f"{existing[0]} already exists: pass --overwrite to replace the tokenizer "
-            f"in {out_dir}, or choose another --out"
-        )
-    return out_dir
-
-
-def staging_dir(out_dir: Path) -> Path:
-    """An empty temporary directory beside `out_dir` (same file system, so moves are renames)."""
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)  # a killed run's leftovers
-        tmp.mkdir(parents=True)
-    except OSError as e:
-        raise UserError(f"cannot write the tokenizer next to {out_dir}: {e}") from None
-    return tmp
-
-
-def publish(tmp: Path, out_dir: Path) -> None:
-    """Moves the files of `tmp` into `out_dir`, replacing a previous tokenizer's files.
-
-    A new `out_dir` is one rename. Into an existing directory, the old tokenizer's files go
-    first and the new model file comes last, so a run killed in between leaves a directory
-    that `load_tokenizer` refuses, never a mix of old and new that loads.
-    """
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    for name in OUTPUT_FILES[::-1]:
-        (out_dir / name).unlink(missing_ok=True)
-    for name in OUTPUT_FILES:
-        if (tmp / name).exists():
-            os.replace(tmp / name, out_dir / name)
-    shutil.rmtree(tmp)
 
 
 def write_sentencepiece_vocab(model_file: Path) -> Path:

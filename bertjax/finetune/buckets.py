@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 
-from bertjax.errors import UserError
 from bertjax.finetune import batches
 
 # Bucket lengths are multiples of 8: the sequence dimension then tiles evenly on every
@@ -150,15 +149,6 @@ def take(split: batches.Split, rows: np.ndarray, length: int, keys=None) -> dict
     real is lost, as every row of a bucket fits in it; per-row labels (and SQuAD's answer
     positions, always inside a row's real tokens) as they are."""
     return cut(batches.take(split, rows, keys), length, split.arrays["input_ids"].shape[1:])
-
-
-def check_count(count) -> None:
-    """A UserError unless the bucket count is a non-negative integer."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise UserError(
-            f"--length-buckets={count!r} (config key length_buckets): the number of static "
-            "batch lengths must be an integer >= 0 (0: every batch padded to --max-seq-len)"
-        )
 
 
 def predict(predict_fn, params, split: batches.Split, batch_size: int, mesh,

@@ -5,6 +5,7 @@
 import json
 import sys
 
+from bertjax import outputs
 from bertjax.errors import UserError
 from bertjax.train import config as config_lib
 
@@ -136,16 +137,26 @@ def _parent(config, key: str):
 
 def run(args) -> int:
     """Entry point of `bertjax finetune`."""
+    from bertjax.configs import finetune_schema
     from bertjax.finetune.train import finetune
-    from bertjax.train.distributed import initialize_distributed
+    from bertjax.train import distributed
 
     config = config_from_args(args)
-    initialize_distributed()  # before any other JAX call; a lone process does nothing
+    # Every key's type and range, and the rules across keys, before anything is read.
+    finetune_schema(config).check(config)
+    # A folder of its own: never a run's, a dataset's, or one holding the model or data read.
+    # Checked by every process before they join, so before any of them writes there.
+    inputs = [p for p in (config.init, config.data.dir, config.data.tokenizer) if p]
+    outputs.check_new_folder(args.workdir, inputs=inputs)
+    # Before any other JAX call; a lone process does nothing. With several, a lost one is
+    # named by the watchdog, as in pretraining.
+    distributed.initialize_distributed(peer_timeout_s=distributed.DEFAULT_PEER_TIMEOUT_S)
     try:
         result = finetune(config, args.workdir)
     except FloatingPointError as e:  # a diverged run: say where, without a traceback
         print(f"bertjax finetune: error: {e}", file=sys.stderr)
         return 1
+    distributed.finish()
     import jax
 
     if jax.process_index() == 0:

@@ -61,9 +61,14 @@ def parse_label(task: GlueTask, value, where: str) -> int | float | None:
         return None
     if task.is_regression:
         try:
-            return float(value)
+            score = float(value)
         except ValueError:
             raise UserError(f"{where}: STS-B score {value!r} is not a number") from None
+        low, high = task.score_range
+        if not low <= score <= high:  # NaN fails this too, as does inf
+            raise UserError(f"{where}: STS-B score {value!r} is not a number from {low:g} to "
+                            f"{high:g}")
+        return score
     if isinstance(value, str) and value in task.label_names:
         return task.label_names.index(value)
     try:

@@ -72,19 +72,10 @@ def finetuning_head(model, spec: hf.HeadSpec, example_sums, means: dict[str, str
 
 def export_folder(out, params, model_cfg, tokenizer, spec: hf.HeadSpec) -> None:
     """`out`: a folder transformers' `spec.architecture` (and, for WordPiece, BertTokenizer)
-    loads, written beside and moved into place (a failed export leaves nothing
-    complete-looking); `out` is the run's own WORKDIR/hf_model, replaced if there."""
-    import os
-    import shutil
-    from pathlib import Path
+    loads, built beside it and moved into place when complete (outputs.replacing_folder); `out`
+    is the run's own WORKDIR/hf_model."""
+    from bertjax import outputs
 
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        hf.write_folder(params, model_cfg, tmp, spec=spec)
-        tokenizer.save(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with outputs.replacing_folder(out) as staging:
+        hf.write_folder(params, model_cfg, staging, spec=spec)
+        tokenizer.save(staging)

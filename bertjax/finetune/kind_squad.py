@@ -68,15 +68,12 @@ def check_config(cfg, name: str) -> None:
             "use --config finetune_squad (the default for SQuAD tasks) or a config derived "
             "from it"
         )
+    # Each key's type and range are the config schema's (configs/finetune_squad.py); what
+    # the keys allow together is checked here.
     squad = cfg.squad
     squad_features.check_window_sizes(cfg.data.max_seq_len, squad.doc_stride,
                                       squad.max_query_length)
-    for key in ("n_best_size", "max_answer_length"):
-        if squad[key] < 1:
-            raise UserError(f"{FLAGS[key]}={squad[key]}: must be a positive integer")
     threshold = squad.null_score_diff_threshold
-    if not math.isfinite(threshold):
-        raise UserError(f"--null-score-diff-threshold={threshold}: must be a finite number")
     if VERSIONS[name] == "v1.1" and threshold != 0:
         raise UserError(
             f"--null-score-diff-threshold={threshold} applies to SQuAD v2.0 (--task squad_v2) "

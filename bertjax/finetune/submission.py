@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from bertjax import outputs
 from bertjax.errors import UserError
 from bertjax.finetune.tasks import GlueTask, get_task
 
@@ -45,9 +46,8 @@ def write_predictions(path: str, task: str | GlueTask, indices, predictions) -> 
     lines = format_predictions(task, predictions)
     if indices.shape != (len(lines),):
         raise ValueError(f"{indices.shape[0]} indices for {len(lines)} predictions")
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("index\tprediction\n")
-        f.writelines(f"{int(i)}\t{line}\n" for i, line in zip(indices, lines))
+    rows = "".join(f"{int(i)}\t{line}\n" for i, line in zip(indices, lines))
+    outputs.write_file(path, "index\tprediction\n" + rows)  # whole or not at all
 
 
 def write_submission(out_dir: str, task: str | GlueTask, split: str, indices, predictions) -> str:

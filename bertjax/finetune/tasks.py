@@ -31,6 +31,7 @@ class GlueTask:
     # How a prediction is written in the submission: "names" (label strings),
     # "ids" (class ids as integers) or "float" (a regression score).
     submission_format: str
+    score_range: tuple[float, float] | None = None  # regression: the lowest and highest label
 
     @property
     def is_regression(self) -> bool:
@@ -50,7 +51,8 @@ class GlueTask:
         return tuple(self.tsv_files)
 
 
-def _task(name, text_columns, label_names, metrics, main_metric, submission, fmt, mnli=False):
+def _task(name, text_columns, label_names, metrics, main_metric, submission, fmt, mnli=False,
+          score_range=None):
     if mnli:
         dev = ("validation_matched", "validation_mismatched")
         test = ("test_matched", "test_mismatched")
@@ -68,6 +70,7 @@ def _task(name, text_columns, label_names, metrics, main_metric, submission, fmt
         main_metric=main_metric,
         submission_files=files,
         submission_format=fmt,
+        score_range=score_range,
     )
 
 
@@ -90,7 +93,8 @@ TASKS: dict[str, GlueTask] = {
         _task("qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), _F1_ACC,
               "f1", "QQP.tsv", "ids"),
         _task("stsb", ("sentence1", "sentence2"), None,
-              ("pearson", "spearmanr", "combined_score"), "spearmanr", "STS-B.tsv", "float"),
+              ("pearson", "spearmanr", "combined_score"), "spearmanr", "STS-B.tsv", "float",
+              score_range=(0.0, 5.0)),  # similarity from 0 (none) to 5 (the same meaning)
         _task("mnli", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
               _ACC, "accuracy", ("MNLI-m.tsv", "MNLI-mm.tsv"), "names", mnli=True),
         _task("qnli", ("question", "sentence"), _ENT, _ACC, "accuracy", "QNLI.tsv", "names"),

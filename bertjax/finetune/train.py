@@ -6,12 +6,12 @@ differs per kind (head, encoding, loss, decoding, metrics, output files) is a
 
 import dataclasses
 import json
-import math
 import shutil
 import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from bertjax import outputs
 from bertjax.errors import UserError
 from bertjax.finetune import batches, buckets
 from bertjax.finetune.kinds import TaskKind, make_kind
@@ -30,28 +30,6 @@ def _log(msg: str) -> None:
     from bertjax.log import log
 
     log("finetune", msg)
-
-
-def check_config(cfg) -> None:
-    """Raises UserError on values no run can use (before anything is loaded)."""
-    train, optim = cfg.train, cfg.optim
-    positive = {
-        "--batch-size": train.global_batch_size,
-        "--epochs": train.epochs,
-        "--grad-accum-steps": train.grad_accum_steps,
-        "--log-every": train.log_every,
-    }
-    for flag, value in positive.items():
-        if value < 1:
-            raise UserError(f"{flag}={value}: must be a positive integer")
-    buckets.check_count(cfg.data.length_buckets)
-    if not 0.0 <= optim.warmup_fraction <= 1.0:
-        raise UserError(f"--warmup={optim.warmup_fraction}: a fraction of the steps, in [0, 1]")
-    rates = list(optim.learning_rates)
-    if not rates or any(not lr > 0 or not math.isfinite(lr) for lr in rates):
-        raise UserError(f"learning rates must be positive numbers, got {rates}")
-    if len(set(rates)) != len(rates):
-        raise UserError(f"--lr-sweep lists a rate twice: {rates}")
 
 
 def optim_config(cfg, lr: float, total_steps: int):
@@ -293,7 +271,7 @@ def train_one(run: Prepared, lr: float, workdir: Path) -> dict:
         writer.close()
         ckpt.close()
     if jax.process_index() == 0:
-        (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        outputs.write_file(workdir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -309,7 +287,6 @@ def prepare(cfg, workdir) -> Prepared:
     from bertjax.train import compile_cache, sharding
 
     kind = make_kind(cfg)
-    check_config(cfg)
     cache_dir = compile_cache.enable(cfg.train.compilation_cache_dir, workdir,
                                      jax.process_count(), key="train.compilation_cache_dir")
     mesh = sharding.make_mesh(cfg.mesh)
@@ -377,6 +354,6 @@ def finetune(cfg, workdir) -> dict:
             if (workdir / f"lr_{best:g}" / folder).is_dir():
                 shutil.copytree(workdir / f"lr_{best:g}" / folder, workdir / folder,
                                 dirs_exist_ok=True)
-        (workdir / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        outputs.write_file(workdir / RESULTS_FILE, json.dumps(result, indent=2) + "\n")
     _log(f"best learning rate {best:g}: dev {run.main_key} {runs[best][run.main_key]:.4f}")
     return result

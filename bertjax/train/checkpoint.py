@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from bertjax.errors import UserError
+from bertjax.train import quiet_restore
 
-log = logging.getLogger(__name__)
 DAMAGED_DIR = "checkpoints_damaged"  # beside checkpoints/: steps that failed to restore
 
 
@@ -91,6 +90,7 @@ class Checkpointer:
             self._manager = ocp.CheckpointManager(self.directory, options=options,
                                                   item_handlers=handlers)
         self.last_save_blocking_s = 0.0  # how long the last save() held up the caller
+        self.damaged_steps: list[int] = []  # skipped by restore, set aside by set_aside_damaged
 
     def all_steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""
@@ -147,16 +147,18 @@ class Checkpointer:
             if model_cfg is not None:
                 self._check_same_model(candidate, model_cfg)
             try:
-                return self._restore_step(candidate, target)
+                with quiet_restore.attempt():
+                    return self._restore_step(candidate, target)
             except Exception as e:  # damage shows as any of orbax's, tensorstore's or OS errors
-                reason = f"{type(e).__name__}: {str(e)[:300]}"
+                reason = quiet_restore.reason(e)
                 failures.append(f"step {candidate} ({reason})")
                 if step is not None:
                     break
-                warnings.warn(f"checkpoint {self.directory / str(candidate)} could not be "
-                              f"restored ({reason}); falling back to the one before", stacklevel=2)
-                if not self.read_only:
-                    self._set_aside(candidate)
+                aside = "" if self.read_only else (
+                    f" (set aside in {self.directory.parent / DAMAGED_DIR} when the run starts)")
+                quiet_restore.warn(f"checkpoint {self.directory / str(candidate)} could not be "
+                                   f"restored ({reason}); falling back to the one before{aside}")
+                self.damaged_steps.append(candidate)
         raise UserError(f"no checkpoint in {self.directory} could be restored: "
                         f"{'; '.join(failures)}. Move {self.directory} aside to start afresh")
 
@@ -185,6 +187,14 @@ class Checkpointer:
                 f"a state with model.scan_layers={model_cfg.scan_layers} (the run changed "
                 "layouts after it: move the newer steps aside to resume from this one)")
 
+    def set_aside_damaged(self) -> None:
+        """Moves the steps `restore` skipped as damaged aside (see `_set_aside`): called once
+        the run's start-up checks passed, so that a refused start changes no file."""
+        if not self.read_only:
+            for step in self.damaged_steps:
+                self._set_aside(step)
+        self.damaged_steps = []
+
     def _set_aside(self, step: int) -> None:
         """Moves a damaged step to WORKDIR/checkpoints_damaged/<step>[.n] (process 0; the
         others wait), so that orbax no longer lists it and the run can save that step again."""
@@ -196,7 +206,6 @@ class Checkpointer:
                 n += 1
                 dest = aside_dir / f"{step}.{n}"
             (self.directory / str(step)).rename(dest)
-            log.warning("moved the damaged checkpoint of step %d to %s", step, dest)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -236,19 +245,19 @@ class Checkpointer:
         failures = []
         for candidate in steps:
             try:
-                meta = self._manager.item_metadata(candidate)["state"].tree
-                target = jax.tree.map(
-                    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta,
-                    is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-                restored = self._manager.restore(candidate, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()))
+                with quiet_restore.attempt():
+                    meta = self._manager.item_metadata(candidate)["state"].tree
+                    target = jax.tree.map(
+                        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta,
+                        is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+                    restored = self._manager.restore(candidate, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()))
             except Exception as e:  # damage shows as any of orbax's, tensorstore's or OS errors
-                reason = f"{type(e).__name__}: {str(e)[:300]}"
+                reason = quiet_restore.reason(e)
                 failures.append(f"step {candidate} ({reason})")
                 if candidate != steps[-1]:
-                    warnings.warn(f"checkpoint {self.directory / str(candidate)} could not be "
-                                  f"restored ({reason}); falling back to the one before",
-                                  stacklevel=2)
+                    quiet_restore.warn(f"checkpoint {self.directory / str(candidate)} could not "
+                                       f"be restored ({reason}); falling back to the one before")
                 continue
             return restored["state"]["train"]["params"], dict(restored["config"]), candidate
         raise UserError(f"no checkpoint in {self.directory} could be restored: "
@@ -259,8 +268,9 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            config=ocp.args.JsonRestore()))
+        with quiet_restore.attempt():
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                config=ocp.args.JsonRestore()))
         return dict(restored["config"])
 
     def wait(self) -> None:
@@ -307,6 +317,23 @@ def _tokenizer_files(tokenizer_dir: str) -> tuple[Path, ...]:
     if not tokenizer_dir or not Path(tokenizer_dir).is_dir():
         return ()
     return tuple(sorted(p for p in Path(tokenizer_dir).iterdir() if p.is_file()))
+
+
+def latest_config(workdir) -> dict | None:
+    """The training config saved with the newest readable checkpoint of `workdir` (the one a
+    resumed run starts from), or None when it has none."""
+    if not is_checkpoint_dir(workdir):
+        return None
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        for step in reversed(ckpt.all_steps()):
+            try:
+                return ckpt.restore_config(step).get("config")
+            except Exception:  # damaged: the run falls back to the one before, and so do we
+                continue
+        return None
+    finally:
+        ckpt.close()
 
 
 def is_checkpoint_dir(path) -> bool:

@@ -32,6 +32,9 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Entry point of `bertjax eval`."""
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size} must be at least 1 (leave it out for "
+                        "the run's train.eval_batch_size)")
     metrics = evaluate_model(args.workdir, args.data, step=args.step, batch_size=args.batch_size,
                              attention_impl=args.attention_impl)
     out = {k: None if isinstance(v, float) and not math.isfinite(v) else v
@@ -88,7 +91,7 @@ def evaluate_model(workdir, data_dir, *, step=None, batch_size=None,
         check_same_tokenizer(loaded.tokenizer_identity, ds.tokenizer_identity, f"--data={data_dir}")
     # Evaluation replicates the parameters and splits batches over every device.
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    batch_size = batch_size or config.train.eval_batch_size
+    batch_size = config.train.eval_batch_size if batch_size is None else batch_size
     if batch_size % sharding.data_parallel_size(mesh):
         raise UserError(f"--batch-size {batch_size} is not divisible by the "
                         f"{sharding.data_parallel_size(mesh)} devices")
@@ -102,7 +105,10 @@ def evaluate_model(workdir, data_dir, *, step=None, batch_size=None,
         mesh=mesh,
         rules=sharding.logical_rules(config),
         param_shardings=replicated,
-        nsp=config.train.nsp,
+        nsp=config.train.nsp and ds.manifest.get("nsp", True),
     )
     metrics = evaluator.eval(jax.device_put(jax.device_get(loaded.params), replicated))
+    if config.train.nsp and not ds.manifest.get("nsp", True):
+        # Its pairs carry no next-sentence labels: an accuracy on them would mean nothing.
+        metrics["nsp"] = f"absent: {data_dir} was prepared with --no-nsp"
     return {"model": loaded.source, "data": str(data_dir), **metrics}

@@ -2,8 +2,14 @@
 training loop and `bertjax eval` share it."""
 
 import math
+import sys
 
 from bertjax.data.masking import MaskingConfig
+
+
+def _fitted(batch_size: int, rows: int, data_parallel: int) -> int:
+    """The batch size, at most the split's rows rounded up to a multiple of the devices."""
+    return min(batch_size, -(-rows // data_parallel) * data_parallel)
 
 
 class Evaluator:
@@ -22,10 +28,14 @@ class Evaluator:
 
     def __init__(self, eval_ds, *, batch_size: int, seed: int, masking: MaskingConfig, model,
                  mesh, rules, param_shardings, nsp: bool = True):
+        from bertjax.train import sharding
         from bertjax.train import step as step_lib
 
         self.eval_ds = eval_ds
-        self.batch_size = batch_size
+        self.batch_size = _fitted(batch_size, len(eval_ds), sharding.data_parallel_size(mesh))
+        if self.batch_size < batch_size:  # a batch of padding rows would only cost memory
+            print(f"evaluation: batches of {self.batch_size}, not {batch_size}: that holds all "
+                  f"{len(eval_ds)} rows of {eval_ds.path}", file=sys.stderr, flush=True)
         self.seed = seed
         self.masking = masking
         self.mesh = mesh

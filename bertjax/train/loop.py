@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bertjax import interrupt
 from bertjax.errors import UserError
 from bertjax.train import config as config_lib
 from bertjax.train.step_metrics import PRETRAINING_REMEDY, StepMetrics
@@ -294,12 +295,14 @@ def train(config, workdir) -> list[dict]:
         if start_step >= train_cfg.steps:
             _log(f"nothing to do: the checkpoint is at step {start_step} of {train_cfg.steps}")
             return []
-        if run.is_writer:
-            run.workdir.mkdir(parents=True, exist_ok=True)
-            (run.workdir / "config.json").write_text(config.to_json(indent=2))
         loader = make_loader(run, start_step)
         cleanup.callback(loader.close)
         check_resumed_loader(run, loader)
+        # Every start-up check passed: only now may the run's files change.
+        ckpt.set_aside_damaged()
+        if run.is_writer:
+            run.workdir.mkdir(parents=True, exist_ok=True)
+            workdir_io.write_atomic(run.workdir / "config.json", config.to_json(indent=2).encode())
         batch = sharding.global_batch(next(loader), run.mesh)
         train_fn = compile_train_step(run, state, batch, dropout_rng)  # 5. compile
         _log(f"training steps {start_step + 1}..{train_cfg.steps}")
@@ -349,6 +352,8 @@ def run_steps(run: Run, train_fn, state, dropout_rng, batch, loader, ckpt, start
 
         if evaluator is not None and start_step == 0 and train_cfg.eval_at_start:
             history.append({"step": 0, **evaluate(0)})  # the untrained baseline
+        interrupt.check()  # a Ctrl-C during start-up that Python swallowed
+        cleanup.enter_context(watcher.stopping_on_interrupt())  # Ctrl-C saves, as SIGTERM
         for step in range(start_step, train_cfg.steps):
             if step > start_step:
                 batch = sharding.global_batch(next(loader), run.mesh)
@@ -370,9 +375,13 @@ def run_steps(run: Run, train_fn, state, dropout_rng, batch, loader, ckpt, start
             if is_ckpt:
                 writer.sync()  # a remote metrics.jsonl holds every row up to the checkpoint
                 ckpt.save(done, state, dropout_rng, loader.state(), ckpt_meta, force=True)
-            if preempted:
+            if preempted and not watcher.interrupted:
                 _log(f"SIGTERM: saved the checkpoint of step {done}; exiting")
+            if preempted:
                 break
         history += filter(None, [step_metrics.flush()])
         jax.block_until_ready(state)
+    if watcher.interrupted:  # after the cleanup: the checkpoint is complete on storage
+        raise interrupt.Stopped(f"saved the checkpoint of step {done} in {ckpt.directory}; "
+                                "the same command resumes from it")
     return history

@@ -1,11 +1,15 @@
-"""Pre-emption: SIGTERM (TPU maintenance, Slurm, GKE, `kill`) becomes "save at the next step
-boundary and exit", the same step on every process."""
+"""Pre-emption: SIGTERM (TPU maintenance, Slurm, GKE, `kill`) and Ctrl-C (SIGINT) become "save
+at the next step boundary and exit", the same step on every process."""
 
+import contextlib
 import logging
+import os
 import signal
 import threading
 
 import jax
+
+from bertjax import interrupt
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +22,10 @@ class PreemptionWatcher:
     step, after SIGTERM reached any of them. Its notifier is the distributed runtime's own
     SIGTERM handler, so no Python handler may replace it there. With one process, a Python
     handler sets a flag.
+
+    Inside `stopping_on_interrupt()`, Ctrl-C is handled the same way (`bertjax.interrupt`
+    defers it): with several processes this one sends itself SIGTERM, so that the runtime
+    tells every process. `interrupted` says which of the two it was.
     """
 
     def __init__(self):
@@ -37,7 +45,17 @@ class PreemptionWatcher:
             from jax.experimental import multihost_utils
 
             return bool(multihost_utils.reached_preemption_sync_point(int(step)))
-        return self._requested.is_set()
+        return self._requested.is_set() or interrupt.requested()
+
+    @property
+    def interrupted(self) -> bool:
+        """True when the stop comes from Ctrl-C in this process (not a SIGTERM)."""
+        return interrupt.requested()
+
+    def stopping_on_interrupt(self) -> contextlib.AbstractContextManager:
+        """A block in which Ctrl-C makes `should_stop` true instead of raising at once."""
+        forward = (lambda: os.kill(os.getpid(), signal.SIGTERM)) if self._multiprocess else None
+        return interrupt.deferred(forward)
 
     def close(self) -> None:
         """Restores the previous SIGTERM handler."""

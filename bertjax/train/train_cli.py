@@ -3,6 +3,8 @@
 
 import sys
 
+from bertjax import interrupt
+from bertjax.errors import UserError
 from bertjax.train import config as config_lib
 
 
@@ -35,6 +37,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Entry point of `bertjax train`."""
+    from bertjax.configs import base
     from bertjax.train import distributed, loop
 
     overrides = list(args.config_overrides)
@@ -43,12 +46,30 @@ def run(args) -> int:
     if args.profile_steps is not None:
         overrides.append(f"train.profile_steps={args.profile_steps}")
     config = config_lib.load_config(args.config, overrides)
+    base.SCHEMA.check(config)  # every key's type and range, and the rules across keys
     distributed.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                        peer_timeout_s=config.train.peer_timeout_s)
+    check_resume(config, args.workdir, base.SCHEMA)
     try:
         loop.train(config, args.workdir)
     except FloatingPointError as e:  # a diverged run: say where, without a traceback
         print(f"bertjax train: error: {e}", file=sys.stderr)
         return 1
+    except interrupt.Stopped:  # saved at the step the other processes saved at: not lost
+        distributed.finish()
+        raise
     distributed.finish()
     return 0
+
+
+def check_resume(config, workdir, schema) -> None:
+    """A UserError when `workdir` has checkpoints trained with other values of the keys that
+    change the objective, the data or the saved state (those the schema marks fixed)."""
+    from bertjax.train import checkpoint
+
+    saved = checkpoint.latest_config(workdir)
+    changed = schema.changed_on_resume(config, saved) if saved else []
+    if changed:
+        raise UserError(f"cannot resume {workdir}: its checkpoints were trained with other "
+                        f"settings ({'; '.join(changed)}); resume with the checkpoint's values, "
+                        "or train in a new --workdir")

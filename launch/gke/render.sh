@@ -43,7 +43,8 @@ Other options:
 Example (a v5e slice of 4 hosts x 4 chips):
   launch/gke/render.sh --name bert-p1 --image us-docker.pkg.dev/my-proj/bertjax:latest \
       --tpu tpu-v5-lite-podslice --topology 4x4 \
-      bert_base_phase1 gs://my-bucket/runs/p1 -- --config.train.steps=1000
+      bert_base_phase1 gs://my-bucket/runs/p1 -- --config.train.steps=1000 \
+      --config.optim.warmup_steps=100
 EOF
 }
 

@@ -1,0 +1,115 @@
+"""A checkpoint that fails to restore is one warning line: what orbax, tensorstore and asyncio
+print while the read fails and after (a traceback per array, per abandoned task, per read that
+finishes after its event loop closed, per coroutine never awaited: thousands of lines for a
+large model) is held back and dropped. BERTJAX_DEBUG=1 shows all of it and the full trace."""
+
+import contextlib
+import gc
+import logging
+import os
+import sys
+import traceback
+import warnings
+
+DEBUG_ENV = "BERTJAX_DEBUG"
+_NOISY_LOGGERS = ("absl", "asyncio", "orbax", "tensorstore", "jax")
+
+
+def debugging() -> bool:
+    """True when BERTJAX_DEBUG asks for every trace."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+class _Hold(logging.Filter):
+    """Holds back the records of the noisy loggers (kept, for a restore that succeeds)."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] in _NOISY_LOGGERS:
+            self.held.append(record)
+            return False
+        return True
+
+
+class _DropAbandonedReads(logging.Filter):
+    """asyncio's "Task exception was never retrieved" of orbax's failed reads, printed when
+    the task is garbage-collected, possibly long after the restore gave up on it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "asyncio" or "never retrieved" not in str(record.msg):
+            return True
+        text = record.getMessage() + "".join(traceback.format_exception(*record.exc_info)) if (
+            record.exc_info) else record.getMessage()
+        return not any(word in text for word in ("orbax", "tensorstore"))
+
+
+_DROP_ABANDONED = _DropAbandonedReads()
+
+
+def _drop_closed_loop_callbacks(previous_hook):
+    """A sys.unraisablehook that drops "Event loop is closed" from tensorstore reads that
+    finish after orbax closed the event loop of the failed restore."""
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)):
+            previous_hook(unraisable)
+
+    hook.drops_closed_loop = True
+    return hook
+
+
+def _handlers() -> list[logging.Handler]:
+    # Filters on a handler see every record that reaches it, a logger's only its own.
+    return [*logging.getLogger().handlers, logging.lastResort]
+
+
+@contextlib.contextmanager
+def attempt():
+    """A restore attempt: on success the held-back records are logged as usual; on an error
+    they are dropped (unless debugging), and so are the abandoned reads' tracebacks for the
+    rest of the process."""
+    if debugging():
+        yield
+        return
+    hold, handlers = _Hold(), _handlers()
+    for h in handlers:
+        h.addFilter(hold)
+    if not getattr(sys.unraisablehook, "drops_closed_loop", False):  # they come mid-attempt
+        sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+    failed = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except BaseException:
+        failed = True
+        for h in handlers:
+            if _DROP_ABANDONED not in h.filters:
+                h.addFilter(_DROP_ABANDONED)
+        # Their coroutines, collected later, would each warn that they were never awaited.
+        warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
+        gc.collect()  # the failed reads' tasks, while their records are still held back
+        raise
+    finally:
+        for h in handlers:
+            h.removeFilter(hold)
+        if not failed:
+            for record in hold.held:
+                logging.getLogger(record.name).handle(record)
+
+
+def warn(message: str) -> None:
+    """One line on stderr (the full trace of the exception being handled when debugging)."""
+    if debugging():
+        traceback.print_exc(file=sys.stderr)
+    print(f"bertjax: warning: {message}", file=sys.stderr, flush=True)
+
+
+def reason(e: BaseException) -> str:
+    """An exception as a short one-line reason."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:200]}"
