@@ -16,18 +16,18 @@ from bertjax.errors import UserError
 
 # subcommand module, in the order `bertjax --help` lists them.
 SUBCOMMAND_MODULES = (
-    "bertjax.data.tokenizer_cli",
-    "bertjax.data.prepare",
+    "bertjax.commands.tokenizer",
+    "bertjax.commands.prepare",
     "bertjax.bench",
-    "bertjax.data.batches_cli",
-    "bertjax.train.train_cli",
-    "bertjax.train.eval_cli",
-    "bertjax.compile_cli",
-    "bertjax.export",
-    "bertjax.demo",
-    "bertjax.plot",
-    "bertjax.finetune.finetune_cli",
-    "bertjax.features",
+    "bertjax.commands.batches",
+    "bertjax.commands.train",
+    "bertjax.commands.evaluate",
+    "bertjax.commands.aot_compile",
+    "bertjax.commands.export",
+    "bertjax.commands.demo",
+    "bertjax.commands.plot",
+    "bertjax.commands.finetune",
+    "bertjax.commands.features",
 )
 
 

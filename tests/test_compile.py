@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bertjax import cli, compile_cli
+from bertjax import cli
+from bertjax.commands import aot_compile as compile_cli
 from bertjax.data.synthetic import synthetic_dataset
 from bertjax.train import aot, hlo_cost, topology
 from bertjax.train import config as config_lib

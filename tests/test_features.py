@@ -13,8 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from bertjax import cli, encoder, features
+from bertjax import cli, encoder
 from bertjax import model as model_lib
+from bertjax.commands import features
 from bertjax.data import load_tokenizer
 from tests.conftest import DEMO_ENCODER_SEQ
 from tests.helpers import TINY_NO_DROPOUT, unboxed_params

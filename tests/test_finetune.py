@@ -422,7 +422,8 @@ def small_vocab_model(tmp_path_factory) -> Path:
         ({"--batch-size": "12"}, [], "--batch-size=12 is not divisible by the data-parallel"),
         ({"--max-seq-len": "100"}, [], "--max-seq-len=100 exceeds the model's max_position"),
         ({"--lr": "1e-4"}, ["--lr-sweep"], "--lr and --lr-sweep exclude each other"),
-        ({"--warmup": "1.5"}, [], "warmup=1.5 must be >= 0 and <= 1 (fraction of the steps "
+        ({"--warmup": "1.5"}, [], "optim.warmup_fraction=1.5 must be >= 0 and <= 1 (fraction of "
+         "the steps "
          "warming up (--warmup))"),
     ],
 )

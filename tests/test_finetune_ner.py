@@ -209,14 +209,15 @@ GOOD = conll([("The", "O"), ("PSF", "B-ORG"), ("met", "O"), ("", ""), ("Fine", "
         ("--task ner", {"train.txt": ""}, "train.txt holds no sentences"),
         ("--task ner --tag-scheme iob2", {"train.txt": conll([("the", "O"), ("X", "I-ORG")])},
          "train.txt, line 2: I-ORG follows O, which IOB2 does not allow"),
-        ("--task ner --tag-scheme bio", None, "--tag-scheme 'bio' is not one of auto, iob1, iob2"),
+        ("--task ner --tag-scheme bio", None, "ner.scheme='bio' must be one of auto, iob1, iob2 "
+         "(the files' tags (--tag-scheme))"),
         ("--task conll2003 --labels O,B-X,I-X", None, "--labels 'O,B-X,I-X' applies to --task "
          "ner; --task conll2003 has CoNLL-2003's labels"),
         ("--task ner --labels O,B-X,B-X", None, "--labels lists B-X more than once"),
         ("--task ner --labels B-X,I-X", None, "--labels has no O label"),
         ("--task ner --no-data", None, "--task ner reads a directory of CoNLL-format files: "
          "pass --data DIR"),
-        ("--task ner --max-seq-len 2", None, "--max-seq-len 2 leaves no room for a word piece"),
+        ("--task ner --max-seq-len 2", None, "data.max_seq_len=2 must be >= 3"),
         ("--task ner --doc-stride 100 --max-seq-len 64", None, "--doc-stride 100 must be "
          "between 1 and the 62 pieces a window holds"),
         ("--task swag --tag-scheme iob1", None, "--tag-scheme sets the config key ner.scheme, "

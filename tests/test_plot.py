@@ -1,4 +1,4 @@
-"""Tests for bertjax.plot: the figure's panels, the PNG file and the CLI's errors."""
+"""Tests for bertjax.commands.plot: the figure's panels, the PNG file and the CLI's errors."""
 
 import io
 import json
@@ -6,7 +6,8 @@ import struct
 
 import pytest
 
-from bertjax import cli, plot
+from bertjax import cli
+from bertjax.commands import plot
 from bertjax.train import metrics_writer
 
 EXPECTED_TITLES = [

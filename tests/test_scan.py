@@ -16,8 +16,9 @@ import torch
 import transformers
 from jax.sharding import PartitionSpec as P
 
-from bertjax import encoder, export, hf
+from bertjax import encoder, hf
 from bertjax import model as model_lib
+from bertjax.commands import export
 from bertjax.data.synthetic import synthetic_batch
 from bertjax.errors import UserError
 from bertjax.train import checkpoint, optim, sharding, step_setup

@@ -18,7 +18,8 @@ CONFIG = "bert_tiny"
 TIMEOUT_S = 420
 
 # What a worker runs: the `bertjax train` command line, parsed by the real parser, then the
-# same calls as `train_cli.run`, printing the full-precision losses (metrics.jsonl rounds them).
+# same calls as `commands.train.run`, printing the full-precision losses (metrics.jsonl
+# rounds them).
 WORKER = """
 import json, sys
 from bertjax import cli

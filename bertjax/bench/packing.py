@@ -93,7 +93,7 @@ def check_args(args) -> list[int]:
 
 def corpus_and_tokenizer(args, root: Path):
     """(corpus files, tokenizer): the given ones, or the demo corpus and its WordPiece."""
-    from bertjax import demo
+    from bertjax.commands import demo
     from bertjax.data.tokenizer import load_tokenizer
 
     files = [Path(f) for f in args.input] if args.input else demo.build_corpus(

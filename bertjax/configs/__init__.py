@@ -6,7 +6,8 @@ import importlib
 
 def finetune_schema(config):
     """The SCHEMA of the fine-tuning config of `config.task`'s kind (its default config,
-    finetune_glue's keys plus the kind's own section)."""
+    finetune_glue's keys plus the kind's own section); finetune_glue's without a task."""
     from bertjax.finetune.kinds import default_config
 
-    return importlib.import_module(f"bertjax.configs.{default_config(config.task)}").SCHEMA
+    name = default_config(config.task) if config.task else "finetune_glue"
+    return importlib.import_module(f"bertjax.configs.{name}").SCHEMA

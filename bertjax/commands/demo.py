@@ -111,7 +111,8 @@ def build_dataset(files: list[Path], tokenizer, out_dir: Path, held_out: int) ->
 def run_demo(workdir, *, corpus="stdlib", steps=300, max_documents=None, vocab_size=8000,
              held_out=512, config_path=None, overrides=()) -> dict:
     """Runs every stage; returns {before, after, tokens_per_s, paths, seconds}."""
-    from bertjax import hf, plot
+    from bertjax import hf
+    from bertjax.commands import plot
     from bertjax.configs import base
     from bertjax.train import checkpoint, loop
     from bertjax.train import config as config_lib
