@@ -241,9 +241,8 @@ def dot_product_attention(
 def _xla(q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, attn_segment_ids_BxL, *, dropout_rate, dropout_rng):
     """The explicit form: [B, N, L, L] float32 probabilities, optionally dropped out.
 
-    The logits come out of the matmul in the compute dtype, as bertjax has always trained:
-    asking bfloat16 inputs for float32 logits would make the backward matmuls float32 too
-    (jax-ml/jax#24047).
+    The logits come out of the matmul in the compute dtype: asking bfloat16 inputs for
+    float32 logits would make the backward matmuls float32 too (jax-ml/jax#24047).
     """
     depth = q_BxLxNxD.shape[-1]
     logits_BxNxLxL = jnp.einsum("bqnd,bknd->bnqk", q_BxLxNxD, k_BxLxNxD) / jnp.sqrt(depth)

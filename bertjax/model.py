@@ -116,12 +116,14 @@ class BertModel(nn.Module):
                                   one_segment_per_row, output_hidden_states)
             if output_hidden_states:  # scanned: all layers' [N, B, L, E]; unrolled: one's
                 collected.append(outs if self.cfg.scan_layers else outs[None])
-        cls_BxE = x_BxLxE[:, 0] if cls_positions is None else jnp.take_along_axis(
-            x_BxLxE, cls_positions[..., None].astype(jnp.int32), axis=1)  # packed: [B, K, E]
-        pooled_BxE = jnp.tanh(self.pooler(cls_BxE))
+        # [CLS] of each row [B, E], or of each packed sequence [B, K, E] (`cls_positions`):
+        # the pooled output and the NSP logits keep that leading shape.
+        cls_Bx_E = x_BxLxE[:, 0] if cls_positions is None else jnp.take_along_axis(
+            x_BxLxE, cls_positions[..., None].astype(jnp.int32), axis=1)
+        pooled_Bx_E = jnp.tanh(self.pooler(cls_Bx_E))
         if output_hidden_states:
-            return x_BxLxE, pooled_BxE, jnp.concatenate(collected)
-        return x_BxLxE, pooled_BxE
+            return x_BxLxE, pooled_Bx_E, jnp.concatenate(collected)
+        return x_BxLxE, pooled_Bx_E
 
     def attend(self, x_BxPxE):
         """MLM decoder logits against the tied word embeddings."""
@@ -157,7 +159,7 @@ class BertForPreTraining(nn.Module):
         cfg = self.cfg
         masked_lm_positions_BxP = masked_lm_positions
         bert = BertModel(cfg, name="bert")
-        hidden_BxLxE, pooled_BxE = bert(input_ids, segment_ids, input_mask, deterministic,
+        hidden_BxLxE, pooled_Bx_E = bert(input_ids, segment_ids, input_mask, deterministic,
                                         attn_segment_ids, position_ids, nsp_positions)
         if masked_lm_positions_BxP is None:
             x_BxPxE = hidden_BxLxE
@@ -176,8 +178,8 @@ class BertForPreTraining(nn.Module):
             "mlm_bias", zeros_init(("vocab",)), (cfg.vocab_size,), jnp.float32
         )
         mlm_BxPxV = mlm_BxPxV.astype(jnp.float32) + mlm_bias_V
-        nsp_Bx2 = dense(cfg, 2, ("embed", None), "nsp")(pooled_BxE).astype(jnp.float32)
-        return PreTrainingOutput(mlm_BxPxV, nsp_Bx2, hidden_BxLxE, pooled_BxE)
+        nsp_Bx_2 = dense(cfg, 2, ("embed", None), "nsp")(pooled_Bx_E).astype(jnp.float32)
+        return PreTrainingOutput(mlm_BxPxV, nsp_Bx_2, hidden_BxLxE, pooled_Bx_E)
 
 
 def init_params(cfg: BertConfig, rng: jax.Array, *, model: nn.Module | None = None,

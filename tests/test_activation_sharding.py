@@ -64,17 +64,15 @@ def lower_train_step(mesh, *, unconstrained: bool):
     the activation constraints switched off (the control)."""
     tx, schedule = optim.make_optimizer(OPTIM_CFG, STEPS)
     abstract, shardings = step_lib.state_shardings(MODEL_CFG, tx, mesh, RULES)
-    with pytest.MonkeyPatch.context() as patch:
-        if unconstrained:  # read when the step is built (jit_train_step), not when called
-            patch.setattr(step_lib, "CONSTRAIN_ACTIVATIONS", False)
-        train_step = step_lib.jit_train_step(
-            mesh,
-            RULES,
-            shardings,
-            model=model_lib.BertForPreTraining(MODEL_CFG),
-            tx=tx,
-            schedule=schedule,
-        )
+    train_step = step_lib.jit_train_step(
+        mesh,
+        RULES,
+        shardings,
+        model=model_lib.BertForPreTraining(MODEL_CFG),
+        tx=tx,
+        schedule=schedule,
+        constrain_activations=not unconstrained,
+    )
     state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         nn.meta.unbox(abstract),

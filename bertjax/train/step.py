@@ -142,19 +142,14 @@ def eval_step(
     return objective.sums(model, params, batch, None, True)
 
 
-# The model's `nn.with_logical_constraint` calls on activations only act when a mesh and the
-# logical rules are in scope while tracing. Without them XLA infers activation shardings from
-# the parameters and the batch alone, and with FSDP it reshards the embedding gradient by
-# replicating it ("involuntary full rematerialization"). Kept as a switch so that the
-# unconstrained program can still be built to compare against (tests, benchmarks).
-CONSTRAIN_ACTIVATIONS = True
-
-
-def _under_rules(fn, mesh, rules):
+def _under_rules(fn, mesh, rules, constrain_activations: bool = True):
     """`fn` traced with the (abstract) mesh in scope, which the fused attention kernels run
-    per shard over (attention.py), and the logical-axis rules (when CONSTRAIN_ACTIVATIONS),
-    so that the model's activation constraints become real sharding constraints."""
-    axis_rules = rules if CONSTRAIN_ACTIVATIONS else ()
+    per shard over (attention.py), and the logical-axis rules, so that the model's activation
+    constraints become real sharding constraints. Without them (`constrain_activations`
+    False: only to build the program to compare against) XLA infers activation shardings from
+    the parameters and the batch alone, and with FSDP it reshards the embedding gradient by
+    replicating it ("involuntary full rematerialization")."""
+    axis_rules = rules if constrain_activations else ()
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
@@ -179,9 +174,11 @@ def jit_train_step(
     nsp=True,
     deterministic=False,
     objective=None,
+    constrain_activations=True,
 ):
     """`train_step` compiled once for `mesh`: state in `shardings` (donated), batch split
-    over the batch axes, rng and metrics replicated. `objective`: see `train_step`."""
+    over the batch axes, rng and metrics replicated. `objective`: see `train_step`;
+    `constrain_activations`: see `_under_rules`."""
     fn = functools.partial(
         train_step,
         model=model,
@@ -193,7 +190,7 @@ def jit_train_step(
         micro_sharding=sharding.micro_batch_sharding(mesh),
         objective=objective,
     )
-    fn = _under_rules(fn, mesh, rules)
+    fn = _under_rules(fn, mesh, rules, constrain_activations)
     repl = sharding.replicated(mesh)
     return jax.jit(
         fn,
