@@ -1,15 +1,7 @@
 """Multi-head attention over per-token segment ids: one entry point, three kernels.
 
-`attn_segment_ids_BxL` (not BERT's token-type `segment_ids`) says which tokens may see each
-other: 0 is padding, and a token attends only to the tokens that carry its own non-zero id.
-A padded, unpacked batch is the special case "one segment per row" (the ids are the
-`input_mask`); packed rows carry ids 1, 2, 3, ... A padding position's output feeds no loss;
-it attends like the row's highest segment (`query_segment_ids`), which for one segment per
-row is exactly BERT's own key-only mask, so HF parity holds at every position.
-
-Kernels (`model.attention_impl`): `xla` (the explicit form, the only one with attention
-dropout), `cudnn` (`jax.nn.dot_product_attention(implementation="cudnn")`), `splash` (the TPU
-Pallas kernel with `SegmentIds`, under `shard_map`), and `auto`, resolved by `resolve_impl`.
+`dot_product_attention` runs `xla`, `cudnn` or `splash` (`model.attention_impl`; `auto` is
+resolved by `resolve_impl`); docs/TRAINING.md "Attention" says which runs where.
 """
 
 import dataclasses
@@ -189,7 +181,12 @@ def dot_product_attention(
 
     Args:
       q_BxLxNxD, k_BxLxNxD, v_BxLxNxD: queries, keys, values (float32 or bfloat16).
-      attn_segment_ids_BxL: int ids, 0 = padding (see the module docstring).
+      attn_segment_ids_BxL: which tokens may see each other (not BERT's token-type
+        `segment_ids`): 0 is padding, and a token attends only to the tokens that carry its
+        own non-zero id. A padded, unpacked batch is one segment per row (the ids are the
+        `input_mask`); packed rows carry ids 1, 2, 3, ... A padding position's output feeds
+        no loss; it attends like the row's highest segment (`query_segment_ids`), which for
+        one segment per row is BERT's own key-only mask, so HF parity holds at every position.
       impl: xla, cudnn, splash, or auto (resolved for this process's platform). The kernel
         is run as named, whatever the platform: lowering for TPU or CUDA from a CPU host is
         how the fused kernels are tested. Start-up validation (`resolve_impl`) keeps a run

@@ -1,13 +1,8 @@
 """HuggingFace folders (config.json + model.safetensors) <-> bertjax parameters.
 
-    from bertjax import hf
-    model = hf.load_pretrained("some/hf_folder")
-    out = model(input_ids, token_type_ids=tt, attention_mask=am)
-    hf.save_pretrained(model, "out_folder")
-
-Loading is strict: every weight the model needs must be present with the shape the config
-implies, and every weight in the file must be used; a `BertModel` folder (no heads) or a
-folder missing one whole head gets fresh heads and a warning, never a silent partial load.
+`load_pretrained` / `save_pretrained` (README.md "The model"); a `HeadSpec` declares a head's
+weights and their HuggingFace names. Loading is strict (`params_from_hf`): a missing, unused
+or mis-shaped weight is an error; a head absent as a whole gets fresh weights and a warning.
 """
 
 import dataclasses

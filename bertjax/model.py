@@ -1,10 +1,9 @@
-"""BERT in Flax Linen: config and presets, embeddings, pooler, MLM and NSP heads (the
-post-LN encoder layers, unrolled or scanned, are encoder.py's).
+"""BERT in Flax Linen: embeddings, pooler, MLM and NSP heads, BertForPreTraining, init_params.
 
-The parameter tree mirrors HuggingFace's `BertForPreTraining` module by module (see `hf.py`;
-with `scan_layers` the layers are one stacked subtree, `encoder.stack_layers`), and every
-parameter carries logical axis names so that sharding is chosen by config rules, never in
-the model.
+The post-LN encoder layers (unrolled or scanned) are encoder.py's; BertConfig and the presets
+are model_config.py's (re-exported here). The parameter tree mirrors HuggingFace's
+`BertForPreTraining` module by module (`hf.py`), and every parameter carries logical axis
+names so that sharding is chosen by config rules, never in the model.
 """
 
 import functools

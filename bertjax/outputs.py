@@ -1,11 +1,6 @@
 """The one rule of every command that writes: what a folder holds (a dataset, a training run, a
-tokenizer, a HuggingFace export, a demo), whether an output may go there, and writing it beside
-its target so that it replaces the target only when complete.
-
-An output goes to a folder (or file) that is new or empty, or, with --overwrite, one that holds
-an output of the same kind. Never to one holding anything else, never inside a dataset, an
-export or a tokenizer, never over a run's own files, never over the command's input. No
-command deletes what it did not write.
+tokenizer, a HuggingFace export, a demo), whether an output may go there (`check_folder`), and
+writing it beside its target so that it replaces the target only when complete.
 """
 
 from __future__ import annotations
@@ -140,8 +135,14 @@ def _check_place(out: Path, inputs: Iterable, flag: str, what: str) -> None:
 
 def check_folder(out, kind: str, *, overwrite: bool, inputs: Iterable = (),
                  flag: str = "--out") -> None:
-    """Raises UserError unless an output of `kind` may be written to the folder `out` (see
-    the module docstring): checked before any work, so a refusal changes nothing."""
+    """Raises UserError unless an output of `kind` may be written to the folder `out`:
+    checked before any work, so a refusal changes nothing.
+
+    An output goes to a folder that is new or empty, or, with `overwrite`, one that holds an
+    output of the same kind. Never to one holding anything else, never inside a dataset, an
+    export or a tokenizer, never over a run's own files, never over the command's input. No
+    command deletes what it did not write.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} exists and is not a directory")

@@ -1,12 +1,8 @@
 """WordPiece (via `tokenizers`) and sentencepiece tokenizers behind one small interface.
 
-`load_tokenizer(path)` takes a BERT `vocab.txt`, a sentencepiece `.model`, or a directory
-holding either (plus an optional `tokenizer_config.json` whose `do_lower_case` says whether
-the vocabulary is uncased). Both classes offer: `kind`, `vocab_size`, `lowercase`,
-`pad_id unk_id cls_id sep_id mask_id`, `special_ids`, `encode`, `encode_batch`,
-`encode_with_offsets`, `id_to_token`, `token_to_id`, `continuation_mask()`, `files`,
-`identity`, `save(dir)`.
-Special tokens are looked up in the vocabulary, never assumed to sit at fixed ids.
+`load_tokenizer(path)`: a BERT `vocab.txt`, a sentencepiece `.model`, or a directory of either;
+the interface both classes offer is listed in docs/ARCHITECTURE.md "Data". Special tokens are
+looked up in the vocabulary, never assumed to sit at fixed ids.
 """
 
 from __future__ import annotations
@@ -309,7 +305,7 @@ def train_wordpiece(
     """Learns a WordPiece vocabulary from an iterable of text lines; writes out_dir/vocab.txt.
 
     Reproducible: the same lines and arguments give a byte-identical vocab.txt on every run,
-    in the order documented in `bertjax.data.tokenizer_train` (the specials [PAD]=0 [UNK]=1
+    in the order documented in `tokenizer_train.learn_vocab` (the specials [PAD]=0 [UNK]=1
     [CLS]=2 [SEP]=3 [MASK]=4, the characters, the `##` characters, then the merges).
     Refuses an `out_dir` that holds a tokenizer unless `overwrite`, and one that holds anything
     else (bertjax.outputs); `out_dir` changes only when training succeeded.

@@ -1,34 +1,7 @@
 """Reproducible tokenizer training: the same corpus and flags give byte-identical files.
 
-WordPiece: the algorithm of HF `tokenizers`' WordPieceTrainer (a BPE trainer whose
-continuation pieces carry the `##` prefix), implemented here so that it is deterministic.
-Words come from BERT's normalizer and pre-tokenizer; every character of the corpus is a
-piece, and so is `##x` for every character x that occurs inside a word; then the most
-frequent adjacent pair of pieces is merged, again and again, until the vocabulary is full
-or the best pair occurs fewer than `min_frequency` times. HF's trainer gives a different
-vocabulary on every run: it numbers the `##x` pieces in the iteration order of a randomly
-seeded hash map, breaks ties between pairs of equal count by those numbers (so on text with
-many ties *which* pairs get merged changes), and returns the vocabulary as a hash map. Here
-every number is fixed before the first merge, and vocab.txt is written in id order:
-
-  1. the five special tokens [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0-4);
-  2. every character of the (normalized) corpus, by code point;
-  3. `##x` for every character x that occurs inside a word, by code point of x;
-  4. the merged pieces, in the order they were learned: the pair with the highest count
-     first; among equal counts, the pair with the smaller (left id, right id) -- HF's own
-     tie rule, applied to these fixed ids.
-
-So the vocabulary is a pure function of the word counts; pinned to the same ids, HF's
-trainer learns the same merges (tests/test_tokenizer_repro.py checks both).
-
-Sentencepiece is deterministic for a fixed thread count (its sorts break ties by key, its
-sampling uses a fixed seed); the model records its own training options, so `num_threads`
-is pinned here and the model is taken from memory rather than through `model_prefix`, a
-path that would otherwise be stored inside it.
-
-Outputs are written to a temporary sibling directory and moved into place only when
-training has succeeded, and never over an existing tokenizer unless `overwrite`
-(bertjax/outputs.py).
+WordPiece (`learn_vocab`): HF `tokenizers`' WordPieceTrainer algorithm with every id fixed
+before the first merge; sentencepiece (`sentencepiece_model`): its trainer, thread count pinned.
 """
 
 from __future__ import annotations
@@ -81,7 +54,26 @@ def learn_vocab(
     special_tokens: Iterable[str],
     min_frequency: int = 2,
 ) -> list[str]:
-    """The WordPiece vocabulary learned from `{word: count}`, in id order (module docstring).
+    """The WordPiece vocabulary learned from `{word: count}`, in id order.
+
+    The algorithm of HF `tokenizers`' WordPieceTrainer (a BPE trainer whose continuation
+    pieces carry the `##` prefix): every character of the corpus is a piece, and so is `##x`
+    for every character x that occurs inside a word; then the most frequent adjacent pair of
+    pieces is merged, again and again. HF's trainer gives a different vocabulary on every run:
+    it numbers the `##x` pieces in the iteration order of a randomly seeded hash map, breaks
+    ties between pairs of equal count by those numbers (so on text with many ties *which*
+    pairs get merged changes), and returns the vocabulary as a hash map. Here every id is
+    fixed before the first merge, and the list is in id order:
+
+      1. `special_tokens` (BERT's five, [PAD] [UNK] [CLS] [SEP] [MASK]: ids 0-4);
+      2. every character of the (normalized) corpus, by code point;
+      3. `##x` for every character x that occurs inside a word, by code point of x;
+      4. the merged pieces, in the order they were learned: the pair with the highest count
+         first; among equal counts, the pair with the smaller (left id, right id) -- HF's own
+         tie rule, applied to these fixed ids.
+
+    So the vocabulary is a pure function of the word counts; pinned to the same ids, HF's
+    trainer learns the same merges (tests/test_tokenizer_repro.py checks both).
 
     Every character gets its pieces even when that makes the vocabulary larger than
     `vocab_size` (as in HF's trainer); merges stop at `vocab_size` tokens or when the most
@@ -163,7 +155,12 @@ def _merge(word: list[int], a: int, b: int, new_id: int) -> list[int]:
 def sentencepiece_model(
     lines: Iterable[str], vocab_size: int, model_type: str = "unigram"
 ) -> bytes:
-    """A serialized sentencepiece model trained on `lines`, reproducibly (module docstring).
+    """A serialized sentencepiece model trained on `lines`, reproducibly.
+
+    Sentencepiece is deterministic for a fixed thread count (its sorts break ties by key, its
+    sampling uses a fixed seed); the model records its own training options, so `num_threads`
+    is pinned and the model is taken from memory rather than through `model_prefix`, a path
+    that would otherwise be stored inside it.
 
     [PAD]=0 and [UNK]=1 are the model's pad/unk pieces; [CLS] [SEP] [MASK] are user-defined
     symbols (ids 2, 3, 4), so they have ids and are never split.
