@@ -22,7 +22,6 @@ def get_config():
     config = finetune_glue.get_config()
     config.task = "squad"  # squad (v1.1) or squad_v2 (v2.0)
     config.data.max_seq_len = 384  # tokens per window: [CLS] question [SEP] context [SEP]
-    config.data.length_buckets = 0  # every window padded to max_seq_len
     config.train.epochs = 2
     config.train.log_every = 100
     config.optim.learning_rates = (3e-5,)
