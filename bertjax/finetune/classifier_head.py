@@ -5,7 +5,6 @@ import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
-import optax
 
 from bertjax import hf
 from bertjax import model as model_lib
@@ -70,13 +69,7 @@ def classification_sums(logits_BxC, labels_B, weights_B, regression: bool) -> di
         loss_B = jnp.square(logits_BxC[:, 0] - labels_B)
         return {"loss_sum": jnp.sum(loss_B * weights_B), "weight_sum": jnp.sum(weights_B)}
     labels_B = jnp.maximum(labels_B, 0)  # -1 marks unlabelled rows; their weight is 0
-    loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
-    correct_B = (jnp.argmax(logits_BxC, axis=-1) == labels_B).astype(jnp.float32)
-    return {
-        "loss_sum": jnp.sum(loss_B * weights_B),
-        "correct_sum": jnp.sum(correct_B * weights_B),
-        "weight_sum": jnp.sum(weights_B),
-    }
+    return losses.weighted_ce_sums(logits_BxC, labels_B, weights_B)
 
 
 def metrics_from_sums(sums: dict) -> dict:

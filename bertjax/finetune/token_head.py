@@ -8,13 +8,13 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-import optax
 
 from bertjax import hf
 from bertjax import model as model_lib
 from bertjax.finetune import heads
 from bertjax.layers import dense
 from bertjax.model_config import BertConfig
+from bertjax.train import losses
 from bertjax.train.head import Head
 
 ARCHITECTURE = "BertForTokenClassification"
@@ -80,7 +80,4 @@ def token_sums(logits_BxLxK, label_ids_BxL, label_weights_BxL, weights_B) -> dic
     """Sums over the labelled tokens (label_weights times the row's weight): `loss_sum`
     (cross-entropy), `correct_sum` (argmax right) and `weight_sum` (their number)."""
     w_BxL = label_weights_BxL.astype(jnp.float32) * weights_B.astype(jnp.float32)[:, None]
-    loss_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxK, label_ids_BxL)
-    correct_BxL = (jnp.argmax(logits_BxLxK, axis=-1) == label_ids_BxL).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(loss_BxL * w_BxL), "correct_sum": jnp.sum(correct_BxL * w_BxL),
-            "weight_sum": jnp.sum(w_BxL)}
+    return losses.weighted_ce_sums(logits_BxLxK, label_ids_BxL, w_BxL)

@@ -14,20 +14,26 @@ import optax
 MLM_DENOMINATOR_EPS = 1e-5
 
 
+def weighted_ce_sums(logits_xC: jax.Array, labels_x: jax.Array, weights_x: jax.Array
+                     ) -> dict[str, jax.Array]:
+    """Cross-entropy and argmax hits of `logits_xC` ([..., C], computed in float32) against
+    integer `labels_x` ([...]), weighted by `weights_x` and summed: `loss_sum`,
+    `correct_sum`, `weight_sum`."""
+    logits = logits_xC.astype(jnp.float32)
+    weights = weights_x.astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels_x)
+    correct = (jnp.argmax(logits, axis=-1) == labels_x).astype(jnp.float32)
+    return {"loss_sum": jnp.sum(ce * weights), "correct_sum": jnp.sum(correct * weights),
+            "weight_sum": jnp.sum(weights)}
+
+
 def mlm_sums(
     mlm_logits_BxPxV: jax.Array, masked_lm_ids_BxP: jax.Array, masked_lm_weights_BxP: jax.Array
 ) -> dict[str, jax.Array]:
     """Weighted sums over the masked positions: `mlm_loss_sum`, `mlm_correct_sum`,
     `mlm_weight_sum`."""
-    logits = mlm_logits_BxPxV.astype(jnp.float32)
-    weights = masked_lm_weights_BxP.astype(jnp.float32)
-    ce_BxP = optax.softmax_cross_entropy_with_integer_labels(logits, masked_lm_ids_BxP)
-    correct_BxP = (jnp.argmax(logits, axis=-1) == masked_lm_ids_BxP).astype(jnp.float32)
-    return {
-        "mlm_loss_sum": jnp.sum(ce_BxP * weights),
-        "mlm_correct_sum": jnp.sum(correct_BxP * weights),
-        "mlm_weight_sum": jnp.sum(weights),
-    }
+    sums = weighted_ce_sums(mlm_logits_BxPxV, masked_lm_ids_BxP, masked_lm_weights_BxP)
+    return {f"mlm_{k}": v for k, v in sums.items()}
 
 
 def nsp_sums(
@@ -39,18 +45,10 @@ def nsp_sums(
 
     `next_sentence_weights_B` (evaluation) is 0 on rows that only pad the last batch.
     """
-    logits = nsp_logits_Bx2.astype(jnp.float32)
     if next_sentence_weights_B is None:
-        weights = jnp.ones(logits.shape[:1], jnp.float32)
-    else:
-        weights = next_sentence_weights_B.astype(jnp.float32)
-    ce_B = optax.softmax_cross_entropy_with_integer_labels(logits, next_sentence_labels_B)
-    correct_B = (jnp.argmax(logits, axis=-1) == next_sentence_labels_B).astype(jnp.float32)
-    return {
-        "nsp_loss_sum": jnp.sum(ce_B * weights),
-        "nsp_correct_sum": jnp.sum(correct_B * weights),
-        "nsp_weight_sum": jnp.sum(weights),
-    }
+        next_sentence_weights_B = jnp.ones(nsp_logits_Bx2.shape[:1], jnp.float32)
+    sums = weighted_ce_sums(nsp_logits_Bx2, next_sentence_labels_B, next_sentence_weights_B)
+    return {f"nsp_{k}": v for k, v in sums.items()}
 
 
 def pretraining_sums(mlm_logits_BxPxV, nsp_logits_Bx2, batch: dict, nsp: bool = True) -> dict:
