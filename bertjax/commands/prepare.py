@@ -29,6 +29,16 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
+    _add_input_flags(p)
+    _add_instance_flags(p)
+    p.add_argument("--overwrite", action="store_true", help="replace a complete dataset")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=run)
+    _add_merge(p)
+
+
+def _add_input_flags(p) -> None:
+    """Where the text comes from and how it is tokenized."""
     src = p.add_argument_group("input (one of --input or --hf-dataset)")
     src.add_argument("--input", nargs="+", metavar="FILE", help="text files")
     src.add_argument(
@@ -64,6 +74,10 @@ def register(subparsers) -> None:
         help="do not lower-case (default: the tokenizer's do_lower_case, else "
         "uncased for WordPiece)",
     )
+
+
+def _add_instance_flags(p) -> None:
+    """Where the dataset goes and how its instances are made (create_pretraining_data's)."""
     p.add_argument("--out", metavar="DIR", help="output dataset directory")
     p.add_argument("--max-seq-len", type=int, default=128)
     p.add_argument("--short-seq-prob", type=float, default=0.1)
@@ -113,9 +127,10 @@ def register(subparsers) -> None:
         metavar="K",
         help="with --pack: at most K sequences in a row (default 3, as Graphcore's packing)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a complete dataset")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
-    p.set_defaults(func=run)
+
+
+def _add_merge(p) -> None:
+    """`bertjax prepare merge`."""
     sub = p.add_subparsers(dest="prepare_command", metavar="merge", title="subcommand")
     m = sub.add_parser(
         "merge",
