@@ -364,3 +364,27 @@ def test_packed_eval_batches_weight_padding_rows_zero(packed_ds):
     mlm = sum(b["masked_lm_weights"].sum() for b in eval_batches(ds, 64))
     assert sum(w.sum() for w in weights) == ds.manifest["layout"]["sequences"] == 1500
     assert all(w.shape == (64, 3) for w in weights) and mlm > 1500
+
+
+def test_loader_benchmark_times_each_configuration_and_cleans_up(tmp_path, capsys, monkeypatch):
+    """`bertjax bench loader` without --data: a generated dataset in a temporary folder, each
+    configuration timed (synchronous, threads, worker processes), the JSON written to --json,
+    and the temporary folder gone afterwards."""
+    import json
+    import tempfile
+
+    from bertjax import cli
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    out = tmp_path / "result.json"
+    assert cli.main(["bench", "loader", "--num-instances", "64", "--max-seq-len", "32",
+                     "--global-batch-size", "8", "--steps", "2", "--workers", "0", "1",
+                     "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["runs"]) == {"synchronous", "workers=0 (2 threads)",
+                                   "workers=1 (processes)"}
+    for r in result["runs"].values():
+        assert r["sequences_per_s"] > 0 and r["ms_per_batch"] > 0
+    assert result["num_instances"] == 64 and result["max_seq_len"] == 32
+    assert "seq/s" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # the generated data: gone
