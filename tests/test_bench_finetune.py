@@ -64,12 +64,16 @@ def test_squad_bench_times_the_span_step_at_the_papers_settings(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, architecture, rows, examples", [
-    ("conll2003", "BertForTokenClassification", 8 * 16, 14_041),
-    ("swag", "BertForMultipleChoice", 8 * 4 * 16, 73_546),
-])
-def test_ner_and_swag_bench_against_their_transformers_heads(capsys, task, architecture, rows,
-                                                             examples):
+@pytest.mark.parametrize(
+    "task, architecture, rows, examples",
+    [
+        ("conll2003", "BertForTokenClassification", 8 * 16, 14_041),
+        ("swag", "BertForMultipleChoice", 8 * 4 * 16, 73_546),
+    ],
+)
+def test_ner_and_swag_bench_against_their_transformers_heads(
+    capsys, task, architecture, rows, examples
+):
     """The NER and SWAG kinds' synthetic batches train on both sides (transformers' head in a
     process of its own); SWAG's tokens count its four choices per example."""
     argv = f"bench finetune --preset tiny --seq-len 16 --batch-size 8 --steps 2 --task {task}"

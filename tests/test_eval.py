@@ -20,8 +20,9 @@ VOCAB = 256
 def zero_model_folder(path):
     """A BERT whose parameters are all zero: every MLM and NSP logit is 0 (uniform)."""
     cfg = model_lib.preset_config("tiny", vocab_size=VOCAB)
-    params = jax.tree.map(np.zeros_like, jax.device_get(
-        nn.meta.unbox(model_lib.init_params(cfg, jax.random.key(0)))))
+    params = jax.tree.map(
+        np.zeros_like, jax.device_get(nn.meta.unbox(model_lib.init_params(cfg, jax.random.key(0))))
+    )
     hf.write_folder(params, cfg, path)
     return path
 
@@ -37,8 +38,9 @@ def test_eval_of_a_uniform_model_is_exact(tmp_path, capsys):
 
     folder = zero_model_folder(tmp_path / "zero")
     # 37 examples in batches of 8: the last batch holds 5 real rows and 3 padding rows.
-    assert cli.main(["eval", "--workdir", str(folder), "--data", str(data),
-                     "--batch-size", "8"]) == 0
+    assert (
+        cli.main(["eval", "--workdir", str(folder), "--data", str(data), "--batch-size", "8"]) == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["examples"] == 37
     assert result["masked_tokens"] == expected_tokens
@@ -68,36 +70,81 @@ def test_a_checkpoint_trained_with_splash_is_evaluated_and_fine_tuned_on_cpu(tmp
     vocab = write_vocab(tmp_path / "tok")
     data = synthetic_dataset(tmp_path / "data", 64, 32, vocab_size=len(SPECIALS + WORDS))
     workdir = tmp_path / "run"
-    assert cli.main(["train", "--config", "bert_tiny", "--workdir", str(workdir),
-                     f"--config.data.train_dir={data}", "--config.train.steps=2",
-                     "--config.train.global_batch_size=8", "--config.model.num_hidden_layers=1",
-                     "--config.optim.warmup_steps=1", "--config.train.checkpoint_every=2",
-                     "--config.train.eval_every=0"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                "bert_tiny",
+                "--workdir",
+                str(workdir),
+                f"--config.data.train_dir={data}",
+                "--config.train.steps=2",
+                "--config.train.global_batch_size=8",
+                "--config.model.num_hidden_layers=1",
+                "--config.optim.warmup_steps=1",
+                "--config.train.checkpoint_every=2",
+                "--config.train.eval_every=0",
+            ]
+        )
+        == 0
+    )
     # The checkpoint's JSON metadata (orbax's JsonSave item "config"): record splash there.
-    [meta_file] = [p for p in (workdir / "checkpoints" / "2" / "config").iterdir()
-                   if p.is_file() and checkpoint.MODEL_CONFIG_KEY in p.read_text()]
+    [meta_file] = [
+        p
+        for p in (workdir / "checkpoints" / "2" / "config").iterdir()
+        if p.is_file() and checkpoint.MODEL_CONFIG_KEY in p.read_text()
+    ]
     meta = json.loads(meta_file.read_text())
-    meta[checkpoint.MODEL_CONFIG_KEY].update(attention_impl="splash",
-                                             attention_probs_dropout_prob=0.0)
+    meta[checkpoint.MODEL_CONFIG_KEY].update(
+        attention_impl="splash", attention_probs_dropout_prob=0.0
+    )
     meta_file.write_text(json.dumps(meta))
     assert checkpoint.load_model(workdir).model_cfg.attention_impl == "splash"
     capsys.readouterr()
 
     assert cli.main(["eval", "--workdir", str(workdir), "--data", str(data)]) == 0
     err = capsys.readouterr().err
-    assert ("attention xla (model.attention_impl=auto; auto: no fused kernel on cpu); "
-            "trained with splash") in err, err
+    assert (
+        "attention xla (model.attention_impl=auto; auto: no fused kernel on cpu); "
+        "trained with splash"
+    ) in err, err
 
     rng = np.random.default_rng(0)
     (tmp_path / "sst2").mkdir()
     for split, n in (("train", 32), ("dev", 8)):
         topics = rng.integers(0, 2, n)
-        write_tsv(tmp_path / "sst2" / f"{split}.tsv", ["sentence", "label"], [
-            (" ".join(WORDS[15 * t + j] for j in rng.integers(0, 15, 6)), t) for t in topics])
-    assert cli.main(["finetune", "--task", "sst2", "--init", str(workdir), "--tokenizer",
-                     str(vocab), "--data", str(tmp_path / "sst2"), "--workdir",
-                     str(tmp_path / "ft"), "--epochs", "1", "--batch-size", "8",
-                     "--max-seq-len", "32"]) == 0
+        write_tsv(
+            tmp_path / "sst2" / f"{split}.tsv",
+            ["sentence", "label"],
+            [(" ".join(WORDS[15 * t + j] for j in rng.integers(0, 15, 6)), t) for t in topics],
+        )
+    assert (
+        cli.main(
+            [
+                "finetune",
+                "--task",
+                "sst2",
+                "--init",
+                str(workdir),
+                "--tokenizer",
+                str(vocab),
+                "--data",
+                str(tmp_path / "sst2"),
+                "--workdir",
+                str(tmp_path / "ft"),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--max-seq-len",
+                "32",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
-    assert ("attention xla (model.attention_impl=auto; auto: no fused kernel on cpu); "
-            "the checkpoint's: splash") in out.out + out.err
+    assert (
+        "attention xla (model.attention_impl=auto; auto: no fused kernel on cpu); "
+        "the checkpoint's: splash"
+    ) in out.out + out.err

@@ -310,8 +310,9 @@ def test_batches_cli_writes_what_the_process_would_train_on(ds, tmp_path, capsys
 @pytest.fixture(scope="module")
 def packed_ds(tmp_path_factory):
     path = tmp_path_factory.mktemp("loader_packed") / "data"
-    return open_dataset(synthetic_dataset(path, 1500, L, vocab_size=1000, shard_size=200,
-                                          max_sequences_per_row=3))
+    return open_dataset(
+        synthetic_dataset(path, 1500, L, vocab_size=1000, shard_size=200, max_sequences_per_row=3)
+    )
 
 
 def test_packed_batches_order_resume_and_process_count(packed_ds):
@@ -377,12 +378,30 @@ def test_loader_benchmark_times_each_configuration_and_cleans_up(tmp_path, capsy
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     out = tmp_path / "result.json"
-    assert cli.main(["bench", "loader", "--num-instances", "64", "--max-seq-len", "32",
-                     "--global-batch-size", "8", "--steps", "2", "--workers", "0", "1",
-                     "--json", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "bench",
+                "loader",
+                "--num-instances",
+                "64",
+                "--max-seq-len",
+                "32",
+                "--global-batch-size",
+                "8",
+                "--steps",
+                "2",
+                "--workers",
+                "0",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
-    assert set(result["runs"]) == {"synchronous", "workers=0 (2 threads)",
-                                   "workers=1 (processes)"}
+    assert set(result["runs"]) == {"synchronous", "workers=0 (2 threads)", "workers=1 (processes)"}
     for r in result["runs"].values():
         assert r["sequences_per_s"] > 0 and r["ms_per_batch"] > 0
     assert result["num_instances"] == 64 and result["max_seq_len"] == 32

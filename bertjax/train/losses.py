@@ -14,8 +14,9 @@ import optax
 MLM_DENOMINATOR_EPS = 1e-5
 
 
-def weighted_ce_sums(logits_xC: jax.Array, labels_x: jax.Array, weights_x: jax.Array
-                     ) -> dict[str, jax.Array]:
+def weighted_ce_sums(
+    logits_xC: jax.Array, labels_x: jax.Array, weights_x: jax.Array
+) -> dict[str, jax.Array]:
     """Cross-entropy and argmax hits of `logits_xC` ([..., C], computed in float32) against
     integer `labels_x` ([...]), weighted by `weights_x` and summed: `loss_sum`,
     `correct_sum`, `weight_sum`."""
@@ -23,8 +24,11 @@ def weighted_ce_sums(logits_xC: jax.Array, labels_x: jax.Array, weights_x: jax.A
     weights = weights_x.astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels_x)
     correct = (jnp.argmax(logits, axis=-1) == labels_x).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(ce * weights), "correct_sum": jnp.sum(correct * weights),
-            "weight_sum": jnp.sum(weights)}
+    return {
+        "loss_sum": jnp.sum(ce * weights),
+        "correct_sum": jnp.sum(correct * weights),
+        "weight_sum": jnp.sum(weights),
+    }
 
 
 def mlm_sums(
