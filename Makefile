@@ -25,10 +25,12 @@ install: $(VENV)/.core
 demo: $(VENV)/.core
 	$(BIN)/bertjax demo --workdir $(DEMO_WORKDIR)
 
-# Lint first (seconds), then the suite; tests/test_layering.py checks the import layers. Two
-# workers: much of the suite is single-threaded (compiling, starting processes, waiting on peers).
+# Lint and format check first (seconds), then the suite; tests/test_layering.py checks the
+# import layers. Two workers: much of the suite is single-threaded (compiling, starting
+# processes, waiting on peers).
 test: $(VENV)/.test
 	$(BIN)/ruff check bertjax tests
+	$(BIN)/ruff format --check bertjax tests
 	$(BIN)/python -m pytest -q -ra --durations=20 -n 2 --dist worksteal
 
 clean:
