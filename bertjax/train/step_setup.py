@@ -10,7 +10,7 @@ import functools
 import flax.linen as nn
 import jax
 
-from bertjax.train import optim, sharding
+from bertjax.train import cpu_rng, optim, sharding
 from bertjax.train import step as step_lib
 from bertjax.train.head import Head
 
@@ -69,6 +69,7 @@ def build(config, head: Head, mesh: jax.sharding.Mesh, *, optim_cfg=None,
     """The step of `head` on `mesh` as `config` says: `optim_cfg` (default config.optim) over
     `total_steps` (default config.train.steps), config.train.grad_accum_steps micro-batches,
     the config's logical_axis_rules."""
+    cpu_rng.unroll_threefry_on_cpu()  # dropout's random bits: the same, far cheaper on CPU
     rules = sharding.logical_rules(config)
     optim_cfg = config.optim if optim_cfg is None else optim_cfg
     total_steps = config.train.steps if total_steps is None else total_steps
