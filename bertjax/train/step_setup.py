@@ -36,11 +36,13 @@ class StepSetup:
     def model_cfg(self):
         return self.head.model.cfg
 
-    def init_state(self, rng: jax.Array) -> step_lib.TrainState:
-        """A fresh state, initialised directly into its shardings."""
+    def init_state(self, rng: jax.Array, given_params: dict | None = None) -> step_lib.TrainState:
+        """A fresh state, initialised directly into its shardings; `given_params` (say a
+        pretrained {"bert": ...}) replace those subtrees, which are then never initialised."""
         return step_lib.create_sharded_state(rng, model_cfg=self.model_cfg, tx=self.tx,
                                              shardings=self.state_shardings,
-                                             init_params=self.head.init_params)
+                                             init_params=self.head.init_params,
+                                             given_params=given_params)
 
     def predict_fn(self):
         """The head's predict step jitted for the mesh: (params, batch) -> outputs, replicated."""
