@@ -74,8 +74,9 @@ def resolve_impl(
     config keys at fault and the valid values.
     """
     if requested not in ATTENTION_IMPLS:
-        raise UserError(f"model.attention_impl={requested!r}: expected one of "
-                        f"{', '.join(ATTENTION_IMPLS)}")
+        raise UserError(
+            f"model.attention_impl={requested!r}: expected one of {', '.join(ATTENTION_IMPLS)}"
+        )
     problems = {  # kernel -> (why it cannot run here, what to do), or None
         "splash": _splash_problem(platform, dropout_rate, seq_len),
         "cudnn": _cudnn_problem(platform, dropout_rate, compute_dtype, head_dim),

@@ -97,7 +97,11 @@ class EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BxLxE, attn_segment_ids_BxL, deterministic: bool, one_segment_per_row: bool,
+        self,
+        x_BxLxE,
+        attn_segment_ids_BxL,
+        deterministic: bool,
+        one_segment_per_row: bool,
         collect: bool = False,
     ):
         cfg = self.cfg

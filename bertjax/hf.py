@@ -62,16 +62,21 @@ class Weight:
     flat: bool = False  # HF stores it 1-D; ours is [heads, kv]
 
 
-def dense_weights(hf: str, path: tuple[str, ...], in_dims: int = 1, group: str = "",
-                  flat_bias: bool = False) -> list[Weight]:
+def dense_weights(
+    hf: str, path: tuple[str, ...], in_dims: int = 1, group: str = "", flat_bias: bool = False
+) -> list[Weight]:
     """The kernel and bias of HF Linear `hf` at our `path` (an nn.Dense or layers.dense)."""
-    return [Weight(f"{hf}.weight", path + ("kernel",), in_dims, group),
-            Weight(f"{hf}.bias", path + ("bias",), 0, group, flat_bias)]
+    return [
+        Weight(f"{hf}.weight", path + ("kernel",), in_dims, group),
+        Weight(f"{hf}.bias", path + ("bias",), 0, group, flat_bias),
+    ]
 
 
 def _layer_norm(hf: str, path: tuple[str, ...], group: str = "") -> list[Weight]:
-    return [Weight(f"{hf}.weight", path + ("scale",), 0, group),
-            Weight(f"{hf}.bias", path + ("bias",), 0, group)]
+    return [
+        Weight(f"{hf}.weight", path + ("scale",), 0, group),
+        Weight(f"{hf}.bias", path + ("bias",), 0, group),
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +110,7 @@ PRETRAINING = HeadSpec(
         Weight("cls.predictions.bias", ("mlm_bias",), 0, "mlm"),
         *dense_weights("cls.seq_relationship", ("nsp",), group="nsp"),
     ),
-    optional={"mlm": "masked-LM head (cls.predictions)",
-              "nsp": "NSP head (cls.seq_relationship)"},
+    optional={"mlm": "masked-LM head (cls.predictions)", "nsp": "NSP head (cls.seq_relationship)"},
     label="BERT",
 )
 _POOLER = tuple(dense_weights("bert.pooler.dense", ("bert", "pooler")))
@@ -119,8 +123,9 @@ class _Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True):
-        return bert_model.BertModel(self.cfg, name="bert")(input_ids, segment_ids, input_mask,
-                                                           deterministic)
+        return bert_model.BertModel(self.cfg, name="bert")(
+            input_ids, segment_ids, input_mask, deterministic
+        )
 
 
 # The encoder alone (what `read_encoder` reads of any BERT folder): its pooler is read when
@@ -134,21 +139,27 @@ def encoder_weights(cfg: BertConfig) -> list[Weight]:
     emb = ("bert", "embeddings")
     table = [
         Weight("bert.embeddings.word_embeddings.weight", emb + ("word_embeddings", "embedding")),
-        Weight("bert.embeddings.position_embeddings.weight",
-               emb + ("position_embeddings", "embedding")),
-        Weight("bert.embeddings.token_type_embeddings.weight",
-               emb + ("token_type_embeddings", "embedding")),
+        Weight(
+            "bert.embeddings.position_embeddings.weight", emb + ("position_embeddings", "embedding")
+        ),
+        Weight(
+            "bert.embeddings.token_type_embeddings.weight",
+            emb + ("token_type_embeddings", "embedding"),
+        ),
         *_layer_norm("bert.embeddings.LayerNorm", emb + ("LayerNorm",)),
     ]
     for i in range(cfg.num_hidden_layers):
         hf, ours = f"bert.encoder.layer.{i}", ("bert", f"layer_{i}")
         for proj in ("query", "key", "value"):
-            table += dense_weights(f"{hf}.attention.self.{proj}", ours + ("attention", proj),
-                                   flat_bias=True)
-        table += dense_weights(f"{hf}.attention.output.dense", ours + ("attention", "output"),
-                               in_dims=2)
-        table += _layer_norm(f"{hf}.attention.output.LayerNorm",
-                             ours + ("attention", "output_LayerNorm"))
+            table += dense_weights(
+                f"{hf}.attention.self.{proj}", ours + ("attention", proj), flat_bias=True
+            )
+        table += dense_weights(
+            f"{hf}.attention.output.dense", ours + ("attention", "output"), in_dims=2
+        )
+        table += _layer_norm(
+            f"{hf}.attention.output.LayerNorm", ours + ("attention", "output_LayerNorm")
+        )
         table += dense_weights(f"{hf}.intermediate.dense", ours + ("intermediate",))
         table += dense_weights(f"{hf}.output.dense", ours + ("output",))
         table += _layer_norm(f"{hf}.output.LayerNorm", ours + ("output_LayerNorm",))
@@ -164,8 +175,10 @@ def _to_ours(tensor: np.ndarray, w: Weight, shape: tuple[int, ...]) -> np.ndarra
     if w.kernel_in_dims:
         tensor = tensor.T  # [out, in] -> [in, out]
     if tensor.size != int(np.prod(shape)):
-        raise CheckpointError(f"weight {w.hf_name!r} has {tensor.size} values; the config needs "
-                              f"shape {shape} ({int(np.prod(shape))} values)")
+        raise CheckpointError(
+            f"weight {w.hf_name!r} has {tensor.size} values; the config needs "
+            f"shape {shape} ({int(np.prod(shape))} values)"
+        )
     return tensor.reshape(shape)
 
 
@@ -183,7 +196,7 @@ def _hf_shape(shape: tuple[int, ...], w: Weight) -> tuple[int, ...]:
         return (int(np.prod(shape)),)
     if not w.kernel_in_dims:
         return shape
-    return (int(np.prod(shape[w.kernel_in_dims:])), int(np.prod(shape[: w.kernel_in_dims])))
+    return (int(np.prod(shape[w.kernel_in_dims :])), int(np.prod(shape[: w.kernel_in_dims])))
 
 
 # --- config.json ---------------------------------------------------------------------------
@@ -196,8 +209,10 @@ def config_from_hf(hf_config: dict[str, Any]) -> BertConfig:
         raise CheckpointError(f"config.json has model_type {model_type!r}; expected 'bert'")
     for key, required in _REQUIRED_HF_VALUES.items():
         if key in hf_config and hf_config[key] != required:
-            raise CheckpointError(f"config.json sets {key}={hf_config[key]!r}; bertjax supports "
-                                  f"only {key}={required!r}")
+            raise CheckpointError(
+                f"config.json sets {key}={hf_config[key]!r}; bertjax supports "
+                f"only {key}={required!r}"
+            )
     fields = {f.name for f in dataclasses.fields(BertConfig)}
     # The remaining HF keys (architectures, torch_dtype, pad_token_id, ...) do not change the
     # network's function; ours that HF lacks (compute_dtype, scan_layers, remat_policy, ...)
@@ -212,10 +227,20 @@ def config_from_hf(hf_config: dict[str, Any]) -> BertConfig:
 def config_to_hf(cfg: BertConfig, spec: HeadSpec = PRETRAINING) -> dict[str, Any]:
     """The config.json dict transformers' `spec.architecture` expects."""
     out = {"architectures": [spec.architecture], "model_type": "bert"}
-    for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                 "intermediate_size", "hidden_act", "hidden_dropout_prob",
-                 "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
-                 "initializer_range", "layer_norm_eps"):
+    for name in (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "initializer_range",
+        "layer_norm_eps",
+    ):
         out[name] = getattr(cfg, name)
     out["position_embedding_type"] = "absolute"
     out["torch_dtype"] = "float32"
@@ -237,9 +262,11 @@ def _read_safetensors(folder: Path) -> dict[str, np.ndarray]:
             tensors.update(load_file(str(folder / shard)))
         return tensors
     found = sorted(p.name for p in folder.iterdir())
-    raise CheckpointError(f"{folder} has no {WEIGHTS_NAME} (or {WEIGHTS_INDEX_NAME}); found "
-                          f"{found}. A pytorch_model.bin can be converted by loading it with "
-                          "transformers and calling save_pretrained(safe_serialization=True).")
+    raise CheckpointError(
+        f"{folder} has no {WEIGHTS_NAME} (or {WEIGHTS_INDEX_NAME}); found "
+        f"{found}. A pytorch_model.bin can be converted by loading it with "
+        "transformers and calling save_pretrained(safe_serialization=True)."
+    )
 
 
 def _normalise_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -258,9 +285,13 @@ def _normalise_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 _TIED_DECODER = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
 
-def params_from_hf(tensors: dict[str, np.ndarray], cfg: BertConfig,
-                   spec: HeadSpec = PRETRAINING, rng: jax.Array | None = None,
-                   source: str = "checkpoint"):
+def params_from_hf(
+    tensors: dict[str, np.ndarray],
+    cfg: BertConfig,
+    spec: HeadSpec = PRETRAINING,
+    rng: jax.Array | None = None,
+    source: str = "checkpoint",
+):
     """Our (unboxed) parameters of `spec`'s model from HF tensors, in the layout of `cfg`
     (layers stacked when `cfg.scan_layers`); strict about missing, extra and mis-shaped
     tensors (CheckpointError).
@@ -273,22 +304,27 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: BertConfig,
     layout_cfg, cfg = cfg, dataclasses.replace(cfg, scan_layers=False)  # HF's: layer by layer
     table = weight_table(cfg, spec)
     module = spec.module(cfg)
-    shapes = nn.meta.unbox(bert_model.abstract_params(cfg, model=module,
-                                                      input_shape=spec.input_shape))
+    shapes = nn.meta.unbox(
+        bert_model.abstract_params(cfg, model=module, input_shape=spec.input_shape)
+    )
     present = {w.group for w in table if w.group and w.hf_name in tensors}
-    missing = [w.hf_name for w in table
-               if w.hf_name not in tensors and (not w.group or w.group in present)]
+    missing = [
+        w.hf_name for w in table if w.hf_name not in tensors and (not w.group or w.group in present)
+    ]
     if missing:
-        raise CheckpointError(f"{source} is missing {len(missing)} weight(s) of {spec.name}, "
-                              f"e.g. {missing[:5]}")
+        raise CheckpointError(
+            f"{source} is missing {len(missing)} weight(s) of {spec.name}, e.g. {missing[:5]}"
+        )
     unused_pooler = () if spec.pooler else _POOLER
     known = {w.hf_name for w in (*table, *unused_pooler)}
     if any(w.group == "mlm" for w in spec.weights):
         known |= set(_TIED_DECODER)  # tied copies, checked below
     unexpected = sorted(n for n in tensors if n not in known and not n.endswith(BUFFER_SUFFIXES))
     if unexpected:
-        raise CheckpointError(f"{source} has {len(unexpected)} weight(s) that are not part of "
-                              f"{spec.name} (or of this config), e.g. {unexpected[:5]}")
+        raise CheckpointError(
+            f"{source} has {len(unexpected)} weight(s) that are not part of "
+            f"{spec.name} (or of this config), e.g. {unexpected[:5]}"
+        )
     params: dict = {}
     for w in (*table, *unused_pooler):
         shape = _get(shapes, w.path).shape
@@ -300,20 +336,24 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: BertConfig,
         if tensor.shape != _hf_shape(shape, w):
             raise CheckpointError(
                 f"weight {w.hf_name!r} has shape {tuple(tensor.shape)}; config.json implies "
-                f"{_hf_shape(shape, w)}")
+                f"{_hf_shape(shape, w)}"
+            )
         _set(params, w.path, _to_ours(tensor, w, shape))
     _check_tied(tensors, params, source)
     absent = sorted(set(spec.optional) - present)
     if absent:
         rng = jax.random.key(0) if rng is None else rng
-        fresh = nn.meta.unbox(bert_model.init_params(cfg, rng, model=module,
-                                                     input_shape=spec.input_shape))
+        fresh = nn.meta.unbox(
+            bert_model.init_params(cfg, rng, model=module, input_shape=spec.input_shape)
+        )
         for w in table:
             if w.group in absent:
                 _set(params, w.path, np.asarray(_get(fresh, w.path)))
-        warnings.warn(f"{source} has no {' and no '.join(spec.optional[g] for g in absent)}: "
-                      "initialised freshly (random); train before using its outputs.",
-                      stacklevel=3)
+        warnings.warn(
+            f"{source} has no {' and no '.join(spec.optional[g] for g in absent)}: "
+            "initialised freshly (random); train before using its outputs.",
+            stacklevel=3,
+        )
     return encoder.to_layout(params, layout_cfg.scan_layers)
 
 
@@ -322,22 +362,28 @@ def _check_tied(tensors, params, source):
     if decoder is not None:
         embedding = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
         if decoder.shape != embedding.shape or not np.array_equal(decoder, embedding):
-            raise CheckpointError(f"{source}: cls.predictions.decoder.weight differs from the word "
-                                  "embeddings; BERT ties them and bertjax cannot load an untied "
-                                  "decoder")
+            raise CheckpointError(
+                f"{source}: cls.predictions.decoder.weight differs from the word "
+                "embeddings; BERT ties them and bertjax cannot load an untied "
+                "decoder"
+            )
     decoder_bias = tensors.get("cls.predictions.decoder.bias")
     if decoder_bias is not None and "mlm_bias" in params:
         if not np.array_equal(decoder_bias, params["mlm_bias"]):
-            raise CheckpointError(f"{source}: cls.predictions.decoder.bias differs from "
-                                  "cls.predictions.bias; BERT ties them")
+            raise CheckpointError(
+                f"{source}: cls.predictions.decoder.bias differs from "
+                "cls.predictions.bias; BERT ties them"
+            )
 
 
 def params_to_hf(params, cfg: BertConfig, spec: HeadSpec = PRETRAINING) -> dict[str, np.ndarray]:
     """HF tensors of `spec.architecture` (BertForPreTraining: the tied decoder left out, as
     transformers saves it) of our (boxed or unboxed) parameters in either layout."""
     params = encoder.unstack_layers(jax.device_get(nn.meta.unbox(params)))
-    return {w.hf_name: _to_hf(np.asarray(_get(params, w.path), np.float32), w)
-            for w in weight_table(cfg, spec)}
+    return {
+        w.hf_name: _to_hf(np.asarray(_get(params, w.path), np.float32), w)
+        for w in weight_table(cfg, spec)
+    }
 
 
 def _get(tree, path):
@@ -370,15 +416,20 @@ class PretrainedBert:
             token_type_ids = jnp.zeros_like(input_ids)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        return _forward(self.config, self.params, input_ids,
-                        jnp.asarray(token_type_ids, jnp.int32),
-                        jnp.asarray(attention_mask, jnp.int32))
+        return _forward(
+            self.config,
+            self.params,
+            input_ids,
+            jnp.asarray(token_type_ids, jnp.int32),
+            jnp.asarray(attention_mask, jnp.int32),
+        )
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(cfg, params, input_ids, token_type_ids, attention_mask):
     return bert_model.BertForPreTraining(cfg).apply(
-        {"params": params}, input_ids, token_type_ids, attention_mask, deterministic=True)
+        {"params": params}, input_ids, token_type_ids, attention_mask, deterministic=True
+    )
 
 
 def read_folder(path: str | os.PathLike, spec: HeadSpec = PRETRAINING, **config_overrides):
@@ -423,8 +474,13 @@ def load_pretrained(path: str | os.PathLike, **config_overrides) -> PretrainedBe
     return PretrainedBert(cfg, jax.tree_util.tree_map(jnp.asarray, params), tokenizer_files)
 
 
-def write_folder(params, cfg: BertConfig, out_dir: str | os.PathLike, tokenizer_files=(),
-                 spec: HeadSpec = PRETRAINING) -> Path:
+def write_folder(
+    params,
+    cfg: BertConfig,
+    out_dir: str | os.PathLike,
+    tokenizer_files=(),
+    spec: HeadSpec = PRETRAINING,
+) -> Path:
     """Writes config.json + model.safetensors (+ tokenizer files) that transformers'
     `spec.architecture` loads with no missing or unexpected keys."""
     from safetensors.numpy import save_file

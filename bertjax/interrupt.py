@@ -69,7 +69,6 @@ def _redelivering(previous_hook):
     return hook
 
 
-
 def requested() -> bool:
     """True once SIGINT arrived (raised, deferred or swallowed)."""
     return _requested.is_set()

@@ -94,9 +94,17 @@ class BertModel(nn.Module):
         self.layers = encoder.make_layers(cfg)
         self.pooler = dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")
 
-    def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True,
-                 attn_segment_ids=None, position_ids=None, cls_positions=None,
-                 output_hidden_states: bool = False):
+    def __call__(
+        self,
+        input_ids,
+        segment_ids,
+        input_mask,
+        deterministic: bool = True,
+        attn_segment_ids=None,
+        position_ids=None,
+        cls_positions=None,
+        output_hidden_states: bool = False,
+    ):
         """Returns (last_hidden_state [B, L, H], pooled_output [B, H]) for [B, L] int inputs.
         Packed rows give `attn_segment_ids` (0 = padding; else a row is one segment),
         `position_ids` [B, L] and `cls_positions` [B, K] (then pooled_output is [B, K, H]).
@@ -111,14 +119,22 @@ class BertModel(nn.Module):
         attn_segment_ids_BxL = ids_BxL.astype(jnp.int32)
         collected = []
         for layer in self.layers:
-            x_BxLxE, outs = layer(x_BxLxE, attn_segment_ids_BxL, deterministic,
-                                  one_segment_per_row, output_hidden_states)
+            x_BxLxE, outs = layer(
+                x_BxLxE,
+                attn_segment_ids_BxL,
+                deterministic,
+                one_segment_per_row,
+                output_hidden_states,
+            )
             if output_hidden_states:  # scanned: all layers' [N, B, L, E]; unrolled: one's
                 collected.append(outs if self.cfg.scan_layers else outs[None])
         # [CLS] of each row [B, E], or of each packed sequence [B, K, E] (`cls_positions`):
         # the pooled output and the NSP logits keep that leading shape.
-        cls_Bx_E = x_BxLxE[:, 0] if cls_positions is None else jnp.take_along_axis(
-            x_BxLxE, cls_positions[..., None].astype(jnp.int32), axis=1)
+        cls_Bx_E = (
+            x_BxLxE[:, 0]
+            if cls_positions is None
+            else jnp.take_along_axis(x_BxLxE, cls_positions[..., None].astype(jnp.int32), axis=1)
+        )
         pooled_Bx_E = jnp.tanh(self.pooler(cls_Bx_E))
         if output_hidden_states:
             return x_BxLxE, pooled_Bx_E, jnp.concatenate(collected)
@@ -150,7 +166,9 @@ class BertForPreTraining(nn.Module):
         input_mask,
         masked_lm_positions=None,
         deterministic: bool = True,
-        attn_segment_ids=None, position_ids=None, nsp_positions=None,
+        attn_segment_ids=None,
+        position_ids=None,
+        nsp_positions=None,
     ) -> PreTrainingOutput:
         """Inputs [B, L] int; `masked_lm_positions` [B, P] restricts the MLM head to P positions;
         packed rows: `attn_segment_ids`, `position_ids` [B, L], `nsp_positions` [B, K] of each
@@ -158,8 +176,15 @@ class BertForPreTraining(nn.Module):
         cfg = self.cfg
         masked_lm_positions_BxP = masked_lm_positions
         bert = BertModel(cfg, name="bert")
-        hidden_BxLxE, pooled_Bx_E = bert(input_ids, segment_ids, input_mask, deterministic,
-                                        attn_segment_ids, position_ids, nsp_positions)
+        hidden_BxLxE, pooled_Bx_E = bert(
+            input_ids,
+            segment_ids,
+            input_mask,
+            deterministic,
+            attn_segment_ids,
+            position_ids,
+            nsp_positions,
+        )
         if masked_lm_positions_BxP is None:
             x_BxPxE = hidden_BxLxE
         else:
@@ -173,16 +198,19 @@ class BertForPreTraining(nn.Module):
         x_BxPxE = activation(cfg.hidden_act)(x_BxPxE)
         x_BxPxE = layer_norm(cfg, "mlm_LayerNorm")(x_BxPxE)
         mlm_BxPxV = bert.attend(x_BxPxE.astype(cfg.dtype))
-        mlm_bias_V = self.param(
-            "mlm_bias", zeros_init(("vocab",)), (cfg.vocab_size,), jnp.float32
-        )
+        mlm_bias_V = self.param("mlm_bias", zeros_init(("vocab",)), (cfg.vocab_size,), jnp.float32)
         mlm_BxPxV = mlm_BxPxV.astype(jnp.float32) + mlm_bias_V
         nsp_Bx_2 = dense(cfg, 2, ("embed", None), "nsp")(pooled_Bx_E).astype(jnp.float32)
         return PreTrainingOutput(mlm_BxPxV, nsp_Bx_2, hidden_BxLxE, pooled_Bx_E)
 
 
-def init_params(cfg: BertConfig, rng: jax.Array, *, model: nn.Module | None = None,
-                input_shape: tuple[int, ...] = (1, 8)):
+def init_params(
+    cfg: BertConfig,
+    rng: jax.Array,
+    *,
+    model: nn.Module | None = None,
+    input_shape: tuple[int, ...] = (1, 8),
+):
     """The boxed parameter tree (logical metadata kept) of `model`, by default
     BertForPreTraining(cfg): any of our models taking (input_ids, segment_ids, input_mask),
     initialised on int inputs of `input_shape`."""
@@ -191,11 +219,13 @@ def init_params(cfg: BertConfig, rng: jax.Array, *, model: nn.Module | None = No
     return model.init({"params": rng}, ids, ids, ids + 1)["params"]
 
 
-def abstract_params(cfg: BertConfig, *, model: nn.Module | None = None,
-                    input_shape: tuple[int, ...] = (1, 8)):
+def abstract_params(
+    cfg: BertConfig, *, model: nn.Module | None = None, input_shape: tuple[int, ...] = (1, 8)
+):
     """Shapes, dtypes and logical metadata of `init_params`'s tree, with no allocation."""
-    return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0), model=model,
-                                              input_shape=input_shape))
+    return jax.eval_shape(
+        lambda: init_params(cfg, jax.random.key(0), model=model, input_shape=input_shape)
+    )
 
 
 def count_params(params) -> int:

@@ -54,9 +54,17 @@ CHOICES = {
     "remat_policy": REMAT_POLICY_NAMES,
 }
 # Fields that decide the parameters' shapes and meaning (dropout and how we compute do not).
-ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                       "intermediate_size", "hidden_act", "max_position_embeddings",
-                       "type_vocab_size", "layer_norm_eps")
+ARCHITECTURE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+)
 # Fields that say how we compute, not what the model is: a run may set them anew over a
 # checkpoint's (fine-tuning's `model` section, `bertjax eval`).
 COMPUTE_FIELDS = ("compute_dtype", "attention_impl", "scan_layers", "remat_policy")
@@ -101,8 +109,12 @@ class BertConfig:
                 f"num_attention_heads {self.num_attention_heads}"
             )
         check_choices(dataclasses.asdict(self))
-        for name in ("vocab_size", "num_hidden_layers", "max_position_embeddings",
-                     "type_vocab_size"):
+        for name in (
+            "vocab_size",
+            "num_hidden_layers",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 

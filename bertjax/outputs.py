@@ -28,8 +28,18 @@ KIND_NAMES = {
 # The files a trained tokenizer is saved as (data/tokenizer.py: vocab or model, and its config).
 TOKENIZER_FILES = ("tokenizer_config.json", "spm.vocab", "vocab.txt", "spm.model")
 # What bertjax writes into a run's folder: anything at these names belongs to the run.
-RUN_ENTRIES = ("checkpoints", "checkpoints_damaged", "metrics.jsonl", "config.json", "tb",
-               "profile", "jax_cache", "eval_results.json", "predictions", "hf_model")
+RUN_ENTRIES = (
+    "checkpoints",
+    "checkpoints_damaged",
+    "metrics.jsonl",
+    "config.json",
+    "tb",
+    "profile",
+    "jax_cache",
+    "eval_results.json",
+    "predictions",
+    "hf_model",
+)
 DEMO_ENTRIES = ("corpus", "tokenizer", "data", "run", "hf_export", "metrics.png")
 _DATASET_NAMES = ("manifest.json", "tokenizer", "eval", ".tokenizer.tmp")
 _STAGING = re.compile(r"\..+\.(partial|replaced)-\d+(\.\w+)?")  # _staging_name's, left by a kill
@@ -111,8 +121,9 @@ def enclosing(path) -> tuple[Path, Holding] | None:
     for parent in child.parents:
         found = holding(parent)
         if found is not None and (
-                found.kind in (DATASET, EXPORT, TOKENIZER)
-                or (found.kind == RUN and child.name in RUN_ENTRIES)):
+            found.kind in (DATASET, EXPORT, TOKENIZER)
+            or (found.kind == RUN and child.name in RUN_ENTRIES)
+        ):
             return parent, found
         child = parent
     return None
@@ -125,16 +136,21 @@ def _check_place(out: Path, inputs: Iterable, flag: str, what: str) -> None:
     for given in inputs:
         source = Path(given).resolve()
         if source == target or target in source.parents:
-            raise UserError(f"{flag} {out} holds this command's input {given}: write the "
-                            "output to another folder")
+            raise UserError(
+                f"{flag} {out} holds this command's input {given}: write the "
+                "output to another folder"
+            )
     part_of = enclosing(out)
     if part_of is not None:
-        raise UserError(f"{flag} {out} is inside {part_of[0]}, which holds {part_of[1].words}: "
-                        f"choose a {what} outside it")
+        raise UserError(
+            f"{flag} {out} is inside {part_of[0]}, which holds {part_of[1].words}: "
+            f"choose a {what} outside it"
+        )
 
 
-def check_folder(out, kind: str, *, overwrite: bool, inputs: Iterable = (),
-                 flag: str = "--out") -> None:
+def check_folder(
+    out, kind: str, *, overwrite: bool, inputs: Iterable = (), flag: str = "--out"
+) -> None:
     """Raises UserError unless an output of `kind` may be written to the folder `out`:
     checked before any work, so a refusal changes nothing.
 
@@ -151,10 +167,14 @@ def check_folder(out, kind: str, *, overwrite: bool, inputs: Iterable = (),
     if found is None or (found.kind == kind and (overwrite or not found.complete)):
         return
     if found.kind == kind:
-        raise UserError(f"{flag} {out} already holds {found.words}: pass --overwrite to "
-                        "replace it, or choose another folder")
-    raise UserError(f"{flag} {out} holds {found.words}, not {KIND_NAMES[kind]}; nothing "
-                    "replaces that: choose another folder")
+        raise UserError(
+            f"{flag} {out} already holds {found.words}: pass --overwrite to "
+            "replace it, or choose another folder"
+        )
+    raise UserError(
+        f"{flag} {out} holds {found.words}, not {KIND_NAMES[kind]}; nothing "
+        "replaces that: choose another folder"
+    )
 
 
 def check_new_folder(out, *, inputs: Iterable = (), flag: str = "--workdir") -> None:
@@ -179,8 +199,9 @@ def check_file(out, *, overwrite: bool, inputs: Iterable = (), flag: str = "--ou
         raise UserError(f"{flag} {out} is a folder: name the file to write")
     _check_place(out, inputs, flag, "path")
     if out.exists() and not overwrite:
-        raise UserError(f"{flag} {out} already exists: pass --overwrite to replace it, or "
-                        "choose another name")
+        raise UserError(
+            f"{flag} {out} already exists: pass --overwrite to replace it, or choose another name"
+        )
 
 
 def _staging_name(out: Path, role: str) -> Path:

@@ -55,8 +55,14 @@ def demo_encoder(demo_documents, tmp_path_factory):
     from tests.helpers import save_tiny_encoder
 
     sentences = [s for document in demo_documents for s in document]
-    return save_tiny_encoder(tmp_path_factory.mktemp("demo_encoder"), sentences,
-                             DEMO_ENCODER_SEQ, layers=2, lowercase=False, vocab_size=1000)
+    return save_tiny_encoder(
+        tmp_path_factory.mktemp("demo_encoder"),
+        sentences,
+        DEMO_ENCODER_SEQ,
+        layers=2,
+        lowercase=False,
+        vocab_size=1000,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """Small builders shared by several test modules."""
 
-
 import functools
 from pathlib import Path
 
@@ -17,8 +16,11 @@ TINY_CONFIG = "bert_tiny"
 # The tiny preset (2 layers of 128), float32, no dropout: layouts and policies change no numbers.
 SMALL_VOCAB, SMALL_LENGTH = 96, 16
 TINY_NO_DROPOUT = model_lib.preset_config(
-    "tiny", vocab_size=SMALL_VOCAB, max_position_embeddings=SMALL_LENGTH,
-    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    "tiny",
+    vocab_size=SMALL_VOCAB,
+    max_position_embeddings=SMALL_LENGTH,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
 )
 
 
@@ -41,8 +43,9 @@ def perturbed(tree, seed: int = 1):
     """Every leaf moved by noise: LayerNorm scales off 1 and biases off 0, layers all unlike,
     so that a parameter put in the wrong place shows in the outputs."""
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda x: np.asarray(x) + rng.normal(0, 0.1, np.shape(x)).astype(x.dtype),
-                        tree)
+    return jax.tree.map(
+        lambda x: np.asarray(x) + rng.normal(0, 0.1, np.shape(x)).astype(x.dtype), tree
+    )
 
 
 def small_batch(seed: int) -> dict:
@@ -53,8 +56,11 @@ def small_batch(seed: int) -> dict:
 def assert_trees_close(a, b, atol: float):
     """Same tree structure, every leaf within `atol` (rtol 0)."""
     assert jax.tree.structure(a) == jax.tree.structure(b)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol,
-                                                         rtol=0), a, b)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0),
+        a,
+        b,
+    )
 
 
 def demo_corpus_file(out_dir) -> str:
@@ -64,14 +70,25 @@ def demo_corpus_file(out_dir) -> str:
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-m", "bertjax.data.demo_corpus", str(out_dir),
-                    "--num-files", "1"], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "bertjax.data.demo_corpus", str(out_dir), "--num-files", "1"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (path,) = sorted(Path(out_dir).glob("*.txt"))
     return str(path)
 
 
-def save_tiny_encoder(folder: Path, sentences: list[str], seq: int, hidden: int = 64,
-                      layers: int = 4, lowercase: bool = True, vocab_size: int = 800) -> Path:
+def save_tiny_encoder(
+    folder: Path,
+    sentences: list[str],
+    seq: int,
+    hidden: int = 64,
+    layers: int = 4,
+    lowercase: bool = True,
+    vocab_size: int = 800,
+) -> Path:
     """A random BertForPreTraining (hidden `hidden`, `seq` positions) saved by transformers,
     with a WordPiece vocabulary of `vocab_size` learnt from `sentences`. Its position
     embeddings start as sinusoids (Vaswani et al.) scaled to the size of the token
@@ -104,8 +121,11 @@ def snapshot(folder) -> dict[str, str]:
     import hashlib
 
     root = Path(folder)
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # `python -m bertjax.cli ARGS`, with SIGINT honoured even when this test process runs with it
@@ -113,4 +133,5 @@ def snapshot(folder) -> dict[str, str]:
 # [sys.executable, "-c", BERTJAX_WITH_SIGINT, *args].
 BERTJAX_WITH_SIGINT = (
     "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "sys.argv[0] = 'bertjax'; runpy.run_module('bertjax.cli', run_name='__main__')")
+    "sys.argv[0] = 'bertjax'; runpy.run_module('bertjax.cli', run_name='__main__')"
+)

@@ -28,11 +28,22 @@ def test_second_start_compiles_from_the_cache_the_first_wrote(capsys):
     assert table_row.split()[:3] == ["tiny", "scanned", "4.4M"] and table_row.split()[-1] == "yes"
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("--presets", "tiny,huge", "--presets='tiny,huge': expected a comma-separated list of tiny"),
-    ("--layouts", "stacked", "--layouts='stacked': expected a comma-separated list of unrolled"),
-    ("--remat-policy", "some", "--remat-policy='some': expected one of none,"),
-])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        (
+            "--presets",
+            "tiny,huge",
+            "--presets='tiny,huge': expected a comma-separated list of tiny",
+        ),
+        (
+            "--layouts",
+            "stacked",
+            "--layouts='stacked': expected a comma-separated list of unrolled",
+        ),
+        ("--remat-policy", "some", "--remat-policy='some': expected one of none,"),
+    ],
+)
 def test_bad_options_are_one_clear_error(capsys, flag, value, message):
     """An unknown preset, layout or remat policy exits 2 with one line naming the flag."""
     assert cli.main(["bench", "compile", flag, value]) == 2

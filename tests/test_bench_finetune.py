@@ -64,12 +64,16 @@ def test_squad_bench_times_the_span_step_at_the_papers_settings(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, architecture, rows, examples", [
-    ("conll2003", "BertForTokenClassification", 8 * 16, 14_041),
-    ("swag", "BertForMultipleChoice", 8 * 4 * 16, 73_546),
-])
-def test_ner_and_swag_bench_against_their_transformers_heads(capsys, task, architecture, rows,
-                                                             examples):
+@pytest.mark.parametrize(
+    "task, architecture, rows, examples",
+    [
+        ("conll2003", "BertForTokenClassification", 8 * 16, 14_041),
+        ("swag", "BertForMultipleChoice", 8 * 4 * 16, 73_546),
+    ],
+)
+def test_ner_and_swag_bench_against_their_transformers_heads(
+    capsys, task, architecture, rows, examples
+):
     """The NER and SWAG kinds' synthetic batches train on both sides (transformers' head in a
     process of its own); SWAG's tokens count its four choices per example."""
     argv = f"bench finetune --preset tiny --seq-len 16 --batch-size 8 --steps 2 --task {task}"
@@ -106,15 +110,18 @@ def test_bad_options_are_one_clear_error(capsys, options, message):
 
 
 @pytest.mark.slow  # two fresh processes that each import their framework and train: ~50 s
-def test_end_to_end_mode_runs_both_whole_runs_in_processes_of_their_own(capsys, demo_corpus_dir,
-                                                                       tmp_path):
+def test_end_to_end_mode_runs_both_whole_runs_in_processes_of_their_own(
+    capsys, demo_corpus_dir, tmp_path
+):
     """--end-to-end: `bertjax finetune` and the transformers loop each train the same generated
     SQuAD task from the same HF folder in a fresh process, score dev after the epoch and write
     predictions; examples/s is epochs x training questions over each wall time, the ratio
     theirs over ours in wall time."""
-    argv = (f"bench finetune --end-to-end --task squad --preset tiny --seq-len 32 --train 24 "
-            f"--dev 8 --epochs 1 --batch-size 8 --corpus {demo_corpus_dir} "
-            f"--workdir {tmp_path / 'e2e'} --json")
+    argv = (
+        f"bench finetune --end-to-end --task squad --preset tiny --seq-len 32 --train 24 "
+        f"--dev 8 --epochs 1 --batch-size 8 --corpus {demo_corpus_dir} "
+        f"--workdir {tmp_path / 'e2e'} --json"
+    )
     code = cli.main(argv.split())
     out = capsys.readouterr().out
     assert code == 0, out

@@ -22,8 +22,19 @@ def test_bench_train_on_a_dataset_counts_its_real_tokens(tmp_path, capsys):
     every position, real_tokens_per_s the non-pad ones (their ratio is the batches' real
     fraction); the PyTorch reference is skipped, saying why."""
     data = synthetic_dataset(tmp_path / "p", 400, 64, vocab_size=300, max_sequences_per_row=3)
-    argv = ["bench", "train", "--config", "bert_tiny", "--data", str(data), "--steps", "3",
-            "--config.train.global_batch_size=8", "--config.model.num_hidden_layers=1", "--json"]
+    argv = [
+        "bench",
+        "train",
+        "--config",
+        "bert_tiny",
+        "--data",
+        str(data),
+        "--steps",
+        "3",
+        "--config.train.global_batch_size=8",
+        "--config.model.num_hidden_layers=1",
+        "--json",
+    ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     result = last_json(out)
@@ -31,7 +42,8 @@ def test_bench_train_on_a_dataset_counts_its_real_tokens(tmp_path, capsys):
     assert result["packed"] and result["seq_len"] == 64 and result["hf_tokens_per_s"] is None
     assert "skipped: transformers' BertForPreTraining has no packed rows" in out
     assert result["real_tokens_per_s"] / result["tokens_per_s"] == pytest.approx(
-        result["real_token_fraction"])
+        result["real_token_fraction"]
+    )
     assert abs(result["real_token_fraction"] - real) < 0.15  # 3 batches of 8 rows
     assert 1 < result["sequences_per_s"] * result["step_s"] <= 8 * 3  # several per row
     assert cli.main(argv + ["--seq-len", "128"]) == 2
@@ -47,11 +59,32 @@ def test_packing_bench_compares_the_layouts_on_the_same_sequences(tmp_path, caps
 
     corpus = demo_corpus_file(tmp_path / "corpus")
     work = tmp_path / "w"
-    argv = ["bench", "packing", "--input", str(corpus), "--vocab-size", "1000",
-            "--seq-lens", "32,64", "--steps", "3", "--seeds", "1", "--held-out", "16",
-            "--timed-steps", "2", "--tokens-per-batch", "512", "--workdir", str(work),
-            "--max-sequences-per-row", "4",
-            "--config.model.num_hidden_layers=1", "--json"]
+    argv = [
+        "bench",
+        "packing",
+        "--input",
+        str(corpus),
+        "--vocab-size",
+        "1000",
+        "--seq-lens",
+        "32,64",
+        "--steps",
+        "3",
+        "--seeds",
+        "1",
+        "--held-out",
+        "16",
+        "--timed-steps",
+        "2",
+        "--tokens-per-batch",
+        "512",
+        "--workdir",
+        str(work),
+        "--max-sequences-per-row",
+        "4",
+        "--config.model.num_hidden_layers=1",
+        "--json",
+    ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     result = last_json(out)
@@ -66,7 +99,8 @@ def test_packing_bench_compares_the_layouts_on_the_same_sequences(tmp_path, caps
         assert figures["packed"]["efficiency"] == layout["efficiency_packed"]
         assert figures["packed"]["efficiency"] > figures["padded"]["efficiency"]
         assert figures["real_tokens_speedup"] == pytest.approx(
-            figures["packed"]["real_tokens_per_s"] / figures["padded"]["real_tokens_per_s"])
+            figures["packed"]["real_tokens_per_s"] / figures["padded"]["real_tokens_per_s"]
+        )
         assert f"{length} packed / padded real tokens/s: " in out
     acc = result["accuracy"]
     effs = [result["lengths"]["32"][k]["efficiency"] for k in ("padded", "packed")]
@@ -82,14 +116,19 @@ def test_packing_bench_compares_the_layouts_on_the_same_sequences(tmp_path, caps
     assert "time padded / packed: steps" in out
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--seq-lens", "a,b"], "comma-separated integers"),
-    (["--seq-lens", "100"], "--tokens-per-batch 8192 is not a multiple of the row length 100"),
-    (["--seeds", "0"], "--seeds=0: must be positive"),
-    (["--seq-lens", "32", "--tokens-per-batch", "96", "--steps", "0", "--input", "x"],
-     "--input: no such file(s): x"),
-    (["--config.train.stepz=3"], "train.stepz"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seq-lens", "a,b"], "comma-separated integers"),
+        (["--seq-lens", "100"], "--tokens-per-batch 8192 is not a multiple of the row length 100"),
+        (["--seeds", "0"], "--seeds=0: must be positive"),
+        (
+            ["--seq-lens", "32", "--tokens-per-batch", "96", "--steps", "0", "--input", "x"],
+            "--input: no such file(s): x",
+        ),
+        (["--config.train.stepz=3"], "train.stepz"),
+    ],
+)
 def test_bad_options_are_one_clear_error(extra, message, capsys):
     assert cli.main(["bench", "packing", *extra]) == 2
     err = capsys.readouterr().err

@@ -35,7 +35,8 @@ def test_tiny_bench_reports_tokens_mfu_and_the_ratio_vs_hf(capsys):
     tokens = 8 * 32
     assert result["tokens_per_s"] == pytest.approx(tokens / result["step_s"])
     assert result["model_flops_per_s"] == pytest.approx(
-        result["model_flops_per_step"] / result["step_s"])
+        result["model_flops_per_step"] / result["step_s"]
+    )
     assert result["mfu"] == pytest.approx(result["model_flops_per_s"] / result["peak_flops"])
     assert 0 < result["mfu"] < 1 and result["peak_flops"] > 1e8 and result["peak_measured"]
     assert result["mfu_denominator"].startswith("measured float32 matmul peak of this CPU")

@@ -17,21 +17,39 @@ from bertjax.train import checkpoint, optim, preemption, sharding
 from bertjax.train import step as step_lib
 from helpers import optim_config
 
-RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
-         ("vocab", "tensor"))
-MODEL_CFG = model_lib.preset_config("tiny", vocab_size=96, max_position_embeddings=32,
-                                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+)
+MODEL_CFG = model_lib.preset_config(
+    "tiny",
+    vocab_size=96,
+    max_position_embeddings=32,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 OPTIM_CFG = optim_config(warmup_steps=2)
 
 
 def make_setup(data, fsdp=1, tensor=1, num_devices=8):
-    mesh = sharding.make_mesh(dict(data=data, fsdp=fsdp, tensor=tensor),
-                              devices=jax.devices()[:num_devices])
+    mesh = sharding.make_mesh(
+        dict(data=data, fsdp=fsdp, tensor=tensor), devices=jax.devices()[:num_devices]
+    )
     tx, schedule = optim.make_optimizer(OPTIM_CFG, total_steps=20)
     abstract, shardings = step_lib.state_shardings(MODEL_CFG, tx, mesh, RULES)
     abstract = nn.meta.unbox(abstract)
-    train_step = step_lib.jit_train_step(mesh, RULES, shardings, model=model_lib.BertForPreTraining(
-        MODEL_CFG), tx=tx, schedule=schedule, deterministic=True)
+    train_step = step_lib.jit_train_step(
+        mesh,
+        RULES,
+        shardings,
+        model=model_lib.BertForPreTraining(MODEL_CFG),
+        tx=tx,
+        schedule=schedule,
+        deterministic=True,
+    )
     return mesh, tx, abstract, shardings, train_step
 
 
@@ -50,8 +68,9 @@ def make_batch(seed=0, batch=8, length=16, predictions=4):
 
 def trained_state(setup, steps=2):
     mesh, tx, _, shardings, train_step = setup
-    state = step_lib.create_sharded_state(jax.random.key(0), model_cfg=MODEL_CFG, tx=tx,
-                                          shardings=shardings)
+    state = step_lib.create_sharded_state(
+        jax.random.key(0), model_cfg=MODEL_CFG, tx=tx, shardings=shardings
+    )
     for s in range(steps):
         state, _ = train_step(state, sharding.global_batch(make_batch(s), mesh), jax.random.key(1))
     return jax.block_until_ready(state)
@@ -80,8 +99,14 @@ def test_round_trip_restores_everything_bitwise(tmp_path):
     ckpt.close()
 
 
-@pytest.mark.parametrize("target", [dict(data=2, num_devices=2), dict(data=1, num_devices=1),
-                                    dict(data=4, tensor=2, num_devices=8)])
+@pytest.mark.parametrize(
+    "target",
+    [
+        dict(data=2, num_devices=2),
+        dict(data=1, num_devices=1),
+        dict(data=4, tensor=2, num_devices=8),
+    ],
+)
 def test_restore_onto_another_mesh_gives_the_same_next_loss(tmp_path, target):
     source = make_setup(data=2, fsdp=4)
     state = trained_state(source)
@@ -120,8 +145,11 @@ def test_damaged_newest_checkpoint_falls_back_with_one_warning_line(tmp_path, ca
     _, _, loader_state, config = resumed.restore(setup[2], setup[3])
     assert loader_state == {"step": 1} and config == {"c": 1}
     err = capfd.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and re.search(r"checkpoints/2 could not be restored .*falling back to "
-                                       "the one before", err[0]), err
+    assert len(err) == 1 and re.search(
+        r"checkpoints/2 could not be restored .*falling back to "
+        "the one before",
+        err[0],
+    ), err
     # Moved aside once the run's start-up checks passed, so that it can save step 2 again.
     assert not (tmp_path / checkpoint.DAMAGED_DIR).exists()
     resumed.set_aside_damaged()
@@ -182,8 +210,9 @@ def test_restore_params_needs_neither_optimizer_nor_mesh(tmp_path):
 def test_checkpoint_benchmark_reports_size_and_times(capsys):
     from bertjax import cli
 
-    assert cli.main(["bench", "checkpoint", "--preset", "tiny", "--vocab-size", "128",
-                     "--json"]) == 0
+    assert (
+        cli.main(["bench", "checkpoint", "--preset", "tiny", "--vocab-size", "128", "--json"]) == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # params + two Adam moments, float32, barely compressible: about 12 bytes per parameter.
     assert result["checkpoint_bytes"] > 10 * result["params"]

@@ -24,9 +24,14 @@ from bertjax.train import config as config_lib
 # bert-tiny as `bertjax train --config bert_tiny` runs it, with scanned layers and no attention
 # dropout, so that `auto` attention is the splash kernel on TPU; a vocabulary of 1024 tokens
 # (a dataset's) compiles in ~2/3 of the time of BERT's 30522.
-TINY = ["--config", "bert_tiny", "--config.model.scan_layers=true",
-        "--config.model.attention_impl=auto", "--config.model.attention_probs_dropout_prob=0",
-        "--config.model.vocab_size=1024"]
+TINY = [
+    "--config",
+    "bert_tiny",
+    "--config.model.scan_layers=true",
+    "--config.model.attention_impl=auto",
+    "--config.model.attention_probs_dropout_prob=0",
+    "--config.model.vocab_size=1024",
+]
 SLICE = "v5e:2x4"  # 8 chips: the recipes' data=-1 mesh puts 8 of bert_tiny's 64 rows on each
 FLOPS_TOLERANCE = 0.01  # of the model's FLOPs: what recomputation may be with remat_policy=none
 
@@ -61,8 +66,13 @@ def test_bert_tiny_compiles_for_a_tpu_slice_fits_and_runs_splash(reports, layout
     assert r["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
     assert (r["model"]["attention"], r["model"]["scan_layers"]) == ("splash", True)
     m = r["memory_per_chip"]
-    assert m["total_bytes"] == (m["argument_bytes"] + m["output_bytes"] - m["alias_bytes"]
-                                + m["temp_bytes"] + m["code_bytes"])
+    assert m["total_bytes"] == (
+        m["argument_bytes"]
+        + m["output_bytes"]
+        - m["alias_bytes"]
+        + m["temp_bytes"]
+        + m["code_bytes"]
+    )
     assert m["alias_bytes"] > 0  # the donated state
     assert 0 < m["total_bytes"] < m["limit_bytes"] < m["hbm_bytes"] == 16 * 2**30
     assert r["splash_attention"] and any(k.startswith("splash_mha_fwd") for k in r["kernels"])
@@ -85,12 +95,10 @@ def test_compiled_matmul_flops_are_the_models(reports, layout):
     assert f["attention_in_kernel"] > 0 and f["heads_at_every_token"] > 0
     assert abs(f["recomputed"]) <= FLOPS_TOLERANCE * f["model_per_step"]
     assert f["matmuls_in_loops"] and f["loops_of_unknown_trip_count"] == 0
-    assert f["xla_cost_analysis_flops_per_chip"] * r["chips"] < 0.95 * f[
-        "compiled_matmul_per_step"]
+    assert f["xla_cost_analysis_flops_per_chip"] * r["chips"] < 0.95 * f["compiled_matmul_per_step"]
     assert "unavailable" in r["roofline"]["compiler_estimate"]  # loops: no honest roofline
     at_peak = r["roofline"]["matmuls_at_peak"]
-    assert at_peak["step_s"] == pytest.approx(
-        f["compiled_matmul_per_step"] / r["chips"] / 197e12)
+    assert at_peak["step_s"] == pytest.approx(f["compiled_matmul_per_step"] / r["chips"] / 197e12)
 
 
 @pytest.mark.slow
@@ -106,8 +114,9 @@ def test_text_report_says_what_the_json_says(reports):
 def test_a_step_that_cannot_fit_exits_2_naming_the_bytes(capsys):
     """A 400M-token vocabulary (its embedding and Adam moments alone are ~600 GiB) on a v5e:
     the TPU compiler refuses the step; exit 2, one sentence with the bytes and the remedies."""
-    code, r, err = compile_json(capsys, *TINY, "--topology", SLICE,
-                                "--config.model.vocab_size=400000000")
+    code, r, err = compile_json(
+        capsys, *TINY, "--topology", SLICE, "--config.model.vocab_size=400000000"
+    )
     assert code == 2 and r["fits"] is False and r["memory_per_chip"]["refused_by_compiler"]
     assert r["memory_per_chip"]["compiler_available_bytes"] == 15.75 * 2**30
     (line,) = err.strip().splitlines()[-1:]
@@ -122,9 +131,13 @@ def test_the_verdict_keeps_headroom_below_the_chips_hbm():
     gib = 2**30
 
     def compiled_with(temp_gib):
-        stats = types.SimpleNamespace(argument_size_in_bytes=gib, output_size_in_bytes=gib,
-                                      alias_size_in_bytes=gib, generated_code_size_in_bytes=0,
-                                      temp_size_in_bytes=int(temp_gib * gib))
+        stats = types.SimpleNamespace(
+            argument_size_in_bytes=gib,
+            output_size_in_bytes=gib,
+            alias_size_in_bytes=gib,
+            generated_code_size_in_bytes=0,
+            temp_size_in_bytes=int(temp_gib * gib),
+        )
         return types.SimpleNamespace(memory_analysis=lambda: stats)
 
     assert aot.HBM_HEADROOM == 0.05
@@ -133,21 +146,36 @@ def test_the_verdict_keeps_headroom_below_the_chips_hbm():
     assert not tight["fits"] and tight["limit_bytes"] == int(16 * gib * 0.95)  # limit is 15.75
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--topology", "v9:2x2"], "--topology v9:2x2: unknown topology; expected v4:AxBxC, "
-     "v5e:AxB, v5p:AxBxC, v6e:AxB in chips, e.g. v4:2x2x1 (a v4-8)"),
-    (["--topology", "v5p:2x2"], "a v5p slice has 3 positive sides"),
-    (["--topology", "v4:3x3x3"], "--topology v4:3x3x3: libtpu does not accept it"),
-    (["--topology", SLICE, "--config.mesh.data=3"],
-     "mesh: axis sizes data=3 x fsdp=1 x tensor=1 multiply to 3, but there are 8 devices"),
-    (["--topology", "v5p:4x4x4", "--config.mesh.fsdp=8"], "mesh: axis sizes data=8 x fsdp=8 "
-     "x tensor=1 cannot be laid onto the 4x4x4 torus of the 64 TPU v5 chips"),
-    (["--topology", SLICE, "--config.train.global_batch_size=12"],
-     "train.global_batch_size=12 / train.grad_accum_steps=1 = 12 is not divisible by the "
-     "data-parallel size mesh.data x mesh.fsdp = 8"),
-    (["--topology", SLICE, "--seq-len", "100", "--config.model.attention_impl=splash"],
-     "model.attention_impl=splash needs a sequence length that is a multiple of 128"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--topology", "v9:2x2"],
+            "--topology v9:2x2: unknown topology; expected v4:AxBxC, "
+            "v5e:AxB, v5p:AxBxC, v6e:AxB in chips, e.g. v4:2x2x1 (a v4-8)",
+        ),
+        (["--topology", "v5p:2x2"], "a v5p slice has 3 positive sides"),
+        (["--topology", "v4:3x3x3"], "--topology v4:3x3x3: libtpu does not accept it"),
+        (
+            ["--topology", SLICE, "--config.mesh.data=3"],
+            "mesh: axis sizes data=3 x fsdp=1 x tensor=1 multiply to 3, but there are 8 devices",
+        ),
+        (
+            ["--topology", "v5p:4x4x4", "--config.mesh.fsdp=8"],
+            "mesh: axis sizes data=8 x fsdp=8 "
+            "x tensor=1 cannot be laid onto the 4x4x4 torus of the 64 TPU v5 chips",
+        ),
+        (
+            ["--topology", SLICE, "--config.train.global_batch_size=12"],
+            "train.global_batch_size=12 / train.grad_accum_steps=1 = 12 is not divisible by the "
+            "data-parallel size mesh.data x mesh.fsdp = 8",
+        ),
+        (
+            ["--topology", SLICE, "--seq-len", "100", "--config.model.attention_impl=splash"],
+            "model.attention_impl=splash needs a sequence length that is a multiple of 128",
+        ),
+    ],
+)
 def test_bad_input_is_one_clear_error(capsys, args, message):
     """Each mistake exits 2 before anything compiles, with one line naming it."""
     code, _, err = compile_json(capsys, *TINY, *args)
@@ -162,8 +190,10 @@ def test_without_libtpu_the_error_names_the_extra(capsys, monkeypatch):
     monkeypatch.setattr(topology, "libtpu_installed", lambda: False)
     code, _, err = compile_json(capsys, *TINY, "--topology", SLICE)
     assert code == 2
-    assert "--topology v5e:2x4 needs the TPU compiler, which is not installed: " \
-           "pip install 'bertjax[tpu]'" in err
+    assert (
+        "--topology v5e:2x4 needs the TPU compiler, which is not installed: "
+        "pip install 'bertjax[tpu]'" in err
+    )
 
 
 def test_topologies_give_one_device_per_chip():
@@ -183,22 +213,32 @@ def test_abstract_batch_is_the_loaders_batch(tmp_path, packed):
     the loader's batch of a dataset (padded or packed), whose layout comes from its manifest."""
     from bertjax.bench import train as bench
 
-    data = synthetic_dataset(tmp_path / "data", 64, max_seq_len=64, vocab_size=500,
-                             max_sequences_per_row=packed)
-    config = config_lib.load_config("bert_tiny", [f"data.train_dir={data}",
-                                                  "train.global_batch_size=16"])
+    data = synthetic_dataset(
+        tmp_path / "data", 64, max_seq_len=64, vocab_size=500, max_sequences_per_row=packed
+    )
+    config = config_lib.load_config(
+        "bert_tiny", [f"data.train_dir={data}", "train.global_batch_size=16"]
+    )
     layout = aot.dataset_layout(config, str(data))
     assert (layout.seq_len, layout.max_sequences_per_row, layout.vocab_size) == (64, packed, 500)
     _, (batch,) = bench.dataset_batches(config, str(data), 1)
     abstract = aot.abstract_batch(layout, 16)
     assert {k: (v.shape, np.dtype(v.dtype)) for k, v in abstract.items()} == {
-        k: (v.shape, v.dtype) for k, v in batch.items()}
+        k: (v.shape, v.dtype) for k, v in batch.items()
+    }
 
 
 def test_shapes_come_from_the_dataset_or_the_flags_not_both(capsys, tmp_path):
     """With data.train_dir the dataset decides the length; --seq-len too is an error."""
-    code, _, err = compile_json(capsys, *TINY, "--topology", SLICE, "--seq-len", "256",
-                                f"--config.data.train_dir={tmp_path}")
+    code, _, err = compile_json(
+        capsys,
+        *TINY,
+        "--topology",
+        SLICE,
+        "--seq-len",
+        "256",
+        f"--config.data.train_dir={tmp_path}",
+    )
     assert code == 2
     assert "--seq-len cannot be given with data.train_dir: the shapes come from the dataset" in err
 
@@ -211,8 +251,10 @@ def test_loop_bodies_are_counted_once_per_trip():
     def scanned(x_MxK, ws_TxKxN):
         return jax.lax.scan(lambda c, w: (c, x_MxK @ w), 0.0, ws_TxKxN)[1]
 
-    args = (jax.ShapeDtypeStruct((M, K), jnp.float32),
-            jax.ShapeDtypeStruct((trips, K, N), jnp.float32))
+    args = (
+        jax.ShapeDtypeStruct((M, K), jnp.float32),
+        jax.ShapeDtypeStruct((trips, K, N), jnp.float32),
+    )
     one = 2 * M * K * N
     cpu = jax.jit(scanned).lower(*args).compile()
     cost = hlo_cost.analyze(cpu.as_text())
@@ -220,8 +262,7 @@ def test_loop_bodies_are_counted_once_per_trip():
     assert cpu.cost_analysis()["flops"] < 2 * one  # XLA: the body once
 
     devices = topology.tpu_slice("v5e:2x2").devices
-    mesh = jax.make_mesh((4,), ("x",), devices=devices,
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = jax.make_mesh((4,), ("x",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     tpu_args = [jax.ShapeDtypeStruct(a.shape, jnp.bfloat16, sharding=rep) for a in args]
     tpu = jax.jit(scanned).lower(*tpu_args).compile().as_text()
@@ -233,9 +274,16 @@ def test_loop_bodies_are_counted_once_per_trip():
 def test_full_remat_recomputes_each_layers_forward_matmuls(capsys):
     """What the report calls recomputed is the remat: with remat_policy=full (and the `xla`
     attention, whose matmuls are visible) it is every layer's forward matmuls once more."""
-    code, r, _ = compile_json(capsys, "--config", "bert_tiny", "--config.model.scan_layers=true",
-                              "--config.model.remat_policy=full",
-                              "--config.model.vocab_size=1024", "--topology", SLICE)
+    code, r, _ = compile_json(
+        capsys,
+        "--config",
+        "bert_tiny",
+        "--config.model.scan_layers=true",
+        "--config.model.remat_policy=full",
+        "--config.model.vocab_size=1024",
+        "--topology",
+        SLICE,
+    )
     assert code == 0 and r["model"]["attention"] == "xla"
     h, inter, layers, B, L = 128, 512, 2, 64, 128  # bert_tiny, 64 rows of 128 tokens
     forward = layers * (2 * (4 * h * h + 2 * h * inter) * B * L + 4 * B * L * L * h)
@@ -243,19 +291,35 @@ def test_full_remat_recomputes_each_layers_forward_matmuls(capsys):
 
 
 @pytest.mark.slow  # two compiles: ~10 s each quiet, 20-30 s on a shared machine
-@pytest.mark.parametrize("task, head", [("sst2", "BertForSequenceClassification"),
-                                        ("squad", "BertForQuestionAnswering")])
+@pytest.mark.parametrize(
+    "task, head", [("sst2", "BertForSequenceClassification"), ("squad", "BertForQuestionAnswering")]
+)
 def test_fine_tuning_steps_compile_for_a_tpu_slice(capsys, task, head):
     """--task: the task kind's head on its fine-tuning config (GLUE's classifier at batch 32 x
     64 tokens, SQuAD's span head at 32 x 64 here) compiles for the slice and fits."""
-    extra = ["--config.squad.max_query_length=16", "--config.squad.doc_stride=16"] if (
-        task == "squad") else []
-    code, r, err = compile_json(capsys, "--task", task, "--preset", "tiny", "--topology", SLICE,
-                                "--config.data.max_seq_len=64", *extra)
+    extra = (
+        ["--config.squad.max_query_length=16", "--config.squad.doc_stride=16"]
+        if (task == "squad")
+        else []
+    )
+    code, r, err = compile_json(
+        capsys,
+        "--task",
+        task,
+        "--preset",
+        "tiny",
+        "--topology",
+        SLICE,
+        "--config.data.max_seq_len=64",
+        *extra,
+    )
     assert code == 0, err
     assert r["fits"] and r["model"]["head"] == head and r["model"]["preset"] == "tiny"
     assert (r["batch"]["task"], r["batch"]["seq_len"], r["batch"]["global_batch_size"]) == (
-        task, 64, 32)
+        task,
+        64,
+        32,
+    )
     assert r["compiled_matmul_flops_per_step"] > 0
     # The fine-tuning configs keep attention dropout, so `auto` takes the explicit form.
     assert r["model"]["attention"] == "xla" and not r["splash_attention"]
@@ -270,22 +334,33 @@ def test_train_logs_the_compiled_memory_and_refuses_a_step_that_cannot_fit(monke
     from bertjax.errors import UserError
     from bertjax.train import loop
 
-    run = loop.Run(config=config_lib.load_config("bert_tiny"), workdir=Path("unused"),
-                   mesh=types.SimpleNamespace(shape={"data": 8, "fsdp": 1, "tensor": 1}))
+    run = loop.Run(
+        config=config_lib.load_config("bert_tiny"),
+        workdir=Path("unused"),
+        mesh=types.SimpleNamespace(shape={"data": 8, "fsdp": 1, "tensor": 1}),
+    )
     compiled = jax.jit(lambda x: x @ x).lower(jnp.ones((64, 64))).compile()
     loop.check_memory(run, compiled)
     line = capsys.readouterr().out
     assert "the compiled step needs 0.00 GiB per device" in line and "HBM" not in line
 
     gib = 2**30
-    stats = types.SimpleNamespace(argument_size_in_bytes=4 * gib, output_size_in_bytes=4 * gib,
-                                  alias_size_in_bytes=4 * gib, temp_size_in_bytes=12 * gib,
-                                  generated_code_size_in_bytes=0)
+    stats = types.SimpleNamespace(
+        argument_size_in_bytes=4 * gib,
+        output_size_in_bytes=4 * gib,
+        alias_size_in_bytes=4 * gib,
+        temp_size_in_bytes=12 * gib,
+        generated_code_size_in_bytes=0,
+    )
     too_big = types.SimpleNamespace(memory_analysis=lambda: stats)
-    monkeypatch.setattr(jax, "local_devices",
-                        lambda: [types.SimpleNamespace(device_kind="TPU v5 lite")])
+    monkeypatch.setattr(
+        jax, "local_devices", lambda: [types.SimpleNamespace(device_kind="TPU v5 lite")]
+    )
     monkeypatch.setattr(jax, "device_count", lambda: 8)
-    with pytest.raises(UserError, match=r"needs 16.00 GiB of the 15.20 GiB usable per TPU v5 "
-                       r"lite chip .*remat_policy=full"):
+    with pytest.raises(
+        UserError,
+        match=r"needs 16.00 GiB of the 15.20 GiB usable per TPU v5 "
+        r"lite chip .*remat_policy=full",
+    ):
         loop.check_memory(run, too_big)
     assert "of 16.00 GiB HBM (usable 15.20 GiB): does not fit" in capsys.readouterr().out

@@ -52,7 +52,7 @@ def test_a_second_process_loads_the_train_step_from_the_cache(tmp_path):
 
 
 def test_an_empty_setting_switches_the_cache_off(tmp_path):
-    """"" (after a run that had the cache on, as in a second run in one process): JAX's
+    """ "" (after a run that had the cache on, as in a second run in one process): JAX's
     persistent cache is disabled, and a compile is counted as neither hit nor miss."""
     import jax
 
@@ -68,7 +68,7 @@ def test_an_empty_setting_switches_the_cache_off(tmp_path):
 
 
 def test_auto_is_the_user_cache_dir_alone_and_the_workdir_with_several_processes(monkeypatch):
-    """"auto": $XDG_CACHE_HOME/bertjax/jax_cache (else ~/.cache/...) for one process; with
+    """ "auto": $XDG_CACHE_HOME/bertjax/jax_cache (else ~/.cache/...) for one process; with
     several, WORKDIR/jax_cache (JAX writes entries from process 0 only, so every process must
     read the same folder); "" is off; a folder or URL of one's own is taken as it is."""
     monkeypatch.undo()  # conftest points user_cache_dir at the test session's folder

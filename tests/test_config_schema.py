@@ -24,12 +24,20 @@ from bertjax.train.config_schema import Float, Int, Key, Str
 from tests.helpers import snapshot
 
 # A fine-tuning config declares its own SCHEMA; the pretraining recipes have base.py's keys.
-SCHEMAS = {name: getattr(importlib.import_module(f"bertjax.configs.{name}"), "SCHEMA",
-                         base.SCHEMA) for name in config_names()}
-RUN = ["--config.train.steps=4", "--config.train.checkpoint_every=2",
-       "--config.train.global_batch_size=16", "--config.train.eval_every=0",
-       "--config.train.log_every=1", "--config.model.num_hidden_layers=1",
-       "--config.optim.warmup_steps=1", "--config.train.async_checkpointing=false"]
+SCHEMAS = {
+    name: getattr(importlib.import_module(f"bertjax.configs.{name}"), "SCHEMA", base.SCHEMA)
+    for name in config_names()
+}
+RUN = [
+    "--config.train.steps=4",
+    "--config.train.checkpoint_every=2",
+    "--config.train.global_batch_size=16",
+    "--config.train.eval_every=0",
+    "--config.train.log_every=1",
+    "--config.model.num_hidden_layers=1",
+    "--config.optim.warmup_steps=1",
+    "--config.train.async_checkpointing=false",
+]
 
 
 @pytest.mark.parametrize("name", config_names())
@@ -63,8 +71,15 @@ def test_a_key_knows_its_type_and_range():
 def finished_run(tiny_dataset, tmp_path_factory):
     """A 4-step `bertjax train` run with checkpoints at steps 2 and 4."""
     workdir = tmp_path_factory.mktemp("schema") / "run"
-    argv = ["train", "--config", "bert_tiny", "--workdir", str(workdir),
-            f"--config.data.train_dir={tiny_dataset}", *RUN]
+    argv = [
+        "train",
+        "--config",
+        "bert_tiny",
+        "--workdir",
+        str(workdir),
+        f"--config.data.train_dir={tiny_dataset}",
+        *RUN,
+    ]
     assert main(argv) == 0
     return workdir
 
@@ -83,7 +98,7 @@ BAD = {
     "train.checkpoint_every=0": r"train\.checkpoint_every=0 must be >= 1",
     "optim.peak_lr=-0.001": r"optim\.peak_lr=-0\.001 must be > 0",
     "optim.warmup_steps=10": r"the warm-up is longer than the run.*optim\.warmup_steps=10, "
-                             r"train\.steps=6",
+    r"train\.steps=6",
     "train.nsp=false": r"cannot resume .*train\.nsp: True in the checkpoint, False now",
     "train.seed=7": r"cannot resume .*train\.seed: 0 in the checkpoint, 7 now",
     "optim.clip_norm=0.0": r"optim\.clip_norm: 1\.0 in the checkpoint, 0\.0 now",
@@ -98,11 +113,20 @@ BAD = {
 
 @pytest.mark.parametrize("override", list(BAD))
 def test_a_bad_value_is_one_error_naming_the_key_and_the_run_is_untouched(
-        override, finished_run, tiny_dataset, packed_dataset, capsys):
+    override, finished_run, tiny_dataset, packed_dataset, capsys
+):
     before = snapshot(finished_run)
     data = packed_dataset if override == "packed data" else tiny_dataset
-    argv = ["train", "--config", "bert_tiny", "--workdir", str(finished_run),
-            f"--config.data.train_dir={data}", *RUN, "--config.train.steps=6"]
+    argv = [
+        "train",
+        "--config",
+        "bert_tiny",
+        "--workdir",
+        str(finished_run),
+        f"--config.data.train_dir={data}",
+        *RUN,
+        "--config.train.steps=6",
+    ]
     if override != "packed data":
         argv.append(f"--config.{override}")
     capsys.readouterr()
@@ -113,8 +137,9 @@ def test_a_bad_value_is_one_error_naming_the_key_and_the_run_is_untouched(
     assert snapshot(finished_run) == before  # config.json, metrics and checkpoints alike
 
 
-def test_eval_checks_its_batch_and_says_when_nsp_is_absent(finished_run, tiny_dataset,
-                                                          tmp_path, capsys):
+def test_eval_checks_its_batch_and_says_when_nsp_is_absent(
+    finished_run, tiny_dataset, tmp_path, capsys
+):
     """--batch-size 0 is an error (it meant the default); data prepared with --no-nsp gets no
     NSP accuracy (it was 0.0); a batch far larger than the split is cut to the split."""
     assert main(["eval", "--workdir", str(finished_run), "--data", "x", "--batch-size", "0"]) == 2
@@ -122,8 +147,12 @@ def test_eval_checks_its_batch_and_says_when_nsp_is_absent(finished_run, tiny_da
     rows = synthetic_arrays(24, 32, 256, seed=3)
     rows["next_sentence_label"][:] = 0
     no_nsp = write_dataset(tmp_path / "no_nsp", rows, tiny_dataset / "tokenizer", 32, nsp=False)
-    assert main(["eval", "--workdir", str(finished_run), "--data", str(no_nsp),
-                 "--batch-size", "4096"]) == 0
+    assert (
+        main(
+            ["eval", "--workdir", str(finished_run), "--data", str(no_nsp), "--batch-size", "4096"]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     result = json.loads(captured.out.strip().splitlines()[-1])
     assert "nsp_accuracy" not in result and result["nsp"].startswith("absent: ")
@@ -131,19 +160,38 @@ def test_eval_checks_its_batch_and_says_when_nsp_is_absent(finished_run, tiny_da
     assert "evaluation: batches of 24, not 4096: that holds all 24 rows" in captured.err
 
 
-@pytest.mark.parametrize("label, split", [("nan", "train"), ("inf", "train"), ("99", "train"),
-                                          ("-0.5", "train"), ("nan", "validation")])
+@pytest.mark.parametrize(
+    "label, split",
+    [("nan", "train"), ("inf", "train"), ("99", "train"), ("-0.5", "train"), ("nan", "validation")],
+)
 def test_a_regression_label_outside_the_task_range_names_file_and_line(tmp_path, label, split):
     """STS-B scores are finite numbers from 0 to 5: before, nan/inf/99 trained into a NaN loss
     that named no row, and a nan in dev.tsv gave NaN in eval_results.json and exit 0."""
-    header = "\t".join(["index", "genre", "filename", "year", "old_index", "source1",
-                        "source2", "sentence1", "sentence2", "score"])
-    rows = [f"{i}\tg\tf\t2012\t{i}\ts\ts\ta b\tc d\t{score}"
-            for i, score in enumerate(["1.5", label, "4.0"])]
+    header = "\t".join(
+        [
+            "index",
+            "genre",
+            "filename",
+            "year",
+            "old_index",
+            "source1",
+            "source2",
+            "sentence1",
+            "sentence2",
+            "score",
+        ]
+    )
+    rows = [
+        f"{i}\tg\tf\t2012\t{i}\ts\ts\ta b\tc d\t{score}"
+        for i, score in enumerate(["1.5", label, "4.0"])
+    ]
     name = "train.tsv" if split == "train" else "dev.tsv"
     (tmp_path / name).write_text("\n".join([header, *rows]) + "\n")
-    with pytest.raises(UserError, match=rf"{name}, line 3: STS-B score '{label}' is not a number "
-                                        "from 0 to 5"):
+    with pytest.raises(
+        UserError,
+        match=rf"{name}, line 3: STS-B score '{label}' is not a number "
+        "from 0 to 5",
+    ):
         load_split("stsb", split, str(tmp_path))
     ok = tmp_path / "ok"
     ok.mkdir()
@@ -152,13 +200,21 @@ def test_a_regression_label_outside_the_task_range_names_file_and_line(tmp_path,
 
 
 def test_fine_tuning_values_are_checked_before_anything_is_read(tmp_path, capsys):
-    for flags, words in ((["--lr=-1e-5"], "learning_rates=(-1e-05,) has an item -1e-05 that "
-                          "must be > 0"),
-                         (["--epochs", "0"], "epochs=0 must be >= 1"),
-                         (["--lr-sweep", "2e-5", "2e-5"], "learning_rates must list at least "
-                          "one rate, none twice")):
-        argv = ["finetune", "--task", "sst2", "--init", str(tmp_path / "none"),
-                "--workdir", str(tmp_path / "run"), *flags]
+    for flags, words in (
+        (["--lr=-1e-5"], "learning_rates=(-1e-05,) has an item -1e-05 that must be > 0"),
+        (["--epochs", "0"], "epochs=0 must be >= 1"),
+        (["--lr-sweep", "2e-5", "2e-5"], "learning_rates must list at least one rate, none twice"),
+    ):
+        argv = [
+            "finetune",
+            "--task",
+            "sst2",
+            "--init",
+            str(tmp_path / "none"),
+            "--workdir",
+            str(tmp_path / "run"),
+            *flags,
+        ]
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err

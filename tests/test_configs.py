@@ -73,8 +73,11 @@ def test_a_packaged_config_loads_by_name_as_by_path_and_a_wrong_name_lists_them(
     by_path = load_config(f"{PACKAGED_CONFIGS / 'bert_tiny.py'}:mini", ["train.steps=7"])
     assert by_name.to_dict() == by_path.to_dict()
     assert by_name.model.preset == "mini" and by_name.train.steps == 7
-    with pytest.raises(UserError, match=r"no config named 'bert_tinyy'; the packaged ones are "
-                                        r"base, .*bert_tiny"):
+    with pytest.raises(
+        UserError,
+        match=r"no config named 'bert_tinyy'; the packaged ones are "
+        r"base, .*bert_tiny",
+    ):
         load_config("bert_tinyy")
     with pytest.raises(UserError, match=r"config file .*nope.py does not exist"):
         load_config(str(tmp_path / "nope.py"))

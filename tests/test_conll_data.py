@@ -30,8 +30,10 @@ Berlin NNP I-NP B-LOC
 """
 
 # The common .txt layout, here in IOB2, with Windows line ends and no -DOCSTART-.
-TXT = ("SOCCER NN B-NP O\r\nJapan NNP B-NP B-LOC\r\nwins VBZ B-VP O\r\n\r\n\r\n"
-       "Leeds NNP B-NP B-ORG\r\n")
+TXT = (
+    "SOCCER NN B-NP O\r\nJapan NNP B-NP B-LOC\r\nwins VBZ B-VP O\r\n\r\n\r\n"
+    "Leeds NNP B-NP B-ORG\r\n"
+)
 
 
 def write(folder, name, text):
@@ -83,8 +85,11 @@ def test_a_sets_own_label_list(tmp_path):
     folder = tmp_path / "own"
     write(folder, "train.txt", "a B-NUM\nb O\n\nthe O\nX B-ORG\nY I-ORG\n")
     write(folder, "valid.txt", "c B-ORG\nd B-PER\n")
-    with pytest.raises(UserError, match=r"valid.txt, line 2: tag 'B-PER' is not in the label "
-                                        r"list \(O, B-NUM, I-NUM, B-ORG, I-ORG\)"):
+    with pytest.raises(
+        UserError,
+        match=r"valid.txt, line 2: tag 'B-PER' is not in the label "
+        r"list \(O, B-NUM, I-NUM, B-ORG, I-ORG\)",
+    ):
         conll_data.load_conll_dir(folder, labels=None)
     write(folder, "valid.txt", "c B-ORG\nd O\n")
     data = conll_data.load_conll_dir(folder, labels=None)
@@ -118,8 +123,11 @@ def test_bad_files_are_one_clear_error(tmp_path, text, message):
 
 def test_bad_directories_and_label_lists(tmp_path):
     write(tmp_path, "eng.train", ENG)
-    with pytest.raises(UserError, match=r"has no validation file: expected one of eng.testa, "
-                                        r"valid.txt, dev.txt"):
+    with pytest.raises(
+        UserError,
+        match=r"has no validation file: expected one of eng.testa, "
+        r"valid.txt, dev.txt",
+    ):
         conll_data.load_conll_dir(tmp_path)
     write(tmp_path, "eng.testa", ENG)
     write(tmp_path, "valid.txt", TXT)
@@ -142,8 +150,11 @@ def test_declared_schemes_are_checked(tmp_path):
     """iob2 refuses an I- that opens a chunk, iob1 a B- that does not follow its own type;
     each error names the line. auto detects (iob1 as soon as an I- opens a chunk)."""
     path = write(tmp_path, "eng.train", ENG)
-    with pytest.raises(UserError, match=r"eng.train, line 3: I-ORG follows the sentence start, "
-                                        r"which IOB2 does not allow"):
+    with pytest.raises(
+        UserError,
+        match=r"eng.train, line 3: I-ORG follows the sentence start, "
+        r"which IOB2 does not allow",
+    ):
         conll_data.read_conll_file(path, scheme="iob2")
     assert len(conll_data.read_conll_file(path, scheme="iob1")) == 3
     path = write(tmp_path, "valid.txt", TXT)
@@ -162,9 +173,21 @@ def test_scheme_conversions_keep_conllevals_chunks():
     import itertools
 
     assert conll_data.to_iob2(["I-PER", "I-PER", "B-PER", "O", "I-LOC", "I-ORG"]) == (
-        "B-PER", "I-PER", "B-PER", "O", "B-LOC", "B-ORG")
+        "B-PER",
+        "I-PER",
+        "B-PER",
+        "O",
+        "B-LOC",
+        "B-ORG",
+    )
     assert conll_data.to_iob1(["B-PER", "I-PER", "B-PER", "O", "B-LOC", "B-ORG"]) == (
-        "I-PER", "I-PER", "B-PER", "O", "I-LOC", "I-ORG")
+        "I-PER",
+        "I-PER",
+        "B-PER",
+        "O",
+        "I-LOC",
+        "I-ORG",
+    )
     alphabet = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     for n in range(1, 6):
         for tags in itertools.product(alphabet, repeat=n):
@@ -207,8 +230,9 @@ def test_datasets_rows(monkeypatch):
     import datasets
 
     asked = []
-    monkeypatch.setattr(datasets, "load_dataset",
-                        lambda name, split: asked.append((name, split)) or ds)
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda name, split: asked.append((name, split)) or ds
+    )
     data = conll_data.load_conll_hub()
     assert asked == [("eriktks/conll2003", s) for s in ("train", "validation", "test")]
     assert data.labels == CONLL2003_LABELS and data.scheme == "iob2"
@@ -227,11 +251,13 @@ def test_bad_datasets_rows(monkeypatch):
     ]
     for rows, message in cases:
         with pytest.raises(UserError, match=message):
-            conll_data.sentences_from_rows([{"tokens": t, "ner_tags": g} for t, g in rows],
-                                           CONLL2003_LABELS, source)
+            conll_data.sentences_from_rows(
+                [{"tokens": t, "ner_tags": g} for t, g in rows], CONLL2003_LABELS, source
+            )
     with pytest.raises(UserError, match=r"row 0, word 2: I-LOC follows B-PER, which IOB2"):
-        conll_data.sentences_from_rows([{"tokens": ["a", "b"], "ner_tags": [1, 6]}],
-                                       CONLL2003_LABELS, source, scheme="iob2")
+        conll_data.sentences_from_rows(
+            [{"tokens": ["a", "b"], "ner_tags": [1, 6]}], CONLL2003_LABELS, source, scheme="iob2"
+        )
     with pytest.raises(UserError, match=r"row 0 lacks tokens or ner_tags \(it has words\)"):
         conll_data.sentences_from_rows([{"words": ["a"]}], CONLL2003_LABELS, source)
     import datasets
@@ -244,6 +270,9 @@ def test_bad_datasets_rows(monkeypatch):
         raise ConnectionError("no network\nmore")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(UserError, match=r"could not load eriktks/conll2003 split 'train' from "
-                                        r"the hub \(no network\); without network, pass a "):
+    with pytest.raises(
+        UserError,
+        match=r"could not load eriktks/conll2003 split 'train' from "
+        r"the hub \(no network\); without network, pass a ",
+    ):
         conll_data.load_conll_hub()

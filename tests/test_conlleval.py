@@ -114,19 +114,25 @@ def port_conlleval(path):
         if first_item == boundary:
             guessed = "O"
         if in_correct:
-            if (end_of_chunk(last_correct, correct, last_correct_type, correct_type)
-                    and end_of_chunk(last_guessed, guessed, last_guessed_type, guessed_type)
-                    and last_guessed_type == last_correct_type):
+            if (
+                end_of_chunk(last_correct, correct, last_correct_type, correct_type)
+                and end_of_chunk(last_guessed, guessed, last_guessed_type, guessed_type)
+                and last_guessed_type == last_correct_type
+            ):
                 in_correct = False
                 correct_chunk += 1
                 correct_chunk_t[last_correct_type] = correct_chunk_t.get(last_correct_type, 0) + 1
-            elif (end_of_chunk(last_correct, correct, last_correct_type, correct_type)
-                  != end_of_chunk(last_guessed, guessed, last_guessed_type, guessed_type)
-                  or guessed_type != correct_type):
+            elif (
+                end_of_chunk(last_correct, correct, last_correct_type, correct_type)
+                != end_of_chunk(last_guessed, guessed, last_guessed_type, guessed_type)
+                or guessed_type != correct_type
+            ):
                 in_correct = False
-        if (start_of_chunk(last_correct, correct, last_correct_type, correct_type)
-                and start_of_chunk(last_guessed, guessed, last_guessed_type, guessed_type)
-                and guessed_type == correct_type):
+        if (
+            start_of_chunk(last_correct, correct, last_correct_type, correct_type)
+            and start_of_chunk(last_guessed, guessed, last_guessed_type, guessed_type)
+            and guessed_type == correct_type
+        ):
             in_correct = True
         if start_of_chunk(last_correct, correct, last_correct_type, correct_type):
             found_correct += 1
@@ -147,11 +153,15 @@ def port_conlleval(path):
     precision = 100 * correct_chunk / found_guessed if found_guessed > 0 else 0.0
     recall = 100 * correct_chunk / found_correct if found_correct > 0 else 0.0
     fb1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    out = (f"processed {token_counter} tokens with {found_correct} phrases; "
-           f"found: {found_guessed} phrases; correct: {correct_chunk}.\n")
+    out = (
+        f"processed {token_counter} tokens with {found_correct} phrases; "
+        f"found: {found_guessed} phrases; correct: {correct_chunk}.\n"
+    )
     if token_counter > 0:
-        out += (f"accuracy: {100 * correct_tags / token_counter:6.2f}%; "
-                f"precision: {precision:6.2f}%; recall: {recall:6.2f}%; FB1: {fb1:6.2f}\n")
+        out += (
+            f"accuracy: {100 * correct_tags / token_counter:6.2f}%; "
+            f"precision: {precision:6.2f}%; recall: {recall:6.2f}%; FB1: {fb1:6.2f}\n"
+        )
     sorted_types, last_type = [], None
     for i in sorted([*found_correct_t, *found_guessed_t]):
         if not last_type or last_type != i:
@@ -164,12 +174,18 @@ def port_conlleval(path):
         r = 100 * c / f if f else 0.0
         b = 0.0 if p + r == 0.0 else 2 * p * r / (p + r)
         out += f"{i:>17}: precision: {p:6.2f}%; recall: {r:6.2f}%; FB1: {b:6.2f}  {g}\n"
-        per_type[i] = {"precision": p, "recall": r, "f1": b, "phrases": f, "found": g,
-                       "correct": c}
-    counts = {"precision": precision, "recall": recall, "f1": fb1, "tokens": token_counter,
-              "phrases": found_correct, "found": found_guessed, "correct": correct_chunk,
-              "accuracy": 100 * correct_tags / token_counter if token_counter else 0.0,
-              "per_type": per_type}
+        per_type[i] = {"precision": p, "recall": r, "f1": b, "phrases": f, "found": g, "correct": c}
+    counts = {
+        "precision": precision,
+        "recall": recall,
+        "f1": fb1,
+        "tokens": token_counter,
+        "phrases": found_correct,
+        "found": found_guessed,
+        "correct": correct_chunk,
+        "accuracy": 100 * correct_tags / token_counter if token_counter else 0.0,
+        "per_type": per_type,
+    }
     return counts, out
 
 
@@ -249,8 +265,21 @@ def test_per_type_counts_and_report(tmp_path):
 
 
 IOB = ["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
-EXOTIC = [*IOB, "E-PER", "E-LOC", "S-PER", "[-PER", "]-LOC", ".-PER", "B", "I", "PER", "I-A-B",
-          "B-0", "O-PER"]
+EXOTIC = [
+    *IOB,
+    "E-PER",
+    "E-LOC",
+    "S-PER",
+    "[-PER",
+    "]-LOC",
+    ".-PER",
+    "B",
+    "I",
+    "PER",
+    "I-A-B",
+    "B-0",
+    "O-PER",
+]
 
 
 @pytest.mark.parametrize("alphabet", [IOB, EXOTIC], ids=["iob", "all-prefixes"])
@@ -279,8 +308,16 @@ def test_the_file_keeps_one_word_per_line(tmp_path):
     ours = assert_agree(tmp_path, gold, predicted, words)
     assert ours["tokens"] == 5
     lines = (tmp_path / "predictions.txt").read_text().split("\n")
-    assert lines == ["New_York B-LOC B-LOC", "_ I-LOC I-LOC", "_-X-_ O B-PER", "ok B-PER B-PER",
-                     "", "a_b O O", "", ""]
+    assert lines == [
+        "New_York B-LOC B-LOC",
+        "_ I-LOC I-LOC",
+        "_-X-_ O B-PER",
+        "ok B-PER B-PER",
+        "",
+        "a_b O O",
+        "",
+        "",
+    ]
     assert not (tmp_path / "predictions.txt.tmp").exists()
 
 

@@ -14,11 +14,30 @@ from bertjax.train.metrics_writer import read_metrics
 def test_short_demo_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative --workdir, as `make demo` passes
     workdir = tmp_path / "demo"
-    assert cli.main(["demo", "--workdir", "demo", "--max-documents", "400",
-                     "--steps", "45", "--vocab-size", "3000", "--held-out", "96"]) == 0
+    assert (
+        cli.main(
+            [
+                "demo",
+                "--workdir",
+                "demo",
+                "--max-documents",
+                "400",
+                "--steps",
+                "45",
+                "--vocab-size",
+                "3000",
+                "--held-out",
+                "96",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    table = {line.split()[0]: line.split()[1:] for line in out.splitlines()
-             if line.startswith(("mlm_accuracy", "nsp_accuracy", "mlm_loss", "train tokens/s"))}
+    table = {
+        line.split()[0]: line.split()[1:]
+        for line in out.splitlines()
+        if line.startswith(("mlm_accuracy", "nsp_accuracy", "mlm_loss", "train tokens/s"))
+    }
     before, after = map(float, table["mlm_accuracy"])
     assert after > before + 0.02, table  # it learned something real
     assert float(table["mlm_loss"][1]) < float(table["mlm_loss"][0])
@@ -26,14 +45,21 @@ def test_short_demo_end_to_end(tmp_path, capsys, monkeypatch):
     run = workdir / "run"
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["45"]
     assert {"config.json", "model.safetensors", "vocab.txt"} <= {
-        p.name for p in (workdir / "hf_export").iterdir()}
+        p.name for p in (workdir / "hf_export").iterdir()
+    }
     assert list((run / "tb").iterdir()), "no TensorBoard event file"
     assert (workdir / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = read_metrics(run)
     evals = [r for r in records if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [0, 15, 30, 45]
-    assert {"loss", "mlm_accuracy", "nsp_accuracy", "learning_rate", "grad_norm",
-            "tokens_per_s"} <= set(next(r for r in records if r["split"] == "train"))
+    assert {
+        "loss",
+        "mlm_accuracy",
+        "nsp_accuracy",
+        "learning_rate",
+        "grad_norm",
+        "tokens_per_s",
+    } <= set(next(r for r in records if r["split"] == "train"))
 
     # `bertjax eval` of the saved checkpoint gives the run's final evaluation again.
     assert cli.main(["eval", "--workdir", str(run), "--data", str(workdir / "data" / "eval")]) == 0

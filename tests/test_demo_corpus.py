@@ -92,9 +92,7 @@ def test_documents_are_written_in_a_seeded_random_order(tmp_path):
     ordered = demo_corpus.build_demo_corpus(tmp_path / "o", 300, num_files=1, shuffle_seed=None)
     shuffled = demo_corpus.build_demo_corpus(tmp_path / "s", 300, num_files=1)
     other = demo_corpus.build_demo_corpus(tmp_path / "t", 300, num_files=1, shuffle_seed=1)
-    in_order, docs, docs_other = (
-        _documents(r["paths"]) for r in (ordered, shuffled, other)
-    )
+    in_order, docs, docs_other = (_documents(r["paths"]) for r in (ordered, shuffled, other))
     # The "assert" statement is the first pydoc topic.
     assert in_order[0][0].startswith("Assert statements are a convenient way")
     assert sorted(map(tuple, docs)) == sorted(map(tuple, in_order))  # same documents

@@ -20,8 +20,9 @@ def documents(demo_corpus_dir):
 def test_the_ner_rule():
     """A run of capitalised words right after "the" (any case) is one ORG chunk, every number
     its own NUM chunk, everything else O."""
-    words = ("The Python Software Foundation and the C API list 3 or 3.14 12 items of the "
-             "code").split()
+    words = (
+        "The Python Software Foundation and the C API list 3 or 3.14 12 items of the code"
+    ).split()
     assert demo_tasks.ner_tags(words) == (
         "O", "B-ORG", "I-ORG", "I-ORG", "O", "O", "B-ORG", "I-ORG", "O", "B-NUM", "O", "B-NUM",
         "B-NUM", "O", "O", "O", "O")  # fmt: skip
@@ -80,7 +81,8 @@ def test_the_swag_files_read_back(documents, tmp_path, mode):
     assert not (video_ids["train"] & video_ids["validation"])
     assert not (video_ids["test"] & (video_ids["train"] | video_ids["validation"]))
     accuracy = demo_tasks.majority_label_accuracy(
-        [ex.label for ex in splits["train"]], [ex.label for ex in splits["validation"]])
+        [ex.label for ex in splits["train"]], [ex.label for ex in splits["validation"]]
+    )
     assert demo_tasks.CHANCE_ACCURACY == 0.25 and 0.15 < accuracy < 0.35
 
 

@@ -19,8 +19,9 @@ VOCAB = 256
 def zero_model_folder(path):
     """A BERT whose parameters are all zero: every MLM and NSP logit is 0 (uniform)."""
     cfg = model_lib.preset_config("tiny", vocab_size=VOCAB)
-    params = jax.tree.map(np.zeros_like, jax.device_get(
-        nn.meta.unbox(model_lib.init_params(cfg, jax.random.key(0)))))
+    params = jax.tree.map(
+        np.zeros_like, jax.device_get(nn.meta.unbox(model_lib.init_params(cfg, jax.random.key(0))))
+    )
     hf.write_folder(params, cfg, path)
     return path
 
@@ -36,8 +37,9 @@ def test_eval_of_a_uniform_model_is_exact(tmp_path, capsys):
 
     folder = zero_model_folder(tmp_path / "zero")
     # 37 examples in batches of 8: the last batch holds 5 real rows and 3 padding rows.
-    assert cli.main(["eval", "--workdir", str(folder), "--data", str(data),
-                     "--batch-size", "8"]) == 0
+    assert (
+        cli.main(["eval", "--workdir", str(folder), "--data", str(data), "--batch-size", "8"]) == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["examples"] == 37
     assert result["masked_tokens"] == expected_tokens

@@ -73,11 +73,15 @@ def test_the_output_is_extract_features_jsonl(extracted, demo_encoder):
     assert all(list(r) == ["linex_index", "features"] for r in out)
     hf_tokenizer = transformers.BertTokenizerFast.from_pretrained(demo_encoder)
     for record, row in zip(out, rows):
-        assert [f["token"] for f in record["features"]] == \
-            hf_tokenizer.convert_ids_to_tokens(row.ids)
+        assert [f["token"] for f in record["features"]] == hf_tokenizer.convert_ids_to_tokens(
+            row.ids
+        )
         for f in record["features"]:
-            assert list(f) == ["token", "layers"] and [x["index"] for x in f["layers"]] == \
-                [-1, 0, -2]
+            assert list(f) == ["token", "layers"] and [x["index"] for x in f["layers"]] == [
+                -1,
+                0,
+                -2,
+            ]
             assert all(list(x) == ["index", "values"] and len(x["values"]) == 64
                        for x in f["layers"])  # fmt: skip
             assert all(round(v, 6) == v for x in f["layers"] for v in x["values"])
@@ -86,11 +90,16 @@ def test_the_output_is_extract_features_jsonl(extracted, demo_encoder):
     # Pairs: segment 1 from the first [SEP] on; cut to 32 by dropping the longer side's end.
     tokenizer = load_tokenizer(demo_encoder)
     b = tokenizer.encode("The list holds 12 items.")
-    assert rows[1].ids[-len(b) - 1:] == [*b, tokenizer.sep_id]
+    assert rows[1].ids[-len(b) - 1 :] == [*b, tokenizer.sep_id]
     assert rows[1].segments == [0] * (len(rows[1].ids) - len(b) - 1) + [1] * (len(b) + 1)
     long_b = tokenizer.encode(LINES[5].partition(" ||| ")[2])
-    assert rows[5].ids == [tokenizer.cls_id, *tokenizer.encode("a"), tokenizer.sep_id,
-                           *long_b[: 32 - 3 - len(tokenizer.encode("a"))], tokenizer.sep_id]
+    assert rows[5].ids == [
+        tokenizer.cls_id,
+        *tokenizer.encode("a"),
+        tokenizer.sep_id,
+        *long_b[: 32 - 3 - len(tokenizer.encode("a"))],
+        tokenizer.sep_id,
+    ]
     assert features.truncate_pair([1, 2, 3], [4, 5, 6, 7, 8], 5) == ([1, 2, 3], [4, 5])
     assert features.truncate_pair([1, 2, 3], [4, 5, 6], 4) == ([1, 2], [4, 5])
 
@@ -159,8 +168,9 @@ def test_hidden_states_are_the_same_unrolled_and_scanned():
 
     @functools.partial(jax.jit, static_argnums=(0, 2))
     def apply(model_cfg, params, hidden_states):
-        return model_lib.BertModel(model_cfg).apply({"params": params}, ids, 0 * ids, mask,
-                                                    output_hidden_states=hidden_states)
+        return model_lib.BertModel(model_cfg).apply(
+            {"params": params}, ids, 0 * ids, mask, output_hidden_states=hidden_states
+        )
 
     last, pooled, hidden = apply(cfg, params, True)
     assert hidden.shape == (2, 3, 16, cfg.hidden_size)
@@ -183,18 +193,27 @@ def test_hidden_states_are_the_same_unrolled_and_scanned():
         ("nul", "", "line 2: holds a NUL byte, so it is not a text file"),
         ("late_binary", "--batch-size 1", "line 3: not UTF-8 text"),
         ("empty", "", "is empty: give a text file"),
-        ("text", "--layers -3", "--layers -3: the model has 2 encoder layers, so a layer index "
-         "is between -2 and 1, not -3"),
+        (
+            "text",
+            "--layers -3",
+            "--layers -3: the model has 2 encoder layers, so a layer index "
+            "is between -2 and 1, not -3",
+        ),
         ("text", "--layers 2", "not 2"),
         ("text", "--layers last", "--layers 'last': expected comma-separated integers"),
-        ("text", f"--max-seq-len {DEMO_ENCODER_SEQ + 1}", f"--max-seq-len {DEMO_ENCODER_SEQ + 1} "
-         f"is outside [3, the model's max_position_embeddings={DEMO_ENCODER_SEQ}]"),
+        (
+            "text",
+            f"--max-seq-len {DEMO_ENCODER_SEQ + 1}",
+            f"--max-seq-len {DEMO_ENCODER_SEQ + 1} "
+            f"is outside [3, the model's max_position_embeddings={DEMO_ENCODER_SEQ}]",
+        ),
         ("existing", "", "already exists: pass --overwrite to replace it"),
         ("missing", "", "is not a file"),
     ],
 )
-def test_bad_input_is_one_clear_error_and_writes_nothing(demo_encoder, tmp_path, capsys, setup,
-                                                         flags, message):
+def test_bad_input_is_one_clear_error_and_writes_nothing(
+    demo_encoder, tmp_path, capsys, setup, flags, message
+):
     """Exit code 2, one line naming the input, flag or file; no --out file (an existing one
     left as it was) and no temporary file beside it."""
     src, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
@@ -211,7 +230,8 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(demo_encoder, tmp_path,
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [src.name] * (setup != "missing") + [out.name] * (setup == "existing"))
+        [src.name] * (setup != "missing") + [out.name] * (setup == "existing")
+    )
     if setup == "existing":
         assert out.read_text() == "mine\n"
 
@@ -219,8 +239,18 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(demo_encoder, tmp_path,
 def test_overwrite_replaces_an_existing_file(demo_encoder, tmp_path):
     (tmp_path / "in.txt").write_text("a b c\n")
     (tmp_path / "out.jsonl").write_text("old\n")
-    argv = ["features", "--init", str(demo_encoder), "--input", str(tmp_path / "in.txt"),
-            "--out", str(tmp_path / "out.jsonl"), "--overwrite", "--layers", "-1"]
+    argv = [
+        "features",
+        "--init",
+        str(demo_encoder),
+        "--input",
+        str(tmp_path / "in.txt"),
+        "--out",
+        str(tmp_path / "out.jsonl"),
+        "--overwrite",
+        "--layers",
+        "-1",
+    ]
     assert cli.main(argv) == 0
     record = json.loads((tmp_path / "out.jsonl").read_text())
     assert record["linex_index"] == 0 and len(record["features"]) >= 3

@@ -148,8 +148,9 @@ def test_epoch_rows_cover_each_example_once_and_pad_the_last_batch():
 def test_loss_sums_ignore_padding_rows_even_with_nan_labels():
     logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]])
     weights = jnp.array([1.0, 1.0, 0.0])  # row 2 only pads the batch
-    sums = classifier_head.classification_sums(logits, jnp.array([0, 0, -1]), weights,
-                                               regression=False)
+    sums = classifier_head.classification_sums(
+        logits, jnp.array([0, 0, -1]), weights, regression=False
+    )
     m = classifier_head.metrics_from_sums(sums)
     expected = -np.mean([jax.nn.log_softmax(logits[0])[0], jax.nn.log_softmax(logits[1])[0]])
     assert float(m["loss"]) == pytest.approx(expected) and float(m["accuracy"]) == 0.5
@@ -167,8 +168,9 @@ def test_the_shared_train_step_accumulates_the_head_loss_exactly():
     tx, schedule = optim.make_optimizer(config_lib.load_config(CONFIG).optim, 10)
     head = classifier_head.head(cfg, 3, regression=False)
     state = jax.jit(  # faster than initialising op by op
-        lambda key: nn.meta.unbox(step_lib.init_state(key, model_cfg=cfg, tx=tx,
-                                                      init_params=head.init_params))
+        lambda key: nn.meta.unbox(
+            step_lib.init_state(key, model_cfg=cfg, tx=tx, init_params=head.init_params)
+        )
     )(jax.random.key(0))
     model = head.model
     rng = np.random.default_rng(0)
@@ -203,11 +205,18 @@ def test_the_shared_train_step_accumulates_the_head_loss_exactly():
 def test_tiny_bert_learns_a_sentence_pair_task(tiny_model, tmp_path, capsys):
     data = tmp_path / "rte"
     test_labels = write_rte(data, n_train=1024, n_dev=100, n_test=40)
-    cfg = load_config("finetune_glue", [
-        "task=rte", f"init={tiny_model}", f"data.dir={data}", "data.max_seq_len=16",
-        "train.epochs=8",
-        "optim.learning_rates=(1e-3,)", "train.log_every=32",
-    ])
+    cfg = load_config(
+        "finetune_glue",
+        [
+            "task=rte",
+            f"init={tiny_model}",
+            f"data.dir={data}",
+            "data.max_seq_len=16",
+            "train.epochs=8",
+            "optim.learning_rates=(1e-3,)",
+            "train.log_every=32",
+        ],
+    )
     workdir = tmp_path / "run"
     result = ft.finetune(cfg, workdir)
 
@@ -422,9 +431,13 @@ def small_vocab_model(tmp_path_factory) -> Path:
         ({"--batch-size": "12"}, [], "--batch-size=12 is not divisible by the data-parallel"),
         ({"--max-seq-len": "100"}, [], "--max-seq-len=100 exceeds the model's max_position"),
         ({"--lr": "1e-4"}, ["--lr-sweep"], "--lr and --lr-sweep exclude each other"),
-        ({"--warmup": "1.5"}, [], "optim.warmup_fraction=1.5 must be >= 0 and <= 1 (fraction of "
-         "the steps "
-         "warming up (--warmup))"),
+        (
+            {"--warmup": "1.5"},
+            [],
+            "optim.warmup_fraction=1.5 must be >= 0 and <= 1 (fraction of "
+            "the steps "
+            "warming up (--warmup))",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_error(
@@ -444,11 +457,14 @@ def test_bad_input_is_one_clear_error(
 
 def test_check_finite_ends_with_the_callers_remedy():
     check_finite(3, {"loss": 0.5}, 2, remedy=PRETRAINING_REMEDY)  # a finite loss passes
-    with pytest.raises(FloatingPointError,
-                       match=r"loss is nan at step 3 .*Check the data first.*lower optim\.peak_lr"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"loss is nan at step 3 .*Check the data first.*lower optim\.peak_lr",
+    ):
         check_finite(3, {"loss": float("nan")}, 2, remedy=PRETRAINING_REMEDY)  # `bertjax train`
-    with pytest.raises(FloatingPointError,
-                       match=r"loss is inf at step 3 .*Check the data first.*lower --lr") as e:
+    with pytest.raises(
+        FloatingPointError, match=r"loss is inf at step 3 .*Check the data first.*lower --lr"
+    ) as e:
         check_finite(3, {"loss": float("inf")}, 2, remedy=ft.NAN_REMEDY)
     assert str(e.value).endswith(ft.NAN_REMEDY) and "optim." not in str(e.value)
 

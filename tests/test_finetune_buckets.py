@@ -87,7 +87,7 @@ def test_every_example_is_seen_once_per_epoch_in_an_order_of_seed_and_epoch():
         # a bucket that holds the row (its own, or a longer one it was carried into);
         # padding (-1) only at a batch's end
         assert (plan.train_bucket[real] <= plan.lengths.index(length)).all()
-        assert (r[len(real):] == -1).all()
+        assert (r[len(real) :] == -1).all()
     assert len(set(np.diff([plan.lengths.index(n) for n, _ in steps]))) > 1  # buckets mixed
     again = plan.epoch(16, seed=5, epoch=0)
     assert all(a == c and (r == s).all() for (a, r), (c, s) in zip(steps, again))
@@ -107,8 +107,16 @@ def test_an_epoch_has_one_partial_batch_and_spreads_each_bucket_over_it():
     SQuAD training falling behind padded: a bucket's rows share a label distribution, and runs
     of one bucket skew the optimizer; docs/TRAINING.md)."""
     rng = np.random.default_rng(3)
-    train = mask_split(np.concatenate([rng.integers(3, 9, 45), rng.integers(17, 25, 300),
-                                       rng.integers(33, 41, 1500), rng.integers(57, 65, 2700)]))
+    train = mask_split(
+        np.concatenate(
+            [
+                rng.integers(3, 9, 45),
+                rng.integers(17, 25, 300),
+                rng.integers(33, 41, 1500),
+                rng.integers(57, 65, 2700),
+            ]
+        )
+    )
     plan = buckets.Plan.of(train, 4, 64)
     assert list(plan.rows_per_bucket()) == [45, 300, 1500, 2700]  # leftovers 13, 12, 28, 12
     for epoch in range(3):
@@ -135,8 +143,9 @@ def test_a_bucketed_span_step_equals_the_padded_one():
     lengths = rng.integers(12, 40, 16)
     split = mask_split(lengths)
     split.arrays["start_positions"] = rng.integers(0, lengths).astype(np.int32)
-    split.arrays["end_positions"] = np.minimum(split.arrays["start_positions"] + 2,
-                                               lengths - 1).astype(np.int32)
+    split.arrays["end_positions"] = np.minimum(
+        split.arrays["start_positions"] + 2, lengths - 1
+    ).astype(np.int32)
     rows = np.arange(16)
 
     def loss_and_grads(batch):
@@ -147,7 +156,8 @@ def test_a_bucketed_span_step_equals_the_padded_one():
         return jax.jit(jax.value_and_grad(loss))(params)
 
     (padded, padded_grads), (cut, cut_grads) = (
-        loss_and_grads(buckets.take(split, rows, length)) for length in (64, 40))
+        loss_and_grads(buckets.take(split, rows, length)) for length in (64, 40)
+    )
     assert float(cut) == pytest.approx(float(padded), rel=1e-6)
     assert_trees_close(cut_grads, padded_grads, atol=1e-6)
 
@@ -201,8 +211,10 @@ class RecordingMetrics:
 
 def test_the_train_step_sees_at_most_k_shapes_and_logs_each_steps_tokens():
     train = mask_split(np.random.default_rng(3).integers(3, 60, 150))
-    cfg = load_config("finetune_glue", ["train.global_batch_size=16", "data.length_buckets=3",
-                                        "data.max_seq_len=64"])
+    cfg = load_config(
+        "finetune_glue",
+        ["train.global_batch_size=16", "data.length_buckets=3", "data.max_seq_len=64"],
+    )
     plan = buckets.Plan.of(train, 3, 64)
     run = ft.Prepared(cfg=cfg, kind=None, mesh=sharding.make_mesh(MESH), model_cfg=None,
                       bert_params=None, tokenizer=None, splits={"train": train}, plan=plan,
@@ -255,8 +267,12 @@ def test_bucketed_glue_predictions_equal_padded_ones():
     bert = init_params(cfg)["bert"]
     init = classifier_head.head(cfg, 2, regression=False).init_params
     head = jax.jit(lambda k: init(cfg, k))(jax.random.key(1))
-    params = {"bert": bert, "classifier": jax.tree.map(lambda x: x.unbox(), head["classifier"],
-                                                       is_leaf=lambda x: hasattr(x, "unbox"))}
+    params = {
+        "bert": bert,
+        "classifier": jax.tree.map(
+            lambda x: x.unbox(), head["classifier"], is_leaf=lambda x: hasattr(x, "unbox")
+        ),
+    }
     rng = np.random.default_rng(4)
     train = mask_split(rng.integers(3, 30, 100))
     dev = mask_split(np.concatenate([rng.integers(3, 30, 37), [50, 64]]), name="dev")
@@ -294,8 +310,9 @@ def squad_split(folder: Path, cfg):
 def test_bucketed_squad_predictions_equal_padded_ones(tmp_path):
     """Same answers, n-best lists, EM/F1 and dev loss: the logits come back at max_seq_len
     (-inf past the bucket) and decoding leaves every row's padding out."""
-    cfg = load_config("finetune_squad", ["data.max_seq_len=32", "squad.doc_stride=8",
-                                         "squad.max_query_length=8"])
+    cfg = load_config(
+        "finetune_squad", ["data.max_seq_len=32", "squad.doc_stride=8", "squad.max_query_length=8"]
+    )
     kind, dev = squad_split(tmp_path, cfg)
     lengths = buckets.row_lengths(dev)
     assert lengths.min() < 16 and (lengths == 32).any()  # short windows and full ones
@@ -317,8 +334,9 @@ def test_bucketed_squad_predictions_equal_padded_ones(tmp_path):
         np.testing.assert_allclose(b[real], p[real], rtol=1e-5, atol=1e-5)
     got, want = kind.decode(dev, bucketed), kind.decode(dev, padded)
     assert got.answers == want.answers
-    assert [[e["text"] for e in v] for v in got.nbest.values()] == \
-        [[e["text"] for e in v] for v in want.nbest.values()]
+    assert [[e["text"] for e in v] for v in got.nbest.values()] == [
+        [e["text"] for e in v] for v in want.nbest.values()
+    ]
     m_got, m_want = kind.metrics(dev, bucketed, got), kind.metrics(dev, padded, want)
     assert m_got.keys() == m_want.keys()
     for key in m_want:
@@ -457,8 +475,10 @@ def test_a_bad_bucket_count_is_one_clear_error(tmp_path, capsys, value):
 
 @pytest.mark.slow
 def test_bench_finetune_buckets_prints_the_side_by_side_table(capsys):
-    argv = ("bench finetune-buckets --preset tiny --train 128 --dev 64 --epochs 2 "
-            "--batch-size 16 --max-seq-len 24 --length-buckets 2 --seeds 2 --json")
+    argv = (
+        "bench finetune-buckets --preset tiny --train 128 --dev 64 --epochs 2 "
+        "--batch-size 16 --max-seq-len 24 --length-buckets 2 --seeds 2 --json"
+    )
     assert cli.main(argv.split()) == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
@@ -466,7 +486,8 @@ def test_bench_finetune_buckets_prints_the_side_by_side_table(capsys):
     assert [(r["length_buckets"], r["seed"]) for r in runs] == [(2, 0), (0, 0), (2, 1), (0, 1)]
     assert all(r["bucket_lengths"] == [24] for r in runs if r["length_buckets"] == 0)
     assert result["examples_per_s_ratio"] == pytest.approx(
-        result["mean"]["bucketed"]["examples_per_s"] / result["mean"]["padded"]["examples_per_s"])
+        result["mean"]["bucketed"]["examples_per_s"] / result["mean"]["padded"]["examples_per_s"]
+    )
     spread = [abs(runs[i]["dev_score"] - runs[i + 2]["dev_score"]) for i in (0, 1)]
     assert result["noise_band"] == pytest.approx(max(spread))  # seed to seed, within a side
     assert "bucketed / padded examples/s" in out and "noise band" in out
@@ -477,8 +498,10 @@ def test_bench_finetune_buckets_prints_the_side_by_side_table(capsys):
 def test_bench_finetune_buckets_runs_the_squad_task(capsys):
     """--task squad: generated extractive questions on demo-corpus text, bucketed and padded,
     scored by dev F1 (the `first-half` rule of the sst2 task is refused with it)."""
-    argv = ("bench finetune-buckets --task squad --train 96 --dev 24 --epochs 2 "
-            "--batch-size 16 --length-buckets 2 --seeds 1 --json")
+    argv = (
+        "bench finetune-buckets --task squad --train 96 --dev 24 --epochs 2 "
+        "--batch-size 16 --length-buckets 2 --seeds 1 --json"
+    )
     assert cli.main(argv.split()) == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])

@@ -49,12 +49,15 @@ def test_a_tiny_encoder_learns_the_generated_ner_task(learnt_run, ner_data, caps
     result = json.loads((learnt_run / "eval_results.json").read_text())
     data = conll_data.load_conll_dir(ner_data, labels=None)
     assert data.scheme == "iob1"
-    baseline = demo_tasks.majority_tag_scores([s.tags for s in data.splits["train"]],
-                                              [s.tags for s in data.splits["validation"]])
+    baseline = demo_tasks.majority_tag_scores(
+        [s.tags for s in data.splits["train"]], [s.tags for s in data.splits["validation"]]
+    )
     with capsys.disabled():
-        print(f"\n(ner, generated) dev f1 {result['f1']:.2f} (ORG {result['f1_ORG']:.2f}, NUM "
-              f"{result['f1_NUM']:.2f}), accuracy {result['accuracy']:.2f}; majority-tag "
-              f"baseline f1 {baseline['f1']:.2f}, accuracy {baseline['accuracy']:.2f}")
+        print(
+            f"\n(ner, generated) dev f1 {result['f1']:.2f} (ORG {result['f1_ORG']:.2f}, NUM "
+            f"{result['f1_NUM']:.2f}), accuracy {result['accuracy']:.2f}; majority-tag "
+            f"baseline f1 {baseline['f1']:.2f}, accuracy {baseline['accuracy']:.2f}"
+        )
     assert baseline["f1"] == 0.0
     assert result["f1"] >= 90 and min(result["f1_ORG"], result["f1_NUM"]) >= 70, result
     assert (result["task"], result["epoch"]) == ("ner", 4)
@@ -75,8 +78,9 @@ def test_the_prediction_files_score_as_the_results_say(learnt_run, ner_data):
     assert [[r[0] for r in rows_] for rows_ in rows] == [list(s.words) for s in dev]
     assert [[r[1] for r in rows_] for rows_ in rows] == [list(s.tags) for s in dev]
     scores = conlleval.evaluate([s.tags for s in dev], [[r[2] for r in rows_] for rows_ in rows])
-    assert {k: scores[k] for k in ("precision", "recall", "f1", "accuracy")} == \
-        {k: result[k] for k in ("precision", "recall", "f1", "accuracy")}
+    assert {k: scores[k] for k in ("precision", "recall", "f1", "accuracy")} == {
+        k: result[k] for k in ("precision", "recall", "f1", "accuracy")
+    }
     report = (learnt_run / "predictions" / "validation_conlleval.txt").read_text()
     assert report == conlleval.format_report(scores) and "ORG: precision" in report
     test = conll_data.read_conll_file(ner_data / "test.txt", LABELS)
@@ -85,8 +89,9 @@ def test_the_prediction_files_score_as_the_results_say(learnt_run, ner_data):
 
 
 @pytest.mark.slow
-def test_the_export_loads_in_transformers_with_the_checkpoints_logits(learnt_run, ner_data,
-                                                                      demo_encoder):
+def test_the_export_loads_in_transformers_with_the_checkpoints_logits(
+    learnt_run, ner_data, demo_encoder
+):
     """WORKDIR/hf_model loads into transformers' BertForTokenClassification with no missing or
     unexpected keys, names the labels in config.json, and gives the checkpoint's logits."""
     import torch
@@ -94,7 +99,8 @@ def test_the_export_loads_in_transformers_with_the_checkpoints_logits(learnt_run
 
     folder = learnt_run / "hf_model"
     model, info = transformers.BertForTokenClassification.from_pretrained(
-        folder, output_loading_info=True)
+        folder, output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert model.config.id2label == dict(enumerate(LABELS))
     assert model.config.label2id == {label: i for i, label in enumerate(LABELS)}
@@ -106,17 +112,18 @@ def test_the_export_loads_in_transformers_with_the_checkpoints_logits(learnt_run
     apply = jax.jit(token_head.BertForTokenClassification(loaded.model_cfg, len(LABELS)).apply)
     ours = apply({"params": loaded.params}, feats.input_ids, feats.segment_ids, feats.input_mask)
     with torch.no_grad():
-        theirs = model.eval()(input_ids=torch.tensor(feats.input_ids, dtype=torch.long),
-                              token_type_ids=torch.tensor(feats.segment_ids, dtype=torch.long),
-                              attention_mask=torch.tensor(feats.input_mask, dtype=torch.long))
+        theirs = model.eval()(
+            input_ids=torch.tensor(feats.input_ids, dtype=torch.long),
+            token_type_ids=torch.tensor(feats.segment_ids, dtype=torch.long),
+            attention_mask=torch.tensor(feats.input_mask, dtype=torch.long),
+        )
     real = feats.input_mask.astype(bool)
     assert np.max(np.abs(np.asarray(ours)[real] - theirs.logits.numpy()[real])) < 1e-4
     assert np.abs(np.asarray(ours)).max() > 1.0  # trained logits, not trivially small
 
 
 @pytest.mark.slow
-def test_features_of_the_fine_tuned_run_from_its_checkpoint_and_its_export(learnt_run,
-                                                                           tmp_path):
+def test_features_of_the_fine_tuned_run_from_its_checkpoint_and_its_export(learnt_run, tmp_path):
     """`bertjax features --init` takes the fine-tuned run's workdir (its checkpoint) and its
     HuggingFace export alike: the same encoder, the same values."""
     (tmp_path / "in.txt").write_text("The Python Software Foundation has 3 modules .\n")
@@ -126,8 +133,9 @@ def test_features_of_the_fine_tuned_run_from_its_checkpoint_and_its_export(learn
                 str(tmp_path / f"{name}.jsonl"), "--layers=-1,-2"]  # fmt: skip
         assert cli.main(argv) == 0
         out[name] = json.loads((tmp_path / f"{name}.jsonl").read_text())
-    assert [f["token"] for f in out["ckpt"]["features"]] == \
-        [f["token"] for f in out["hf"]["features"]]
+    assert [f["token"] for f in out["ckpt"]["features"]] == [
+        f["token"] for f in out["hf"]["features"]
+    ]
     values = {k: np.array([[x["values"] for x in f["layers"]] for f in v["features"]])
               for k, v in out.items()}  # fmt: skip
     np.testing.assert_allclose(values["ckpt"], values["hf"], atol=2e-6, rtol=0)
@@ -177,10 +185,12 @@ def test_the_token_loss_is_hfs_and_adds_up_over_micro_batches(tmp_path):
     model = transformers.BertForTokenClassification.from_pretrained(tmp_path).eval()
     hf_labels = np.where(batch["label_weights"] > 0, batch["label_ids"], -100)
     with torch.no_grad():
-        out = model(input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
-                    token_type_ids=torch.tensor(batch["segment_ids"], dtype=torch.long),
-                    attention_mask=torch.tensor(batch["input_mask"], dtype=torch.long),
-                    labels=torch.tensor(hf_labels, dtype=torch.long))
+        out = model(
+            input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
+            token_type_ids=torch.tensor(batch["segment_ids"], dtype=torch.long),
+            attention_mask=torch.tensor(batch["input_mask"], dtype=torch.long),
+            labels=torch.tensor(hf_labels, dtype=torch.long),
+        )
     assert float(out.loss) == pytest.approx(whole, rel=1e-5)
 
 
@@ -197,34 +207,69 @@ GOOD = conll([("The", "O"), ("PSF", "B-ORG"), ("met", "O"), ("", ""), ("Fine", "
 @pytest.mark.parametrize(
     "flags, files, message",
     [
-        ("--task conll2003", {"eng.train": conll([("Rome", "B-LOC"), ("3", "B-NUM")])},
-         "eng.train, line 2: tag 'B-NUM' is not in the label list (O, B-PER"),
-        ("--task ner --labels O,B-ORG,I-ORG", {"train.txt": GOOD + "Pi _ _ B-NUM\n"},
-         "train.txt, line 6: tag 'B-NUM' is not in the label list (O, B-ORG, I-ORG)"),
-        ("--task ner", {"train.txt": GOOD + "Lonely\n"},
-         "train.txt, line 6 has one column ('Lonely'): a token line needs the word first and "
-         "the NER tag last"),
-        ("--task ner", {"train.txt": GOOD, "valid.txt": ""},
-         "valid.txt holds no sentences (no token lines)"),
+        (
+            "--task conll2003",
+            {"eng.train": conll([("Rome", "B-LOC"), ("3", "B-NUM")])},
+            "eng.train, line 2: tag 'B-NUM' is not in the label list (O, B-PER",
+        ),
+        (
+            "--task ner --labels O,B-ORG,I-ORG",
+            {"train.txt": GOOD + "Pi _ _ B-NUM\n"},
+            "train.txt, line 6: tag 'B-NUM' is not in the label list (O, B-ORG, I-ORG)",
+        ),
+        (
+            "--task ner",
+            {"train.txt": GOOD + "Lonely\n"},
+            "train.txt, line 6 has one column ('Lonely'): a token line needs the word first and "
+            "the NER tag last",
+        ),
+        (
+            "--task ner",
+            {"train.txt": GOOD, "valid.txt": ""},
+            "valid.txt holds no sentences (no token lines)",
+        ),
         ("--task ner", {"train.txt": ""}, "train.txt holds no sentences"),
-        ("--task ner --tag-scheme iob2", {"train.txt": conll([("the", "O"), ("X", "I-ORG")])},
-         "train.txt, line 2: I-ORG follows O, which IOB2 does not allow"),
-        ("--task ner --tag-scheme bio", None, "ner.scheme='bio' must be one of auto, iob1, iob2 "
-         "(the files' tags (--tag-scheme))"),
-        ("--task conll2003 --labels O,B-X,I-X", None, "--labels 'O,B-X,I-X' applies to --task "
-         "ner; --task conll2003 has CoNLL-2003's labels"),
+        (
+            "--task ner --tag-scheme iob2",
+            {"train.txt": conll([("the", "O"), ("X", "I-ORG")])},
+            "train.txt, line 2: I-ORG follows O, which IOB2 does not allow",
+        ),
+        (
+            "--task ner --tag-scheme bio",
+            None,
+            "ner.scheme='bio' must be one of auto, iob1, iob2 (the files' tags (--tag-scheme))",
+        ),
+        (
+            "--task conll2003 --labels O,B-X,I-X",
+            None,
+            "--labels 'O,B-X,I-X' applies to --task ner; --task conll2003 has CoNLL-2003's labels",
+        ),
         ("--task ner --labels O,B-X,B-X", None, "--labels lists B-X more than once"),
         ("--task ner --labels B-X,I-X", None, "--labels has no O label"),
-        ("--task ner --no-data", None, "--task ner reads a directory of CoNLL-format files: "
-         "pass --data DIR"),
+        (
+            "--task ner --no-data",
+            None,
+            "--task ner reads a directory of CoNLL-format files: pass --data DIR",
+        ),
         ("--task ner --max-seq-len 2", None, "data.max_seq_len=2 must be >= 3"),
-        ("--task ner --doc-stride 100 --max-seq-len 64", None, "--doc-stride 100 must be "
-         "between 1 and the 62 pieces a window holds"),
-        ("--task swag --tag-scheme iob1", None, "--tag-scheme sets the config key ner.scheme, "
-         "which config finetune_swag lacks: it applies to NER tasks"),
-        ("--task conll2003 --config finetune_glue", None, "--task conll2003 needs the config "
-         "key(s) ner.labels, ner.scheme, ner.doc_stride, ner.encoding: use --config "
-         "finetune_ner"),
+        (
+            "--task ner --doc-stride 100 --max-seq-len 64",
+            None,
+            "--doc-stride 100 must be between 1 and the 62 pieces a window holds",
+        ),
+        (
+            "--task swag --tag-scheme iob1",
+            None,
+            "--tag-scheme sets the config key ner.scheme, "
+            "which config finetune_swag lacks: it applies to NER tasks",
+        ),
+        (
+            "--task conll2003 --config finetune_glue",
+            None,
+            "--task conll2003 needs the config "
+            "key(s) ner.labels, ner.scheme, ner.doc_stride, ner.encoding: use --config "
+            "finetune_ner",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, capsys, flags, files, message):

@@ -79,8 +79,10 @@ def test_a_tiny_encoder_learns_a_generated_extractive_task(learnt_run, capsys):
     first = {ex.qid: sentences[0] for ex, sentences in zip(dev, dev_contexts)}
     holder = {ex.qid: next(s for s in sentences if "(" in s)
               for ex, sentences in zip(dev, dev_contexts)}  # fmt: skip
-    baselines = {"first sentence": squad_metrics.squad_v1_scores(gold, first)["f1"],
-                 "sentence with the parentheses": squad_metrics.squad_v1_scores(gold, holder)["f1"]}
+    baselines = {
+        "first sentence": squad_metrics.squad_v1_scores(gold, first)["f1"],
+        "sentence with the parentheses": squad_metrics.squad_v1_scores(gold, holder)["f1"],
+    }
     with capsys.disabled():
         print(f"\n(squad, generated) dev {json.dumps(result)}; baselines F1 {baselines}")
     assert max(baselines.values()) < 50
@@ -121,23 +123,27 @@ def test_the_fine_tuned_model_exports_to_transformers(learnt_run, tiny_encoder):
     workdir, dev, _ = learnt_run
     folder = workdir / "hf_model"
     model, info = transformers.BertForQuestionAnswering.from_pretrained(
-        folder, output_loading_info=True)
+        folder, output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     loaded = checkpoint.load_model(workdir)
     assert set(loaded.params) == {"bert", "qa_outputs"}
     tokenizer = load_tokenizer(tiny_encoder)
     hf_tokenizer = transformers.BertTokenizerFast.from_pretrained(folder)
     for ex in dev[:20]:
-        assert hf_tokenizer(ex.context, add_special_tokens=False)["input_ids"] == \
-            tokenizer.encode(ex.context)
+        assert hf_tokenizer(ex.context, add_special_tokens=False)["input_ids"] == tokenizer.encode(
+            ex.context
+        )
     feats = squad_features.build_features(dev[:24], tokenizer, SEQ, 16, 16)
     apply = jax.jit(span_head.BertForQuestionAnswering(loaded.model_cfg).apply)
     start, end = apply({"params": loaded.params}, feats.input_ids, feats.segment_ids,
                        feats.input_mask)  # fmt: skip
     with torch.no_grad():
-        out = model.eval()(input_ids=torch.tensor(feats.input_ids, dtype=torch.long),
-                           token_type_ids=torch.tensor(feats.segment_ids, dtype=torch.long),
-                           attention_mask=torch.tensor(feats.input_mask, dtype=torch.long))
+        out = model.eval()(
+            input_ids=torch.tensor(feats.input_ids, dtype=torch.long),
+            token_type_ids=torch.tensor(feats.segment_ids, dtype=torch.long),
+            attention_mask=torch.tensor(feats.input_mask, dtype=torch.long),
+        )
     for ours, theirs in ((start, out.start_logits), (end, out.end_logits)):
         assert np.max(np.abs(np.asarray(ours) - theirs.numpy())) < 1e-4
     assert np.abs(np.asarray(start)).max() > 1.0  # trained logits, not trivially small
@@ -202,8 +208,9 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj))
 
 
-def tiny_file(version="1.1", context="The cat (a tabby) sat.", answer="a tabby", start=9,
-              impossible=None):
+def tiny_file(
+    version="1.1", context="The cat (a tabby) sat.", answer="a tabby", start=9, impossible=None
+):
     qa = {"id": "q0", "question": QUESTION, "answers": [{"text": answer, "answer_start": start}]}
     if impossible is not None:
         qa["is_impossible"] = impossible
@@ -220,33 +227,62 @@ def data_dir(root: Path, files: dict) -> str:
 @pytest.mark.parametrize(
     "flags, files, message",
     [
-        ("--doc-stride 400", None, "--doc-stride 400 must be at least 1 and smaller than the 317 "
-         "context tokens a window holds"),
+        (
+            "--doc-stride 400",
+            None,
+            "--doc-stride 400 must be at least 1 and smaller than the 317 "
+            "context tokens a window holds",
+        ),
         ("--max-query-length 0", None, "max_query_length=0 must be >= 1 (question tokens kept"),
         ("--max-seq-len 40 --max-query-length 64", None, "--max-seq-len 40 leaves no room"),
         ("--n-best-size 0", None, "n_best_size=0 must be >= 1 (start and end candidates"),
         ("--max-answer-length 0", None, "max_answer_length=0 must be >= 1 (longest answer"),
-        ("--null-score-diff-threshold 1.5", None, "--null-score-diff-threshold=1.5 applies to "
-         "SQuAD v2.0 (--task squad_v2) only"),
-        ("--task squad_v2 --null-score-diff-threshold nan", None,
-         "squad.null_score_diff_threshold=nan must be a finite number"),
-        ("--task rte --doc-stride 64", None, "--doc-stride sets the config key squad.doc_stride "
-         "or ner.doc_stride, which config finetune_glue lacks: it applies to SQuAD tasks"),
+        (
+            "--null-score-diff-threshold 1.5",
+            None,
+            "--null-score-diff-threshold=1.5 applies to SQuAD v2.0 (--task squad_v2) only",
+        ),
+        (
+            "--task squad_v2 --null-score-diff-threshold nan",
+            None,
+            "squad.null_score_diff_threshold=nan must be a finite number",
+        ),
+        (
+            "--task rte --doc-stride 64",
+            None,
+            "--doc-stride sets the config key squad.doc_stride "
+            "or ner.doc_stride, which config finetune_glue lacks: it applies to SQuAD tasks",
+        ),
         ("--config finetune_glue", None, "--task squad needs the config key(s) squad.doc_stride"),
         ("--task squad-v3", None, "unknown task 'squad-v3'; choose one of cola"),
         ("--data /nonexistent", None, "SQuAD data directory /nonexistent does not exist"),
-        ("", {"train-v2.0.json": tiny_file("v2.0", impossible=False)},
-         "has no train-v1.1.json (the train file of SQuAD v1.1); it holds train-v2.0.json, a "
-         "SQuAD v2.0 file: choose --task squad_v2"),
-        ("", {"train-v1.1.json": tiny_file("v2.0", impossible=False)},
-         "train-v1.1.json is a SQuAD v2.0 set (its \"version\" is 'v2.0') but the task is SQuAD "
-         "v1.1"),
-        ("--task squad_v2", {"train-v2.0.json": tiny_file("1.1"), "dev-v2.0.json": tiny_file()},
-         "train-v2.0.json is a SQuAD v1.1 set"),
-        ("", {"train-v1.1.json": tiny_file(start=3)},
-         "question 'q0': answer 'a tabby' is not at answer_start 3 of its context"),
-        ("", {"train-v1.1.json": tiny_file(), "dev-v1.1.json": tiny_file(context=" ")},
-         "dev-v1.1.json: question 'q0' has an empty context"),
+        (
+            "",
+            {"train-v2.0.json": tiny_file("v2.0", impossible=False)},
+            "has no train-v1.1.json (the train file of SQuAD v1.1); it holds train-v2.0.json, a "
+            "SQuAD v2.0 file: choose --task squad_v2",
+        ),
+        (
+            "",
+            {"train-v1.1.json": tiny_file("v2.0", impossible=False)},
+            "train-v1.1.json is a SQuAD v2.0 set (its \"version\" is 'v2.0') but the task is SQuAD "
+            "v1.1",
+        ),
+        (
+            "--task squad_v2",
+            {"train-v2.0.json": tiny_file("1.1"), "dev-v2.0.json": tiny_file()},
+            "train-v2.0.json is a SQuAD v1.1 set",
+        ),
+        (
+            "",
+            {"train-v1.1.json": tiny_file(start=3)},
+            "question 'q0': answer 'a tabby' is not at answer_start 3 of its context",
+        ),
+        (
+            "",
+            {"train-v1.1.json": tiny_file(), "dev-v1.1.json": tiny_file(context=" ")},
+            "dev-v1.1.json: question 'q0' has an empty context",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, capsys, flags, files, message):

@@ -34,9 +34,29 @@ def swag_dir(demo_documents, tmp_path_factory) -> Path:
 def learnt_run(swag_dir, demo_encoder, tmp_path_factory) -> Path:
     """`bertjax finetune --task swag` on the generated task."""
     workdir = tmp_path_factory.mktemp("swag_run") / "run"
-    argv = ["finetune", "--task", "swag", "--init", str(demo_encoder), "--data", str(swag_dir),
-            "--workdir", str(workdir), "--max-seq-len", str(SEQ), "--epochs", "3", "--lr",
-            "2e-3", "--batch-size", "16", "--length-buckets", "1", "--log-every", "50"]
+    argv = [
+        "finetune",
+        "--task",
+        "swag",
+        "--init",
+        str(demo_encoder),
+        "--data",
+        str(swag_dir),
+        "--workdir",
+        str(workdir),
+        "--max-seq-len",
+        str(SEQ),
+        "--epochs",
+        "3",
+        "--lr",
+        "2e-3",
+        "--batch-size",
+        "16",
+        "--length-buckets",
+        "1",
+        "--log-every",
+        "50",
+    ]
     assert cli.main(argv) == 0
     return workdir
 
@@ -47,11 +67,14 @@ def test_a_tiny_encoder_learns_the_generated_swag_task(learnt_run, swag_dir, cap
     choice scores about 0.25 (0.33 is 4 standard deviations of chance above it)."""
     result = json.loads((learnt_run / "eval_results.json").read_text())
     splits = swag_data.load_swag_dir(swag_dir)
-    baseline = demo_tasks.majority_label_accuracy([ex.label for ex in splits["train"]],
-                                                  [ex.label for ex in splits["validation"]])
+    baseline = demo_tasks.majority_label_accuracy(
+        [ex.label for ex in splits["train"]], [ex.label for ex in splits["validation"]]
+    )
     with capsys.disabled():
-        print(f"\n(swag, generated) dev accuracy {result['accuracy']:.3f}, loss "
-              f"{result['loss']:.3f}; majority-label baseline {baseline:.3f}, chance 0.25")
+        print(
+            f"\n(swag, generated) dev accuracy {result['accuracy']:.3f}, loss "
+            f"{result['loss']:.3f}; majority-label baseline {baseline:.3f}, chance 0.25"
+        )
     assert baseline < 0.3
     assert result["accuracy"] >= 0.33, result
     assert (result["task"], result["epoch"], result["examples"]) == ("swag", 3, 500)
@@ -63,8 +86,11 @@ def test_each_split_gets_its_chosen_endings(learnt_run, swag_dir):
     they score eval_results.json's accuracy; the unlabelled test split gets its file too."""
     result = json.loads((learnt_run / "eval_results.json").read_text())
     dev = swag_data.read_swag_csv(swag_dir / "val.csv", require_labels=True)
-    rows = list(csv.DictReader(io.StringIO(
-        (learnt_run / "predictions" / "validation_predictions.csv").read_text())))
+    rows = list(
+        csv.DictReader(
+            io.StringIO((learnt_run / "predictions" / "validation_predictions.csv").read_text())
+        )
+    )
     assert [int(r["idx"]) for r in rows] == [ex.idx for ex in dev]
     chosen = np.array([int(r["label"]) for r in rows])
     assert set(chosen.tolist()) <= {0, 1, 2, 3}
@@ -74,8 +100,9 @@ def test_each_split_gets_its_chosen_endings(learnt_run, swag_dir):
 
 
 @pytest.mark.slow
-def test_the_export_loads_in_transformers_with_the_checkpoints_logits(learnt_run, swag_dir,
-                                                                      demo_encoder):
+def test_the_export_loads_in_transformers_with_the_checkpoints_logits(
+    learnt_run, swag_dir, demo_encoder
+):
     """WORKDIR/hf_model loads into transformers' BertForMultipleChoice with no missing or
     unexpected keys and gives the checkpoint's logits [B, 4]."""
     import torch
@@ -83,7 +110,8 @@ def test_the_export_loads_in_transformers_with_the_checkpoints_logits(learnt_run
 
     folder = learnt_run / "hf_model"
     model, info = transformers.BertForMultipleChoice.from_pretrained(
-        folder, output_loading_info=True)
+        folder, output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     loaded = checkpoint.load_model(learnt_run)
     assert set(loaded.params) == {"bert", "classifier"}
@@ -96,7 +124,8 @@ def test_the_export_loads_in_transformers_with_the_checkpoints_logits(learnt_run
         theirs = model.eval()(
             input_ids=torch.tensor(arrays["input_ids"], dtype=torch.long),
             token_type_ids=torch.tensor(arrays["segment_ids"], dtype=torch.long),
-            attention_mask=torch.tensor(arrays["input_mask"], dtype=torch.long)).logits
+            attention_mask=torch.tensor(arrays["input_mask"], dtype=torch.long),
+        ).logits
     assert np.asarray(ours).shape == tuple(theirs.shape) == (24, 4)
     assert np.max(np.abs(np.asarray(ours) - theirs.numpy())) < 1e-4
 
@@ -121,14 +150,21 @@ def test_the_loss_is_hfs(tmp_path):
     head = kind.head(cfg)
     batch = kind.synthetic_batch(6, 24, 120, seed=2)
     objective = head.objective
-    loss = float(jax.jit(lambda p, b: objective.loss(
-        objective.sums(head.model, p, b, None, True), objective.denominators(b)))(params, batch))
+    loss = float(
+        jax.jit(
+            lambda p, b: objective.loss(
+                objective.sums(head.model, p, b, None, True), objective.denominators(b)
+            )
+        )(params, batch)
+    )
     model = transformers.BertForMultipleChoice.from_pretrained(tmp_path).eval()
     with torch.no_grad():
-        out = model(input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
-                    token_type_ids=torch.tensor(batch["segment_ids"], dtype=torch.long),
-                    attention_mask=torch.tensor(batch["input_mask"], dtype=torch.long),
-                    labels=torch.tensor(batch["labels"], dtype=torch.long))
+        out = model(
+            input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
+            token_type_ids=torch.tensor(batch["segment_ids"], dtype=torch.long),
+            attention_mask=torch.tensor(batch["input_mask"], dtype=torch.long),
+            labels=torch.tensor(batch["labels"], dtype=torch.long),
+        )
     assert float(out.loss) == pytest.approx(loss, rel=1e-5)
 
 
@@ -136,18 +172,24 @@ def test_the_loss_is_hfs(tmp_path):
 
 
 HEADER = ",".join(demo_tasks.SWAG_HEADER)
-ROW = '0,v,0,A man sits. He,A man sits.,He,gold,stands up.,falls.,runs away.,sings.,{label}'
+ROW = "0,v,0,A man sits. He,A man sits.,He,gold,stands up.,falls.,runs away.,sings.,{label}"
 
 
 @pytest.mark.parametrize(
     "files, message",
     [
-        ({"train.csv": HEADER + "\n" + ROW.format(label=0).replace(",sings.", ",") + "\n"},
-         "train.csv, line 2 has 3 endings (ending3 empty or missing): a SWAG row needs 4"),
-        ({"train.csv": HEADER + "\n" + ROW.format(label=4) + "\n"},
-         "train.csv, line 2: label '4' is not a choice 0..3"),
-        ({"val.csv": HEADER + "\n" + ROW.format(label=-1) + "\n"},
-         "val.csv, line 2: label '-1' is not a choice 0..3"),
+        (
+            {"train.csv": HEADER + "\n" + ROW.format(label=0).replace(",sings.", ",") + "\n"},
+            "train.csv, line 2 has 3 endings (ending3 empty or missing): a SWAG row needs 4",
+        ),
+        (
+            {"train.csv": HEADER + "\n" + ROW.format(label=4) + "\n"},
+            "train.csv, line 2: label '4' is not a choice 0..3",
+        ),
+        (
+            {"val.csv": HEADER + "\n" + ROW.format(label=-1) + "\n"},
+            "val.csv, line 2: label '-1' is not a choice 0..3",
+        ),
         ({"train.csv": ""}, "train.csv is empty; expected a CSV header"),
         ({"val.csv": HEADER + "\n"}, "val.csv holds no examples (a header only)"),
         ({"val.csv": None}, "has no val.csv (the validation split)"),

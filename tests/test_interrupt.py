@@ -26,9 +26,12 @@ def start(argv, log: Path) -> subprocess.Popen:
     """`bertjax ARGV` in a session of its own (Ctrl-C goes to its process group), output to
     files."""
     return subprocess.Popen(
-        [sys.executable, "-c", BERTJAX_WITH_SIGINT, *map(str, argv)], env=ENV,
-        start_new_session=True, stdout=open(log.with_suffix(".out"), "w"),
-        stderr=open(log.with_suffix(".err"), "w"))
+        [sys.executable, "-c", BERTJAX_WITH_SIGINT, *map(str, argv)],
+        env=ENV,
+        start_new_session=True,
+        stdout=open(log.with_suffix(".out"), "w"),
+        stderr=open(log.with_suffix(".err"), "w"),
+    )
 
 
 def ctrl_c(proc, log: Path, when) -> tuple[int, str]:
@@ -40,8 +43,9 @@ def ctrl_c(proc, log: Path, when) -> tuple[int, str]:
             time.sleep(0.05)
     else:
         time.sleep(when)
-    assert proc.poll() is None, "the command ended before Ctrl-C: " + log.with_suffix(
-        ".err").read_text()[-2000:]
+    assert proc.poll() is None, (
+        "the command ended before Ctrl-C: " + log.with_suffix(".err").read_text()[-2000:]
+    )
     os.killpg(proc.pid, signal.SIGINT)
     return proc.wait(timeout=240), log.with_suffix(".err").read_text()
 
@@ -73,8 +77,14 @@ def test_a_ctrl_c_python_swallowed_is_delivered_again(tmp_path):
         except KeyboardInterrupt:
             print("interrupted")
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=ENV, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+        check=False,
+    )
     assert proc.stdout.strip() == "interrupted" and proc.stderr == "", proc.stderr
 
 
@@ -87,8 +97,22 @@ def test_ctrl_c_at_any_moment_of_prepare(word_corpus, tmp_path):
     big.write_text(corpus.read_text() * 8)  # about 8 s with 2 workers
     logs.mkdir()
     data.mkdir()
-    argv = ["prepare", "--input", big, "--tokenizer", tok, "--max-seq-len", "64", "--quiet",
-            "--workers", "2", "--block-docs", "50", "--shard-size", "2000"]
+    argv = [
+        "prepare",
+        "--input",
+        big,
+        "--tokenizer",
+        tok,
+        "--max-seq-len",
+        "64",
+        "--quiet",
+        "--workers",
+        "2",
+        "--block-docs",
+        "50",
+        "--shard-size",
+        "2000",
+    ]
     reference = tmp_path / "reference"
     finish(start([*argv, "--out", reference], logs / "ref"), logs / "ref")
     out = data / "out"
@@ -112,8 +136,10 @@ def logged_step(workdir: Path) -> int:
     path = workdir / "metrics.jsonl"
     if not path.exists():
         return 0
-    return max((json.loads(line)["step"] for line in path.read_text().splitlines()
-                if line.endswith("}")), default=0)
+    return max(
+        (json.loads(line)["step"] for line in path.read_text().splitlines() if line.endswith("}")),
+        default=0,
+    )
 
 
 @pytest.mark.slow
@@ -123,13 +149,21 @@ def test_ctrl_c_at_any_moment_of_train(tiny_dataset, tmp_path):
     that step, says so, exits 130), each into the rerun of the previous; the fourth run
     resumes and ends with the parameters of an uninterrupted run, bit for bit. The loader's
     worker process says nothing."""
-    argv = ["train", "--config", "bert_tiny", f"--config.data.train_dir={tiny_dataset}",
-            "--config.train.steps=40", "--config.train.checkpoint_every=20",
-            "--config.train.global_batch_size=16", "--config.train.eval_every=0",
-            "--config.train.log_every=1", "--config.model.num_hidden_layers=1",
-            "--config.optim.warmup_steps=2",
-            "--config.data.workers=1",  # a loader process, which Ctrl-C must not make speak
-            f"--config.train.compilation_cache_dir={tmp_path / 'jax_cache'}"]
+    argv = [
+        "train",
+        "--config",
+        "bert_tiny",
+        f"--config.data.train_dir={tiny_dataset}",
+        "--config.train.steps=40",
+        "--config.train.checkpoint_every=20",
+        "--config.train.global_batch_size=16",
+        "--config.train.eval_every=0",
+        "--config.train.log_every=1",
+        "--config.model.num_hidden_layers=1",
+        "--config.optim.warmup_steps=2",
+        "--config.data.workers=1",  # a loader process, which Ctrl-C must not make speak
+        f"--config.train.compilation_cache_dir={tmp_path / 'jax_cache'}",
+    ]
     reference, logs = tmp_path / "reference", tmp_path / "logs"
     logs.mkdir()
     finish(start([*argv, "--workdir", reference], logs / "ref"), logs / "ref")
@@ -140,17 +174,23 @@ def test_ctrl_c_at_any_moment_of_train(tiny_dataset, tmp_path):
         assert (code, err) == (130, "bertjax train: interrupted\n"), (when, err)
         assert not checkpoint.is_checkpoint_dir(workdir)
     log = logs / "try2"
-    code, err = ctrl_c(start([*argv, "--workdir", workdir], log), log,
-                       lambda: logged_step(workdir) >= 2)
+    code, err = ctrl_c(
+        start([*argv, "--workdir", workdir], log), log, lambda: logged_step(workdir) >= 2
+    )
     saved = checkpoint.Checkpointer(workdir, read_only=True).all_steps()
     assert code == 130 and len(saved) == 1 and 2 <= saved[0] < 40, (saved, err)
-    assert err == (f"bertjax train: interrupted: saved the checkpoint of step {saved[0]} in "
-                   f"{workdir / 'checkpoints'}; the same command resumes from it\n")
+    assert err == (
+        f"bertjax train: interrupted: saved the checkpoint of step {saved[0]} in "
+        f"{workdir / 'checkpoints'}; the same command resumes from it\n"
+    )
     assert logged_step(workdir) == saved[0]
     out = finish(start([*argv, "--workdir", workdir], logs / "final"), logs / "final")
     assert f"resuming from checkpoint step {saved[0]}" in out
     params = [jax.device_get(checkpoint.load_model(w).params) for w in (reference, workdir)]
     jax.tree.map(np.testing.assert_array_equal, *params)
-    rows = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text()
-            .splitlines() if line.strip()]
+    rows = [
+        json.loads(line)["step"]
+        for line in (workdir / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     assert sorted(set(rows)) == list(range(1, 41))

@@ -51,8 +51,11 @@ def imported_modules(name: str, path: Path, known: dict) -> set[str]:
             found |= {a.name for a in node.names if a.name.split(".")[0] == root}
         elif isinstance(node, ast.ImportFrom):
             base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-            source = (f"{base}.{node.module}" if node.module else base) if node.level else (
-                node.module or "")
+            source = (
+                (f"{base}.{node.module}" if node.module else base)
+                if node.level
+                else (node.module or "")
+            )
             if source.split(".")[0] != root:
                 continue
             for alias in node.names:  # `from pkg import module` imports that module
@@ -71,15 +74,16 @@ def violations(package_dir: Path, layers) -> list[str]:
         for target in sorted(targets):
             t_level, t_layer = layer_of(target, layers)
             if t_level > level:
-                problems.append(f"{name} ({layer}, {level}) imports {target} "
-                                f"({t_layer}, {t_level})")
+                problems.append(
+                    f"{name} ({layer}, {level}) imports {target} ({t_layer}, {t_level})"
+                )
     state = {}  # depth-first search: 1 on the stack, 2 done
 
     def visit(node, stack):
         state[node] = 1
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                cycle = stack[stack.index(target):] + [target]
+                cycle = stack[stack.index(target) :] + [target]
                 problems.append("import cycle: " + " -> ".join(cycle))
             elif target in graph and target not in state:
                 visit(target, stack + [target])
@@ -105,7 +109,8 @@ def room_cycles(graph) -> list[str]:
     for name, targets in graph.items():
         source = room_of(name, graph)
         rooms.setdefault(source, set()).update(
-            room_of(t, graph) for t in targets if room_of(t, graph) != source)
+            room_of(t, graph) for t in targets if room_of(t, graph) != source
+        )
     reach = {room: set(targets) for room, targets in rooms.items()}
     changed = True
     while changed:  # transitive closure; a few dozen rooms
@@ -115,8 +120,12 @@ def room_cycles(graph) -> list[str]:
             if more:
                 seen |= more
                 changed = True
-    return [f"room cycle: {a} <-> {b}" for a in sorted(reach) for b in sorted(reach[a])
-            if a < b and a in reach.get(b, set())]
+    return [
+        f"room cycle: {a} <-> {b}"
+        for a in sorted(reach)
+        for b in sorted(reach[a])
+        if a < b and a in reach.get(b, set())
+    ]
 
 
 def test_bertjax_imports_follow_the_documented_layers():
@@ -126,11 +135,12 @@ def test_bertjax_imports_follow_the_documented_layers():
 
 def test_every_module_is_listed_in_architecture_md():
     text = ARCHITECTURE.read_text()
-    layout = text[text.index("## Layout"):text.index("## Layers")]
+    layout = text[text.index("## Layout") : text.index("## Layers")]
     missing = [
         str(path.relative_to(REPO / "bertjax"))
         for path in sorted((REPO / "bertjax").rglob("*.py"))
-        if path.name != "__init__.py" and not path.parent.name == "configs"
+        if path.name != "__init__.py"
+        and not path.parent.name == "configs"
         and f"{path.name} " not in layout.replace("\n", " \n")
     ]
     assert missing == [], f"modules missing from ARCHITECTURE.md's layout: {missing}"
@@ -147,12 +157,14 @@ def test_a_planted_upward_import_and_a_cycle_are_caught(tmp_path):
     (pkg / "train" / "loop.py").write_text("def f():\n    from pkg import cli\n")  # lazy
     (pkg / "train" / "a.py").write_text("from pkg.train import b\n")
     (pkg / "train" / "b.py").write_text("import pkg.train.a\n")
-    layers = read_layers("```layers\n2 commands pkg.cli\n1 train pkg.train pkg.train.*\n"
-                         "0 base pkg pkg.errors\n```")
+    layers = read_layers(
+        "```layers\n2 commands pkg.cli\n1 train pkg.train pkg.train.*\n0 base pkg pkg.errors\n```"
+    )
     problems = violations(pkg, layers)
     assert "pkg.train.loop (train, 1) imports pkg.cli (commands, 2)" in problems
-    assert any(p.startswith("import cycle: pkg.train.a -> pkg.train.b -> pkg.train.a")
-               for p in problems), problems
+    assert any(
+        p.startswith("import cycle: pkg.train.a -> pkg.train.b -> pkg.train.a") for p in problems
+    ), problems
 
 
 def _copy_of_bertjax(tmp_path):
@@ -170,16 +182,20 @@ def test_a_planted_lazy_import_of_a_command_from_train_is_caught(tmp_path):
     loop = copy / "train" / "loop.py"
     loop.write_text(loop.read_text() + "\n\ndef _planted():\n    from bertjax.bench import train\n")
     problems = violations(copy, read_layers(ARCHITECTURE.read_text()))
-    assert any(p.startswith("bertjax.train.loop (train, 2) imports bertjax.bench.train "
-                            "(commands, 5)") for p in problems), problems
+    assert any(
+        p.startswith("bertjax.train.loop (train, 2) imports bertjax.bench.train (commands, 5)")
+        for p in problems
+    ), problems
 
 
 def test_a_planted_cycle_between_rooms_is_caught(tmp_path):
     """On a copy of the real tree: hf.py importing data.shards and data/loader.py importing hf
     make no module cycle, but the rooms bertjax.hf and bertjax.data import from each other."""
     copy = _copy_of_bertjax(tmp_path)
-    for path, line in ((copy / "hf.py", "from bertjax.data import shards"),
-                       (copy / "data" / "loader.py", "from bertjax import hf")):
+    for path, line in (
+        (copy / "hf.py", "from bertjax.data import shards"),
+        (copy / "data" / "loader.py", "from bertjax import hf"),
+    ):
         path.write_text(path.read_text() + f"\n\ndef _planted():\n    {line}\n")
     problems = violations(copy, read_layers(ARCHITECTURE.read_text()))
     assert problems == ["room cycle: bertjax.data <-> bertjax.hf"], problems

@@ -310,8 +310,9 @@ def test_batches_cli_writes_what_the_process_would_train_on(ds, tmp_path, capsys
 @pytest.fixture(scope="module")
 def packed_ds(tmp_path_factory):
     path = tmp_path_factory.mktemp("loader_packed") / "data"
-    return open_dataset(synthetic_dataset(path, 1500, L, vocab_size=1000, shard_size=200,
-                                          max_sequences_per_row=3))
+    return open_dataset(
+        synthetic_dataset(path, 1500, L, vocab_size=1000, shard_size=200, max_sequences_per_row=3)
+    )
 
 
 def test_packed_batches_order_resume_and_process_count(packed_ds):

@@ -15,12 +15,27 @@ from bertjax import model as bert_model
 
 # Two deliberately different shapes: odd sizes, exact and tanh GELU, three segment types.
 HF_CONFIGS = {
-    "exact_gelu": dict(vocab_size=101, hidden_size=48, num_hidden_layers=2,
-                       num_attention_heads=4, intermediate_size=72, hidden_act="gelu",
-                       max_position_embeddings=64, type_vocab_size=2),
-    "tanh_gelu": dict(vocab_size=67, hidden_size=36, num_hidden_layers=3,
-                      num_attention_heads=3, intermediate_size=50, hidden_act="gelu_new",
-                      max_position_embeddings=40, type_vocab_size=3, layer_norm_eps=1e-12),
+    "exact_gelu": dict(
+        vocab_size=101,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=72,
+        hidden_act="gelu",
+        max_position_embeddings=64,
+        type_vocab_size=2,
+    ),
+    "tanh_gelu": dict(
+        vocab_size=67,
+        hidden_size=36,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        intermediate_size=50,
+        hidden_act="gelu_new",
+        max_position_embeddings=40,
+        type_vocab_size=3,
+        layer_norm_eps=1e-12,
+    ),
 }
 TOL = 2e-5
 
@@ -45,7 +60,7 @@ def random_batch(cfg_kwargs, batch=3, length=13, seed=1):
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, cfg_kwargs["vocab_size"], (batch, length))
     segments = np.zeros((batch, length), np.int64)
-    segments[:, length // 2:] = rng.integers(0, cfg_kwargs["type_vocab_size"], (batch, 1))
+    segments[:, length // 2 :] = rng.integers(0, cfg_kwargs["type_vocab_size"], (batch, 1))
     mask = np.ones((batch, length), np.int64)
     mask[1, 9:] = 0  # padding in two rows, of different lengths
     mask[2, 5:] = 0
@@ -54,10 +69,17 @@ def random_batch(cfg_kwargs, batch=3, length=13, seed=1):
 
 def hf_outputs(model, ids, segments, mask):
     with torch.no_grad():
-        out = model(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(segments),
-                    attention_mask=torch.tensor(mask), output_hidden_states=True)
-    return (out.prediction_logits.numpy(), out.seq_relationship_logits.numpy(),
-            out.hidden_states[-1].numpy())
+        out = model(
+            input_ids=torch.tensor(ids),
+            token_type_ids=torch.tensor(segments),
+            attention_mask=torch.tensor(mask),
+            output_hidden_states=True,
+        )
+    return (
+        out.prediction_logits.numpy(),
+        out.seq_relationship_logits.numpy(),
+        out.hidden_states[-1].numpy(),
+    )
 
 
 @pytest.fixture(scope="module", params=sorted(HF_CONFIGS))
@@ -79,8 +101,11 @@ def test_forward_parity_with_transformers(hf_folder):
     ids, segments, mask = random_batch(kwargs)
     ref_mlm, ref_nsp, ref_hidden = hf_outputs(torch_model, ids, segments, mask)
     ours = hf.load_pretrained(folder)(ids, token_type_ids=segments, attention_mask=mask)
-    diffs = {"mlm": max_diff(ours.mlm_logits, ref_mlm), "nsp": max_diff(ours.nsp_logits, ref_nsp),
-             "hidden": max_diff(ours.last_hidden_state, ref_hidden)}
+    diffs = {
+        "mlm": max_diff(ours.mlm_logits, ref_mlm),
+        "nsp": max_diff(ours.nsp_logits, ref_nsp),
+        "hidden": max_diff(ours.last_hidden_state, ref_hidden),
+    }
     print(f"parity max-abs-diff {folder.name}: {diffs}")
     assert max(diffs.values()) <= TOL, diffs
     # The outputs are not trivially small: the tolerance means something.
@@ -93,12 +118,21 @@ def test_masked_positions_gather_equals_full_logits(hf_folder):
     ids, segments, mask = random_batch(kwargs)
     positions = np.array([[1, 4, 0], [2, 3, 8], [0, 1, 4]])
     full = loaded(ids, token_type_ids=segments, attention_mask=mask).mlm_logits
-    gathered = bert_model.BertForPreTraining(loaded.config).apply(
-        {"params": loaded.params}, jnp.asarray(ids), jnp.asarray(segments), jnp.asarray(mask),
-        masked_lm_positions=jnp.asarray(positions)).mlm_logits
+    gathered = (
+        bert_model.BertForPreTraining(loaded.config)
+        .apply(
+            {"params": loaded.params},
+            jnp.asarray(ids),
+            jnp.asarray(segments),
+            jnp.asarray(mask),
+            masked_lm_positions=jnp.asarray(positions),
+        )
+        .mlm_logits
+    )
     assert gathered.shape == (3, 3, kwargs["vocab_size"])
-    np.testing.assert_allclose(gathered, np.take_along_axis(np.asarray(full), positions[..., None],
-                                                            axis=1), atol=1e-5)
+    np.testing.assert_allclose(
+        gathered, np.take_along_axis(np.asarray(full), positions[..., None], axis=1), atol=1e-5
+    )
 
 
 def test_save_then_transformers_load_gives_same_logits(hf_folder, tmp_path):
@@ -107,7 +141,8 @@ def test_save_then_transformers_load_gives_same_logits(hf_folder, tmp_path):
     hf.save_pretrained(ours, tmp_path / "out")
     assert (tmp_path / "out" / "vocab.txt").exists()  # tokenizer files travel with the weights
     reloaded, info = transformers.BertForPreTraining.from_pretrained(
-        tmp_path / "out", output_loading_info=True)
+        tmp_path / "out", output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert not info["mismatched_keys"], info
     ids, segments, mask = random_batch(kwargs, seed=7)
@@ -145,10 +180,15 @@ def test_bfloat16_compute_stays_within_bf16_tolerance(hf_folder):
 def test_preset_parameter_count_equals_hf(preset):
     cfg = bert_model.preset_config(preset)
     with torch.device("meta"):
-        ref = transformers.BertForPreTraining(transformers.BertConfig(
-            vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-            num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-            intermediate_size=cfg.intermediate_size))
+        ref = transformers.BertForPreTraining(
+            transformers.BertConfig(
+                vocab_size=cfg.vocab_size,
+                hidden_size=cfg.hidden_size,
+                num_hidden_layers=cfg.num_hidden_layers,
+                num_attention_heads=cfg.num_attention_heads,
+                intermediate_size=cfg.intermediate_size,
+            )
+        )
     ours = bert_model.count_params(bert_model.abstract_params(cfg))
     assert ours == sum(p.numel() for p in ref.parameters())
     if preset == "base":
@@ -175,6 +215,7 @@ def _copy_folder(src, dst):
 
 def _rewrite_weights(folder, edit):
     from safetensors.numpy import load_file, save_file
+
     tensors = load_file(str(folder / "model.safetensors"))
     edit(tensors)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
@@ -198,8 +239,9 @@ def test_missing_weight_is_an_error(hf_folder, tmp_path):
 
 def test_unexpected_weight_is_an_error_but_buffers_are_not(hf_folder, tmp_path):
     folder = _copy_folder(hf_folder[2], tmp_path / "f")
-    _rewrite_weights(folder, lambda t: t.update(
-        {"bert.embeddings.position_ids": np.arange(8)[None]}))
+    _rewrite_weights(
+        folder, lambda t: t.update({"bert.embeddings.position_ids": np.arange(8)[None]})
+    )
     hf.load_pretrained(folder)  # a known buffer is fine
     _rewrite_weights(folder, lambda t: t.update({"bert.extra.weight": np.zeros(3, np.float32)}))
     with pytest.raises(hf.CheckpointError, match=r"not part of BERT.*bert.extra.weight"):
@@ -259,14 +301,25 @@ def test_loss_parity_with_transformers(hf_folder):
             if w:
                 hf_labels[b, p] = t
     with torch.no_grad():
-        ref = torch_model(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(segments),
-                          attention_mask=torch.tensor(mask), labels=torch.tensor(hf_labels),
-                          next_sentence_label=torch.tensor(nsp_labels)).loss.item()
+        ref = torch_model(
+            input_ids=torch.tensor(ids),
+            token_type_ids=torch.tensor(segments),
+            attention_mask=torch.tensor(mask),
+            labels=torch.tensor(hf_labels),
+            next_sentence_label=torch.tensor(nsp_labels),
+        ).loss.item()
     loaded = hf.load_pretrained(folder)
     out = bert_model.BertForPreTraining(loaded.config).apply(
-        {"params": loaded.params}, jnp.asarray(ids), jnp.asarray(segments), jnp.asarray(mask),
-        masked_lm_positions=jnp.asarray(positions))
-    batch = {"masked_lm_ids": jnp.asarray(masked_ids), "masked_lm_weights": jnp.asarray(weights),
-             "next_sentence_labels": jnp.asarray(nsp_labels)}
+        {"params": loaded.params},
+        jnp.asarray(ids),
+        jnp.asarray(segments),
+        jnp.asarray(mask),
+        masked_lm_positions=jnp.asarray(positions),
+    )
+    batch = {
+        "masked_lm_ids": jnp.asarray(masked_ids),
+        "masked_lm_weights": jnp.asarray(weights),
+        "next_sentence_labels": jnp.asarray(nsp_labels),
+    }
     ours = losses.metrics_from_sums(losses.pretraining_sums(out.mlm_logits, out.nsp_logits, batch))
     assert abs(float(ours["loss"]) - ref) <= 1e-5 * max(1.0, abs(ref)), (float(ours["loss"]), ref)

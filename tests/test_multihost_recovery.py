@@ -30,8 +30,9 @@ LAUNCH_TIMEOUT_S = 240
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return synthetic_dataset(tmp_path_factory.mktemp("mh") / "data", 128, 32, vocab_size=256,
-                             shard_size=64)
+    return synthetic_dataset(
+        tmp_path_factory.mktemp("mh") / "data", 128, 32, vocab_size=256, shard_size=64
+    )
 
 
 def free_port() -> int:
@@ -40,28 +41,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(data_dir, workdir: Path, *extra, peer_timeout_s=PEER_TIMEOUT_S) -> list[
-        subprocess.Popen]:
+def launch(
+    data_dir, workdir: Path, *extra, peer_timeout_s=PEER_TIMEOUT_S
+) -> list[subprocess.Popen]:
     """The same `bertjax train` command on 2 processes of 2 CPU devices each (peer timeout
     None: the config's default)."""
     port = free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     procs = []
     for i in range(2):
         log = open(workdir.parent / f"{workdir.name}.{i}.{port}.log", "w")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", BERTJAX_WITH_SIGINT, "train", "--config", "bert_tiny",
-             "--workdir", str(workdir), "--coordinator", f"127.0.0.1:{port}",
-             "--num-processes", "2", "--process-id", str(i),
-             f"--config.data.train_dir={data_dir}", f"--config.train.steps={STEPS}",
-             "--config.optim.warmup_steps=2",
-             "--config.train.global_batch_size=8", "--config.train.log_every=1",
-             "--config.train.eval_every=0", "--config.model.num_hidden_layers=1",
-             *([f"--config.train.peer_timeout_s={peer_timeout_s}"] if peer_timeout_s else []),
-             *extra],
-            env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    BERTJAX_WITH_SIGINT,
+                    "train",
+                    "--config",
+                    "bert_tiny",
+                    "--workdir",
+                    str(workdir),
+                    "--coordinator",
+                    f"127.0.0.1:{port}",
+                    "--num-processes",
+                    "2",
+                    "--process-id",
+                    str(i),
+                    f"--config.data.train_dir={data_dir}",
+                    f"--config.train.steps={STEPS}",
+                    "--config.optim.warmup_steps=2",
+                    "--config.train.global_batch_size=8",
+                    "--config.train.log_every=1",
+                    "--config.train.eval_every=0",
+                    "--config.model.num_hidden_layers=1",
+                    *(
+                        [f"--config.train.peer_timeout_s={peer_timeout_s}"]
+                        if peer_timeout_s
+                        else []
+                    ),
+                    *extra,
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
         procs[-1].log_path = log.name
     return procs
 
@@ -87,8 +116,10 @@ def logged_step(workdir: Path) -> int:
     path = workdir / "metrics.jsonl"
     if not path.exists():
         return 0
-    return max((json.loads(line)["step"] for line in path.read_text().splitlines()
-                if line.endswith("}")), default=0)
+    return max(
+        (json.loads(line)["step"] for line in path.read_text().splitlines() if line.endswith("}")),
+        default=0,
+    )
 
 
 def wait_for_step(procs, workdir, step, timeout=LAUNCH_TIMEOUT_S):
@@ -96,8 +127,10 @@ def wait_for_step(procs, workdir, step, timeout=LAUNCH_TIMEOUT_S):
     while logged_step(workdir) < step:
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
             wait_all(procs, timeout=1)
-            raise AssertionError("run ended or stalled before step "
-                                 f"{step}:\n" + "\n".join(output(p)[-2000:] for p in procs))
+            raise AssertionError(
+                "run ended or stalled before step "
+                f"{step}:\n" + "\n".join(output(p)[-2000:] for p in procs)
+            )
         time.sleep(0.1)
 
 
@@ -121,11 +154,14 @@ def uninterrupted(data_dir, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.timeout(3 * LAUNCH_TIMEOUT_S)
-@pytest.mark.parametrize("signalled, sig", [((0, 1), signal.SIGTERM), ((1,), signal.SIGTERM),
-                                            ((1,), signal.SIGINT)],
-                         ids=["both", "one", "ctrl-c-one"])
+@pytest.mark.parametrize(
+    "signalled, sig",
+    [((0, 1), signal.SIGTERM), ((1,), signal.SIGTERM), ((1,), signal.SIGINT)],
+    ids=["both", "one", "ctrl-c-one"],
+)
 def test_sigterm_saves_the_same_step_on_every_process_and_the_rerun_is_exact(
-        signalled, sig, data_dir, uninterrupted, tmp_path):
+    signalled, sig, data_dir, uninterrupted, tmp_path
+):
     """(a) SIGTERM to both processes, (b) to process 1 only, (c) Ctrl-C (SIGINT) to process 1
     only: both stop within the bound, with one checkpoint at one step (exit 0, and 130 for
     Ctrl-C, whose line names the step), and the same command run again ends bit-identical to
@@ -144,10 +180,13 @@ def test_sigterm_saves_the_same_step_on_every_process_and_the_rerun_is_exact(
     assert len(saved) == 1 and 3 <= saved[0] < STEPS, saved
     assert logged_step(workdir) == saved[0]  # nothing trained past the saved step
     if sig == signal.SIGINT:
-        assert (f"bertjax train: interrupted: saved the checkpoint of step {saved[0]}"
-                in output(procs[1]))
-    print(f"\n{sig.name} to process(es) {signalled}: exit codes {codes} after {took:.1f} s, "
-          f"checkpoint at step {saved[0]}")
+        assert f"bertjax train: interrupted: saved the checkpoint of step {saved[0]}" in output(
+            procs[1]
+        )
+    print(
+        f"\n{sig.name} to process(es) {signalled}: exit codes {codes} after {took:.1f} s, "
+        f"checkpoint at step {saved[0]}"
+    )
     run_to_end(data_dir, workdir)
     jax.tree.map(np.testing.assert_array_equal, uninterrupted, final_params(workdir))
 
@@ -195,8 +234,10 @@ def test_with_the_default_settings_our_watchdog_names_a_killed_peer_first(data_d
     codes = wait_all(procs, timeout=default + 60)
     took = time.monotonic() - killed
     out = output(procs[0])
-    print(f"\nSIGKILL of process 1, default peer timeout {default} s: process 0 exit code "
-          f"{codes[0]} after {took:.1f} s")
+    print(
+        f"\nSIGKILL of process 1, default peer timeout {default} s: process 0 exit code "
+        f"{codes[0]} after {took:.1f} s"
+    )
     assert codes[0] == EXIT_LOST_PEER, out[-3000:]
     assert took < default + 30
     assert f"lost process 1 of 2 (no heartbeat for {default:.0f} s)" in out

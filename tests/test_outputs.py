@@ -46,16 +46,29 @@ def world(tmp_path, tiny_dataset, word_corpus):
     notes.mkdir()
     (notes / "paper.pdf").write_bytes(b"%PDF draft")
     (tmp_path / "empty.txt").write_text("\n\n")
-    return {"root": tmp_path, "data": data, "run": fake_run(tmp_path / "run"),
-            "export": fake_export(tmp_path / "export"), "tok": tmp_path / "tok",
-            "notes": notes, "corpus": corpus}
+    return {
+        "root": tmp_path,
+        "data": data,
+        "run": fake_run(tmp_path / "run"),
+        "export": fake_export(tmp_path / "export"),
+        "tok": tmp_path / "tok",
+        "notes": notes,
+        "corpus": corpus,
+    }
 
 
 def test_what_a_folder_holds(world):
-    kinds = {name: outputs.holding(world[name]).kind
-             for name in ("data", "run", "export", "tok", "notes")}
-    assert kinds == {"data": "dataset", "run": "run", "export": "export", "tok": "tokenizer",
-                     "notes": None}
+    kinds = {
+        name: outputs.holding(world[name]).kind
+        for name in ("data", "run", "export", "tok", "notes")
+    }
+    assert kinds == {
+        "data": "dataset",
+        "run": "run",
+        "export": "export",
+        "tok": "tokenizer",
+        "notes": None,
+    }
     assert outputs.holding(world["root"] / "missing") is None
     (world["root"] / "only" / "tokenizer").mkdir(parents=True)  # a folder named so: no dataset
     assert outputs.holding(world["root"] / "only").kind is None
@@ -67,11 +80,23 @@ def test_what_a_folder_holds(world):
     assert outputs.holding(demo).kind == "demo"
     outputs.check_folder(demo, outputs.DEMO, overwrite=True, flag="--workdir")
     assert outputs.enclosing(demo / "run" / "checkpoints")[0] == demo / "run"
-    part_of = {name: outputs.enclosing(world[name[0]] / name[1])
-               for name in (("run", "checkpoints"), ("run", "hf"), ("data", "eval"),
-                            ("data", "tokenizer"), ("export", "x"), ("notes", "x"))}
+    part_of = {
+        name: outputs.enclosing(world[name[0]] / name[1])
+        for name in (
+            ("run", "checkpoints"),
+            ("run", "hf"),
+            ("data", "eval"),
+            ("data", "tokenizer"),
+            ("export", "x"),
+            ("notes", "x"),
+        )
+    }
     assert [name for name, found in part_of.items() if found] == [
-        ("run", "checkpoints"), ("data", "eval"), ("data", "tokenizer"), ("export", "x")]
+        ("run", "checkpoints"),
+        ("data", "eval"),
+        ("data", "tokenizer"),
+        ("export", "x"),
+    ]
 
 
 def test_an_output_replaces_its_target_only_when_complete(tmp_path):
@@ -96,16 +121,28 @@ def test_an_output_replaces_its_target_only_when_complete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-@pytest.mark.parametrize("kind, overwrite, allowed", [
-    ("dataset", False, False), ("dataset", True, True), ("export", True, False),
-    ("tokenizer", True, False), ("run", True, True)])
+@pytest.mark.parametrize(
+    "kind, overwrite, allowed",
+    [
+        ("dataset", False, False),
+        ("dataset", True, True),
+        ("export", True, False),
+        ("tokenizer", True, False),
+        ("run", True, True),
+    ],
+)
 def test_overwrite_replaces_only_the_same_kind(world, kind, overwrite, allowed):
     if allowed:
-        outputs.check_folder(world["data"] if kind == "dataset" else world["run"], kind,
-                             overwrite=overwrite)
+        outputs.check_folder(
+            world["data"] if kind == "dataset" else world["run"], kind, overwrite=overwrite
+        )
         return
-    with pytest.raises(UserError, match="already holds a bertjax dataset" if kind == "dataset"
-                       else "holds a bertjax dataset .*, not "):
+    with pytest.raises(
+        UserError,
+        match="already holds a bertjax dataset"
+        if kind == "dataset"
+        else "holds a bertjax dataset .*, not ",
+    ):
         outputs.check_folder(world["data"], kind, overwrite=overwrite)
 
 
@@ -113,55 +150,100 @@ def test_overwrite_replaces_only_the_same_kind(world, kind, overwrite, allowed):
 # {name} is a path of `world`. The first ones are the probes.
 CASES = {
     "export into a run's checkpoints": (
-        "export --workdir {run} --out {run}/checkpoints --overwrite", "run",
-        "is inside .*run, which holds a training run"),
+        "export --workdir {run} --out {run}/checkpoints --overwrite",
+        "run",
+        "is inside .*run, which holds a training run",
+    ),
     "export over the run it reads": (
-        "export --workdir {run} --out {run} --overwrite", "run", "holds this command's input"),
+        "export --workdir {run} --out {run} --overwrite",
+        "run",
+        "holds this command's input",
+    ),
     "export over a user's folder": (
-        "export --workdir {run} --out {notes} --overwrite", "notes",
+        "export --workdir {run} --out {notes} --overwrite",
+        "notes",
         r"holds files bertjax did not write \(paper.npz, paper.pdf, paper.png\), not a "
-        "HuggingFace model folder"),
+        "HuggingFace model folder",
+    ),
     "prepare over a dataset, from an empty corpus": (
         "prepare --input {root}/empty.txt --tokenizer {tok} --out {data} --overwrite --quiet",
-        "data", "the corpus is empty"),
+        "data",
+        "the corpus is empty",
+    ),
     "prepare over a dataset, too large a held-out split": (
         "prepare --input {corpus} --tokenizer {tok} --out {data} --overwrite --quiet "
-        "--held-out 1000000", "data", "--held-out 1000000 asks for more instances"),
+        "--held-out 1000000",
+        "data",
+        "--held-out 1000000 asks for more instances",
+    ),
     "prepare over a dataset with its own tokenizer": (
         "prepare --input {corpus} --tokenizer {data}/tokenizer --out {data} --overwrite",
-        "data", "holds this command's input .*tokenizer"),
+        "data",
+        "holds this command's input .*tokenizer",
+    ),
     "prepare over a dataset, a tokenizer that is not one": (
         "prepare --input {corpus} --tokenizer {notes}/paper.pdf --out {data} --overwrite",
-        "data", "paper.pdf"),
+        "data",
+        "paper.pdf",
+    ),
     "prepare over an export": (
-        "prepare --input {corpus} --tokenizer {tok} --out {export} --overwrite", "export",
-        "holds a HuggingFace model folder .*, not a bertjax dataset"),
+        "prepare --input {corpus} --tokenizer {tok} --out {export} --overwrite",
+        "export",
+        "holds a HuggingFace model folder .*, not a bertjax dataset",
+    ),
     "tokenizer into a dataset's tokenizer": (
         "tokenizer train --input {corpus} --kind wordpiece --vocab-size 300 "
-        "--out {data}/tokenizer --overwrite", "data", "is inside .*data, which holds a bertjax"),
+        "--out {data}/tokenizer --overwrite",
+        "data",
+        "is inside .*data, which holds a bertjax",
+    ),
     "tokenizer over an export": (
         "tokenizer train --input {corpus} --kind wordpiece --vocab-size 300 --out {export} "
-        "--overwrite", "export", "holds a HuggingFace model folder .*, not a tokenizer"),
+        "--overwrite",
+        "export",
+        "holds a HuggingFace model folder .*, not a tokenizer",
+    ),
     "batches over a file": (
         "batches --data {data} --global-batch-size 8 --steps 1 --out {notes}/paper.npz",
-        "notes", "paper.npz already exists: pass --overwrite"),
+        "notes",
+        "paper.npz already exists: pass --overwrite",
+    ),
     "batches into a dataset": (
         "batches --data {data} --global-batch-size 8 --steps 1 --out {data}/b.npz --overwrite",
-        "data", "is inside .*data, which holds a bertjax dataset"),
+        "data",
+        "is inside .*data, which holds a bertjax dataset",
+    ),
     "plot over a user's file": (
-        "plot --workdir {run} --out {notes}/paper.png", "notes", "already exists: pass"),
+        "plot --workdir {run} --out {notes}/paper.png",
+        "notes",
+        "already exists: pass",
+    ),
     "demo into a user's folder": (
-        "demo --workdir {notes}", "notes", "holds files bertjax did not write"),
+        "demo --workdir {notes}",
+        "notes",
+        "holds files bertjax did not write",
+    ),
     "finetune into a run": (
-        "finetune --task sst2 --init {export} --data {notes} --workdir {run}", "run",
-        "--workdir .*run already holds a training run"),
+        "finetune --task sst2 --init {export} --data {notes} --workdir {run}",
+        "run",
+        "--workdir .*run already holds a training run",
+    ),
     "bench loader on a dataset of another size": (
         "bench loader --data {data} --global-batch-size 8 --steps 1 --workers 0 "
-        "--num-instances 999", "data", None),
+        "--num-instances 999",
+        "data",
+        None,
+    ),
     "bench checkpoint into a run": (
-        "bench checkpoint --preset tiny --dir {run}", "run", "--dir .*run already holds"),
+        "bench checkpoint --preset tiny --dir {run}",
+        "run",
+        "--dir .*run already holds",
+    ),
     "bench packing into a dataset": (
-        "bench packing --workdir {data} --seq-lens 32", "data", "--workdir .*data already holds"),
+        "bench packing --workdir {data} --seq-lens 32",
+        "data",
+        "--workdir .*data already holds",
+    ),
 }
 
 

@@ -24,23 +24,46 @@ def packed(setup, tmp_path_factory):  # noqa: F811
     assert prepare(setup, out, "--pack", "--max-seq-len", L, "--short-seq-prob", 0.5) == 0
     ds = open_dataset(out)
     n_seq = (ds.get_raw(np.arange(len(ds)))["length"] > 0).sum(1)
-    rows = np.concatenate([np.nonzero(n_seq == 3)[0][:3], np.nonzero(n_seq == 2)[0][:2],
-                           np.nonzero(n_seq == 1)[0][:1]])
+    rows = np.concatenate(
+        [
+            np.nonzero(n_seq == 3)[0][:3],
+            np.nonzero(n_seq == 2)[0][:2],
+            np.nonzero(n_seq == 1)[0][:1],
+        ]
+    )
     masking = default_masking(ds)
     batch = make_batch(ds, masking_vocab(ds, masking), rows, seed=1, epoch=0, masking=masking)
-    cfg = model_lib.preset_config("tiny", vocab_size=ds.vocab_size, max_position_embeddings=L,
-                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    params = jax.tree.map(jnp.asarray, model_lib.nn.meta.unbox(
-        model_lib.init_params(cfg, jax.random.key(0))))
+    cfg = model_lib.preset_config(
+        "tiny",
+        vocab_size=ds.vocab_size,
+        max_position_embeddings=L,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    params = jax.tree.map(
+        jnp.asarray, model_lib.nn.meta.unbox(model_lib.init_params(cfg, jax.random.key(0)))
+    )
     return batch, model_lib.BertForPreTraining(cfg), params
 
 
 def unpack(batch, P=20):
     """The same sequences, masked the same way, one per row of P prediction slots; and (row,
     sequence, its packed prediction slots) of each."""
-    rows, where = {k: [] for k in ("input_ids", "input_mask", "segment_ids",
-                                   "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
-                                   "next_sentence_labels")}, []
+    rows, where = (
+        {
+            k: []
+            for k in (
+                "input_ids",
+                "input_mask",
+                "segment_ids",
+                "masked_lm_positions",
+                "masked_lm_ids",
+                "masked_lm_weights",
+                "next_sentence_labels",
+            )
+        },
+        [],
+    )
     for r, k in zip(*np.nonzero(batch["next_sentence_weights"])):
         own = batch["attn_segment_ids"][r] == k + 1
         start, n = int(np.argmax(own)), int(own.sum())
@@ -64,11 +87,17 @@ def forward(model, params, batch):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(model, params, batch):
-    return model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
-                       batch["input_mask"], batch["masked_lm_positions"], deterministic=True,
-                       attn_segment_ids=batch.get("attn_segment_ids"),
-                       position_ids=batch.get("position_ids"),
-                       nsp_positions=batch.get("next_sentence_positions"))
+    return model.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["segment_ids"],
+        batch["input_mask"],
+        batch["masked_lm_positions"],
+        deterministic=True,
+        attn_segment_ids=batch.get("attn_segment_ids"),
+        position_ids=batch.get("position_ids"),
+        nsp_positions=batch.get("next_sentence_positions"),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -92,8 +121,9 @@ def test_packed_rows_equal_the_same_sequences_unpacked(packed):
     for i, (r, k, slots) in enumerate(where):
         w = flat["masked_lm_weights"][i] > 0
         assert w.sum() == len(slots) > 0
-        np.testing.assert_allclose(out_p.mlm_logits[r, slots], out_u.mlm_logits[i][w],
-                                   atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            out_p.mlm_logits[r, slots], out_u.mlm_logits[i][w], atol=1e-5, rtol=0
+        )
         np.testing.assert_allclose(out_p.nsp_logits[r, k], out_u.nsp_logits[i], atol=1e-5, rtol=0)
     (loss_p, sums_p), grads_p = loss_and_grads(model, params, batch)
     (loss_u, sums_u), grads_u = loss_and_grads(model, params, flat)
@@ -118,10 +148,12 @@ def test_changing_one_packed_sequence_leaves_the_others_bit_identical(packed):
     h0, h1 = np.asarray(before.last_hidden_state), np.asarray(after.last_hidden_state)
     np.testing.assert_array_equal(h0[others], h1[others])
     assert not np.array_equal(h0[r, own], h1[r, own])
-    np.testing.assert_array_equal(np.asarray(before.nsp_logits)[r, 1:],
-                                  np.asarray(after.nsp_logits)[r, 1:])
+    np.testing.assert_array_equal(
+        np.asarray(before.nsp_logits)[r, 1:], np.asarray(after.nsp_logits)[r, 1:]
+    )
     pos = batch["masked_lm_positions"][r]
     theirs = (batch["masked_lm_weights"][r] > 0) & ~own[pos]  # the other sequences' slots
     assert theirs.any()
-    np.testing.assert_array_equal(np.asarray(before.mlm_logits)[r, theirs],
-                                  np.asarray(after.mlm_logits)[r, theirs])
+    np.testing.assert_array_equal(
+        np.asarray(before.mlm_logits)[r, theirs], np.asarray(after.mlm_logits)[r, theirs]
+    )

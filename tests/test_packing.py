@@ -63,8 +63,10 @@ def test_prepare_pack_keeps_every_instance_and_records_the_layout(setup, tmp_pat
     """`--pack` stores exactly the unpacked run's instances (same ids, B starts and NSP labels),
     fewer rows, each sequence [CLS] ... [SEP]; the manifest has schema 2, K and efficiencies."""
     assert prepare(setup, tmp_path / "u", "--held-out", 20) == 0
-    assert prepare(setup, tmp_path / "p", "--held-out", 20, "--pack",
-                   "--max-sequences-per-row", 4) == 0
+    assert (
+        prepare(setup, tmp_path / "p", "--held-out", 20, "--pack", "--max-sequences-per-row", 4)
+        == 0
+    )
     unpacked, packed = open_dataset(tmp_path / "u"), open_dataset(tmp_path / "p")
     assert unpacked.manifest["schema_version"] == 1 and "layout" not in unpacked.manifest
     assert packed.packed and packed.max_sequences_per_row == 4
@@ -98,15 +100,24 @@ def test_masking_statistics_over_packed_rows(tmp_path):
     from bertjax.data.synthetic import synthetic_dataset
 
     K, L = 3, 128
-    ds = open_dataset(synthetic_dataset(tmp_path / "d", 2200, L, vocab_size=2000,
-                                        max_sequences_per_row=K))
+    ds = open_dataset(
+        synthetic_dataset(tmp_path / "d", 2200, L, vocab_size=2000, max_sequences_per_row=K)
+    )
     raw = ds.get_batch(np.arange(len(ds)))
     assert raw["input_mask"].sum() >= 100_000
     masking = default_masking(ds)
     P = masking.max_predictions_per_seq
     vocab = masking_vocab(ds, masking)
-    out = mask_packed_batch(raw["input_ids"], raw["attn_segment_ids"], np.arange(len(ds)),
-                            seed=3, epoch=0, cfg=masking, vocab=vocab, max_sequences_per_row=K)
+    out = mask_packed_batch(
+        raw["input_ids"],
+        raw["attn_segment_ids"],
+        np.arange(len(ds)),
+        seed=3,
+        epoch=0,
+        cfg=masking,
+        vocab=vocab,
+        max_sequences_per_row=K,
+    )
     W = packed_prediction_slots(K, L, masking)
     assert out["masked_lm_positions"].shape == (len(ds), W) and W == 0.15 * L // 1 + K < K * P
     pos, w = out["masked_lm_positions"], out["masked_lm_weights"] > 0
@@ -130,8 +141,16 @@ def test_masking_statistics_over_packed_rows(tmp_path):
 
     ww = MaskingConfig(P, 0.15, whole_word=True)
     wvocab = masking_vocab(ds, ww)
-    out = mask_packed_batch(raw["input_ids"], raw["attn_segment_ids"], np.arange(len(ds)),
-                            seed=3, epoch=0, cfg=ww, vocab=wvocab, max_sequences_per_row=K)
+    out = mask_packed_batch(
+        raw["input_ids"],
+        raw["attn_segment_ids"],
+        np.arange(len(ds)),
+        seed=3,
+        epoch=0,
+        cfg=ww,
+        vocab=wvocab,
+        max_sequences_per_row=K,
+    )
     sel = np.zeros_like(raw["input_ids"], bool)
     rows = np.arange(len(ds))[:, None].repeat(W, 1)
     used = out["masked_lm_weights"] > 0
@@ -165,18 +184,30 @@ def test_step_metrics_report_real_tokens_per_second_beside_padded():
     assert sm.flush()["real_tokens_per_s"] / writer.last[1]["tokens_per_s"] == pytest.approx(0.5)
 
 
-def test_packed_data_without_nsp_labels_needs_a_config_without_nsp(setup, tmp_path,  # noqa: F811
-                                                                    capsys):
+def test_packed_data_without_nsp_labels_needs_a_config_without_nsp(
+    setup,  # noqa: F811 (the fixture imported from test_prepare)
+    tmp_path,
+    capsys,
+):
     """A `--pack --no-nsp` dataset (packed contiguous text, no NSP labels) given to a config
     that trains NSP: one error naming the flag, before anything is compiled; with
     train.nsp=false it trains."""
     from bertjax import cli
 
     assert prepare(setup, tmp_path / "d", "--pack", "--no-nsp") == 0
-    args = ["train", "--config", "bert_tiny", "--workdir", str(tmp_path / "run"),
-            f"--config.data.train_dir={tmp_path / 'd'}", "--config.train.global_batch_size=8",
-            "--config.model.num_hidden_layers=1", "--config.train.eval_every=0",
-            "--config.train.steps=2", "--config.optim.warmup_steps=1"]
+    args = [
+        "train",
+        "--config",
+        "bert_tiny",
+        "--workdir",
+        str(tmp_path / "run"),
+        f"--config.data.train_dir={tmp_path / 'd'}",
+        "--config.train.global_batch_size=8",
+        "--config.model.num_hidden_layers=1",
+        "--config.train.eval_every=0",
+        "--config.train.steps=2",
+        "--config.optim.warmup_steps=1",
+    ]
     capsys.readouterr()
     assert cli.main(args) == 2
     err = capsys.readouterr().err

@@ -162,8 +162,7 @@ def test_killed_prepare_leaves_nothing_at_out(tmp_path):
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".out.partial-*/shard-00003.*")) and (
-            time.monotonic() < deadline):
+    while not list(tmp_path.glob(".out.partial-*/shard-00003.*")) and (time.monotonic() < deadline):
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()  # killed while still working
     proc.send_signal(signal.SIGKILL)

@@ -86,10 +86,25 @@ def test_train_profile_steps_writes_a_trace(tmp_path):
     data = synthetic_dataset(tmp_path / "data", 64, 32, vocab_size=128)
     workdir = tmp_path / "run"
     config = "bert_tiny"
-    assert cli.main(["train", "--config", config, "--workdir", str(workdir),
-                     f"--config.data.train_dir={data}", "--config.train.steps=4",
-                     "--config.optim.warmup_steps=1",
-                     "--config.train.global_batch_size=16", "--config.train.eval_every=0",
-                     "--config.model.num_hidden_layers=1", "--profile-steps", "2:3"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                config,
+                "--workdir",
+                str(workdir),
+                f"--config.data.train_dir={data}",
+                "--config.train.steps=4",
+                "--config.optim.warmup_steps=1",
+                "--config.train.global_batch_size=16",
+                "--config.train.eval_every=0",
+                "--config.model.num_hidden_layers=1",
+                "--profile-steps",
+                "2:3",
+            ]
+        )
+        == 0
+    )
     traces = list((workdir / "profile").rglob("*.xplane.pb"))
     assert traces and traces[0].stat().st_size > 0

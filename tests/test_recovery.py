@@ -36,9 +36,16 @@ def data_dir(tmp_path_factory):
 
 
 # The run every test trains (6 steps, checkpoints at 3 and 6), as config overrides.
-RUN = {"train.steps": 6, "train.checkpoint_every": 3, "train.global_batch_size": 16,
-       "train.log_every": 1, "train.eval_every": 0, "train.async_checkpointing": False,
-       "model.num_hidden_layers": 1, "optim.warmup_steps": 2}
+RUN = {
+    "train.steps": 6,
+    "train.checkpoint_every": 3,
+    "train.global_batch_size": 16,
+    "train.log_every": 1,
+    "train.eval_every": 0,
+    "train.async_checkpointing": False,
+    "model.num_hidden_layers": 1,
+    "optim.warmup_steps": 2,
+}
 
 
 def overrides(data_dir, **changes) -> list[str]:
@@ -80,8 +87,9 @@ def remove_the_ocdbt_manifest(step_dir):
 
 
 def truncate_a_file(step_dir):
-    biggest = max((p for p in (step_dir / "state").rglob("*") if p.is_file()),
-                  key=lambda p: p.stat().st_size)
+    biggest = max(
+        (p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
     with open(biggest, "r+b") as f:
         f.truncate(biggest.stat().st_size // 3)
 
@@ -90,14 +98,26 @@ def run_cli(*argv):
     """`bertjax ARGV` in a process of its own: a restore there reads the files on disk, not
     what this process's tensorstore cache still holds of them."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    return subprocess.run([sys.executable, "-m", "bertjax.cli", *argv], env=env, check=False,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "bertjax.cli", *argv],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def train_argv(data_dir, workdir):
     """`bertjax train` of the same run as config(data_dir)."""
-    return ["train", "--config", "bert_tiny", "--workdir", str(workdir),
-            *(f"--config.{item}" for item in overrides(data_dir))]
+    return [
+        "train",
+        "--config",
+        "bert_tiny",
+        "--workdir",
+        str(workdir),
+        *(f"--config.{item}" for item in overrides(data_dir)),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +129,14 @@ def finished_run(data_dir, tmp_path_factory):
     return workdir
 
 
-@pytest.mark.parametrize("damage", [remove_a_data_file, remove_the_ocdbt_manifest,
-                                    truncate_a_file], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "damage",
+    [remove_a_data_file, remove_the_ocdbt_manifest, truncate_a_file],
+    ids=lambda f: f.__name__,
+)
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_ends_exactly(
-        damage, data_dir, straight, finished_run, tmp_path):
+    damage, data_dir, straight, finished_run, tmp_path
+):
     """Step 6's checkpoint damaged: rerunning the command restores step 3 (naming step 6 and
     why), moves step 6 aside, trains 4..6 and saves 6 again; the parameters equal an
     uninterrupted run's bit for bit and metrics.jsonl has one row per step; stderr is one
@@ -137,9 +161,12 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_ends_exactly(
     # One line for the damaged step: before, orbax's traces (8,000 lines for a large model).
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        f"bertjax: warning: checkpoint {workdir}/checkpoints/6 could not be restored ("), lines
-    assert lines[0].endswith(f"falling back to the one before (set aside in "
-                             f"{workdir}/{checkpoint.DAMAGED_DIR} when the run starts)")
+        f"bertjax: warning: checkpoint {workdir}/checkpoints/6 could not be restored ("
+    ), lines
+    assert lines[0].endswith(
+        f"falling back to the one before (set aside in "
+        f"{workdir}/{checkpoint.DAMAGED_DIR} when the run starts)"
+    )
     assert "resuming from checkpoint step 3" in proc.stdout
     assert (workdir / checkpoint.DAMAGED_DIR / "6").is_dir()
     assert checkpoint.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
@@ -153,8 +180,11 @@ def test_resuming_with_another_model_names_the_change_and_moves_nothing(data_dir
     the checkpoint treated as damaged."""
     workdir = tmp_path / "run"
     loop.train(config(data_dir, **{"train.steps": 3}), workdir)
-    with pytest.raises(UserError, match=r"holds another model than the config "
-                                        r"\(num_attention_heads: 2 in the checkpoint, 4 now\)"):
+    with pytest.raises(
+        UserError,
+        match=r"holds another model than the config "
+        r"\(num_attention_heads: 2 in the checkpoint, 4 now\)",
+    ):
         loop.train(config(data_dir, **{"model.num_attention_heads": 4}), workdir)
     assert checkpoint.Checkpointer(workdir).all_steps() == [3]
     assert not (workdir / checkpoint.DAMAGED_DIR).exists()
@@ -175,8 +205,9 @@ def test_data_of_another_tokenizer_is_refused_before_any_step(data_dir, tmp_path
     `bertjax eval --data` are one error naming it. Before: plausible numbers."""
     other = foreign_dataset(tmp_path / "foreign", data_dir)
     with pytest.raises(UserError, match=rf"data.eval_dir={other} was made with another tokenizer"):
-        loop.train(config(data_dir, **{"train.eval_every": 3, "data.eval_dir": other}),
-                   tmp_path / "run")
+        loop.train(
+            config(data_dir, **{"train.eval_every": 3, "data.eval_dir": other}), tmp_path / "run"
+        )
     assert not (tmp_path / "run" / "checkpoints").exists()
     workdir = tmp_path / "ok"
     loop.train(config(data_dir, **{"train.steps": 3}), workdir)
@@ -193,8 +224,15 @@ def test_a_corrupt_shard_stops_training_before_any_step(data_dir, tmp_path, caps
     data = bytearray(shard.read_bytes())
     data[-3] ^= 0xFF
     shard.write_bytes(bytes(data))
-    argv = ["train", "--config", "bert_tiny", "--workdir", str(tmp_path / "run"),
-            f"--config.data.train_dir={corrupt}", "--config.train.eval_every=0"]
+    argv = [
+        "train",
+        "--config",
+        "bert_tiny",
+        "--workdir",
+        str(tmp_path / "run"),
+        f"--config.data.train_dir={corrupt}",
+        "--config.train.eval_every=0",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"shard file {shard} is corrupted" in err and "Traceback" not in err
@@ -248,8 +286,15 @@ def test_file_system_mistakes_are_one_line(data_dir, tmp_path, capsys):
     Before: NotADirectoryError tracebacks."""
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    argv = ["train", "--config", "bert_tiny", "--workdir", str(a_file),
-            f"--config.data.train_dir={data_dir}", "--config.train.eval_every=0"]
+    argv = [
+        "train",
+        "--config",
+        "bert_tiny",
+        "--workdir",
+        str(a_file),
+        f"--config.data.train_dir={data_dir}",
+        "--config.train.eval_every=0",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"--workdir {a_file} is a file" in err and "Traceback" not in err

@@ -28,9 +28,14 @@ def loss_and_grads(cfg, params, batch):
     model = model_lib.BertForPreTraining(cfg)
 
     def loss_fn(params):
-        out = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
-                          batch["input_mask"], batch["masked_lm_positions"])
-        return jnp.sum(out.mlm_logits ** 2) * 1e-3 + jnp.sum(out.nsp_logits)
+        out = model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch["segment_ids"],
+            batch["input_mask"],
+            batch["masked_lm_positions"],
+        )
+        return jnp.sum(out.mlm_logits**2) * 1e-3 + jnp.sum(out.nsp_logits)
 
     return jax.value_and_grad(loss_fn)(params)
 
@@ -49,9 +54,12 @@ def test_every_remat_policy_gives_the_loss_and_gradients_of_none(scan):
 
     @jax.jit
     def every_policy(params, batch):
-        return [loss_and_grads(dataclasses.replace(base_cfg, scan_layers=scan,
-                                                   remat_policy=policy), params, batch)
-                for policy in policies]
+        return [
+            loss_and_grads(
+                dataclasses.replace(base_cfg, scan_layers=scan, remat_policy=policy), params, batch
+            )
+            for policy in policies
+        ]
 
     results = every_policy(encoder.to_layout(params, scan), batch)
     for policy, (loss, grads) in zip(policies, jax.device_get(results)):
@@ -65,8 +73,13 @@ def saved_residuals(cfg, params, batch) -> list[str]:
     model = model_lib.BertForPreTraining(cfg)
 
     def loss_fn(params):
-        out = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
-                          batch["input_mask"], batch["masked_lm_positions"])
+        out = model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch["segment_ids"],
+            batch["input_mask"],
+            batch["masked_lm_positions"],
+        )
         return jnp.sum(out.mlm_logits)
 
     printed = io.StringIO()
@@ -101,12 +114,23 @@ def test_remat_policies_keep_what_their_names_say():
                 assert sum(f"'{tag}'" in line for line in named) == TINY.num_hidden_layers, tag
         if policy in ("full", "nothing_saveable"):
             assert named == []
-    chain = ["none", "minimal_with_context", "minimal", "save_dot_with_context_except_mlp",
-             "save_dot_except_mlp", "save_qkv_proj", "save_out_proj", "full"]
+    chain = [
+        "none",
+        "minimal_with_context",
+        "minimal",
+        "save_dot_with_context_except_mlp",
+        "save_dot_except_mlp",
+        "save_qkv_proj",
+        "save_out_proj",
+        "full",
+    ]
     assert [kept[p] for p in chain] == sorted((kept[p] for p in chain), reverse=True)
     assert len({kept[p] for p in chain}) == len(chain)
-    assert kept["save_dot_with_context_except_mlp"] >= kept["save_dot_except_mlpwi"] > kept[
-        "save_dot_except_mlp"]
+    assert (
+        kept["save_dot_with_context_except_mlp"]
+        >= kept["save_dot_except_mlpwi"]
+        > kept["save_dot_except_mlp"]
+    )
     assert kept["none"] > kept["dots_saveable"] > kept["dots_with_no_batch_dims_saveable"]
     assert kept["dots_with_no_batch_dims_saveable"] == kept["minimal"]
     assert kept["nothing_saveable"] == kept["full"]
@@ -117,28 +141,38 @@ def test_remat_policy_and_the_old_remat_key_fail_clearly_at_start_up(tmp_path):
     replaced boolean model.remat, on the command line or in a config file, says what to set
     instead; a checkpoint written with remat=true loads as remat_policy "full"."""
     config = config_lib.load_config(TINY_CONFIG, ["model.remat_policy=dots"])
-    with pytest.raises(UserError, match=r"model.remat_policy='dots': expected one of none, "
-                                        r"minimal_with_context, .*dots_saveable.*, full"):
+    with pytest.raises(
+        UserError,
+        match=r"model.remat_policy='dots': expected one of none, "
+        r"minimal_with_context, .*dots_saveable.*, full",
+    ):
         config_lib.validate(config, num_devices=8)
-    with pytest.raises(UserError, match="model.remat was replaced by model.remat_policy: "
-                                        "remat=true is --config.model.remat_policy=full"):
+    with pytest.raises(
+        UserError,
+        match="model.remat was replaced by model.remat_policy: "
+        "remat=true is --config.model.remat_policy=full",
+    ):
         config_lib.load_config(TINY_CONFIG, ["--config.model.remat=true"])
     path = tmp_path / "old_style.py"
-    path.write_text("from bertjax.configs import bert_tiny\n\n\ndef get_config():\n"
-                    "    config = bert_tiny.get_config()\n    config.model.remat = True\n"
-                    "    return config\n")
+    path.write_text(
+        "from bertjax.configs import bert_tiny\n\n\ndef get_config():\n"
+        "    config = bert_tiny.get_config()\n    config.model.remat = True\n"
+        "    return config\n"
+    )
     config = config_lib.load_config(str(path))
     with pytest.raises(UserError, match="model.remat was replaced by model.remat_policy"):
         config_lib.validate(config, num_devices=8)
     with pytest.raises(UserError, match="model.remat was replaced by model.remat_policy"):
         config_lib.model_config(config.model, dataset_vocab_size=VOCAB)
-    config = config_lib.load_config(TINY_CONFIG, ["--config.model.remat_policy=minimal",
-                                                  "--config.model.scan_layers=true"])
+    config = config_lib.load_config(
+        TINY_CONFIG, ["--config.model.remat_policy=minimal", "--config.model.scan_layers=true"]
+    )
     config_lib.validate(config, num_devices=8)
     model_cfg = config_lib.model_config(config.model, dataset_vocab_size=VOCAB)
     assert (model_cfg.remat_policy, model_cfg.scan_layers) == ("minimal", True)
     old = dataclasses.asdict(TINY)
     del old["remat_policy"], old["scan_layers"]
     assert model_config.config_from_dict({**old, "remat": True}) == dataclasses.replace(
-        TINY, remat_policy="full")
+        TINY, remat_policy="full"
+    )
     assert model_config.config_from_dict({**old, "remat": False}) == TINY

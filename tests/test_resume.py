@@ -20,8 +20,14 @@ from bertjax.train.metrics_writer import read_metrics
 
 CONFIG = "bert_tiny"
 # Metrics that depend on the wall clock, not on the computation.
-TIMING_KEYS = {"time", "tokens_per_s", "real_tokens_per_s", "model_flops_per_s", "mfu",
-               "step_time_s"}
+TIMING_KEYS = {
+    "time",
+    "tokens_per_s",
+    "real_tokens_per_s",
+    "model_flops_per_s",
+    "mfu",
+    "step_time_s",
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +39,23 @@ def data_dir(tmp_path_factory):
 
 
 def train_cmd(data_dir, workdir, *extra):
-    return [sys.executable, "-m", "bertjax.cli", "train", "--config", CONFIG,
-            "--workdir", str(workdir), f"--config.data.train_dir={data_dir}",
-            "--config.train.global_batch_size=16", "--config.train.log_every=1",
-            "--config.train.eval_every=0", "--config.model.num_hidden_layers=1",
-            "--config.optim.warmup_steps=1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "bertjax.cli",
+        "train",
+        "--config",
+        CONFIG,
+        "--workdir",
+        str(workdir),
+        f"--config.data.train_dir={data_dir}",
+        "--config.train.global_batch_size=16",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=0",
+        "--config.model.num_hidden_layers=1",
+        "--config.optim.warmup_steps=1",
+        *extra,
+    ]
 
 
 def child_env(devices=2):
@@ -48,15 +66,24 @@ def child_env(devices=2):
 
 
 def run_train(data_dir, workdir, *extra, timeout=300):
-    proc = subprocess.run(train_cmd(data_dir, workdir, *extra), env=child_env(),
-                          check=False, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        train_cmd(data_dir, workdir, *extra),
+        env=child_env(),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 def train_history(workdir):
-    return {r["step"]: {k: v for k, v in r.items() if k not in TIMING_KEYS}
-            for r in read_metrics(workdir) if r.get("split", "train") == "train"}
+    return {
+        r["step"]: {k: v for k, v in r.items() if k not in TIMING_KEYS}
+        for r in read_metrics(workdir)
+        if r.get("split", "train") == "train"
+    }
 
 
 def final_params(workdir):
@@ -83,8 +110,9 @@ def logged_steps(workdir):
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return 0
-    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()
-             if line.endswith("}")]
+    steps = [
+        json.loads(line)["step"] for line in path.read_text().splitlines() if line.endswith("}")
+    ]
     return max(steps, default=0)
 
 
@@ -92,29 +120,36 @@ def logged_steps(workdir):
 def packed_data_dir(tmp_path_factory):
     """Packed rows (up to 3 sequences each) of 32 tokens, and their held-out split."""
     root = tmp_path_factory.mktemp("resume_packed")
-    path = synthetic_dataset(root / "data", 400, 32, vocab_size=256, shard_size=64,
-                             max_sequences_per_row=3)
-    synthetic_dataset(root / "data" / "eval", 40, 32, vocab_size=256, seed=1,
-                      max_sequences_per_row=3)
+    path = synthetic_dataset(
+        root / "data", 400, 32, vocab_size=256, shard_size=64, max_sequences_per_row=3
+    )
+    synthetic_dataset(
+        root / "data" / "eval", 40, 32, vocab_size=256, seed=1, max_sequences_per_row=3
+    )
     return path
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["padded", "packed"])
-def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(layout, request,
-                                                                          tmp_path):
+def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(
+    layout, request, tmp_path
+):
     """Padded rows, and packed rows (the input pipeline's guarantee holds for both)."""
     data_dir = request.getfixturevalue("data_dir" if layout == "padded" else "packed_data_dir")
     steps = ["--config.train.steps=30", "--config.train.checkpoint_every=15"]
     run_train(data_dir, tmp_path / "straight", *steps)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(data_dir, killed, *steps), env=child_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd(data_dir, killed, *steps),
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # Kill -9 once checkpoint 15 is complete (orbax renames it into place when done) and the
     # run has gone on past it, so the kill lands mid-run with steps to lose.
-    wait_for(lambda: (killed / "checkpoints" / "15").is_dir() and logged_steps(killed) >= 17,
-             proc)
+    wait_for(lambda: (killed / "checkpoints" / "15").is_dir() and logged_steps(killed) >= 17, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -133,9 +168,17 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(layout
 def test_sigterm_saves_at_the_next_step_and_exits_zero(data_dir, tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.Popen(
-        train_cmd(data_dir, workdir, "--config.train.steps=100000",
-                  "--config.train.checkpoint_every=100000"),
-        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        train_cmd(
+            data_dir,
+            workdir,
+            "--config.train.steps=100000",
+            "--config.train.checkpoint_every=100000",
+        ),
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: logged_steps(workdir) >= 3, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -157,9 +200,14 @@ def test_phase2_starts_from_phase1_and_export_loads_in_transformers(data_dir, tm
     data64 = synthetic_dataset(tmp_path / "data64", 96, 64, vocab_size=256, seed=3)
     for carry in ("False", "True"):
         phase2 = tmp_path / f"phase2_{carry}"
-        out = run_train(data64, phase2, "--config.train.steps=2",
-                        "--config.train.checkpoint_every=2", f"--init-from={phase1}",
-                        f"--config.train.init_opt_state={carry}")
+        out = run_train(
+            data64,
+            phase2,
+            "--config.train.steps=2",
+            "--config.train.checkpoint_every=2",
+            f"--init-from={phase1}",
+            f"--config.train.init_opt_state={carry}",
+        )
         assert f"initialised from {phase1}" in out.stdout + out.stderr
         first = read_metrics(phase2)[0]
         assert first["step"] == 1
@@ -171,14 +219,28 @@ def test_phase2_starts_from_phase1_and_export_loads_in_transformers(data_dir, tm
     assert read_metrics(tmp_path / "phase2_False")[0]["loss"] != read_metrics(fresh)[0]["loss"]
 
     hf_dir = tmp_path / "hf"
-    proc = subprocess.run([sys.executable, "-m", "bertjax.cli", "export", "--workdir",
-                           str(phase1), "--out", str(hf_dir)], check=False,
-                          capture_output=True, text=True,
-                          env=child_env(1), timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bertjax.cli",
+            "export",
+            "--workdir",
+            str(phase1),
+            "--out",
+            str(hf_dir),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=child_env(1),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (hf_dir / "vocab.txt").exists()
-    reloaded, info = transformers.BertForPreTraining.from_pretrained(hf_dir,
-                                                                     output_loading_info=True)
+    reloaded, info = transformers.BertForPreTraining.from_pretrained(
+        hf_dir, output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     ids = np.random.default_rng(0).integers(5, 256, (2, 16))
     with torch.no_grad():
@@ -190,9 +252,19 @@ def test_phase2_starts_from_phase1_and_export_loads_in_transformers(data_dir, tm
 
 
 def test_init_from_a_missing_path_is_a_clear_error(data_dir, tmp_path):
-    proc = subprocess.run(train_cmd(data_dir, tmp_path / "w", "--config.train.steps=2",
-                                    f"--init-from={tmp_path / 'nothing'}"),
-                          env=child_env(), check=False, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        train_cmd(
+            data_dir,
+            tmp_path / "w",
+            "--config.train.steps=2",
+            f"--init-from={tmp_path / 'nothing'}",
+        ),
+        env=child_env(),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "neither a training workdir" in proc.stderr and "Traceback" not in proc.stderr
 

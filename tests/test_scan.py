@@ -48,14 +48,18 @@ def test_stack_and_unstack_layers_convert_a_whole_train_state_both_ways():
     opt_state = jax.device_get(jax.jit(tx.init)(params))
     state = step_lib.TrainState(step=np.int32(0), params=params, opt_state=opt_state)
     stacked = encoder.stack_layers(state)
-    scanned_shapes = nn.meta.unbox(jax.eval_shape(
-        functools.partial(step_lib.init_state, model_cfg=SCANNED, tx=tx), jax.random.key(0)))
+    scanned_shapes = nn.meta.unbox(
+        jax.eval_shape(
+            functools.partial(step_lib.init_state, model_cfg=SCANNED, tx=tx), jax.random.key(0)
+        )
+    )
     assert jax.tree.structure(stacked) == jax.tree.structure(scanned_shapes)
     jax.tree.map(lambda x, s: np.testing.assert_equal(x.shape, s.shape), stacked, scanned_shapes)
     kernel = "bert", "layers", "intermediate", "kernel"
     np.testing.assert_array_equal(
         functools.reduce(dict.get, kernel, stacked.params)[1],
-        state.params["bert"]["layer_1"]["intermediate"]["kernel"])
+        state.params["bert"]["layer_1"]["intermediate"]["kernel"],
+    )
     assert set(stacked.opt_state[1][0].mu["bert"]) == {"embeddings", "layers", "pooler"}
     assert_trees_close(encoder.unstack_layers(stacked), state, atol=0)
     assert_trees_close(encoder.stack_layers(stacked), stacked, atol=0)
@@ -74,7 +78,8 @@ def test_scanned_params_carry_the_layers_axis_mapped_to_no_mesh_axis():
     shardings = sharding.tree_shardings(abstract, mesh, RULES)
     assert shardings["bert"]["layers"]["intermediate"]["kernel"].spec == P(None, "fsdp", "tensor")
     assert shardings["bert"]["layers"]["attention"]["query"]["kernel"].spec == P(
-        None, "fsdp", "tensor", None)
+        None, "fsdp", "tensor", None
+    )
 
 
 # --- training, export and checkpoints ---------------------------------------------------------
@@ -88,14 +93,19 @@ def train_losses(cfg, start_params, steps=10):
     _, shardings = step_lib.state_shardings(cfg, tx, mesh, RULES)
     params = encoder.to_layout(start_params, cfg.scan_layers)
     state = jax.device_put(
-        step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                            opt_state=tx.init(params)), shardings)
+        step_lib.TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)
+        ),
+        shardings,
+    )
     train_step = step_lib.jit_train_step(
-        mesh, RULES, shardings, model=model_lib.BertForPreTraining(cfg), tx=tx, schedule=schedule)
+        mesh, RULES, shardings, model=model_lib.BertForPreTraining(cfg), tx=tx, schedule=schedule
+    )
     losses = []
     for s in range(steps):
         state, metrics = train_step(
-            state, sharding.global_batch(make_batch(s), mesh), jax.random.key(1))
+            state, sharding.global_batch(make_batch(s), mesh), jax.random.key(1)
+        )
         losses.append(float(metrics["loss"]))
     return np.array(losses), encoder.unstack_layers(jax.device_get(state.params))
 
@@ -110,7 +120,8 @@ def test_scanned_model_trains_as_the_unrolled_one_over_10_steps():
     np.testing.assert_allclose(scanned_losses, unrolled_losses, atol=1e-5, rtol=0)
     assert_trees_close(scanned_params, unrolled_params, atol=1e-5)
     moved = jax.tree_util.tree_leaves_with_path(
-        jax.tree.map(lambda a, b: np.max(np.abs(a - b)), unrolled_params, start))
+        jax.tree.map(lambda a, b: np.max(np.abs(a - b)), unrolled_params, start)
+    )
     # The key bias alone has no gradient: q.(k + b) shifts a query's scores all alike.
     assert all(m > 1e-3 for path, m in moved if "key" not in jax.tree_util.keystr(path))
 
@@ -118,8 +129,9 @@ def test_scanned_model_trains_as_the_unrolled_one_over_10_steps():
 def save_checkpoint(workdir, cfg, params, tx, step=3):
     """A training checkpoint of `params` (in `cfg`'s layout) with non-zero Adam moments."""
     opt_state = jax.tree.map(lambda x: x + 0.5 if x.dtype == jnp.float32 else x, tx.init(params))
-    state = step_lib.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
-                                opt_state=opt_state)
+    state = step_lib.TrainState(
+        step=jnp.asarray(step, jnp.int32), params=params, opt_state=opt_state
+    )
     ckpt = checkpoint.Checkpointer(workdir, async_save=False)
     meta = checkpoint.checkpoint_metadata(cfg, {"model": {"preset": "tiny"}}, "")
     ckpt.save(step, state, jax.random.key(7), {"step": step}, meta)
@@ -138,23 +150,30 @@ def test_scanned_checkpoint_exports_to_hf_with_the_same_logits(tmp_path):
     tx, _ = optim.make_optimizer(optim_config(), 10)
     save_checkpoint(tmp_path / "run", SCANNED, params, tx)
     out = tmp_path / "hf"
-    export.run(argparse.Namespace(workdir=str(tmp_path / "run"), step=None, out=str(out),
-                                  overwrite=False))
+    export.run(
+        argparse.Namespace(workdir=str(tmp_path / "run"), step=None, out=str(out), overwrite=False)
+    )
     torch_model, info = transformers.BertForPreTraining.from_pretrained(
-        out, output_loading_info=True)
+        out, output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     ids = np.arange(3 * LENGTH).reshape(3, LENGTH) % VOCAB
     segments = (np.arange(LENGTH) >= 7).astype(np.int64)[None].repeat(3, 0)
     mask = np.ones_like(ids)
     mask[1, 9:], mask[2, 4:] = 0, 0
     with torch.no_grad():
-        ref = torch_model.eval()(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(segments),
-                                 attention_mask=torch.tensor(mask))
+        ref = torch_model.eval()(
+            input_ids=torch.tensor(ids),
+            token_type_ids=torch.tensor(segments),
+            attention_mask=torch.tensor(mask),
+        )
     ours = jax.jit(model_lib.BertForPreTraining(SCANNED).apply)(
-        {"params": params}, jnp.asarray(ids), jnp.asarray(segments), jnp.asarray(mask))
+        {"params": params}, jnp.asarray(ids), jnp.asarray(segments), jnp.asarray(mask)
+    )
     np.testing.assert_allclose(ours.mlm_logits, ref.prediction_logits.numpy(), atol=2e-5, rtol=0)
-    np.testing.assert_allclose(ours.nsp_logits, ref.seq_relationship_logits.numpy(), atol=2e-5,
-                               rtol=0)
+    np.testing.assert_allclose(
+        ours.nsp_logits, ref.seq_relationship_logits.numpy(), atol=2e-5, rtol=0
+    )
     assert_trees_close(hf.load_pretrained(out, scan_layers=True).params, params, atol=0)
     assert_trees_close(hf.load_pretrained(out).params, encoder.unstack_layers(params), atol=0)
 
@@ -171,24 +190,27 @@ def test_resume_and_init_from_cross_layouts(tmp_path, saved_scan):
     tx, _ = optim.make_optimizer(optim_config(), 10)
     params = encoder.to_layout(perturbed(unboxed_params(TINY)), saved_scan)
     saved = save_checkpoint(tmp_path, saved_cfg, params, tx)
-    setup = step_setup.build(_run_config(), pretraining_head(run_cfg), mesh,
-                             optim_cfg=optim_config(), total_steps=10)
+    setup = step_setup.build(
+        _run_config(), pretraining_head(run_cfg), mesh, optim_cfg=optim_config(), total_steps=10
+    )
     abstract, shardings = setup.abstract_state, setup.state_shardings
     ckpt = checkpoint.Checkpointer(tmp_path, read_only=True)
     state, _, loader_state, _ = restore_state(ckpt, setup)
     expected = encoder.to_layout(saved, run_cfg.scan_layers)
     assert_trees_close(jax.device_get(state), expected, atol=0)
     assert loader_state == {"step": 3}
-    leaf = functools.reduce(dict.get, ("bert", "embeddings", "word_embeddings", "embedding"),
-                            state.params)
+    leaf = functools.reduce(
+        dict.get, ("bert", "embeddings", "word_embeddings", "embedding"), state.params
+    )
     assert leaf.sharding == shardings.params["bert"]["embeddings"]["word_embeddings"]["embedding"]
 
     # Any state of this run's layout will do as the one to warm-start (its params and moments
     # are replaced): the restored one, without compiling an init.
     started, _ = warm_start(state, str(tmp_path), setup, init_opt_state=True)
     assert_trees_close(jax.device_get(started.params), expected.params, atol=0)
-    assert_trees_close(jax.device_get(started.opt_state[1][0].mu),
-                       expected.opt_state[1][0].mu, atol=0)
+    assert_trees_close(
+        jax.device_get(started.opt_state[1][0].mu), expected.opt_state[1][0].mu, atol=0
+    )
     assert int(started.opt_state[1][0].count) == 0  # the moments' step counter restarts
 
     with pytest.raises(UserError, match=f"model.scan_layers={saved_scan} and cannot restore"):
@@ -228,8 +250,9 @@ def test_lamb_adapts_each_stacked_layer_as_its_own_parameter():
     kernel = ("bert", "layers", "intermediate", "kernel")
     g, p = (functools.reduce(dict.get, kernel, encoder.stack_layers(t)) for t in (grads, params))
     whole = optax.scale_by_trust_ratio().update(g, None, p)[0]
-    per_layer = optim.scale_by_trust_ratio_per_layer().update({"layers": g}, None,
-                                                              {"layers": p})[0]["layers"]
+    per_layer = optim.scale_by_trust_ratio_per_layer().update({"layers": g}, None, {"layers": p})[
+        0
+    ]["layers"]
     assert not np.allclose(whole, per_layer)
 
 
@@ -238,19 +261,31 @@ def test_scanned_rematerialised_step_lowers_for_tpu_with_splash():
     kernel lowers for TPU from this CPU on a data x fsdp mesh: loops over the layers (forward
     and backward) and the kernel's custom call."""
     cfg = model_lib.preset_config(
-        "tiny", scan_layers=True, remat_policy="minimal", attention_impl="splash",
-        compute_dtype="bfloat16", attention_probs_dropout_prob=0.0, vocab_size=128)
+        "tiny",
+        scan_layers=True,
+        remat_policy="minimal",
+        attention_impl="splash",
+        compute_dtype="bfloat16",
+        attention_probs_dropout_prob=0.0,
+        vocab_size=128,
+    )
     mesh = sharding.make_mesh(dict(data=4, fsdp=2, tensor=1))
     tx, schedule = optim.make_optimizer(optim_config(), 10)
     abstract, shardings = step_lib.state_shardings(cfg, tx, mesh, RULES)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         nn.meta.unbox(abstract), shardings)
+    state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        nn.meta.unbox(abstract),
+        shardings,
+    )
     example = synthetic_batch(0, batch=8, length=128, predictions=20, vocab=cfg.vocab_size)
-    batch = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh))
-             for k, x in example.items()}
+    batch = {
+        k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh))
+        for k, x in example.items()
+    }
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
-    fn = step_lib.jit_train_step(mesh, RULES, shardings, model=model_lib.BertForPreTraining(cfg),
-                                 tx=tx, schedule=schedule)
+    fn = step_lib.jit_train_step(
+        mesh, RULES, shardings, model=model_lib.BertForPreTraining(cfg), tx=tx, schedule=schedule
+    )
     text = fn.trace(state, batch, rng).lower(lowering_platforms=("tpu",)).as_text()
     assert text.count("stablehlo.while") >= 2 and "@tpu_custom_call" in text
 
@@ -264,10 +299,14 @@ def test_scanned_rematerialised_fsdp_step_compiles_without_involuntary_remateria
     mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))
     tx, schedule = optim.make_optimizer(optim_config(), 10)
     abstract, shardings = step_lib.state_shardings(cfg, tx, mesh, RULES)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         nn.meta.unbox(abstract), shardings)
-    fn = step_lib.jit_train_step(mesh, RULES, shardings, model=model_lib.BertForPreTraining(cfg),
-                                 tx=tx, schedule=schedule)
+    state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        nn.meta.unbox(abstract),
+        shardings,
+    )
+    fn = step_lib.jit_train_step(
+        mesh, RULES, shardings, model=model_lib.BertForPreTraining(cfg), tx=tx, schedule=schedule
+    )
     lowered = fn.lower(state, sharding.global_batch(make_batch(0), mesh), jax.random.key(1))
     assert "sdy.sharding_constraint" in lowered.as_text()
     with stderr_captured() as err:
@@ -282,14 +321,15 @@ def test_span_head_converts_scanned_encoders_at_its_hf_edges():
 
     cfg = dataclasses.replace(SCANNED, vocab_size=VOCAB)
     shapes = jax.eval_shape(lambda: span_head.head(TINY).init_params(TINY, jax.random.key(0)))
-    unrolled = perturbed(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                                      nn.meta.unbox(shapes)))
+    unrolled = perturbed(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), nn.meta.unbox(shapes)))
     stacked = encoder.stack_layers(unrolled)
     tensors = hf.params_to_hf(stacked, cfg, span_head.HF_SPEC)
     expected = hf.params_to_hf(unrolled, TINY, span_head.HF_SPEC)
     assert tensors.keys() == expected.keys()
     assert_trees_close(tensors, expected, atol=0)
     read_back = hf.params_from_hf(tensors, cfg, span_head.HF_SPEC)
-    no_pooler = {**stacked["bert"], "pooler": jax.tree.map(np.zeros_like,
-                                                           stacked["bert"]["pooler"])}
+    no_pooler = {
+        **stacked["bert"],
+        "pooler": jax.tree.map(np.zeros_like, stacked["bert"]["pooler"]),
+    }
     assert_trees_close(read_back, {**stacked, "bert": no_pooler}, atol=0)  # HF has no pooler

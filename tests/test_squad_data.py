@@ -40,8 +40,14 @@ def v2_file():
             for qa in paragraph["qas"]:
                 qa["is_impossible"] = False
     data["data"][0]["paragraphs"][0]["qas"].append(
-        {"id": "q4", "question": "Where is Berlin?", "is_impossible": True, "answers": [],
-         "plausible_answers": [{"text": "Japan", "answer_start": 49}]})
+        {
+            "id": "q4",
+            "question": "Where is Berlin?",
+            "is_impossible": True,
+            "answers": [],
+            "plausible_answers": [{"text": "Japan", "answer_start": 49}],
+        }
+    )
     return data
 
 
@@ -57,14 +63,20 @@ def test_reads_v1_and_v2_files(tmp_path):
     v1 = squad_data.read_squad_json(write(tmp_path, v1_file()), "v1.1")
     assert [ex.qid for ex in v1] == ["q1", "q2", "q3"]
     assert v1[0].context == CONTEXT and v1[0].title == "Zürich"
-    assert [(a.text, a.start) for a in v1[0].answers] == [("Lake Zürich", 15),
-                                                           ("on Lake Zürich", 12)]
+    assert [(a.text, a.start) for a in v1[0].answers] == [
+        ("Lake Zürich", 15),
+        ("on Lake Zürich", 12),
+    ]
     assert CONTEXT[v1[1].answers[0].start : v1[1].answers[0].end] == "東京"
     v2 = squad_data.read_squad_json(write(tmp_path, v2_file()), "v2.0")
     assert [ex.is_impossible for ex in v2] == [False, False, True, False]
     assert v2[2].answers == () and v2[2].qid == "q4"
-    assert squad_data.gold_answers(v2) == {"q1": ["Lake Zürich", "on Lake Zürich"],
-                                           "q2": ["東京"], "q4": [], "q3": ["short"]}
+    assert squad_data.gold_answers(v2) == {
+        "q1": ["Lake Zürich", "on Lake Zürich"],
+        "q2": ["東京"],
+        "q4": [],
+        "q3": ["short"],
+    }
 
 
 def test_version_mismatch_is_one_error(tmp_path):
@@ -97,17 +109,25 @@ def edited(mutate):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda p: p["qas"][1]["answers"][0].update(answer_start=27),
-         r"question 'q2': answer '東京' is not at answer_start 27 of its context"),
-        (lambda p: p["qas"][0]["answers"][1].update(text="on lake Zürich"),
-         r"question 'q1': answer 'on lake Zürich' is not at answer_start 12"),
-        (lambda p: p["qas"][1]["answers"][0].update(answer_start=len(CONTEXT)),
-         r"question 'q2': answer '東京' is not at answer_start"),
+        (
+            lambda p: p["qas"][1]["answers"][0].update(answer_start=27),
+            r"question 'q2': answer '東京' is not at answer_start 27 of its context",
+        ),
+        (
+            lambda p: p["qas"][0]["answers"][1].update(text="on lake Zürich"),
+            r"question 'q1': answer 'on lake Zürich' is not at answer_start 12",
+        ),
+        (
+            lambda p: p["qas"][1]["answers"][0].update(answer_start=len(CONTEXT)),
+            r"question 'q2': answer '東京' is not at answer_start",
+        ),
         (lambda p: p.update(context="  \n "), r"question 'q1' has an empty context"),
         (lambda p: p["qas"][1].update(id="q1"), r"question id 'q1' occurs more than once"),
         (lambda p: p["qas"][0].update(answers=[]), r"question 'q1' has no answer"),
-        (lambda p: p["qas"][0]["answers"][0].pop("answer_start"),
-         r"question 'q1' has an answer without text/answer_start"),
+        (
+            lambda p: p["qas"][0]["answers"][0].pop("answer_start"),
+            r"question 'q1' has an answer without text/answer_start",
+        ),
         (lambda p: p["qas"][0].pop("question"), r"not a SQuAD file: an entry lacks the key"),
     ],
 )

@@ -33,8 +33,15 @@ def hand_features(num_examples=1):
         max_context[r, 4 : 4 + length] = best[start : start + length] == w
     zeros = np.zeros((rows, 10), np.int32)
     return squad_features.SquadFeatures(
-        zeros, zeros, zeros, zeros[:, 0], zeros[:, 0],
-        np.repeat(np.arange(num_examples), len(WINDOWS)).astype(np.int32), offsets, max_context)
+        zeros,
+        zeros,
+        zeros,
+        zeros[:, 0],
+        zeros[:, 0],
+        np.repeat(np.arange(num_examples), len(WINDOWS)).astype(np.int32),
+        offsets,
+        max_context,
+    )
 
 
 def hand_logits():
@@ -66,12 +73,17 @@ def test_hand_built_logits_v1():
     assert len(texts) == len(set(texts)) == 14 + 3
     assert got.nbest["q"][0]["start_logit"] == 4.0 and got.nbest["q"][0]["end_logit"] == 4.0
     assert math.isclose(sum(e["probability"] for e in got.nbest["q"]), 1.0)
-    short = squad_decode.decode_predictions(ex, hand_features(), start, end, version_2=False,
-                                            max_answer_length=1)
+    short = squad_decode.decode_predictions(
+        ex, hand_features(), start, end, version_2=False, max_answer_length=1
+    )
     assert [e["text"] for e in short.nbest["q"]][:2] == ["epsilon", "beta"]
     start[1, 6] = 2.0  # "epsilon" (6) now loses to "beta gamma delta epsilon" (7)
-    assert squad_decode.decode_predictions(
-        ex, hand_features(), start, end, version_2=False).answers["q"] == "beta gamma delta epsilon"
+    assert (
+        squad_decode.decode_predictions(ex, hand_features(), start, end, version_2=False).answers[
+            "q"
+        ]
+        == "beta gamma delta epsilon"
+    )
 
 
 def test_hand_built_logits_v2_null_threshold():
@@ -84,16 +96,25 @@ def test_hand_built_logits_v2_null_threshold():
     assert got.null_odds == {"q": pytest.approx(0.75 - 8.0)} and got.answers == {"q": "epsilon"}
     assert "" in [e["text"] for e in got.nbest["q"]]
     for thresh, want in ((-7.0, "epsilon"), (-7.25, "epsilon"), (-7.5, "")):
-        got = squad_decode.decode_predictions(ex, hand_features(), start, end, version_2=True,
-                                              null_score_diff_threshold=thresh)
+        got = squad_decode.decode_predictions(
+            ex, hand_features(), start, end, version_2=True, null_score_diff_threshold=thresh
+        )
         assert got.answers == {"q": want}
 
 
 # --- against run_squad.py's write_predictions, transcribed -------------------------------------
 
 
-def original_write_predictions(examples, features, start_logits, end_logits, n_best_size,
-                               max_answer_length, version_2, null_score_diff_threshold):
+def original_write_predictions(
+    examples,
+    features,
+    start_logits,
+    end_logits,
+    n_best_size,
+    max_answer_length,
+    version_2,
+    null_score_diff_threshold,
+):
     """run_squad.py's write_predictions with token_to_orig_map/get_final_text replaced by the
     character offsets (the only change: how a token span becomes text)."""
     all_predictions, all_nbest, scores_diff = {}, {}, {}
@@ -143,8 +164,10 @@ def original_write_predictions(examples, features, start_logits, end_logits, n_b
         top = max(scores)
         exps = [math.exp(x - top) for x in scores]
         probs = [x / sum(exps) for x in exps]
-        all_nbest[example.qid] = [{"text": t, "probability": p, "start_logit": s, "end_logit": e}
-                                  for (t, s, e), p in zip(nbest, probs)]
+        all_nbest[example.qid] = [
+            {"text": t, "probability": p, "start_logit": s, "end_logit": e}
+            for (t, s, e), p in zip(nbest, probs)
+        ]
         if not version_2:
             all_predictions[example.qid] = nbest[0][0]
         else:
@@ -158,14 +181,22 @@ def original_write_predictions(examples, features, start_logits, end_logits, n_b
 @pytest.fixture(scope="module")
 def real_features(tmp_path_factory):
     """Features of a few questions over two contexts, many windows each, from a tiny WordPiece."""
-    contexts = [("Zürich and Genève are cities in Switzerland; Besançon and Paris are in France "
-                 "and São Paulo is in Brazil, far from the naïve café on the Place."),
-                ("東京 is the capital of Japan and 北京 is the capital of China, two large "
-                 "cities with internationalization plans.")]
-    tok = train_wordpiece((contexts + ["where is the city"]) * 20, 120,
-                          tmp_path_factory.mktemp("wp"), min_frequency=1)
-    examples = [SquadExample(f"q{i}", "where is the city", contexts[i % 2], (), True)
-                for i in range(6)]
+    contexts = [
+        (
+            "Zürich and Genève are cities in Switzerland; Besançon and Paris are in France "
+            "and São Paulo is in Brazil, far from the naïve café on the Place."
+        ),
+        (
+            "東京 is the capital of Japan and 北京 is the capital of China, two large "
+            "cities with internationalization plans."
+        ),
+    ]
+    tok = train_wordpiece(
+        (contexts + ["where is the city"]) * 20, 120, tmp_path_factory.mktemp("wp"), min_frequency=1
+    )
+    examples = [
+        SquadExample(f"q{i}", "where is the city", contexts[i % 2], (), True) for i in range(6)
+    ]
     return examples, squad_features.build_features(examples, tok, 24, 4, 6)
 
 
@@ -180,13 +211,22 @@ def test_random_logits_equal_run_squad(real_features, version_2, n_best_size, ma
     end = rng.normal(size=feats.input_ids.shape).round(1).astype(np.float32)
     # A threshold between the null odds, so that some questions get "" and some do not.
     _, _, diffs = original_write_predictions(
-        examples, feats, start, end, n_best_size, max_answer_length, version_2, 0.0)
+        examples, feats, start, end, n_best_size, max_answer_length, version_2, 0.0
+    )
     thresh = float(np.median(list(diffs.values()))) if version_2 else 0.0
     got = squad_decode.decode_predictions(
-        examples, feats, start, end, version_2=version_2, n_best_size=n_best_size,
-        max_answer_length=max_answer_length, null_score_diff_threshold=thresh)
+        examples,
+        feats,
+        start,
+        end,
+        version_2=version_2,
+        n_best_size=n_best_size,
+        max_answer_length=max_answer_length,
+        null_score_diff_threshold=thresh,
+    )
     answers, nbest, diffs = original_write_predictions(
-        examples, feats, start, end, n_best_size, max_answer_length, version_2, thresh)
+        examples, feats, start, end, n_best_size, max_answer_length, version_2, thresh
+    )
     assert got.answers == answers and got.nbest == nbest
     assert got.null_odds == (pytest.approx(diffs) if version_2 else None)
     assert len(feats) > 3 * len(examples) and len(set(answers.values())) > 2
@@ -200,11 +240,13 @@ def test_no_valid_span():
     ex = [SquadExample("q", "?", CONTEXT, (Answer("epsilon", 23),))]
     start, end = hand_logits()
     start[:, 2:] = -100.0  # every context start is outside the n best
-    v1 = squad_decode.decode_predictions(ex, hand_features(), start, end, version_2=False,
-                                         n_best_size=2)
+    v1 = squad_decode.decode_predictions(
+        ex, hand_features(), start, end, version_2=False, n_best_size=2
+    )
     assert v1.answers == {"q": "empty"} and v1.nbest["q"][0]["probability"] == 1.0
-    v2 = squad_decode.decode_predictions(ex, hand_features(), start, end, version_2=True,
-                                         n_best_size=2)
+    v2 = squad_decode.decode_predictions(
+        ex, hand_features(), start, end, version_2=True, n_best_size=2
+    )
     assert v2.answers == {"q": ""} and v2.null_odds == {"q": 0.75}
     assert [e["text"] for e in v2.nbest["q"]] == [""]
 
@@ -217,7 +259,9 @@ def test_writers_use_the_official_formats(tmp_path):
     v1 = squad_decode.decode_predictions(ex, hand_features(), start, end, version_2=False)
     written = squad_decode.write_predictions(v1, tmp_path / "v1")
     assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == [
-        "nbest_predictions.json", "predictions.json"]
+        "nbest_predictions.json",
+        "predictions.json",
+    ]
     text = written["predictions"].read_text()
     assert text == json.dumps({"q/1": "epsilon"}, indent=4) + "\n"
     v2 = squad_decode.decode_predictions(ex, hand_features(), start, end, version_2=True)
@@ -234,5 +278,6 @@ def test_bad_shapes():
     with pytest.raises(ValueError, match="do not match the features"):
         squad_decode.decode_predictions(ex, hand_features(), start[:1], end, version_2=False)
     with pytest.raises(ValueError, match="question 'r' has no feature row"):
-        squad_decode.decode_predictions(ex + [SquadExample("r", "?", CONTEXT, ())],
-                                        hand_features(), start, end, version_2=False)
+        squad_decode.decode_predictions(
+            ex + [SquadExample("r", "?", CONTEXT, ())], hand_features(), start, end, version_2=False
+        )

@@ -13,12 +13,18 @@ from bertjax.finetune import squad_features
 from bertjax.finetune.squad_data import Answer, SquadExample
 
 CONTEXTS = [
-    ("Zürich, Genève and Besançon are cities; the café on the Place de l'Hôtel-de-Ville sells "
-     "crème brûlée to naïve tourists from São Paulo."),
-    ("東京都 is the capital of 日本 and 北京 is the capital of 中国. "
-     "Seoul 서울 lies in 한국 (Korea)."),
-    ("Antidisestablishmentarianism, internationalization and "
-     "pneumonoultramicroscopicsilicovolcanoconiosis are long words split into many pieces."),
+    (
+        "Zürich, Genève and Besançon are cities; the café on the Place de l'Hôtel-de-Ville sells "
+        "crème brûlée to naïve tourists from São Paulo."
+    ),
+    (
+        "東京都 is the capital of 日本 and 北京 is the capital of 中国. "
+        "Seoul 서울 lies in 한국 (Korea)."
+    ),
+    (
+        "Antidisestablishmentarianism, internationalization and "
+        "pneumonoultramicroscopicsilicovolcanoconiosis are long words split into many pieces."
+    ),
     # İ lower-cases to two characters; é and e + combining accent; a zero-width space.
     "İstanbul, Ångström and cafe\u0301 au lait; the résumé of a naïve\u200b coöperative.",
 ]
@@ -34,8 +40,9 @@ def tokenizer(request, tmp_path_factory):
     lines = (CONTEXTS + FILLER) * 20
     if request.param == "sentencepiece":
         return train_sentencepiece(lines, 100, out, lowercase=True)
-    return train_wordpiece(lines, 150, out, lowercase=request.param.endswith("uncased"),
-                           min_frequency=1)
+    return train_wordpiece(
+        lines, 150, out, lowercase=request.param.endswith("uncased"), min_frequency=1
+    )
 
 
 def word_span_examples():
@@ -56,8 +63,11 @@ def word_span_examples():
                 if j < len(words):
                     start, end = words[i][0], words[j][1]
                     question = " ".join(["where is the cat"] * (1 + (i + j) % 4))
-                    examples.append(SquadExample(f"c{c}-{i}-{j}", question, context,
-                                                 (Answer(context[start:end], start),)))
+                    examples.append(
+                        SquadExample(
+                            f"c{c}-{i}-{j}", question, context, (Answer(context[start:end], start),)
+                        )
+                    )
     return examples
 
 

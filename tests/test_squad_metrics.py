@@ -94,17 +94,25 @@ def official_v2(dataset, preds, na_probs=None, na_prob_thresh=1.0):
         na_probs = {k: 0.0 for k in preds}
 
     def apply_threshold(scores):
-        return {qid: float(not qid_to_has_ans[qid]) if na_probs[qid] > na_prob_thresh else s
-                for qid, s in scores.items()}
+        return {
+            qid: float(not qid_to_has_ans[qid]) if na_probs[qid] > na_prob_thresh else s
+            for qid, s in scores.items()
+        }
 
     def make_eval_dict(exact_scores, f1_scores, qid_list=None):
         if not qid_list:
             total = len(exact_scores)
-            return {"exact": 100.0 * sum(exact_scores.values()) / total,
-                    "f1": 100.0 * sum(f1_scores.values()) / total, "total": total}
+            return {
+                "exact": 100.0 * sum(exact_scores.values()) / total,
+                "f1": 100.0 * sum(f1_scores.values()) / total,
+                "total": total,
+            }
         total = len(qid_list)
-        return {"exact": 100.0 * sum(exact_scores[k] for k in qid_list) / total,
-                "f1": 100.0 * sum(f1_scores[k] for k in qid_list) / total, "total": total}
+        return {
+            "exact": 100.0 * sum(exact_scores[k] for k in qid_list) / total,
+            "f1": 100.0 * sum(f1_scores[k] for k in qid_list) / total,
+            "total": total,
+        }
 
     def find_best_thresh(scores):
         num_no_ans = sum(1 for k in qid_to_has_ans if not qid_to_has_ans[k])
@@ -140,16 +148,24 @@ def official_v2(dataset, preds, na_probs=None, na_prob_thresh=1.0):
 
 def dataset(questions):
     """Official layout from [(qid, [gold texts])], split over two articles."""
-    qas = [{"id": q, "question": "?", "answers": [{"text": t, "answer_start": 0} for t in golds]}
-           for q, golds in questions]
+    qas = [
+        {"id": q, "question": "?", "answers": [{"text": t, "answer_start": 0} for t in golds]}
+        for q, golds in questions
+    ]
     half = len(qas) // 2
-    return [{"title": "a", "paragraphs": [{"context": "c", "qas": qas[:half]}]},
-            {"title": "b", "paragraphs": [{"context": "c", "qas": qas[half:]}]}]
+    return [
+        {"title": "a", "paragraphs": [{"context": "c", "qas": qas[:half]}]},
+        {"title": "b", "paragraphs": [{"context": "c", "qas": qas[half:]}]},
+    ]
 
 
 def gold_of(data):
-    return {qa["id"]: [a["text"] for a in qa["answers"]]
-            for art in data for p in art["paragraphs"] for qa in p["qas"]}
+    return {
+        qa["id"]: [a["text"] for a in qa["answers"]]
+        for art in data
+        for p in art["paragraphs"]
+        for qa in p["qas"]
+    }
 
 
 V1_QUESTIONS = [
@@ -181,8 +197,9 @@ def test_normalization_by_hand():
     assert norm("  The   Eiffel-Tower,  a  landmark!") == "eiffeltower landmark"
     assert norm("Theatre an Anthem") == "theatre anthem"  # "an" goes, "Theatre" stays
     assert norm("«Zürich» – Genève") == "«zürich» – genève"
-    assert squad_metrics.f1_v1("cat cat cat", "a cat a cat sat") == pytest.approx(2 * (2 / 3) * (
-        2 / 3) / (4 / 3))
+    assert squad_metrics.f1_v1("cat cat cat", "a cat a cat sat") == pytest.approx(
+        2 * (2 / 3) * (2 / 3) / (4 / 3)
+    )
     assert squad_metrics.f1_v1("", "") == 0.0 and squad_metrics.f1_v2("", "the") == 1.0
 
 
@@ -215,9 +232,18 @@ V2_PREDICTIONS = {
     "partial2": "France",
 }
 # Distinct scores, plus a tie between an answerable and an unanswerable question.
-NA_PROBS = {"punct": -3.0, "article": 0.5, "several": 2.0, "partial": -1.0, "wrong": 4.0,
-            "none-right": 3.0, "none-wrong": 0.5, "none-punct": 1.5, "gold-article": -2.0,
-            "partial2": 0.25}
+NA_PROBS = {
+    "punct": -3.0,
+    "article": 0.5,
+    "several": 2.0,
+    "partial": -1.0,
+    "wrong": 4.0,
+    "none-right": 3.0,
+    "none-wrong": 0.5,
+    "none-punct": 1.5,
+    "gold-article": -2.0,
+    "partial2": 0.25,
+}
 
 
 @pytest.mark.parametrize("thresh", [1.0, 0.0, -10.0, 10.0])
@@ -228,7 +254,8 @@ def test_v2_equals_official(thresh):
     data = dataset(V2_QUESTIONS)
     gold = gold_of(data)
     assert squad_metrics.squad_v2_scores(gold, V2_PREDICTIONS) == pytest.approx(
-        official_v2(data, V2_PREDICTIONS))
+        official_v2(data, V2_PREDICTIONS)
+    )
     want = official_v2(data, V2_PREDICTIONS, NA_PROBS, thresh)
     got = squad_metrics.squad_v2_scores(gold, V2_PREDICTIONS, NA_PROBS, thresh)
     assert got.keys() == want.keys() and got == pytest.approx(want, abs=1e-12)

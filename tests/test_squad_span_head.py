@@ -46,8 +46,11 @@ def random_tree(shapes, seed=0):
     """Random non-default values for an (abstract) parameter tree, without compiling an init."""
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.asarray(randomize(jax.tree_util.keystr(path).strip("']"), x, rng),
-                                    jnp.float32), nn.meta.unbox(shapes))
+        lambda path, x: jnp.asarray(
+            randomize(jax.tree_util.keystr(path).strip("']"), x, rng), jnp.float32
+        ),
+        nn.meta.unbox(shapes),
+    )
 
 
 def our_random_params(cfg, seed=0):
@@ -69,16 +72,20 @@ def batch(kwargs, size=3, length=13, seed=1):
 
 def ours(cfg, params, ids, segments, mask):
     apply = jax.jit(span_head.BertForQuestionAnswering(cfg).apply)  # one compile, not op by op
-    start, end = apply({"params": params}, jnp.asarray(ids), jnp.asarray(segments),
-                       jnp.asarray(mask))
+    start, end = apply(
+        {"params": params}, jnp.asarray(ids), jnp.asarray(segments), jnp.asarray(mask)
+    )
     return np.asarray(start), np.asarray(end)
 
 
 def theirs(model, ids, segments, mask, **labels):
     with torch.no_grad():
-        out = model(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(segments),
-                    attention_mask=torch.tensor(mask),
-                    **{k: torch.tensor(v) for k, v in labels.items()})
+        out = model(
+            input_ids=torch.tensor(ids),
+            token_type_ids=torch.tensor(segments),
+            attention_mask=torch.tensor(mask),
+            **{k: torch.tensor(v) for k, v in labels.items()},
+        )
     return out.start_logits.numpy(), out.end_logits.numpy(), out.loss
 
 
@@ -96,8 +103,9 @@ def test_logits_and_loss_equal_transformers(hf_kwargs):
     torch_model.load_state_dict(state, strict=True)  # no missing, no unexpected key
     ids, segments, mask = batch(hf_kwargs)
     starts, ends = np.array([3, 0, 4]), np.array([5, 0, 4])
-    ref_start, ref_end, ref_loss = theirs(torch_model.eval(), ids, segments, mask,
-                                          start_positions=starts, end_positions=ends)
+    ref_start, ref_end, ref_loss = theirs(
+        torch_model.eval(), ids, segments, mask, start_positions=starts, end_positions=ends
+    )
     start, end = ours(cfg, params, ids, segments, mask)
     assert start.shape == end.shape == ids.shape
     diffs = {"start": max_diff(start, ref_start), "end": max_diff(end, ref_end)}
@@ -111,18 +119,27 @@ def test_logits_and_loss_equal_transformers(hf_kwargs):
     print(f"span loss: ours {float(loss):.7f} transformers {float(ref_loss):.7f}")
     assert abs(float(loss) - float(ref_loss)) <= 1e-5
     # Padding rows (weight 0) do not count.
-    padded = span_loss(np.concatenate([start, start[:1]]),
-                       np.concatenate([end, end[:1] * 5]), np.append(starts, 1),
-                       np.append(ends, 2), np.concatenate([everywhere, everywhere[:1]]),
-                       np.array([1, 1, 1, 0]))
+    padded = span_loss(
+        np.concatenate([start, start[:1]]),
+        np.concatenate([end, end[:1] * 5]),
+        np.append(starts, 1),
+        np.append(ends, 2),
+        np.concatenate([everywhere, everywhere[:1]]),
+        np.array([1, 1, 1, 0]),
+    )
     assert abs(float(padded) - float(ref_loss)) <= 1e-5
+
     # Over each row's real tokens (what training uses): the same cross-entropies with the
     # padding positions left out of the softmax, so rows 1 and 2 (padded) score lower.
     def real_ce(logits, positions):
         logits = np.where(mask.astype(bool), np.asarray(logits, np.float64), -np.inf)
-        log_probs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(
-            1, keepdims=True)) - logits.max(1, keepdims=True)
+        log_probs = (
+            logits
+            - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+            - logits.max(1, keepdims=True)
+        )
         return -log_probs[np.arange(len(positions)), positions]
+
     reference = np.mean((real_ce(start, starts) + real_ce(end, ends)) / 2)
     assert abs(float(span_loss(start, end, starts, ends, mask)) - reference) <= 1e-5
     assert reference < float(ref_loss)
@@ -136,7 +153,8 @@ def test_export_loads_in_transformers_and_import_reads_hf(hf_kwargs, tmp_path):
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n")
     hf.write_folder(params, cfg, tmp_path / "out", [tmp_path / "vocab.txt"], span_head.HF_SPEC)
     loaded, info = transformers.BertForQuestionAnswering.from_pretrained(
-        tmp_path / "out", output_loading_info=True)
+        tmp_path / "out", output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert not info["mismatched_keys"], info
     assert (tmp_path / "out" / "vocab.txt").exists()
@@ -170,9 +188,11 @@ def test_bad_state_dicts_are_errors():
     PyTorch buffers and a pooler are accepted."""
     cfg = bert_model.preset_config("tiny", vocab_size=50, num_hidden_layers=1)
     tensors = hf.params_to_hf(our_random_params(cfg), cfg, span_head.HF_SPEC)
-    extra = {"bert.embeddings.position_ids": np.arange(512)[None],
-             "bert.pooler.dense.weight": np.ones((128, 128), np.float32),
-             "bert.pooler.dense.bias": np.ones(128, np.float32)}
+    extra = {
+        "bert.embeddings.position_ids": np.arange(512)[None],
+        "bert.pooler.dense.weight": np.ones((128, 128), np.float32),
+        "bert.pooler.dense.bias": np.ones(128, np.float32),
+    }
     read = functools.partial(hf.params_from_hf, cfg=cfg, spec=span_head.HF_SPEC)
     params = read({**tensors, **extra})
     assert (params["bert"]["pooler"]["bias"] == 1).all()
@@ -197,7 +217,14 @@ def test_every_parameter_has_logical_axis_names():
 def _span_loss(start_BxL, end_BxL, starts_B, ends_B, mask_BxL, weights_B=None):
     """The span head's training loss (span_sums over the real rows' weight)."""
     weights_B = np.ones(len(starts_B), np.float32) if weights_B is None else weights_B
-    sums = span_head.span_sums(start_BxL, end_BxL, {
-        "start_positions": starts_B, "end_positions": ends_B, "input_mask": mask_BxL,
-        "weights": weights_B})
+    sums = span_head.span_sums(
+        start_BxL,
+        end_BxL,
+        {
+            "start_positions": starts_B,
+            "end_positions": ends_B,
+            "input_mask": mask_BxL,
+            "weights": weights_B,
+        },
+    )
     return sums["loss_sum"] / sums["weight_sum"]

@@ -14,8 +14,20 @@ from bertjax.errors import UserError
 from bertjax.finetune import swag_data
 from bertjax.finetune.swag_data import SwagExample
 
-HEADER = ["", "video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
-          "ending0", "ending1", "ending2", "ending3", "label"]  # the official files' columns
+HEADER = [
+    "",
+    "video-id",
+    "fold-ind",
+    "startphrase",
+    "sent1",
+    "sent2",
+    "gold-source",
+    "ending0",
+    "ending1",
+    "ending2",
+    "ending3",
+    "label",
+]  # the official files' columns
 ROWS = [
     ["0", "anetv_1", "5", "Members of the procession walk down the street. A drum line",
      "Members of the procession walk down the street.", "A drum line", "gold",
@@ -103,13 +115,18 @@ def test_datasets_rows(monkeypatch):
     ds = datasets.Dataset.from_list(swag_rows([0, 3]))
     examples = swag_data.examples_from_rows(ds, "swag[validation]")
     assert [(ex.idx, ex.label, ex.endings[3]) for ex in examples] == [
-        (0, 0, ROWS[0][10]), (1, 3, ROWS[1][10])]
+        (0, 0, ROWS[0][10]),
+        (1, 3, ROWS[1][10]),
+    ]
     test = swag_data.examples_from_rows(swag_rows([-1, -1]), "swag[test]")
     assert [ex.label for ex in test] == [None, None]
     monkeypatch.setattr(datasets, "load_dataset", lambda name, config, split: ds)
     assert swag_data.load_swag_hub("validation") == examples
-    with pytest.raises(UserError, match=r"swag\[test\], row 1: label 3 in a split whose row 0 "
-                                        r"has label -1"):
+    with pytest.raises(
+        UserError,
+        match=r"swag\[test\], row 1: label 3 in a split whose row 0 "
+        r"has label -1",
+    ):
         swag_data.examples_from_rows(swag_rows([-1, 3]), "swag[test]")
     with pytest.raises(UserError, match=r"swag\[train\], row 0: label 7 is not a choice"):
         swag_data.examples_from_rows(swag_rows([7, 0]), "swag[train]")
@@ -159,8 +176,11 @@ def test_choices_encode_as_run_swags_fast_tokenizer(wordpiece, max_seq_len):
     arrays = swag_data.encode_examples(examples, wordpiece, max_seq_len)
     n = len(examples)
     assert {k: v.shape for k, v in arrays.items()} == {
-        "input_ids": (n, 4, max_seq_len), "input_mask": (n, 4, max_seq_len),
-        "segment_ids": (n, 4, max_seq_len), "labels": (n,)}
+        "input_ids": (n, 4, max_seq_len),
+        "input_mask": (n, 4, max_seq_len),
+        "segment_ids": (n, 4, max_seq_len),
+        "labels": (n,),
+    }
     assert arrays["labels"].tolist() == [0, 3, -1]
     truncated = 0
     for i, ex in enumerate(examples):

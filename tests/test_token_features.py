@@ -26,8 +26,9 @@ def tokenizer(request, tmp_path_factory):
     lines = TEXT * 20
     if request.param == "sentencepiece":
         return train_sentencepiece(lines, 70, out, lowercase=True)
-    return train_wordpiece(lines, 120, out, lowercase=request.param.endswith("uncased"),
-                           min_frequency=1)
+    return train_wordpiece(
+        lines, 120, out, lowercase=request.param.endswith("uncased"), min_frequency=1
+    )
 
 
 def labels_of(sentences, num_labels=5):
@@ -89,8 +90,7 @@ def best_window(spans, position):
 
 
 @pytest.mark.parametrize("max_seq_len,stride", [(8, 1), (8, 3), (8, 6), (12, None), (5, 2)])
-def test_long_sentences_become_windows_that_score_every_word_once(tokenizer, max_seq_len,
-                                                                  stride):
+def test_long_sentences_become_windows_that_score_every_word_once(tokenizer, max_seq_len, stride):
     """Windows of max_seq_len - 2 pieces, each `stride` after the one before, cover every piece;
     each word is labelled in exactly one row: the window where its first piece has the most
     context; decoding the label ids gives every word its own label back."""
@@ -140,7 +140,8 @@ def test_decoding_reads_the_scored_positions_only(tokenizer):
     logits[rows, cols, features.label_ids[rows, cols]] = 10.0  # the gold label wins there
     names = ("O", "B-PER", "I-PER")
     assert token_features.decode(features, logits, names) == [
-        tuple(names[i] for i in ids) for ids in labels]
+        tuple(names[i] for i in ids) for ids in labels
+    ]
     with pytest.raises(ValueError, match="do not match the features"):
         token_features.decode(features, logits[:, :5])
 
@@ -166,8 +167,9 @@ def test_a_split_carries_the_rows(tokenizer):
     """The arrays go into batches.Split as they are: a batch of rows (a padding row -1 with
     weight 0) and each process's slice hold the token arrays row by row."""
     features = token_features.build_features(SENTENCES, tokenizer, labels_of(SENTENCES), 16, 4)
-    split = batches.Split("validation", features.model_inputs(),
-                          features.sentence_index.astype(np.int64), features)
+    split = batches.Split(
+        "validation", features.model_inputs(), features.sentence_index.astype(np.int64), features
+    )
     batch = batches.take(split, np.array([2, 0, 1, -1]))
     assert set(batch) == {*token_features.KEYS, "weights"}
     assert batch["label_weights"].shape == (4, 16) and batch["weights"].tolist() == [1, 1, 1, 0]

@@ -210,8 +210,9 @@ def test_encode_with_offsets_gives_the_ids_of_encode_and_their_characters(
     scripts, over-long words); its spans lie in the text, never go backwards, and a piece's
     characters, normalised as the tokenizer does, spell the piece (WordPiece, minus `##`)."""
     if kind == "sentencepiece":
-        tok = train_sentencepiece(generated_lines(1500, seed=2), 300, tmp_path / "sp",
-                                  lowercase=True)
+        tok = train_sentencepiece(
+            generated_lines(1500, seed=2), 300, tmp_path / "sp", lowercase=True
+        )
     else:
         tok = vocab_dirs[0] if kind == "uncased" else vocab_dirs[1]
     checked = 0

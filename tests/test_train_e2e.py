@@ -210,11 +210,38 @@ def real_text(tmp_path_factory):
     # Documents in a seeded random order, so the held-out split is a sample of the same text.
     corpus = demo_corpus_file(root / "corpus")
     tok = root / "tok"
-    assert cli.main(["tokenizer", "train", "--input", corpus, "--kind", "wordpiece",
-                     "--vocab-size", "4000", "--out", str(tok)]) == 0
+    assert (
+        cli.main(
+            [
+                "tokenizer",
+                "train",
+                "--input",
+                corpus,
+                "--kind",
+                "wordpiece",
+                "--vocab-size",
+                "4000",
+                "--out",
+                str(tok),
+            ]
+        )
+        == 0
+    )
     # dupe-factor 5: five different sentence pairings (and NSP negatives) per document.
-    prepare = ["prepare", "--input", corpus, "--tokenizer", str(tok), "--max-seq-len", "64",
-               "--held-out", "1024", "--dupe-factor", "5", "--quiet"]
+    prepare = [
+        "prepare",
+        "--input",
+        corpus,
+        "--tokenizer",
+        str(tok),
+        "--max-seq-len",
+        "64",
+        "--held-out",
+        "1024",
+        "--dupe-factor",
+        "5",
+        "--quiet",
+    ]
     assert cli.main([*prepare, "--out", str(root / "padded")]) == 0
     assert cli.main([*prepare, "--out", str(root / "packed"), "--pack"]) == 0
     return root

@@ -14,8 +14,9 @@ def add_arguments(parser) -> None:
     """The benchmark's options."""
     parser.add_argument("--preset", default="base", help="model preset (default: base)")
     parser.add_argument("--vocab-size", type=int, default=30522)
-    parser.add_argument("--dir", default=None,
-                        help="a new or empty folder to write to (default: a temporary one)")
+    parser.add_argument(
+        "--dir", default=None, help="a new or empty folder to write to (default: a temporary one)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
 
 
@@ -43,8 +44,13 @@ def measure(preset: str, vocab_size: int, directory: Path) -> dict:
     # incompressible values a trained run has, so size and times are those of a real run.
     keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state.opt_state))))
     opt_state = jax.tree.map(
-        lambda x: jax.random.normal(next(keys), x.shape, x.dtype) * 1e-3
-        if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) and x.ndim else x, state.opt_state)
+        lambda x: (
+            jax.random.normal(next(keys), x.shape, x.dtype) * 1e-3
+            if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) and x.ndim
+            else x
+        ),
+        state.opt_state,
+    )
     state = jax.block_until_ready(state.replace(opt_state=opt_state))
     ckpt = checkpoint.Checkpointer(directory, async_save=True)
     start = time.perf_counter()
@@ -56,7 +62,8 @@ def measure(preset: str, vocab_size: int, directory: Path) -> dict:
     step_dir = checkpoint.checkpoint_dir(directory) / "1"
     start = time.perf_counter()
     restored = checkpoint.Checkpointer(directory, read_only=True).restore(
-        nn.meta.unbox(abstract), shardings)
+        nn.meta.unbox(abstract), shardings
+    )
     jax.block_until_ready(restored[0])
     restore = time.perf_counter() - start
     return {
@@ -80,9 +87,11 @@ def run(args) -> int:
         if not args.dir:
             shutil.rmtree(directory, ignore_errors=True)
     mb = result["checkpoint_bytes"] / 2**20
-    print(f"{result['preset']}: {result['params'] / 1e6:.1f}M params, checkpoint {mb:.0f} MiB; "
-          f"training blocked {result['save_blocking_s']:.2f} s per async save, full save "
-          f"{result['save_total_s']:.2f} s, restore {result['restore_s']:.2f} s")
+    print(
+        f"{result['preset']}: {result['params'] / 1e6:.1f}M params, checkpoint {mb:.0f} MiB; "
+        f"training blocked {result['save_blocking_s']:.2f} s per async save, full save "
+        f"{result['save_total_s']:.2f} s, restore {result['restore_s']:.2f} s"
+    )
     if args.json:
         print(json.dumps(result))
     return 0

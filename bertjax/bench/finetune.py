@@ -30,16 +30,28 @@ def add_arguments(parser) -> None:
     from bertjax.model_config import PRESETS
 
     parser.add_argument("--preset", default="base", choices=tuple(PRESETS), help="model size")
-    parser.add_argument("--task", default="sst2",
-                        help="the task whose head, recipe and training-set size to take "
-                        "(any task of `bertjax finetune`)")
-    parser.add_argument("--seq-len", type=int, default=None,
-                        help="tokens per sequence (default: the task config's data.max_seq_len)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="global batch size (default: train.global_batch_size)")
+    parser.add_argument(
+        "--task",
+        default="sst2",
+        help="the task whose head, recipe and training-set size to take "
+        "(any task of `bertjax finetune`)",
+    )
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="tokens per sequence (default: the task config's data.max_seq_len)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="global batch size (default: train.global_batch_size)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs of the estimate (default: train.epochs)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="epochs of the estimate (default: train.epochs)"
+    )
     parser.add_argument(
         "--json", action="store_true", help="end with one JSON object on the last line"
     )
@@ -91,8 +103,7 @@ def time_ours(config, head, batch_np, steps: int) -> float:
     optim_cfg = optim_config(config, config.optim.learning_rates[0], total)
     setup = step_setup.build(config, head, mesh, optim_cfg=optim_cfg, total_steps=total)
     state = setup.init_state(jax.random.key(0))
-    return seconds_per_jax_step(setup.train_fn, state, sharding.global_batch(batch_np, mesh),
-                                steps)
+    return seconds_per_jax_step(setup.train_fn, state, sharding.global_batch(batch_np, mesh), steps)
 
 
 def time_hf(config, head, batch_np, steps: int) -> dict:
@@ -103,8 +114,9 @@ def time_hf(config, head, batch_np, steps: int) -> dict:
     from bertjax.finetune.train import optim_config
 
     optim_cfg = optim_config(config, config.optim.learning_rates[0], steps + 2)
-    return time_in_subprocess(hf.config_to_hf(head.model.cfg, head.spec), optim_cfg, batch_np,
-                              steps)
+    return time_in_subprocess(
+        hf.config_to_hf(head.model.cfg, head.spec), optim_cfg, batch_np, steps
+    )
 
 
 def estimate_hours(train_examples: int, epochs: int, batch_size: int, step_s: float) -> float:
@@ -141,8 +153,10 @@ def run(args) -> int:
         f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
     )
     ours_s = time_ours(config, head, batch, args.steps)
-    say(f"bertjax:      {tokens / ours_s:10.0f} tokens/s  {ours_s * 1e3:8.1f} ms/step  "
-        f"({real / ours_s:.0f} real tokens/s)")
+    say(
+        f"bertjax:      {tokens / ours_s:10.0f} tokens/s  {ours_s * 1e3:8.1f} ms/step  "
+        f"({real / ours_s:.0f} real tokens/s)"
+    )
     hf = time_hf(config, head, batch, args.steps)
     hf_s = hf["step_s"]
     result = {
@@ -161,8 +175,9 @@ def run(args) -> int:
         "task": kind.name,
         "train_examples": kind.train_examples,
         "epochs": args.epochs,
-        "estimated_hours": None if kind.train_examples is None else estimate_hours(
-            kind.train_examples, args.epochs, args.batch_size, ours_s),
+        "estimated_hours": None
+        if kind.train_examples is None
+        else estimate_hours(kind.train_examples, args.epochs, args.batch_size, ours_s),
     }
     say(
         f"HF PyTorch:   {result['hf_tokens_per_s']:10.0f} tokens/s  {hf_s * 1e3:8.1f} ms/step  "

@@ -46,24 +46,45 @@ def add_arguments(parser) -> None:
     """Options of `bertjax bench finetune-buckets`."""
     from bertjax.model_config import PRESETS
 
-    parser.add_argument("--task", default="sst2", choices=("sst2", "squad"),
-                        help="SST-2-layout sentences, or SQuAD-style extractive questions")
-    parser.add_argument("--rule", default="any", choices=RULES,
-                        help="sst2's label: a keyword anywhere, or in the first half")
+    parser.add_argument(
+        "--task",
+        default="sst2",
+        choices=("sst2", "squad"),
+        help="SST-2-layout sentences, or SQuAD-style extractive questions",
+    )
+    parser.add_argument(
+        "--rule",
+        default="any",
+        choices=RULES,
+        help="sst2's label: a keyword anywhere, or in the first half",
+    )
     parser.add_argument("--preset", default="tiny", choices=tuple(PRESETS), help="model size")
     # The demo corpus has ~15,000 distinct sentences of 3-40 words: room for 8,000 + 1,000.
-    parser.add_argument("--train", type=int, default=None,
-                        help="training sentences or questions (default 8000; squad 3000)")
+    parser.add_argument(
+        "--train",
+        type=int,
+        default=None,
+        help="training sentences or questions (default 8000; squad 3000)",
+    )
     parser.add_argument("--dev", type=int, default=None, help="dev ones (default 1000; 150)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="at least 2, epoch 1 compiles (default 3; squad 5)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="at least 2, epoch 1 compiles (default 3; squad 5)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="global batch size")
-    parser.add_argument("--max-seq-len", type=int, default=None,
-                        help="the padded runs' length (default 128; squad 64)")
+    parser.add_argument(
+        "--max-seq-len",
+        type=int,
+        default=None,
+        help="the padded runs' length (default 128; squad 64)",
+    )
     parser.add_argument("--length-buckets", type=int, default=4, help="the bucketed runs' K")
     parser.add_argument("--seeds", type=int, default=2, help="seeds of each (noise band)")
-    parser.add_argument("--lr", type=float, default=None,
-                        help=f"peak learning rate (default {LEARNING_RATE:g}; squad 3e-3)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"peak learning rate (default {LEARNING_RATE:g}; squad 3e-3)",
+    )
     parser.add_argument("--workdir", help="where data and runs go (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
 
@@ -71,8 +92,11 @@ def add_arguments(parser) -> None:
 def fill_defaults(args) -> None:
     """The options left unset, from the task's defaults."""
     squad = args.task == "squad"
-    defaults = SQUAD_DEFAULTS if squad else {"train": 8_000, "dev": 1_000, "epochs": 3,
-                                             "max_seq_len": 128, "lr": LEARNING_RATE}
+    defaults = (
+        SQUAD_DEFAULTS
+        if squad
+        else {"train": 8_000, "dev": 1_000, "epochs": 3, "max_seq_len": 128, "lr": LEARNING_RATE}
+    )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -120,22 +144,26 @@ def keywords(sentences: list[str]) -> list[str]:
     return chosen
 
 
-def write_sst2_layout(folder: Path, sentences: list[str], n_train: int, n_dev: int,
-                      rule: str = "any") -> dict:
+def write_sst2_layout(
+    folder: Path, sentences: list[str], n_train: int, n_dev: int, rule: str = "any"
+) -> dict:
     """train.tsv and dev.tsv (sentence, label) of distinct sentences, label 1 when one of
     `keywords` is in it (`rule` "any") or in its first half of words ("first-half");
     returns their summary."""
     if len(sentences) < n_train + n_dev:
-        raise UserError(f"the demo corpus has {len(sentences)} short sentences, fewer than "
-                        f"--train + --dev = {n_train + n_dev}")
+        raise UserError(
+            f"the demo corpus has {len(sentences)} short sentences, fewer than "
+            f"--train + --dev = {n_train + n_dev}"
+        )
     order = np.random.default_rng(0).permutation(len(sentences))[: n_train + n_dev]
     chosen = [sentences[i].replace("\t", " ") for i in order]
     keys = set(keywords(chosen))
 
     def label(sentence: str) -> int:
         words = sentence.lower().split()
-        return int(bool(keys & set(words[: (len(words) + 1) // 2 if rule == "first-half"
-                                          else len(words)])))
+        return int(
+            bool(keys & set(words[: (len(words) + 1) // 2 if rule == "first-half" else len(words)]))
+        )
 
     labels = [label(s) for s in chosen]
     folder.mkdir(parents=True, exist_ok=True)
@@ -146,8 +174,13 @@ def write_sst2_layout(folder: Path, sentences: list[str], n_train: int, n_dev: i
             "mean_words": float(np.mean([len(s.split()) for s in chosen]))}  # fmt: skip
 
 
-def random_model(folder: Path, preset: str, sentences: list[str], max_seq_len: int,
-                 sinusoid_positions: bool = False) -> Path:
+def random_model(
+    folder: Path,
+    preset: str,
+    sentences: list[str],
+    max_seq_len: int,
+    sinusoid_positions: bool = False,
+) -> Path:
     """A randomly initialised BERT of `preset` with a WordPiece vocabulary learnt from
     `sentences`, as a HuggingFace folder. `sinusoid_positions`: position embeddings that start
     as sinusoids (Vaswani et al.) scaled to the token embeddings' size, without which a model
@@ -169,8 +202,7 @@ def random_model(folder: Path, preset: str, sentences: list[str], max_seq_len: i
         dim = np.arange(cfg.hidden_size)[None, :]
         angle = position / 10_000 ** (dim // 2 * 2 / cfg.hidden_size)
         table = 0.2 * np.where(dim % 2 == 0, np.sin(angle), np.cos(angle))
-        params["bert"]["embeddings"]["position_embeddings"]["embedding"] = table.astype(
-            np.float32)
+        params["bert"]["embeddings"]["position_embeddings"]["embedding"] = table.astype(np.float32)
     return hf.write_folder(params, cfg, folder, [folder / "vocab.txt"])
 
 
@@ -266,7 +298,8 @@ def table(runs: list[dict], result: dict) -> str:
         f"{m['bucketed']['dev_score']:.4f} vs {m['padded']['dev_score']:.4f} "
         f"(difference {result['dev_score_difference']:+.4f}; noise band, the largest "
         f"seed-to-seed difference of one side: {result['noise_band']:.4f}; "
-        f"{'within' if result['within_noise'] else 'OUTSIDE'} the noise)")
+        f"{'within' if result['within_noise'] else 'OUTSIDE'} the noise)"
+    )
     return "\n".join(lines)
 
 
@@ -285,37 +318,47 @@ def run(args) -> int:
         if args.task == "squad":
             from bertjax.finetune import demo_tasks
 
-            demo_tasks.write_squad_task(sentences, root / "data", n_train=args.train,
-                                        n_dev=args.dev)
+            demo_tasks.write_squad_task(
+                sentences, root / "data", n_train=args.train, n_dev=args.dev
+            )
             data = {"questions": {"train": args.train, "dev": args.dev}}
-            model = random_model(root / "model", args.preset, sentences, args.max_seq_len,
-                                 sinusoid_positions=True)
-            say(f"bench finetune-buckets: {args.train} train / {args.dev} dev SQuAD-style "
+            model = random_model(
+                root / "model", args.preset, sentences, args.max_seq_len, sinusoid_positions=True
+            )
+            say(
+                f"bench finetune-buckets: {args.train} train / {args.dev} dev SQuAD-style "
                 f"questions on demo-corpus sentences (the text in parentheses), windows of "
                 f"{args.max_seq_len}; random {args.preset} BERT (sinusoid positions); "
                 f"{args.epochs} epochs of batch {args.batch_size}, lr {args.lr:g}; "
-                f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
+                f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
+            )
         else:
-            data = write_sst2_layout(root / "data", sentences, args.train, args.dev,
-                                     args.rule)
-            used = [line.split("\t")[0] for name in ("train", "dev")
-                    for line in (root / "data" / f"{name}.tsv").read_text().splitlines()[1:]]
+            data = write_sst2_layout(root / "data", sentences, args.train, args.dev, args.rule)
+            used = [
+                line.split("\t")[0]
+                for name in ("train", "dev")
+                for line in (root / "data" / f"{name}.tsv").read_text().splitlines()[1:]
+            ]
             model = random_model(root / "model", args.preset, used, args.max_seq_len)
             where = "in its first half" if args.rule == "first-half" else "anywhere"
-            say(f"bench finetune-buckets: {args.train} train / {args.dev} dev demo-corpus "
+            say(
+                f"bench finetune-buckets: {args.train} train / {args.dev} dev demo-corpus "
                 f"sentences in SST-2's layout (mean {data['mean_words']:.1f} words, "
                 f"{data['positive']:.0%} positive: holds one of {', '.join(data['keywords'])} "
                 f"{where}); random {args.preset} BERT; {args.epochs} epochs of batch "
                 f"{args.batch_size}, lr {args.lr:g}; {jax.device_count()} "
-                f"{jax.devices()[0].platform} device(s)")
+                f"{jax.devices()[0].platform} device(s)"
+            )
         runs = []
         for seed in range(args.seeds):
             for buckets in (args.length_buckets, 0):
                 runs.append(time_run(args, root / "data", model, root, buckets, seed))
         result = summary(runs)
     say(table(runs, result))
-    say(f"examples/s and tokens/s: epochs 2-{args.epochs} (epoch 1 compiles every batch "
-        "shape); dev evaluation, data and model preparation excluded")
+    say(
+        f"examples/s and tokens/s: epochs 2-{args.epochs} (epoch 1 compiles every batch "
+        "shape); dev evaluation, data and model preparation excluded"
+    )
     if args.json:
         print(json.dumps({**result, "runs": runs, "data": data, "preset": args.preset,
                           "task": args.task, "rule": args.rule,

@@ -39,18 +39,34 @@ def add_arguments(parser) -> None:
                         help="time a whole fine-tuning run (train epochs, dev evaluation "
                         "after each, predictions), ours vs transformers, on generated data "
                         "(--task sst2 or squad)")  # fmt: skip
-    parser.add_argument("--train", type=int, default=None,
-                        help="end-to-end: training examples (default 2000; squad 2080)")
-    parser.add_argument("--dev", type=int, default=None,
-                        help="end-to-end: dev examples (default 500; squad 150)")
-    parser.add_argument("--lr", type=float, default=LEARNING_RATE,
-                        help="end-to-end: peak learning rate")
-    parser.add_argument("--length-buckets", type=int, default=None,
-                        help="end-to-end: ours' --length-buckets (default: the task config's)")
-    parser.add_argument("--corpus", default=None,
-                        help="end-to-end: a demo corpus folder already built (default: build one)")
-    parser.add_argument("--workdir", default=None,
-                        help="end-to-end: where data and runs go (default: a temporary folder)")
+    parser.add_argument(
+        "--train",
+        type=int,
+        default=None,
+        help="end-to-end: training examples (default 2000; squad 2080)",
+    )
+    parser.add_argument(
+        "--dev", type=int, default=None, help="end-to-end: dev examples (default 500; squad 150)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=LEARNING_RATE, help="end-to-end: peak learning rate"
+    )
+    parser.add_argument(
+        "--length-buckets",
+        type=int,
+        default=None,
+        help="end-to-end: ours' --length-buckets (default: the task config's)",
+    )
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        help="end-to-end: a demo corpus folder already built (default: build one)",
+    )
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="end-to-end: where data and runs go (default: a temporary folder)",
+    )
 
 
 def squad_windows(seq_len: int) -> dict:
@@ -79,8 +95,9 @@ def build_inputs(args, root: Path) -> tuple[Path, Path]:
         write_sst2_layout(data, sentences, args.train, args.dev)
         used = [line.split("\t")[0] for name in ("train", "dev")
                 for line in (data / f"{name}.tsv").read_text().splitlines()[1:]]  # fmt: skip
-    model = random_model(root / "model", args.preset, used, args.seq_len,
-                         sinusoid_positions=args.task == "squad")
+    model = random_model(
+        root / "model", args.preset, used, args.seq_len, sinusoid_positions=args.task == "squad"
+    )
     return data, model
 
 
@@ -104,24 +121,55 @@ def child_env() -> dict:
 
 def run_ours(args, data: Path, model: Path, workdir: Path) -> dict:
     """`bertjax finetune` in a new process: its wall seconds and last-epoch dev metrics."""
-    cmd = [sys.executable, "-m", "bertjax", "finetune", "--task", args.task, "--init", str(model),
-           "--data", str(data), "--workdir", str(workdir), "--max-seq-len", str(args.seq_len),
-           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-           "--lr", str(args.lr), "--seed", "0", "--config.train.compilation_cache_dir="]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bertjax",
+        "finetune",
+        "--task",
+        args.task,
+        "--init",
+        str(model),
+        "--data",
+        str(data),
+        "--workdir",
+        str(workdir),
+        "--max-seq-len",
+        str(args.seq_len),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--seed",
+        "0",
+        "--config.train.compilation_cache_dir=",
+    ]
     if args.length_buckets is not None:
         cmd += ["--length-buckets", str(args.length_buckets)]
     if args.task == "squad":
         windows = squad_windows(args.seq_len)
-        cmd += ["--max-query-length", str(windows["max_query_length"]),
-                "--doc-stride", str(windows["doc_stride"])]
+        cmd += [
+            "--max-query-length",
+            str(windows["max_query_length"]),
+            "--doc-stride",
+            str(windows["doc_stride"]),
+        ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), check=False)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"`bertjax finetune` failed:\n{proc.stderr[-3000:]}")
     out = proc.stdout.strip().splitlines()
-    buckets = next((line.removeprefix("bertjax finetune: ") for line in out
-                    if line.startswith("bertjax finetune: length buckets")), "")
+    buckets = next(
+        (
+            line.removeprefix("bertjax finetune: ")
+            for line in out
+            if line.startswith("bertjax finetune: length buckets")
+        ),
+        "",
+    )
     return {"wall_s": wall, "dev": json.loads(out[-1]), "buckets": buckets}
 
 
@@ -129,14 +177,27 @@ def torch_request(args, config, data: Path, model: Path, out: Path) -> dict:
     """What torch_finetune.run reads: the run's data, model, sizes and our optimizer's
     settings (config.optim) at --lr."""
     optim = {k: float(config.optim[k]) for k in ("b1", "b2", "eps", "weight_decay", "clip_norm")}
-    request = {"task": args.task, "model": str(model), "data": str(data), "out": str(out),
-               "seq_len": args.seq_len, "batch_size": args.batch_size, "epochs": args.epochs,
-               "seed": 0, "optim": {**optim, "peak_lr": args.lr,
-                                    "warmup_fraction": float(config.optim.warmup_fraction)}}
+    request = {
+        "task": args.task,
+        "model": str(model),
+        "data": str(data),
+        "out": str(out),
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "seed": 0,
+        "optim": {
+            **optim,
+            "peak_lr": args.lr,
+            "warmup_fraction": float(config.optim.warmup_fraction),
+        },
+    }
     if args.task == "squad":
-        request |= {"stride": squad_windows(args.seq_len)["overlap"],
-                    "n_best": int(config.squad.n_best_size),
-                    "max_answer": int(config.squad.max_answer_length)}
+        request |= {
+            "stride": squad_windows(args.seq_len)["overlap"],
+            "n_best": int(config.squad.n_best_size),
+            "max_answer": int(config.squad.max_answer_length),
+        }
     return request
 
 
@@ -156,8 +217,9 @@ def run_theirs(request: dict) -> dict:
 def check_args(args) -> None:
     """Raises UserError on options the end-to-end mode cannot run with."""
     if args.task not in TASKS:
-        raise UserError(f"--end-to-end runs --task {' or '.join(TASKS)} (generated data), "
-                        f"not {args.task}")
+        raise UserError(
+            f"--end-to-end runs --task {' or '.join(TASKS)} (generated data), not {args.task}"
+        )
     for key, value in DEFAULTS[args.task].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -178,10 +240,12 @@ def run(args, config) -> int:
     with tempfile.TemporaryDirectory(prefix="bertjax-e2e-") as tmp:
         root = Path(args.workdir or tmp)
         data, model = build_inputs(args, root)
-        say(f"bench finetune --end-to-end: {args.task}, {args.train} train / {args.dev} dev "
+        say(
+            f"bench finetune --end-to-end: {args.task}, {args.train} train / {args.dev} dev "
             f"generated examples, random {args.preset} BERT, seq {args.seq_len}, batch "
             f"{args.batch_size}, {args.epochs} epochs at lr {args.lr:g}; each side a fresh "
-            f"process")
+            f"process"
+        )
         ours = run_ours(args, data, model, root / "ours")
         theirs = run_theirs(torch_request(args, config, data, model, root / "theirs"))
     examples = args.epochs * args.train
@@ -190,17 +254,35 @@ def run(args, config) -> int:
     ratio = ours["examples_per_s"] / theirs["examples_per_s"]
     main = "f1" if args.task == "squad" else "accuracy"
     say(f"ours: {ours['buckets']}")
-    say(f"bertjax:      {ours['wall_s']:8.1f} s  {ours['examples_per_s']:8.1f} examples/s  "
-        f"dev {main} {ours['dev'][main]:.4f}")
+    say(
+        f"bertjax:      {ours['wall_s']:8.1f} s  {ours['examples_per_s']:8.1f} examples/s  "
+        f"dev {main} {ours['dev'][main]:.4f}"
+    )
     seconds = ", ".join(f"{k} {v:.1f} s" for k, v in theirs["seconds"].items())
-    say(f"transformers: {theirs['wall_s']:8.1f} s  {theirs['examples_per_s']:8.1f} examples/s  "
+    say(
+        f"transformers: {theirs['wall_s']:8.1f} s  {theirs['examples_per_s']:8.1f} examples/s  "
         f"dev {main} {theirs['dev'][-1][main]:.4f}  ({seconds}; "
-        f"{theirs['torch_threads']} threads)")
-    say(f"ours / transformers = {ratio:.2f}x examples/s (whole runs, start-up and compilation "
-        "included)")
+        f"{theirs['torch_threads']} threads)"
+    )
+    say(
+        f"ours / transformers = {ratio:.2f}x examples/s (whole runs, start-up and compilation "
+        "included)"
+    )
     if args.json:
-        print(json.dumps({"task": args.task, "preset": args.preset, "seq_len": args.seq_len,
-                          "batch_size": args.batch_size, "epochs": args.epochs,
-                          "train_examples": args.train, "dev_examples": args.dev,
-                          "ours": ours, "transformers": theirs, "ratio_vs_hf": ratio}))
+        print(
+            json.dumps(
+                {
+                    "task": args.task,
+                    "preset": args.preset,
+                    "seq_len": args.seq_len,
+                    "batch_size": args.batch_size,
+                    "epochs": args.epochs,
+                    "train_examples": args.train,
+                    "dev_examples": args.dev,
+                    "ours": ours,
+                    "transformers": theirs,
+                    "ratio_vs_hf": ratio,
+                }
+            )
+        )
     return 0

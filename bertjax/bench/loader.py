@@ -52,16 +52,19 @@ def run_loader_benchmark(
 
     if data_dir is not None:
         if not (Path(data_dir) / "manifest.json").is_file():
-            raise UserError(f"--data {data_dir} is not a prepared dataset (no manifest.json); "
-                            "leave --data out to time a generated one")
+            raise UserError(
+                f"--data {data_dir} is not a prepared dataset (no manifest.json); "
+                "leave --data out to time a generated one"
+            )
         return _benchmark(open_dataset(data_dir), global_batch_size, steps, workers, whole_word)
     tmp = Path(tempfile.mkdtemp(prefix="bertjax-bench-loader-"))
     try:
-        print(f"generating {num_instances} instances of {max_seq_len} tokens in {tmp}",
-              file=sys.stderr)
+        print(
+            f"generating {num_instances} instances of {max_seq_len} tokens in {tmp}",
+            file=sys.stderr,
+        )
         synthetic_dataset(tmp / "data", num_instances, max_seq_len)
-        return _benchmark(open_dataset(tmp / "data"), global_batch_size, steps, workers,
-                          whole_word)
+        return _benchmark(open_dataset(tmp / "data"), global_batch_size, steps, workers, whole_word)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -95,16 +98,27 @@ def _benchmark(ds, global_batch_size: int, steps: int, workers, whole_word: bool
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
-    p.add_argument("--data", default=None,
-                   help="a prepared dataset to time, read only (default: a generated one in a "
-                   "temporary folder)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="a prepared dataset to time, read only (default: a generated one in a "
+        "temporary folder)",
+    )
     p.add_argument("--global-batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=60, help="batches timed per configuration")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    p.add_argument("--num-instances", type=int, default=50_000,
-                   help="instances of the generated dataset (without --data)")
-    p.add_argument("--max-seq-len", type=int, default=128,
-                   help="tokens per row of the generated dataset (without --data)")
+    p.add_argument(
+        "--num-instances",
+        type=int,
+        default=50_000,
+        help="instances of the generated dataset (without --data)",
+    )
+    p.add_argument(
+        "--max-seq-len",
+        type=int,
+        default=128,
+        help="tokens per row of the generated dataset (without --data)",
+    )
     p.add_argument("--whole-word", action="store_true")
     p.add_argument("--json", help="also write the result to this file")
 

@@ -39,32 +39,69 @@ LAYOUTS = ("padded", "packed")
 def add_arguments(parser) -> None:
     """Options of `bertjax bench packing`."""
     config_lib.add_config_arguments(parser, "bert_tiny")
-    parser.add_argument("--seq-lens", default="128,512",
-                        help="comma-separated row lengths; the first is also the accuracy run's")
-    parser.add_argument("--input", nargs="+", default=None,
-                        help="corpus files in BERT format (default: the offline demo corpus)")
-    parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer folder (default: WordPiece trained on the corpus)")
-    parser.add_argument("--vocab-size", type=int, default=8000,
-                        help="WordPiece size when the tokenizer is trained here")
-    parser.add_argument("--max-sequences-per-row", type=int, default=3,
-                        help="K of the packed datasets (prepare --max-sequences-per-row)")
+    parser.add_argument(
+        "--seq-lens",
+        default="128,512",
+        help="comma-separated row lengths; the first is also the accuracy run's",
+    )
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        default=None,
+        help="corpus files in BERT format (default: the offline demo corpus)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer folder (default: WordPiece trained on the corpus)",
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=8000,
+        help="WordPiece size when the tokenizer is trained here",
+    )
+    parser.add_argument(
+        "--max-sequences-per-row",
+        type=int,
+        default=3,
+        help="K of the packed datasets (prepare --max-sequences-per-row)",
+    )
     parser.add_argument("--dupe-factor", type=int, default=2, help="prepare --dupe-factor")
-    parser.add_argument("--tokens-per-batch", type=int, default=8192,
-                        help="rows x length of every timed and trained batch")
-    parser.add_argument("--timed-steps", type=int, default=10,
-                        help="throughput: timed steps (after 2 warm-up), each a new batch")
-    parser.add_argument("--steps", type=int, default=400,
-                        help="accuracy: training steps of the padded run (0: skip)")
-    parser.add_argument("--seeds", type=int, default=2,
-                        help="accuracy: runs of each layout (train.seed 0, 1, ...); the noise "
-                        "band is the larger spread of their accuracies")
-    parser.add_argument("--held-out", type=int, default=1024,
-                        help="accuracy: held-out sequences it is scored on")
-    parser.add_argument("--workdir", default=None,
-                        help="where datasets and runs go (default: a temporary folder)")
-    parser.add_argument("--json", action="store_true",
-                        help="end with one JSON object on the last line")
+    parser.add_argument(
+        "--tokens-per-batch",
+        type=int,
+        default=8192,
+        help="rows x length of every timed and trained batch",
+    )
+    parser.add_argument(
+        "--timed-steps",
+        type=int,
+        default=10,
+        help="throughput: timed steps (after 2 warm-up), each a new batch",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=400,
+        help="accuracy: training steps of the padded run (0: skip)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=2,
+        help="accuracy: runs of each layout (train.seed 0, 1, ...); the noise "
+        "band is the larger spread of their accuracies",
+    )
+    parser.add_argument(
+        "--held-out", type=int, default=1024, help="accuracy: held-out sequences it is scored on"
+    )
+    parser.add_argument(
+        "--workdir", default=None, help="where datasets and runs go (default: a temporary folder)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="end with one JSON object on the last line"
+    )
 
 
 def _say(msg: str) -> None:
@@ -86,8 +123,10 @@ def check_args(args) -> list[int]:
         raise UserError("--steps must be >= 0, and --held-out positive when it is not 0")
     for n in lengths:
         if args.tokens_per_batch % n:
-            raise UserError(f"--tokens-per-batch {args.tokens_per_batch} is not a multiple of "
-                            f"the row length {n}")
+            raise UserError(
+                f"--tokens-per-batch {args.tokens_per_batch} is not a multiple of "
+                f"the row length {n}"
+            )
     return lengths
 
 
@@ -96,8 +135,11 @@ def corpus_and_tokenizer(args, root: Path):
     from bertjax.commands import demo
     from bertjax.data.tokenizer import load_tokenizer
 
-    files = [Path(f) for f in args.input] if args.input else demo.build_corpus(
-        root / "corpus", "stdlib", None)
+    files = (
+        [Path(f) for f in args.input]
+        if args.input
+        else demo.build_corpus(root / "corpus", "stdlib", None)
+    )
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise UserError(f"--input: no such file(s): {', '.join(missing)}")
@@ -115,11 +157,17 @@ def prepare_pair(files, tokenizer, root: Path, seq_len: int, args, held_out: int
     for layout in LAYOUTS:
         folder = root / f"data_{seq_len}_{layout}"
         packing = {"pack": True, "max_sequences_per_row": args.max_sequences_per_row}
-        opts = InstanceOptions(max_seq_len=seq_len, seed=0, dupe_factor=args.dupe_factor,
-                               block_docs=200, **(packing if layout == "packed" else {}))
+        opts = InstanceOptions(
+            max_seq_len=seq_len,
+            seed=0,
+            dupe_factor=args.dupe_factor,
+            block_docs=200,
+            **(packing if layout == "packed" else {}),
+        )
         corpus = TextCorpus([str(f) for f in files], "bert", "strict")
-        manifest = prepare_dataset(corpus, tokenizer, folder, opts, held_out=held_out,
-                                   overwrite=True, progress=False)
+        manifest = prepare_dataset(
+            corpus, tokenizer, folder, opts, held_out=held_out, overwrite=True, progress=False
+        )
         out[layout] = (folder, manifest)
     return out
 
@@ -138,35 +186,60 @@ def throughput(args, data: dict, seq_len: int) -> dict:
     rows = args.tokens_per_batch // seq_len
     out = {}
     for layout, (folder, _) in data.items():
-        config = config_lib.load_config(args.config, [
-            *args.config_overrides, f"--config.train.global_batch_size={rows}"])
+        config = config_lib.load_config(
+            args.config, [*args.config_overrides, f"--config.train.global_batch_size={rows}"]
+        )
         config_lib.validate(config, jax.device_count(), jax.process_count())
         ds, batches = bench.dataset_batches(config, str(folder), args.timed_steps)
         model_cfg = bench.dataset_model_config(config, ds, f"--seq-lens {seq_len}")
         step_s = bench.time_ours(config, model_cfg, batches, args.timed_steps)
         real = bench.mean_per_step(batches, args.timed_steps, bench.real_tokens)
-        out[layout] = {"rows": rows, "step_s": step_s, "tokens_per_s": rows * seq_len / step_s,
-                       "real_tokens_per_s": real / step_s,
-                       "real_token_fraction": real / (rows * seq_len)}
+        out[layout] = {
+            "rows": rows,
+            "step_s": step_s,
+            "tokens_per_s": rows * seq_len / step_s,
+            "real_tokens_per_s": real / step_s,
+            "real_token_fraction": real / (rows * seq_len),
+        }
     return out
 
 
-def train_run(args, data_dir: Path, eval_dir: Path, workdir: Path, steps: int, rows: int,
-              seq_len: int, seed: int) -> dict:
+def train_run(
+    args,
+    data_dir: Path,
+    eval_dir: Path,
+    workdir: Path,
+    steps: int,
+    rows: int,
+    seq_len: int,
+    seed: int,
+) -> dict:
     """One `bertjax train` process: its wall time, the time of its steps alone (no start-up,
     compilation or evaluation) and its final held-out metrics."""
     from bertjax.train.metrics_writer import read_metrics
 
-    cmd = [sys.executable, "-m", "bertjax.cli", "train", "--config", args.config,
-           *(f"--config.{o}" for o in args.config_overrides),
-           "--workdir", str(workdir), f"--config.data.train_dir={data_dir}",
-           f"--config.data.eval_dir={eval_dir}", f"--config.train.steps={steps}",
-           f"--config.train.global_batch_size={rows}", f"--config.train.seed={seed}",
-           f"--config.train.eval_every={steps}", f"--config.train.checkpoint_every={steps}",
-           f"--config.train.log_every={max(1, steps // 4)}",
-           f"--config.optim.warmup_steps={max(1, steps // 10)}",
-           # Off, so that every run compiles its step: a cached one would start sooner.
-           "--config.train.compilation_cache_dir="]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bertjax.cli",
+        "train",
+        "--config",
+        args.config,
+        *(f"--config.{o}" for o in args.config_overrides),
+        "--workdir",
+        str(workdir),
+        f"--config.data.train_dir={data_dir}",
+        f"--config.data.eval_dir={eval_dir}",
+        f"--config.train.steps={steps}",
+        f"--config.train.global_batch_size={rows}",
+        f"--config.train.seed={seed}",
+        f"--config.train.eval_every={steps}",
+        f"--config.train.checkpoint_every={steps}",
+        f"--config.train.log_every={max(1, steps // 4)}",
+        f"--config.optim.warmup_steps={max(1, steps // 10)}",
+        # Off, so that every run compiles its step: a cached one would start sooner.
+        "--config.train.compilation_cache_dir=",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall_s = time.perf_counter() - start
@@ -179,9 +252,14 @@ def train_run(args, data_dir: Path, eval_dir: Path, workdir: Path, steps: int, r
     for r in train_rows:
         train_s += (r["step"] - last) * rows * seq_len / r["tokens_per_s"]
         last = r["step"]
-    return {"steps": steps, "seed": seed, "wall_s": wall_s, "train_s": train_s,
-            "eval_mlm_accuracy": final["eval_mlm_accuracy"],
-            "eval_nsp_accuracy": final.get("eval_nsp_accuracy")}
+    return {
+        "steps": steps,
+        "seed": seed,
+        "wall_s": wall_s,
+        "train_s": train_s,
+        "eval_mlm_accuracy": final["eval_mlm_accuracy"],
+        "eval_nsp_accuracy": final.get("eval_nsp_accuracy"),
+    }
 
 
 def time_to_accuracy(args, data: dict, seq_len: int, root: Path) -> dict:
@@ -205,14 +283,24 @@ def time_to_accuracy(args, data: dict, seq_len: int, root: Path) -> dict:
         for seed in range(args.seeds):
             name = f"{layout}_seed{seed}"
             _say(f"  training {name}: {args.steps} steps of {layout_rows[layout]} x {seq_len}")
-            runs[name] = train_run(args, data[layout][0], eval_dir, root / f"run_{name}",
-                                   args.steps, layout_rows[layout], seq_len, seed)
+            runs[name] = train_run(
+                args,
+                data[layout][0],
+                eval_dir,
+                root / f"run_{name}",
+                args.steps,
+                layout_rows[layout],
+                seq_len,
+                seed,
+            )
         seeds = [runs[f"{layout}_seed{s}"] for s in range(args.seeds)]
         accuracy = [r["eval_mlm_accuracy"] for r in seeds]
         summary[layout] = {
             "rows": layout_rows[layout],
-            "real_tokens": args.steps * layout_rows[layout] * seq_len * efficiency(
-                data["packed"][1], layout),
+            "real_tokens": args.steps
+            * layout_rows[layout]
+            * seq_len
+            * efficiency(data["packed"][1], layout),
             "mlm_accuracy_mean": sum(accuracy) / len(seeds),
             "seed_spread": max(accuracy) - min(accuracy),
             "train_s_mean": sum(r["train_s"] for r in seeds) / len(seeds),
@@ -221,31 +309,44 @@ def time_to_accuracy(args, data: dict, seq_len: int, root: Path) -> dict:
     band = max(summary[k]["seed_spread"] for k in LAYOUTS)
     gap = summary["packed"]["mlm_accuracy_mean"] - summary["padded"]["mlm_accuracy_mean"]
     return {
-        "seq_len": seq_len, "steps": args.steps, "runs": runs, "layouts": summary,
-        "noise_band": band, "packed_minus_padded": gap, "same_accuracy": abs(gap) <= band,
-        "train_ratio_padded_over_packed":
-            summary["padded"]["train_s_mean"] / summary["packed"]["train_s_mean"],
-        "wall_ratio_padded_over_packed":
-            summary["padded"]["wall_s_mean"] / summary["packed"]["wall_s_mean"],
+        "seq_len": seq_len,
+        "steps": args.steps,
+        "runs": runs,
+        "layouts": summary,
+        "noise_band": band,
+        "packed_minus_padded": gap,
+        "same_accuracy": abs(gap) <= band,
+        "train_ratio_padded_over_packed": summary["padded"]["train_s_mean"]
+        / summary["packed"]["train_s_mean"],
+        "wall_ratio_padded_over_packed": summary["padded"]["wall_s_mean"]
+        / summary["packed"]["wall_s_mean"],
     }
 
 
 def report_accuracy(acc: dict) -> None:
     """Prints the time-to-accuracy table."""
     lay = acc["layouts"]
-    _say(f"time to accuracy at {acc['seq_len']} tokens, {acc['steps']} steps of the same real "
-         f"tokens (padded {lay['padded']['rows']} rows, packed {lay['packed']['rows']}; "
-         f"{lay['padded']['real_tokens']:.0f} and {lay['packed']['real_tokens']:.0f} real tokens "
-         f"in all), scored on the padded held-out split (the same sequences):")
+    _say(
+        f"time to accuracy at {acc['seq_len']} tokens, {acc['steps']} steps of the same real "
+        f"tokens (padded {lay['padded']['rows']} rows, packed {lay['packed']['rows']}; "
+        f"{lay['padded']['real_tokens']:.0f} and {lay['packed']['real_tokens']:.0f} real tokens "
+        f"in all), scored on the padded held-out split (the same sequences):"
+    )
     for name, r in acc["runs"].items():
-        _say(f"  {name:>13}: MLM acc {r['eval_mlm_accuracy']:.4f}  NSP acc "
-             f"{r['eval_nsp_accuracy']:.4f}  steps {r['train_s']:.1f} s  process "
-             f"{r['wall_s']:.1f} s")
-    _say(f"  MLM accuracy packed - padded (means over seeds): {acc['packed_minus_padded']:+.4f}, "
-         f"noise band (larger seed spread) {acc['noise_band']:.4f}: "
-         f"{'within' if acc['same_accuracy'] else 'OUTSIDE'} the band")
-    _say(f"  time padded / packed: steps {acc['train_ratio_padded_over_packed']:.2f}x, "
-         f"process {acc['wall_ratio_padded_over_packed']:.2f}x")
+        _say(
+            f"  {name:>13}: MLM acc {r['eval_mlm_accuracy']:.4f}  NSP acc "
+            f"{r['eval_nsp_accuracy']:.4f}  steps {r['train_s']:.1f} s  process "
+            f"{r['wall_s']:.1f} s"
+        )
+    _say(
+        f"  MLM accuracy packed - padded (means over seeds): {acc['packed_minus_padded']:+.4f}, "
+        f"noise band (larger seed spread) {acc['noise_band']:.4f}: "
+        f"{'within' if acc['same_accuracy'] else 'OUTSIDE'} the band"
+    )
+    _say(
+        f"  time padded / packed: steps {acc['train_ratio_padded_over_packed']:.2f}x, "
+        f"process {acc['wall_ratio_padded_over_packed']:.2f}x"
+    )
 
 
 def run(args) -> int:
@@ -258,12 +359,21 @@ def run(args) -> int:
         root = Path(args.workdir or tmp)
         root.mkdir(parents=True, exist_ok=True)
         files, tokenizer = corpus_and_tokenizer(args, root)
-        result = {"config": args.config, "max_sequences_per_row": args.max_sequences_per_row,
-                  "tokens_per_batch": args.tokens_per_batch, "lengths": {}, "accuracy": None}
-        _say(f"bench packing: {args.config}, {args.tokens_per_batch} positions per step, "
-             f"K={args.max_sequences_per_row}; real tokens/s measured side by side, this run")
-        _say(f"{'length':>6} {'layout':>7} {'efficiency':>10} {'tokens/s':>10} "
-             f"{'real tokens/s':>13} {'ms/step':>8}")
+        result = {
+            "config": args.config,
+            "max_sequences_per_row": args.max_sequences_per_row,
+            "tokens_per_batch": args.tokens_per_batch,
+            "lengths": {},
+            "accuracy": None,
+        }
+        _say(
+            f"bench packing: {args.config}, {args.tokens_per_batch} positions per step, "
+            f"K={args.max_sequences_per_row}; real tokens/s measured side by side, this run"
+        )
+        _say(
+            f"{'length':>6} {'layout':>7} {'efficiency':>10} {'tokens/s':>10} "
+            f"{'real tokens/s':>13} {'ms/step':>8}"
+        )
         for i, seq_len in enumerate(lengths):
             held_out = args.held_out if i == 0 and args.steps else 0
             data = prepare_pair(files, tokenizer, root, seq_len, args, held_out)
@@ -271,11 +381,14 @@ def run(args) -> int:
             for layout in LAYOUTS:
                 f = figures[layout] | {"efficiency": efficiency(data["packed"][1], layout)}
                 figures[layout] = f
-                _say(f"{seq_len:>6} {layout:>7} {f['efficiency']:>10.1%} "
-                     f"{f['tokens_per_s']:>10.0f} {f['real_tokens_per_s']:>13.0f} "
-                     f"{f['step_s'] * 1e3:>8.1f}")
-            speedup = figures["packed"]["real_tokens_per_s"] / figures["padded"][
-                "real_tokens_per_s"]
+                _say(
+                    f"{seq_len:>6} {layout:>7} {f['efficiency']:>10.1%} "
+                    f"{f['tokens_per_s']:>10.0f} {f['real_tokens_per_s']:>13.0f} "
+                    f"{f['step_s'] * 1e3:>8.1f}"
+                )
+            speedup = (
+                figures["packed"]["real_tokens_per_s"] / figures["padded"]["real_tokens_per_s"]
+            )
             result["lengths"][str(seq_len)] = {**figures, "real_tokens_speedup": speedup}
             _say(f"{seq_len:>6} packed / padded real tokens/s: {speedup:.2f}x")
             if i == 0 and args.steps:

@@ -86,8 +86,9 @@ def squad_dev_features(tokenizer, examples, seq_len: int, stride: int):
     return inputs, list(enc["overflow_to_sample_mapping"]), offsets
 
 
-def squad_answers(examples, window_example, offsets, start, end, n_best: int,
-                  max_answer: int) -> dict[str, str]:
+def squad_answers(
+    examples, window_example, offsets, start, end, n_best: int, max_answer: int
+) -> dict[str, str]:
     """run_qa.py's postprocess_qa_predictions (v1.1): per question, the best-scoring span
     (start + end logit) over its windows among each window's n_best starts and ends."""
     best = {}
@@ -119,8 +120,11 @@ def predict(model, inputs: dict, batch_size: int):
     with torch.no_grad():
         for i in range(0, len(inputs["input_ids"]), batch_size):
             out = model(**{k: v[i : i + batch_size] for k, v in inputs.items()})
-            outs.append(out.logits if hasattr(out, "logits") and out.logits is not None
-                        else torch.stack([out.start_logits, out.end_logits], 0))
+            outs.append(
+                out.logits
+                if hasattr(out, "logits") and out.logits is not None
+                else torch.stack([out.start_logits, out.end_logits], 0)
+            )
     model.train()
     return torch.cat(outs, dim=-2 if outs[0].ndim == 3 else 0).numpy()
 
@@ -141,24 +145,30 @@ def run(request: dict) -> dict:
         train_ex = squad_data.read_squad_json(data / "train-v1.1.json", "v1.1")
         dev_ex = squad_data.read_squad_json(data / "dev-v1.1.json", "v1.1")
         train = squad_train_features(tokenizer, train_ex, seq_len, request["stride"])
-        dev_inputs, window_example, offsets = squad_dev_features(tokenizer, dev_ex, seq_len,
-                                                                 request["stride"])
+        dev_inputs, window_example, offsets = squad_dev_features(
+            tokenizer, dev_ex, seq_len, request["stride"]
+        )
         model = transformers.BertForQuestionAnswering.from_pretrained(model_dir)
     else:
         glue = glue_features(tokenizer, data, seq_len)
         train = {**glue["train"][0], "labels": glue["train"][1]}
         dev_inputs, dev_labels = glue["dev"]
-        model = transformers.BertForSequenceClassification.from_pretrained(model_dir,
-                                                                           num_labels=2)
+        model = transformers.BertForSequenceClassification.from_pretrained(model_dir, num_labels=2)
     n = len(train["input_ids"])
     steps = epochs * -(-n // batch_size)
     o = request["optim"]
     # BERT's rule, as run_glue.py's: no decay on biases and LayerNorm weights.
     decay = [p for name, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for name, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o["weight_decay"]},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=o["peak_lr"], betas=(o["b1"], o["b2"]), eps=o["eps"])
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": o["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=o["peak_lr"],
+        betas=(o["b1"], o["b2"]),
+        eps=o["eps"],
+    )
     warmup = int(o["warmup_fraction"] * steps)  # as finetune.train.optim_config
     schedule = transformers.get_linear_schedule_with_warmup(optimizer, warmup, steps)
     generator = torch.Generator().manual_seed(request["seed"])
@@ -179,8 +189,15 @@ def run(request: dict) -> dict:
         t = time.perf_counter()
         outputs = predict(model, dev_inputs, batch_size)
         if squad:
-            answers = squad_answers(dev_ex, window_example, offsets, outputs[0], outputs[1],
-                                    request["n_best"], request["max_answer"])
+            answers = squad_answers(
+                dev_ex,
+                window_example,
+                offsets,
+                outputs[0],
+                outputs[1],
+                request["n_best"],
+                request["max_answer"],
+            )
             dev.append(squad_metrics.squad_v1_scores(squad_data.gold_answers(dev_ex), answers))
         else:
             dev.append({"accuracy": float(np.mean(outputs.argmax(-1) == dev_labels.numpy()))})
@@ -191,9 +208,15 @@ def run(request: dict) -> dict:
         (out / "predictions.json").write_text(json.dumps(answers))
         model.save_pretrained(out / "hf_model")
     seconds["write"] = time.perf_counter() - t
-    return {"dev": dev, "seconds": dict(seconds), "train_rows": n, "steps": steps,
-            "torch_threads": torch.get_num_threads(), "pid": os.getpid(),
-            "jax_loaded": "jax" in sys.modules}
+    return {
+        "dev": dev,
+        "seconds": dict(seconds),
+        "train_rows": n,
+        "steps": steps,
+        "torch_threads": torch.get_num_threads(),
+        "pid": os.getpid(),
+        "jax_loaded": "jax" in sys.modules,
+    }
 
 
 def main() -> None:

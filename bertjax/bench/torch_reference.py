@@ -97,8 +97,12 @@ def _time(request: dict) -> dict:
                                   weight_decay=optim["weight_decay"])  # fmt: skip
     step_s = seconds_per_torch_step(model, optimizer, inputs, optim["clip_norm"],
                                     request["steps"])  # fmt: skip
-    return {"step_s": step_s, "torch_threads": torch.get_num_threads(), "pid": os.getpid(),
-            "jax_loaded": "jax" in sys.modules}
+    return {
+        "step_s": step_s,
+        "torch_threads": torch.get_num_threads(),
+        "pid": os.getpid(),
+        "jax_loaded": "jax" in sys.modules,
+    }
 
 
 def time_in_subprocess(hf_config: dict, optim, batch: dict, steps: int) -> dict:
@@ -113,13 +117,20 @@ def time_in_subprocess(hf_config: dict, optim, batch: dict, steps: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bertjax-bench-") as tmp:
         batch_file = os.path.join(tmp, "batch.npz")
         np.savez(batch_file, **batch)
-        request = {"hf_config": hf_config, "steps": steps,
-                   "optim": {k: float(optim[k]) for k in keys}, "batch_file": batch_file}
+        request = {
+            "hf_config": hf_config,
+            "steps": steps,
+            "optim": {k: float(optim[k]) for k in keys},
+            "batch_file": batch_file,
+        }
         # The child finds this very bertjax, wherever it was imported from.
         package_root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ,
-               "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
-                                                           os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [package_root, os.environ.get("PYTHONPATH")])
+            ),
+        }
         proc = subprocess.run([sys.executable, "-m", "bertjax.bench.torch_reference"],
                               input=json.dumps(request), capture_output=True, text=True,
                               env=env, check=False)  # fmt: skip

@@ -27,11 +27,15 @@ BERT_VOCAB = 30522  # model.vocab_size 0 means "the dataset's"; with no dataset,
 def add_arguments(parser) -> None:
     """Options of `bertjax bench train`."""
     config_lib.add_config_arguments(parser)
-    parser.add_argument("--seq-len", type=int, default=None,
-                        help="tokens per row of the synthetic batch (default 128; with --data: "
-                        "the dataset's)")
-    parser.add_argument("--data", default=None,
-                        help="time real batches of this prepared dataset (packed or not)")
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="tokens per row of the synthetic batch (default 128; with --data: the dataset's)",
+    )
+    parser.add_argument(
+        "--data", default=None, help="time real batches of this prepared dataset (packed or not)"
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up)")
     parser.add_argument("--no-hf", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument(
@@ -103,8 +107,10 @@ def dataset_model_config(config, ds, source: str):
     the dataset) if its rows are longer than the model's position embeddings."""
     model_cfg = config_lib.model_config(config.model, ds.vocab_size)
     if ds.max_seq_len > model_cfg.max_position_embeddings:
-        raise UserError(f"{source}: {ds.max_seq_len}-token rows are above the model's "
-                        f"max_position_embeddings={model_cfg.max_position_embeddings}")
+        raise UserError(
+            f"{source}: {ds.max_seq_len}-token rows are above the model's "
+            f"max_position_embeddings={model_cfg.max_position_embeddings}"
+        )
     return model_cfg
 
 
@@ -137,8 +143,16 @@ def synthetic_batches(config, model_cfg, seq_len: int) -> list[dict]:
             f"data.max_predictions_per_seq={predictions} does not fit --seq-len {seq_len}: "
             f"at most {seq_len - 2} positions can be masked"
         )
-    return [synthetic_batch(0, batch=config.train.global_batch_size, length=seq_len,
-                            predictions=predictions, vocab=model_cfg.vocab_size, padded=False)]
+    return [
+        synthetic_batch(
+            0,
+            batch=config.train.global_batch_size,
+            length=seq_len,
+            predictions=predictions,
+            vocab=model_cfg.vocab_size,
+            padded=False,
+        )
+    ]
 
 
 def run(args) -> int:
@@ -155,8 +169,10 @@ def run(args) -> int:
     if args.data:
         ds, batches = dataset_batches(config, args.data, args.steps)
         if args.seq_len not in (None, ds.max_seq_len):
-            raise UserError(f"--seq-len {args.seq_len} differs from the {ds.max_seq_len} tokens "
-                            f"per row of --data {args.data}: leave it out")
+            raise UserError(
+                f"--seq-len {args.seq_len} differs from the {ds.max_seq_len} tokens "
+                f"per row of --data {args.data}: leave it out"
+            )
         model_cfg = dataset_model_config(config, ds, f"--data {args.data}")
         seq_len, packed = ds.max_seq_len, ds.packed
         source = f"{'packed' if packed else 'padded'} rows of {args.data}"
@@ -169,8 +185,11 @@ def run(args) -> int:
     tokens = batch_size * seq_len
     # Over the timed steps, which take the batches in turn: real (non-pad) tokens and sequences.
     real = mean_per_step(batches, args.steps, real_tokens)
-    sequences = mean_per_step(batches, args.steps, lambda b: float(
-        b.get("next_sentence_weights", b["input_mask"][:, :1]).sum()))
+    sequences = mean_per_step(
+        batches,
+        args.steps,
+        lambda b: float(b.get("next_sentence_weights", b["input_mask"][:, :1]).sum()),
+    )
     say = lambda *a: print(*a, flush=True)
 
     say(
@@ -213,8 +232,10 @@ def run(args) -> int:
         f"MFU {result['mfu']:.1%}"
     )
     if packed and not args.no_hf:
-        say("HF PyTorch:   skipped: transformers' BertForPreTraining has no packed rows (its "
-            "attention would mix the sequences of a row)")
+        say(
+            "HF PyTorch:   skipped: transformers' BertForPreTraining has no packed rows (its "
+            "attention would mix the sequences of a row)"
+        )
     elif not args.no_hf:
         hf = time_hf(model_cfg, config.optim, batches[0], args.steps)
         result["hf_tokens_per_s"] = tokens / hf["step_s"]

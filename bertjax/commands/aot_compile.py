@@ -19,26 +19,46 @@ def register(subparsers) -> None:
     from bertjax.train.topology import known_forms
 
     p = subparsers.add_parser(
-        "compile", help="compile the train step for a TPU slice ahead of time (memory, FLOPs)",
+        "compile",
+        help="compile the train step for a TPU slice ahead of time (memory, FLOPs)",
         description="Compile the train step `bertjax train` would run with a config for a TPU "
         "slice, on this host, with the TPU compiler of libtpu (pip install 'bertjax[tpu]'); "
         "print its memory per chip, FLOPs, the compiler's roofline and its kernels. Exit "
-        "status 0 when it fits in the chips' HBM, 2 when it does not.")
-    config_lib.add_config_arguments(p, default_help="none: required without --task; with "
-                                    "--task the task kind's fine-tuning config")
+        "status 0 when it fits in the chips' HBM, 2 when it does not.",
+    )
+    config_lib.add_config_arguments(
+        p,
+        default_help="none: required without --task; with "
+        "--task the task kind's fine-tuning config",
+    )
     p.add_argument("--topology", required=True, help=f"the TPU slice: {known_forms()}")
-    p.add_argument("--seq-len", type=int, default=None,
-                   help=f"tokens per row (default {DEFAULT_SEQ_LEN}, as `bertjax prepare`; "
-                   "with --config.data.train_dir=DIR the dataset's)")
-    p.add_argument("--max-sequences-per-row", type=int, default=None, metavar="K",
-                   help="packed rows of up to K sequences, as `bertjax prepare --pack` makes "
-                   "(default: one padded sequence per row, or the dataset's layout)")
-    p.add_argument("--task", default=None,
-                   help="compile a fine-tuning step instead: the task's head (any task of "
-                   "`bertjax finetune`) on its config (default: the task kind's), batches of "
-                   "data.max_seq_len and train.global_batch_size")
-    p.add_argument("--preset", default="base",
-                   help="with --task: the size of the model being fine-tuned (default base)")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help=f"tokens per row (default {DEFAULT_SEQ_LEN}, as `bertjax prepare`; "
+        "with --config.data.train_dir=DIR the dataset's)",
+    )
+    p.add_argument(
+        "--max-sequences-per-row",
+        type=int,
+        default=None,
+        metavar="K",
+        help="packed rows of up to K sequences, as `bertjax prepare --pack` makes "
+        "(default: one padded sequence per row, or the dataset's layout)",
+    )
+    p.add_argument(
+        "--task",
+        default=None,
+        help="compile a fine-tuning step instead: the task's head (any task of "
+        "`bertjax finetune`) on its config (default: the task kind's), batches of "
+        "data.max_seq_len and train.global_batch_size",
+    )
+    p.add_argument(
+        "--preset",
+        default="base",
+        help="with --task: the size of the model being fine-tuned (default base)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=run)
 
@@ -47,19 +67,27 @@ def _layout(args, config):
     from bertjax.train import aot
 
     if config.data.train_dir:
-        given = [flag for flag, value in (("--seq-len", args.seq_len),
-                                          ("--max-sequences-per-row",
-                                           args.max_sequences_per_row)) if value is not None]
+        given = [
+            flag
+            for flag, value in (
+                ("--seq-len", args.seq_len),
+                ("--max-sequences-per-row", args.max_sequences_per_row),
+            )
+            if value is not None
+        ]
         if given:
-            raise UserError(f"{given[0]} cannot be given with data.train_dir: the shapes come "
-                            f"from the dataset {config.data.train_dir}")
+            raise UserError(
+                f"{given[0]} cannot be given with data.train_dir: the shapes come "
+                f"from the dataset {config.data.train_dir}"
+            )
         return aot.dataset_layout(config, config.data.train_dir)
     seq_len = args.seq_len or DEFAULT_SEQ_LEN
     source = "--seq-len" if args.seq_len else f"--seq-len default {DEFAULT_SEQ_LEN}"
     if args.max_sequences_per_row is not None:
         source += " and --max-sequences-per-row"
-    return aot.batch_layout(config, seq_len=seq_len, source=source,
-                            max_sequences_per_row=args.max_sequences_per_row)
+    return aot.batch_layout(
+        config, seq_len=seq_len, source=source, max_sequences_per_row=args.max_sequences_per_row
+    )
 
 
 def run(args) -> int:
@@ -93,11 +121,14 @@ def run_task(args, progress) -> int:
     from bertjax.finetune import kinds, train
     from bertjax.train import aot, sharding, step_setup, topology
 
-    for flag, value in (("--seq-len", args.seq_len),
-                        ("--max-sequences-per-row", args.max_sequences_per_row)):
+    for flag, value in (
+        ("--seq-len", args.seq_len),
+        ("--max-sequences-per-row", args.max_sequences_per_row),
+    ):
         if value is not None:
-            raise UserError(f"{flag} applies to pretraining steps; with --task set "
-                            "--config.data.max_seq_len")
+            raise UserError(
+                f"{flag} applies to pretraining steps; with --task set --config.data.max_seq_len"
+            )
     name = args.config or kinds.default_config(args.task)
     config = config_lib.load_config(name, [f"task={args.task}", *args.config_overrides])
     finetune_schema(config).check(config)
@@ -113,17 +144,35 @@ def run_task(args, progress) -> int:
     mesh = sharding.make_mesh(config.mesh, tpu_slice.devices)
     ways = sharding.data_parallel_size(mesh) * config.train.grad_accum_steps
     if batch_size % ways:
-        raise UserError(f"train.global_batch_size={batch_size} is not divisible by the "
-                        f"data-parallel size x train.grad_accum_steps = {ways}")
+        raise UserError(
+            f"train.global_batch_size={batch_size} is not divisible by the "
+            f"data-parallel size x train.grad_accum_steps = {ways}"
+        )
     steps = 1000  # the schedule's length does not change the compiled step
-    setup = step_setup.build(config, kind.head(model_cfg), mesh, total_steps=steps,
-                             optim_cfg=train.optim_config(config, config.optim.learning_rates[0],
-                                                          steps))
+    setup = step_setup.build(
+        config,
+        kind.head(model_cfg),
+        mesh,
+        total_steps=steps,
+        optim_cfg=train.optim_config(config, config.optim.learning_rates[0], steps),
+    )
     batch_np = kind.synthetic_batch(batch_size, seq_len, model_cfg.vocab_size)
-    batch = {"global_batch_size": batch_size, "grad_accum_steps": config.train.grad_accum_steps,
-             "seq_len": seq_len, "task": kind.name, "shapes_from": f"{name}'s data section"}
-    report = aot.compile_setup(setup, batch_np, tpu_slice, preset=args.preset,
-                               attention_choice=choice, batch=batch, progress=progress)
+    batch = {
+        "global_batch_size": batch_size,
+        "grad_accum_steps": config.train.grad_accum_steps,
+        "seq_len": seq_len,
+        "task": kind.name,
+        "shapes_from": f"{name}'s data section",
+    }
+    report = aot.compile_setup(
+        setup,
+        batch_np,
+        tpu_slice,
+        preset=args.preset,
+        attention_choice=choice,
+        batch=batch,
+        progress=progress,
+    )
     return _verdict(args, {"config": name, **report}, config)
 
 
@@ -143,8 +192,10 @@ def _gib(n_bytes) -> str:
 def _bound(name: str, bound: dict) -> str:
     if "unavailable" in bound:
         return f"{name}: unavailable: {bound['unavailable']}"
-    return (f"{name}: {bound['step_s'] * 1e3:.3g} ms/step, {bound['tokens_per_s']:,.0f} "
-            f"tokens/s, MFU at most {bound['mfu']:.1%}")
+    return (
+        f"{name}: {bound['step_s'] * 1e3:.3g} ms/step, {bound['tokens_per_s']:,.0f} "
+        f"tokens/s, MFU at most {bound['mfu']:.1%}"
+    )
 
 
 def format_report(r: dict) -> str:
@@ -154,10 +205,15 @@ def format_report(r: dict) -> str:
     if "task" in batch:
         rows = f"{batch['task']} rows"
     else:
-        rows = batch["layout"] + (f", up to {batch['max_sequences_per_row']} sequences per row"
-                                  if batch["max_sequences_per_row"] else "")
-        rows += (f", {batch['predictions_per_row']} predictions per row, vocabulary "
-                 f"{batch['vocab_size']}")
+        rows = batch["layout"] + (
+            f", up to {batch['max_sequences_per_row']} sequences per row"
+            if batch["max_sequences_per_row"]
+            else ""
+        )
+        rows += (
+            f", {batch['predictions_per_row']} predictions per row, vocabulary "
+            f"{batch['vocab_size']}"
+        )
     lines = [
         f"{r['config']} on {r['topology']}: {r['chips']} x {r['device_kind']} ({r['hosts']} "
         f"host(s)), mesh {mesh}",
@@ -169,10 +225,12 @@ def format_report(r: dict) -> str:
     ]
     verdict = "fits" if r["fits"] else "DOES NOT FIT"
     if memory.get("refused_by_compiler"):
-        lines.append(f"memory per chip: the TPU compiler refused the step: it needs "
-                     f"{_gib(memory['total_bytes'])}, the compiler has "
-                     f"{_gib(memory['compiler_available_bytes'])} of the chip's "
-                     f"{_gib(memory['hbm_bytes'])}: {verdict}")
+        lines.append(
+            f"memory per chip: the TPU compiler refused the step: it needs "
+            f"{_gib(memory['total_bytes'])}, the compiler has "
+            f"{_gib(memory['compiler_available_bytes'])} of the chip's "
+            f"{_gib(memory['hbm_bytes'])}: {verdict}"
+        )
     else:
         lines += [
             f"memory per chip: arguments {_gib(memory['argument_bytes'])}, outputs "
@@ -192,15 +250,21 @@ def format_report(r: dict) -> str:
             f"masked slots, not at every token {-f['heads_at_every_token']:+.3g}; attention "
             f"inside the fused kernel, unseen {-f['attention_in_kernel']:+.3g}; recomputation "
             f"{f['recomputed']:+.3g} ({f['recomputed'] / f['model_per_step']:+.1%} of the model's)",
-            _bound("roofline, the compiler's estimate (not a measurement)",
-                   r["roofline"]["compiler_estimate"]),
-            _bound(f"compiled matmuls at the dense bf16 peak "
-                   f"({r['roofline']['peak_flops_per_chip'] / 1e12:g} TFLOP/s per chip)",
-                   r["roofline"]["matmuls_at_peak"]),
+            _bound(
+                "roofline, the compiler's estimate (not a measurement)",
+                r["roofline"]["compiler_estimate"],
+            ),
+            _bound(
+                f"compiled matmuls at the dense bf16 peak "
+                f"({r['roofline']['peak_flops_per_chip'] / 1e12:g} TFLOP/s per chip)",
+                r["roofline"]["matmuls_at_peak"],
+            ),
             "kernels: " + (", ".join(r["kernels"]) or "none (XLA's own fusions only)"),
         ]
     elif "compiled_matmul_flops_per_step" in r:
-        lines += [f"FLOPs per step: compiled matmuls {r['compiled_matmul_flops_per_step']:.4g}",
-                  "kernels: " + (", ".join(r["kernels"]) or "none (XLA's own fusions only)")]
+        lines += [
+            f"FLOPs per step: compiled matmuls {r['compiled_matmul_flops_per_step']:.4g}",
+            "kernels: " + (", ".join(r["kernels"]) or "none (XLA's own fusions only)"),
+        ]
     lines.append(f"lowered in {r['lower_s']:.1f} s, compiled in {r['compile_s']:.1f} s")
     return "\n".join(lines)

@@ -21,26 +21,40 @@ TABLE_ROWS = ("mlm_accuracy", "nsp_accuracy", "mlm_loss", "nsp_loss", "loss", "m
 def register(subparsers) -> None:
     """Adds `demo` to the `bertjax` command."""
     p = subparsers.add_parser(
-        "demo", help="build an offline corpus and pretrain a tiny BERT on it, end to end",
-        description=__doc__.splitlines()[0])
+        "demo",
+        help="build an offline corpus and pretrain a tiny BERT on it, end to end",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--workdir", default="demo_workdir", help="where everything is written")
-    p.add_argument("--corpus", choices=("stdlib", "wikitext"), default="stdlib",
-                   help="stdlib: offline, from this Python's docs; wikitext: via `datasets`")
+    p.add_argument(
+        "--corpus",
+        choices=("stdlib", "wikitext"),
+        default="stdlib",
+        help="stdlib: offline, from this Python's docs; wikitext: via `datasets`",
+    )
     p.add_argument("--steps", type=int, default=300, help="pretraining steps")
-    p.add_argument("--max-documents", type=int, default=None,
-                   help="cap the corpus (shortened demos and tests)")
+    p.add_argument(
+        "--max-documents", type=int, default=None, help="cap the corpus (shortened demos and tests)"
+    )
     p.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary size")
     p.add_argument("--held-out", type=int, default=512, help="eval instances")
-    p.add_argument("--config", default="bert_tiny",
-                   help="training config (model and optimizer of the demo)")
+    p.add_argument(
+        "--config", default="bert_tiny", help="training config (model and optimizer of the demo)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     """Entry point of `bertjax demo`."""
-    summary = run_demo(args.workdir, corpus=args.corpus, steps=args.steps,
-                       max_documents=args.max_documents, vocab_size=args.vocab_size,
-                       held_out=args.held_out, config_path=args.config)
+    summary = run_demo(
+        args.workdir,
+        corpus=args.corpus,
+        steps=args.steps,
+        max_documents=args.max_documents,
+        vocab_size=args.vocab_size,
+        held_out=args.held_out,
+        config_path=args.config,
+    )
     print(format_table(summary))
     return 0
 
@@ -69,10 +83,18 @@ def build_corpus(out_dir: Path, corpus: str, max_documents: int | None) -> list[
             if proc.returncode:
                 raise UserError(f"building the demo corpus failed: {proc.stderr.strip()[-500:]}")
             stats = json.loads(proc.stdout.strip().splitlines()[-1])
-        (staging / done.name).write_text(json.dumps({"max_documents": max_documents, **{
-            k: stats[k] for k in ("documents", "sentences", "words")}}))
-    _say(f"corpus: {stats['documents']} documents, {stats['sentences']} sentences, "
-         f"{stats['words']} words in {out_dir}")
+        (staging / done.name).write_text(
+            json.dumps(
+                {
+                    "max_documents": max_documents,
+                    **{k: stats[k] for k in ("documents", "sentences", "words")},
+                }
+            )
+        )
+    _say(
+        f"corpus: {stats['documents']} documents, {stats['sentences']} sentences, "
+        f"{stats['words']} words in {out_dir}"
+    )
     return sorted(out_dir.glob("*.txt"))
 
 
@@ -100,16 +122,32 @@ def build_dataset(files: list[Path], tokenizer, out_dir: Path, held_out: int) ->
 
     if (out_dir / "manifest.json").exists():
         return out_dir
-    manifest = prepare_dataset(TextCorpus([str(f) for f in files], "bert", "strict"), tokenizer,
-                               out_dir, InstanceOptions(max_seq_len=128, seed=0, block_docs=200),
-                               held_out=held_out, progress=sys.stderr.isatty())
-    _say(f"dataset: {manifest['num_instances']} training instances (+{held_out} held out) "
-         f"in {out_dir}")
+    manifest = prepare_dataset(
+        TextCorpus([str(f) for f in files], "bert", "strict"),
+        tokenizer,
+        out_dir,
+        InstanceOptions(max_seq_len=128, seed=0, block_docs=200),
+        held_out=held_out,
+        progress=sys.stderr.isatty(),
+    )
+    _say(
+        f"dataset: {manifest['num_instances']} training instances (+{held_out} held out) "
+        f"in {out_dir}"
+    )
     return out_dir
 
 
-def run_demo(workdir, *, corpus="stdlib", steps=300, max_documents=None, vocab_size=8000,
-             held_out=512, config_path=None, overrides=()) -> dict:
+def run_demo(
+    workdir,
+    *,
+    corpus="stdlib",
+    steps=300,
+    max_documents=None,
+    vocab_size=8000,
+    held_out=512,
+    config_path=None,
+    overrides=(),
+) -> dict:
     """Runs every stage; returns {before, after, tokens_per_s, paths, seconds}."""
     from bertjax import hf
     from bertjax.commands import plot
@@ -128,10 +166,17 @@ def run_demo(workdir, *, corpus="stdlib", steps=300, max_documents=None, vocab_s
 
     run_dir = workdir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo always trains afresh
-    config = config_lib.load_config(str(config_path or "bert_tiny"), [
-        f"--config.data.train_dir={data_dir}", f"--config.train.steps={steps}",
-        f"--config.train.eval_every={max(1, steps // 3)}", "--config.train.eval_at_start=True",
-        f"--config.train.checkpoint_every={steps}", *overrides])
+    config = config_lib.load_config(
+        str(config_path or "bert_tiny"),
+        [
+            f"--config.data.train_dir={data_dir}",
+            f"--config.train.steps={steps}",
+            f"--config.train.eval_every={max(1, steps // 3)}",
+            "--config.train.eval_at_start=True",
+            f"--config.train.checkpoint_every={steps}",
+            *overrides,
+        ],
+    )
     if config.optim.warmup_steps > steps:  # a shortened demo warms up over its first tenth
         config.optim.warmup_steps = max(1, steps // 10)
     base.SCHEMA.check(config)
@@ -148,18 +193,25 @@ def run_demo(workdir, *, corpus="stdlib", steps=300, max_documents=None, vocab_s
     train_rows = [h for h in history if "tokens_per_s" in h and h["step"] > 0]
     tokens_per_s = train_rows[-1]["tokens_per_s"] if train_rows else float("nan")
     return {
-        "before": before, "after": after, "tokens_per_s": tokens_per_s,
+        "before": before,
+        "after": after,
+        "tokens_per_s": tokens_per_s,
         "seconds": time.perf_counter() - start,
-        "paths": {"workdir": str(workdir), "checkpoints": str(run_dir / "checkpoints"),
-                  "hf_export": str(hf_dir), "metrics": str(run_dir / "metrics.jsonl"),
-                  "tensorboard": str(run_dir / "tb"), "plot": str(png)},
+        "paths": {
+            "workdir": str(workdir),
+            "checkpoints": str(run_dir / "checkpoints"),
+            "hf_export": str(hf_dir),
+            "metrics": str(run_dir / "metrics.jsonl"),
+            "tensorboard": str(run_dir / "tb"),
+            "plot": str(png),
+        },
     }
 
 
 def _eval_at(history: list[dict], step: int) -> dict:
     for h in history:
         if h["step"] == step and any(k.startswith("eval_") for k in h):
-            return {k[len("eval_"):]: v for k, v in h.items() if k.startswith("eval_")}
+            return {k[len("eval_") :]: v for k, v in h.items() if k.startswith("eval_")}
     raise RuntimeError(f"no evaluation at step {step} in the run's history")
 
 

@@ -16,33 +16,53 @@ DEFAULT_CONFIG = "base"
 def register(subparsers) -> None:
     """Adds `eval` to the `bertjax` command."""
     p = subparsers.add_parser(
-        "eval", help="evaluate MLM/NSP loss, accuracy and perplexity on a prepared split",
+        "eval",
+        help="evaluate MLM/NSP loss, accuracy and perplexity on a prepared split",
         description="Evaluate a checkpoint (or a HuggingFace folder) on every example of a "
-        "prepared dataset once; prints one JSON object.")
+        "prepared dataset once; prints one JSON object.",
+    )
     p.add_argument("--workdir", required=True, help="training workdir, or a HuggingFace folder")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     p.add_argument("--data", required=True, help="dataset directory (e.g. DATA/eval)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="sequences per batch (default: the run's train.eval_batch_size)")
-    p.add_argument("--attention-impl", default="auto", choices=ATTENTION_IMPLS,
-                   help="attention kernel (default auto: the fastest that runs here, whichever "
-                   "the checkpoint was trained with)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="sequences per batch (default: the run's train.eval_batch_size)",
+    )
+    p.add_argument(
+        "--attention-impl",
+        default="auto",
+        choices=ATTENTION_IMPLS,
+        help="attention kernel (default auto: the fastest that runs here, whichever "
+        "the checkpoint was trained with)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     """Entry point of `bertjax eval`."""
     if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size} must be at least 1 (leave it out for "
-                        "the run's train.eval_batch_size)")
-    metrics = evaluate_model(args.workdir, args.data, step=args.step, batch_size=args.batch_size,
-                             attention_impl=args.attention_impl)
-    out = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-           for k, v in metrics.items()}
+        raise UserError(
+            f"--batch-size {args.batch_size} must be at least 1 (leave it out for "
+            "the run's train.eval_batch_size)"
+        )
+    metrics = evaluate_model(
+        args.workdir,
+        args.data,
+        step=args.step,
+        batch_size=args.batch_size,
+        attention_impl=args.attention_impl,
+    )
+    out = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
+    }
     if any(v is None for v in out.values()):
         # JSON has no NaN: such values are null, and the reason is given once.
-        out["null_values"] = ("not finite (NaN or Inf): check the data first (its checksums "
-                              "and token ids), then the model")
+        out["null_values"] = (
+            "not finite (NaN or Inf): check the data first (its checksums "
+            "and token ids), then the model"
+        )
     print(json.dumps(out, allow_nan=False))
     return 0
 
@@ -58,8 +78,9 @@ def _run_config(loaded, workdir) -> ml_collections.ConfigDict:
     return config_lib.load_config(DEFAULT_CONFIG)
 
 
-def evaluate_model(workdir, data_dir, *, step=None, batch_size=None,
-                   attention_impl: str = "auto") -> dict:
+def evaluate_model(
+    workdir, data_dir, *, step=None, batch_size=None, attention_impl: str = "auto"
+) -> dict:
     """Metrics of the model in `workdir` over every example of `data_dir` (exactly once), its
     attention on `attention_impl` resolved for this platform (a checkpoint says which kernel
     it was trained with, not which one this machine runs)."""
@@ -83,8 +104,9 @@ def evaluate_model(workdir, data_dir, *, step=None, batch_size=None,
     except FileNotFoundError as e:
         raise UserError(f"--data={data_dir}: {e}") from None
     model_cfg = dataclasses.replace(loaded.model_cfg, attention_impl=attention_impl)
-    config_lib.validate_against_data(config, model_cfg, ds.max_seq_len, ds.vocab_size,
-                                     f"--data={data_dir}")
+    config_lib.validate_against_data(
+        config, model_cfg, ds.max_seq_len, ds.vocab_size, f"--data={data_dir}"
+    )
     model_cfg, choice = attention.resolved_config(model_cfg, ds.max_seq_len)
     log("eval", f"{choice}; trained with {loaded.model_cfg.attention_impl}", sys.stderr)
     if loaded.tokenizer_identity is not None:  # recorded by every run since the identity was
@@ -93,8 +115,10 @@ def evaluate_model(workdir, data_dir, *, step=None, batch_size=None,
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     batch_size = config.train.eval_batch_size if batch_size is None else batch_size
     if batch_size % sharding.data_parallel_size(mesh):
-        raise UserError(f"--batch-size {batch_size} is not divisible by the "
-                        f"{sharding.data_parallel_size(mesh)} devices")
+        raise UserError(
+            f"--batch-size {batch_size} is not divisible by the "
+            f"{sharding.data_parallel_size(mesh)} devices"
+        )
     replicated = jax.tree.map(lambda _: sharding.replicated(mesh), loaded.params)
     evaluator = Evaluator(
         ds,

@@ -11,14 +11,19 @@ from bertjax.errors import UserError
 def register(subparsers) -> None:
     """Adds `export` to the `bertjax` command."""
     p = subparsers.add_parser(
-        "export", help="write a checkpoint as a HuggingFace BertForPreTraining folder",
+        "export",
+        help="write a checkpoint as a HuggingFace BertForPreTraining folder",
         description="Write a training checkpoint as config.json + model.safetensors (+ the "
-        "dataset's tokenizer files), loadable by transformers.BertForPreTraining.")
+        "dataset's tokenizer files), loadable by transformers.BertForPreTraining.",
+    )
     p.add_argument("--workdir", required=True, help="training workdir holding checkpoints/")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     p.add_argument("--out", required=True, help="output folder (not a training workdir)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an --out folder that holds an export (nothing else)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --out folder that holds an export (nothing else)",
+    )
     p.set_defaults(func=run)
 
 
@@ -34,6 +39,13 @@ def run(args) -> int:
     loaded = checkpoint.load_model(args.workdir, args.step)
     with outputs.replacing_folder(out) as staging:
         hf.write_folder(loaded.params, loaded.model_cfg, staging, loaded.tokenizer_files)
-    print(json.dumps({"exported": loaded.source, "out": str(out),
-                      "files": sorted(p.name for p in out.iterdir())}))
+    print(
+        json.dumps(
+            {
+                "exported": loaded.source,
+                "out": str(out),
+                "files": sorted(p.name for p in out.iterdir()),
+            }
+        )
+    )
     return 0

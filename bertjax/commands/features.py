@@ -38,30 +38,46 @@ PROGRESS_SECONDS = 10.0
 def register(subparsers) -> None:
     """Adds `features` to the `bertjax` command."""
     p = subparsers.add_parser(
-        "features", help="per-token hidden states of a text file (extract_features.py's JSONL)",
+        "features",
+        help="per-token hidden states of a text file (extract_features.py's JSONL)",
         description="Write the outputs of chosen encoder layers for every token of every "
         "line of a text file (a line `A ||| B`: a sentence pair) as the JSONL of "
-        "google-research/bert's extract_features.py, streamed in batches.")
-    p.add_argument("--init", required=True,
-                   help="pretraining or fine-tuning workdir (newest checkpoint) or a HuggingFace "
-                   "BERT folder (any head; its encoder is read)")
+        "google-research/bert's extract_features.py, streamed in batches.",
+    )
+    p.add_argument(
+        "--init",
+        required=True,
+        help="pretraining or fine-tuning workdir (newest checkpoint) or a HuggingFace "
+        "BERT folder (any head; its encoder is read)",
+    )
     p.add_argument("--init-step", type=int, default=None, help="checkpoint step of --init")
-    p.add_argument("--input", required=True,
-                   help="UTF-8 text, one sequence per line (`A ||| B`: a pair)")
+    p.add_argument(
+        "--input", required=True, help="UTF-8 text, one sequence per line (`A ||| B`: a pair)"
+    )
     p.add_argument("--out", required=True, help="the JSONL file to write")
     # `--layers -1,-2` as the original's flag is written: argparse takes a word starting with
     # "-" for an option unless it looks like a negative number, and a list of them does not.
     p._negative_number_matcher = re.compile(r"^-\d+(,-?\d+)*$|^-\d*\.\d+$")
-    p.add_argument("--layers", default=DEFAULT_LAYERS,
-                   help="encoder layers, comma-separated: -1 the last, 0 the first (default: "
-                   "the last four, the paper's feature-based NER input)")
-    p.add_argument("--max-seq-len", type=int, default=None,
-                   help=f"pieces per sequence, [CLS] and [SEP]s included (default "
-                   f"{DEFAULT_MAX_SEQ_LEN}, the original's, or the model's "
-                   "max_position_embeddings if fewer)")
+    p.add_argument(
+        "--layers",
+        default=DEFAULT_LAYERS,
+        help="encoder layers, comma-separated: -1 the last, 0 the first (default: "
+        "the last four, the paper's feature-based NER input)",
+    )
+    p.add_argument(
+        "--max-seq-len",
+        type=int,
+        default=None,
+        help=f"pieces per sequence, [CLS] and [SEP]s included (default "
+        f"{DEFAULT_MAX_SEQ_LEN}, the original's, or the model's "
+        "max_position_embeddings if fewer)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="lines per forward pass")
-    p.add_argument("--tokenizer", default=None,
-                   help="vocab.txt / sentencepiece model (default: the model's own)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="vocab.txt / sentencepiece model (default: the model's own)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
 
@@ -79,17 +95,20 @@ def parse_layers(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise UserError(f"--layers {text!r}: expected comma-separated integers such as "
-                        f"{DEFAULT_LAYERS}") from None
+        raise UserError(
+            f"--layers {text!r}: expected comma-separated integers such as {DEFAULT_LAYERS}"
+        ) from None
 
 
 def check_layers(layers: Sequence[int], num_layers: int) -> None:
     """A UserError unless every index names one of the model's `num_layers` encoder layers."""
     for index in layers:
         if not -num_layers <= index < num_layers:
-            raise UserError(f"--layers {','.join(map(str, layers))}: the model has {num_layers} "
-                            f"encoder layers, so a layer index is between {-num_layers} and "
-                            f"{num_layers - 1}, not {index}")
+            raise UserError(
+                f"--layers {','.join(map(str, layers))}: the model has {num_layers} "
+                f"encoder layers, so a layer index is between {-num_layers} and "
+                f"{num_layers - 1}, not {index}"
+            )
 
 
 def truncate_pair(a: list, b: list, room: int) -> tuple[list, list]:
@@ -121,12 +140,16 @@ def read_lines(path: Path) -> Iterator[str]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise UserError(f"--input {path}, line {number}: not UTF-8 text ({e.reason} at "
-                                f"byte {e.start}); give a text file, one sequence per "
-                                "line") from None
+                raise UserError(
+                    f"--input {path}, line {number}: not UTF-8 text ({e.reason} at "
+                    f"byte {e.start}); give a text file, one sequence per "
+                    "line"
+                ) from None
             if "\x00" in line:
-                raise UserError(f"--input {path}, line {number}: holds a NUL byte, so it is not "
-                                "a text file; give a text file, one sequence per line")
+                raise UserError(
+                    f"--input {path}, line {number}: holds a NUL byte, so it is not "
+                    "a text file; give a text file, one sequence per line"
+                )
             yield line
 
 
@@ -161,8 +184,8 @@ def layers_fn(cfg, layers: tuple[int, ...]):
 
     def chosen(params, input_ids, segment_ids, input_mask):
         _, _, hidden_NxBxLxH = BertModel(cfg).apply(
-            {"params": params}, input_ids, segment_ids, input_mask, True,
-            output_hidden_states=True)
+            {"params": params}, input_ids, segment_ids, input_mask, True, output_hidden_states=True
+        )
         return jnp.stack([hidden_NxBxLxH[i] for i in layers]).astype(jnp.float32)
 
     return jax.jit(chosen)
@@ -178,8 +201,17 @@ def feature_line(index: int, tokens: Sequence[str], layers: Sequence[int], value
     return json.dumps({"linex_index": index, "features": features}) + "\n"
 
 
-def extract(lines, out_file, tokenizer, params, cfg, layers: tuple[int, ...], max_seq_len: int,
-            batch_size: int, progress=None) -> int:
+def extract(
+    lines,
+    out_file,
+    tokenizer,
+    params,
+    cfg,
+    layers: tuple[int, ...],
+    max_seq_len: int,
+    batch_size: int,
+    progress=None,
+) -> int:
     """Writes the feature line of each of `lines` (an iterable of str) to `out_file` (a text
     file object), `batch_size` lines per forward pass; returns the number of lines."""
     count, batch = 0, []
@@ -188,8 +220,9 @@ def extract(lines, out_file, tokenizer, params, cfg, layers: tuple[int, ...], ma
         nonlocal count
         length = padded_length(max(len(r.ids) for r in batch), max_seq_len)
         arrays = batch_arrays(batch, batch_size, length)
-        values = np.asarray(layers_fn(cfg, layers)(params, arrays["ids"], arrays["segments"],
-                                                   arrays["mask"]))
+        values = np.asarray(
+            layers_fn(cfg, layers)(params, arrays["ids"], arrays["segments"], arrays["mask"])
+        )
         for i, row in enumerate(batch):
             tokens = [tokenizer.id_to_token(t) for t in row.ids]
             out_file.write(feature_line(count + i, tokens, layers, values[:, i]))
@@ -241,14 +274,18 @@ def load(init: str, init_step, tokenizer_path, max_seq_len: int | None):
         tokenizer_path = Path(loaded.tokenizer_files[0]).parent
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.vocab_size > cfg.vocab_size:
-        raise UserError(f"tokenizer {tokenizer_path} has {tokenizer.vocab_size} tokens, but the "
-                        f"model {loaded.source} embeds only {cfg.vocab_size}: pass the "
-                        "tokenizer it was trained with (--tokenizer)")
+        raise UserError(
+            f"tokenizer {tokenizer_path} has {tokenizer.vocab_size} tokens, but the "
+            f"model {loaded.source} embeds only {cfg.vocab_size}: pass the "
+            "tokenizer it was trained with (--tokenizer)"
+        )
     if max_seq_len is None:
         max_seq_len = min(DEFAULT_MAX_SEQ_LEN, cfg.max_position_embeddings)
     if not 3 <= max_seq_len <= cfg.max_position_embeddings:
-        raise UserError(f"--max-seq-len {max_seq_len} is outside [3, the model's "
-                        f"max_position_embeddings={cfg.max_position_embeddings}]")
+        raise UserError(
+            f"--max-seq-len {max_seq_len} is outside [3, the model's "
+            f"max_position_embeddings={cfg.max_position_embeddings}]"
+        )
     # On the device once: every batch's forward pass reads them.
     params = jax.device_put(encoder.to_layout(loaded.params["bert"], cfg.scan_layers))
     return cfg, params, tokenizer, max_seq_len
@@ -261,8 +298,9 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size={args.batch_size}: must be a positive integer")
     layers = parse_layers(args.layers)
-    cfg, params, tokenizer, max_seq_len = load(args.init, args.init_step, args.tokenizer,
-                                               args.max_seq_len)
+    cfg, params, tokenizer, max_seq_len = load(
+        args.init, args.init_step, args.tokenizer, args.max_seq_len
+    )
     check_layers(layers, cfg.num_hidden_layers)
     start, last = time.perf_counter(), [time.perf_counter()]
 
@@ -270,18 +308,39 @@ def run(args) -> int:
         now = time.perf_counter()
         if now - last[0] >= PROGRESS_SECONDS:
             last[0] = now
-            print(f"bertjax features: {count:,} lines ({count / (now - start):.0f} lines/s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"bertjax features: {count:,} lines ({count / (now - start):.0f} lines/s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            count = extract(read_lines(input_path), f, tokenizer, params, cfg, layers,
-                            max_seq_len, args.batch_size, progress)
+            count = extract(
+                read_lines(input_path),
+                f,
+                tokenizer,
+                params,
+                cfg,
+                layers,
+                max_seq_len,
+                args.batch_size,
+                progress,
+            )
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    print(json.dumps({"lines": count, "layers": list(layers), "hidden_size": cfg.hidden_size,
-                      "max_seq_len": max_seq_len, "out": str(out),
-                      "seconds": round(time.perf_counter() - start, 1)}))
+    print(
+        json.dumps(
+            {
+                "lines": count,
+                "layers": list(layers),
+                "hidden_size": cfg.hidden_size,
+                "max_seq_len": max_seq_len,
+                "out": str(out),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    )
     return 0

@@ -13,21 +13,36 @@ from bertjax.train import config as config_lib
 # kinds share). Every flag's default is None: "the config's value", so that defaults live in
 # the config files alone.
 SHORTHANDS = {
-    "--task": ("task", str, "cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli, squad (v1.1), "
-               "squad_v2, conll2003, ner (a CoNLL-format set's own labels) or swag"),
+    "--task": (
+        "task",
+        str,
+        "cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli, squad (v1.1), "
+        "squad_v2, conll2003, ner (a CoNLL-format set's own labels) or swag",
+    ),
     "--init": ("init", str, "pretraining workdir (newest checkpoint) or HuggingFace BERT folder"),
     "--init-step": ("init_step", int, "checkpoint step of --init"),
-    "--data": ("data.dir", str, "GLUE tsv files (train.tsv, dev.tsv, test.tsv) or JSONL; "
-               "SQuAD's train-v1.1.json and dev-v1.1.json (v2.0: train-v2.0.json, "
-               "dev-v2.0.json); CoNLL files (eng.train, eng.testa, eng.testb or train.txt, "
-               "valid.txt, test.txt); SWAG's train.csv, val.csv, test.csv. Unset: the "
-               "`datasets` hub's nyu-mll/glue, rajpurkar/squad(_v2), eriktks/conll2003 or "
-               "allenai/swag (needs the network or its cache)"),
-    "--tokenizer": ("data.tokenizer", str, "vocab.txt / sentencepiece model (unset: the "
-                    "model's own)"),
+    "--data": (
+        "data.dir",
+        str,
+        "GLUE tsv files (train.tsv, dev.tsv, test.tsv) or JSONL; "
+        "SQuAD's train-v1.1.json and dev-v1.1.json (v2.0: train-v2.0.json, "
+        "dev-v2.0.json); CoNLL files (eng.train, eng.testa, eng.testb or train.txt, "
+        "valid.txt, test.txt); SWAG's train.csv, val.csv, test.csv. Unset: the "
+        "`datasets` hub's nyu-mll/glue, rajpurkar/squad(_v2), eriktks/conll2003 or "
+        "allenai/swag (needs the network or its cache)",
+    ),
+    "--tokenizer": (
+        "data.tokenizer",
+        str,
+        "vocab.txt / sentencepiece model (unset: the model's own)",
+    ),
     "--max-seq-len": ("data.max_seq_len", int, "tokens per example, specials included"),
-    "--length-buckets": ("data.length_buckets", int, "static batch lengths chosen from the "
-                         "training rows' lengths (0: every batch padded to --max-seq-len)"),
+    "--length-buckets": (
+        "data.length_buckets",
+        int,
+        "static batch lengths chosen from the "
+        "training rows' lengths (0: every batch padded to --max-seq-len)",
+    ),
     "--batch-size": ("train.global_batch_size", int, "global batch size"),
     "--grad-accum-steps": ("train.grad_accum_steps", int, "micro-batches per step"),
     "--epochs": ("train.epochs", int, "passes over the training split"),
@@ -38,24 +53,38 @@ SHORTHANDS = {
     "--mesh-data": ("mesh.data", int, "size of the 'data' mesh axis (-1: the remaining devices)"),
     "--mesh-fsdp": ("mesh.fsdp", int, "size of the 'fsdp' mesh axis"),
     "--mesh-tensor": ("mesh.tensor", int, "size of the 'tensor' mesh axis"),
-    "--doc-stride": (("squad.doc_stride", "ner.doc_stride"), int, "SQuAD: tokens between "
-                     "the starts of a context's windows; NER: pieces between the starts of a "
-                     "long sentence's windows"),
+    "--doc-stride": (
+        ("squad.doc_stride", "ner.doc_stride"),
+        int,
+        "SQuAD: tokens between "
+        "the starts of a context's windows; NER: pieces between the starts of a "
+        "long sentence's windows",
+    ),
     "--max-query-length": ("squad.max_query_length", int, "SQuAD: question tokens kept"),
-    "--n-best-size": ("squad.n_best_size", int, "SQuAD: start/end candidates per window when "
-                      "decoding"),
+    "--n-best-size": (
+        "squad.n_best_size",
+        int,
+        "SQuAD: start/end candidates per window when decoding",
+    ),
     "--max-answer-length": ("squad.max_answer_length", int, "SQuAD: longest answer in tokens"),
-    "--null-score-diff-threshold": ("squad.null_score_diff_threshold", float, "SQuAD v2.0: "
-                                    "answer nothing where the null score exceeds the best "
-                                    "answer's by more"),
-    "--labels": ("ner.labels", str, "NER (--task ner): the label list, comma-separated "
-                 "(O,B-PER,I-PER,...; unset: the training file's types)"),
+    "--null-score-diff-threshold": (
+        "squad.null_score_diff_threshold",
+        float,
+        "SQuAD v2.0: answer nothing where the null score exceeds the best answer's by more",
+    ),
+    "--labels": (
+        "ner.labels",
+        str,
+        "NER (--task ner): the label list, comma-separated "
+        "(O,B-PER,I-PER,...; unset: the training file's types)",
+    ),
     "--tag-scheme": ("ner.scheme", str, "NER: the files' tags, iob1 or iob2 (checked), or auto"),
 }
 # The config section of a task kind's flags -> the tasks and config they apply to.
-SECTIONS = {"squad": "SQuAD tasks (--config finetune_squad, the default for --task "
-                     "squad/squad_v2)",
-            "ner": "NER tasks (--config finetune_ner, the default for --task conll2003/ner)"}
+SECTIONS = {
+    "squad": "SQuAD tasks (--config finetune_squad, the default for --task squad/squad_v2)",
+    "ner": "NER tasks (--config finetune_ner, the default for --task conll2003/ner)",
+}
 
 
 def register(subparsers) -> None:
@@ -76,19 +105,33 @@ def register(subparsers) -> None:
         "bertjax/configs/finetune_glue.py, finetune_squad.py, finetune_ner.py, "
         "finetune_swag.py.",
     )
-    config_lib.add_config_arguments(p, default_help="the task kind's (finetune_squad for "
-                                    "SQuAD, finetune_ner for conll2003/ner, finetune_swag for "
-                                    "swag, else finetune_glue)")
+    config_lib.add_config_arguments(
+        p,
+        default_help="the task kind's (finetune_squad for "
+        "SQuAD, finetune_ner for conll2003/ner, finetune_swag for "
+        "swag, else finetune_glue)",
+    )
     p.add_argument("--workdir", required=True, help="where results, logs and the model go")
     for flag, (keys, kind, text) in SHORTHANDS.items():
         keys = (keys,) if isinstance(keys, str) else keys
-        p.add_argument(flag, type=kind, metavar=keys[0].rpartition(".")[2].upper(),
-                       help=f"{text} ({' or '.join(keys)})")
-    p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (optim.learning_rates = (LR,))")
-    p.add_argument("--lr-sweep", type=float, nargs="*", metavar="LR", default=None,
-                   help="run each learning rate (none listed: the paper's 2e-5 3e-5 5e-5) in "
-                   "WORKDIR/lr_<LR> and report the best on dev by the task's main metric")
+        p.add_argument(
+            flag,
+            type=kind,
+            metavar=keys[0].rpartition(".")[2].upper(),
+            help=f"{text} ({' or '.join(keys)})",
+        )
+    p.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (optim.learning_rates = (LR,))"
+    )
+    p.add_argument(
+        "--lr-sweep",
+        type=float,
+        nargs="*",
+        metavar="LR",
+        default=None,
+        help="run each learning rate (none listed: the paper's 2e-5 3e-5 5e-5) in "
+        "WORKDIR/lr_<LR> and report the best on dev by the task's main metric",
+    )
     p.set_defaults(func=run)
 
 
@@ -106,14 +149,18 @@ def config_from_args(args):
         if value is None:
             continue
         keys = (keys,) if isinstance(keys, str) else keys
-        found = [(node, leaf) for node, leaf in (_parent(config, k) for k in keys)
-                 if node is not None and leaf in node]
+        found = [
+            (node, leaf)
+            for node, leaf in (_parent(config, k) for k in keys)
+            if node is not None and leaf in node
+        ]
         if not found:
             sections = [SECTIONS[k.partition(".")[0]] for k in keys if k.partition(".")[0]
                         in SECTIONS]  # fmt: skip
             hint = f": it applies to {' and '.join(sections)}" if sections else ""
-            raise UserError(f"{flag} sets the config key {' or '.join(keys)}, which config "
-                            f"{spec} lacks{hint}")
+            raise UserError(
+                f"{flag} sets the config key {' or '.join(keys)}, which config {spec} lacks{hint}"
+            )
         node, leaf = found[0]
         node[leaf] = value
     if args.lr is not None:

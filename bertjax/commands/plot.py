@@ -160,8 +160,11 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--workdir", required=True, help="training workdir with metrics.jsonl")
     parser.add_argument("--out", help="image to write (default: WORKDIR/metrics.png)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --out file (WORKDIR/metrics.png always is)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (WORKDIR/metrics.png always is)",
+    )
     parser.set_defaults(func=run)
 
 

@@ -27,11 +27,19 @@ def register(subparsers) -> None:
     group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
     group.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
     group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 .. N-1")
-    p.add_argument("--init-from", metavar="PATH", default=None,
-                   help="warm start from a HuggingFace folder or a training workdir "
-                   "(= --config.train.init_from); a workdir with checkpoints resumes instead")
-    p.add_argument("--profile-steps", metavar="A:B", default=None,
-                   help="write a jax.profiler trace of steps A..B to WORKDIR/profile")
+    p.add_argument(
+        "--init-from",
+        metavar="PATH",
+        default=None,
+        help="warm start from a HuggingFace folder or a training workdir "
+        "(= --config.train.init_from); a workdir with checkpoints resumes instead",
+    )
+    p.add_argument(
+        "--profile-steps",
+        metavar="A:B",
+        default=None,
+        help="write a jax.profiler trace of steps A..B to WORKDIR/profile",
+    )
     p.set_defaults(func=run)
 
 
@@ -47,8 +55,12 @@ def run(args) -> int:
         overrides.append(f"train.profile_steps={args.profile_steps}")
     config = config_lib.load_config(args.config, overrides)
     base.SCHEMA.check(config)  # every key's type and range, and the rules across keys
-    distributed.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
-                                       peer_timeout_s=config.train.peer_timeout_s)
+    distributed.initialize_distributed(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        peer_timeout_s=config.train.peer_timeout_s,
+    )
     check_resume(config, args.workdir, base.SCHEMA)
     try:
         loop.train(config, args.workdir)
@@ -70,6 +82,8 @@ def check_resume(config, workdir, schema) -> None:
     saved = checkpoint.latest_config(workdir)
     changed = schema.changed_on_resume(config, saved) if saved else []
     if changed:
-        raise UserError(f"cannot resume {workdir}: its checkpoints were trained with other "
-                        f"settings ({'; '.join(changed)}); resume with the checkpoint's values, "
-                        "or train in a new --workdir")
+        raise UserError(
+            f"cannot resume {workdir}: its checkpoints were trained with other "
+            f"settings ({'; '.join(changed)}); resume with the checkpoint's values, "
+            "or train in a new --workdir"
+        )

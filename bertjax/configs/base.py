@@ -118,13 +118,15 @@ SCHEMA = Schema(
         "model.scan_layers": Bool("scanned layers"),
         "model.remat_policy": Str("what the backward pass recomputes", choices=REMAT_POLICIES),
         "model.hidden_dropout_prob": Float("dropout", low=0, below=1, fixed_on_resume=True),
-        "model.attention_probs_dropout_prob": Float("attention dropout", low=0, below=1,
-                                                    fixed_on_resume=True),
+        "model.attention_probs_dropout_prob": Float(
+            "attention dropout", low=0, below=1, fixed_on_resume=True
+        ),
         "data.train_dir": Str("training dataset"),
         "data.eval_dir": Str("held-out dataset, empty = TRAIN_DIR/eval"),
         "data.masked_lm_prob": Float("fraction masked", above=0, high=1, fixed_on_resume=True),
-        "data.max_predictions_per_seq": Int("masked positions per sequence, 0 = the default",
-                                            low=0, fixed_on_resume=True),
+        "data.max_predictions_per_seq": Int(
+            "masked positions per sequence, 0 = the default", low=0, fixed_on_resume=True
+        ),
         "data.whole_word_masking": Bool("mask whole words", fixed_on_resume=True),
         "data.workers": Int("loader processes, 0 = threads", low=0),
         "data.threads": Int("loader threads", low=0),
@@ -133,8 +135,9 @@ SCHEMA = Schema(
         "train.steps": Int("optimizer steps", low=1),
         "train.global_batch_size": Int("sequences per step", low=1, fixed_on_resume=True),
         "train.grad_accum_steps": Int("micro-batches per step", low=1),
-        "train.seed": Int("seed of parameters, data order, masks, dropout", low=0,
-                          fixed_on_resume=True),
+        "train.seed": Int(
+            "seed of parameters, data order, masks, dropout", low=0, fixed_on_resume=True
+        ),
         "train.nsp": Bool("next-sentence loss", fixed_on_resume=True),
         "train.log_every": Int("steps between logged steps", low=1),
         "train.eval_every": Int("steps between evaluations, 0 = never", low=0),
@@ -147,8 +150,9 @@ SCHEMA = Schema(
         "train.init_opt_state": Bool("warm start the Adam moments too"),
         "train.eval_at_start": Bool("evaluate before the first step"),
         "train.profile_steps": Str("profiled steps A:B", pattern=r"(\s*\d+\s*:\s*\d+\s*)?"),
-        "train.peer_timeout_s": Float("seconds before a silent process counts as lost, 0 = "
-                                      "never", low=0),
+        "train.peer_timeout_s": Float(
+            "seconds before a silent process counts as lost, 0 = never", low=0
+        ),
         "train.compilation_cache_dir": Str("persistent compilation cache"),
         "optim.name": Str("optimizer", choices=tuple(OPTIMIZERS), fixed_on_resume=True),
         "optim.peak_lr": Float("learning rate after warm-up", above=0),
@@ -167,15 +171,27 @@ SCHEMA = Schema(
         "logical_axis_rules": Tuple("logical axis -> mesh axes"),
     },
     rules=(
-        Rule(("optim.warmup_steps", "train.steps"), lambda warmup, steps: warmup <= steps,
-             "the warm-up is longer than the run, so the learning rate never reaches "
-             "optim.peak_lr: lower optim.warmup_steps"),
-        Rule(("optim.end_lr", "optim.peak_lr"), lambda end, peak: end <= peak,
-             "optim.end_lr is above optim.peak_lr"),
-        Rule(("train.global_batch_size", "train.grad_accum_steps"), lambda b, k: b % k == 0,
-             "train.global_batch_size is not divisible by train.grad_accum_steps"),
-        Rule(("mesh.data", "mesh.fsdp", "mesh.tensor"), lambda *axes: axes.count(-1) <= 1,
-             "only one mesh axis may be -1"),
+        Rule(
+            ("optim.warmup_steps", "train.steps"),
+            lambda warmup, steps: warmup <= steps,
+            "the warm-up is longer than the run, so the learning rate never reaches "
+            "optim.peak_lr: lower optim.warmup_steps",
+        ),
+        Rule(
+            ("optim.end_lr", "optim.peak_lr"),
+            lambda end, peak: end <= peak,
+            "optim.end_lr is above optim.peak_lr",
+        ),
+        Rule(
+            ("train.global_batch_size", "train.grad_accum_steps"),
+            lambda b, k: b % k == 0,
+            "train.global_batch_size is not divisible by train.grad_accum_steps",
+        ),
+        Rule(
+            ("mesh.data", "mesh.fsdp", "mesh.tensor"),
+            lambda *axes: axes.count(-1) <= 1,
+            "only one mesh axis may be -1",
+        ),
     ),
     source="bertjax/configs/base.py",
 )

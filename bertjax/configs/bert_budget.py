@@ -36,9 +36,7 @@ def parse_arg(arg: str | None) -> dict:
     for item in filter(None, (arg or "").split(",")):
         key, eq, text = item.partition("=")
         if not eq or key not in values:
-            raise UserError(
-                f"bert_budget:{arg}: expected hours=H,tokens_per_s=T, got {item!r}"
-            )
+            raise UserError(f"bert_budget:{arg}: expected hours=H,tokens_per_s=T, got {item!r}")
         try:
             values[key] = float(text)
         except ValueError:

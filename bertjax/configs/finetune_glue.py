@@ -96,17 +96,23 @@ SCHEMA = Schema(
         "data.dir": Str("data directory (--data)", none=True),
         "data.tokenizer": Str("tokenizer (--tokenizer)", none=True),
         "data.max_seq_len": Int("tokens per example (--max-seq-len)", low=3),
-        "data.length_buckets": Int("static batch lengths, 0 = all padded (--length-buckets)",
-                                   low=0),
-        "model.compute_dtype": Str("matmul/activation dtype, None = the checkpoint's",
-                                   choices=COMPUTE_DTYPES, none=True),
+        "data.length_buckets": Int(
+            "static batch lengths, 0 = all padded (--length-buckets)", low=0
+        ),
+        "model.compute_dtype": Str(
+            "matmul/activation dtype, None = the checkpoint's", choices=COMPUTE_DTYPES, none=True
+        ),
         "model.attention_impl": Str("attention kernel", choices=ATTENTION_IMPLS),
         "model.scan_layers": Bool("scanned layers, None = the checkpoint's", none=True),
-        "model.remat_policy": Str("what the backward pass recomputes, None = the checkpoint's",
-                                  choices=REMAT_POLICY_NAMES, none=True),
+        "model.remat_policy": Str(
+            "what the backward pass recomputes, None = the checkpoint's",
+            choices=REMAT_POLICY_NAMES,
+            none=True,
+        ),
         "model.hidden_dropout_prob": Float("dropout, None = the checkpoint's", **_DROPOUT),
-        "model.attention_probs_dropout_prob": Float("attention dropout, None = the checkpoint's",
-                                                    **_DROPOUT),
+        "model.attention_probs_dropout_prob": Float(
+            "attention dropout, None = the checkpoint's", **_DROPOUT
+        ),
         "train.global_batch_size": Int("global batch size (--batch-size)", low=1),
         "train.grad_accum_steps": Int("micro-batches per step (--grad-accum-steps)", low=1),
         "train.epochs": Int("passes over the training split (--epochs)", low=1),
@@ -114,10 +120,12 @@ SCHEMA = Schema(
         "train.log_every": Int("steps between metrics lines (--log-every)", low=1),
         "train.compilation_cache_dir": Str("persistent compilation cache"),
         "optim.name": Str("optimizer", choices=tuple(OPTIMIZERS)),
-        "optim.learning_rates": Tuple("peak learning rates (--lr, --lr-sweep)",
-                                      item=Float("a learning rate", above=0)),
-        "optim.warmup_fraction": Float("fraction of the steps warming up (--warmup)", low=0,
-                                       high=1),
+        "optim.learning_rates": Tuple(
+            "peak learning rates (--lr, --lr-sweep)", item=Float("a learning rate", above=0)
+        ),
+        "optim.warmup_fraction": Float(
+            "fraction of the steps warming up (--warmup)", low=0, high=1
+        ),
         "optim.schedule": Str("decay after warm-up", choices=tuple(SCHEDULES)),
         "optim.end_lr": Float("learning rate at the last step", low=0),
         "optim.power": Float("polynomial schedule's exponent", above=0),
@@ -132,10 +140,16 @@ SCHEMA = Schema(
         "logical_axis_rules": Tuple("logical axis -> mesh axes, first match wins"),
     },
     rules=(
-        Rule(("optim.learning_rates",), lambda rates: len(rates) == len(set(rates)) > 0,
-             "optim.learning_rates must list at least one rate, none twice"),
-        Rule(("mesh.data", "mesh.fsdp", "mesh.tensor"), lambda *axes: axes.count(-1) <= 1,
-             "only one mesh axis may be -1"),
+        Rule(
+            ("optim.learning_rates",),
+            lambda rates: len(rates) == len(set(rates)) > 0,
+            "optim.learning_rates must list at least one rate, none twice",
+        ),
+        Rule(
+            ("mesh.data", "mesh.fsdp", "mesh.tensor"),
+            lambda *axes: axes.count(-1) <= 1,
+            "only one mesh axis may be -1",
+        ),
     ),
     source="bertjax/configs/finetune_glue.py",
 )

@@ -45,12 +45,15 @@ def get_config():
 
 # finetune_glue's keys and the `ner` section's: type, range and meaning.
 SCHEMA = Schema(
-    finetune_glue.SCHEMA.keys | {
-        "ner.labels": Str("the label list, comma-separated; empty = the training file's "
-                          "(--labels)"),
+    finetune_glue.SCHEMA.keys
+    | {
+        "ner.labels": Str(
+            "the label list, comma-separated; empty = the training file's (--labels)"
+        ),
         "ner.scheme": Str("the files' tags (--tag-scheme)", choices=("auto", "iob1", "iob2")),
-        "ner.doc_stride": Int("pieces between a long sentence's windows, None = half "
-                              "(--doc-stride)", low=1, none=True),
+        "ner.doc_stride": Int(
+            "pieces between a long sentence's windows, None = half (--doc-stride)", low=1, none=True
+        ),
         "ner.encoding": Str("the CoNLL files' encoding"),
     },
     rules=finetune_glue.SCHEMA.rules,

@@ -41,13 +41,15 @@ def get_config():
 # finetune_glue's keys and SQuAD's own (the window sizes' rule across keys is the SQuAD
 # kind's: squad_features.check_window_sizes).
 SCHEMA = Schema(
-    finetune_glue.SCHEMA.keys | {
+    finetune_glue.SCHEMA.keys
+    | {
         "squad.doc_stride": Int("tokens between windows (--doc-stride)", low=1),
         "squad.max_query_length": Int("question tokens kept (--max-query-length)", low=1),
         "squad.n_best_size": Int("start and end candidates per window (--n-best-size)", low=1),
         "squad.max_answer_length": Int("longest answer in tokens (--max-answer-length)", low=1),
-        "squad.null_score_diff_threshold": Float("v2.0: null-answer threshold "
-                                                 "(--null-score-diff-threshold)"),
+        "squad.null_score_diff_threshold": Float(
+            "v2.0: null-answer threshold (--null-score-diff-threshold)"
+        ),
     },
     rules=finetune_glue.SCHEMA.rules,
     source="bertjax/configs/finetune_squad.py",

@@ -28,9 +28,7 @@ def get_config():
 
 # finetune_glue's keys: type, range and meaning.
 SCHEMA = Schema(
-    finetune_glue.SCHEMA.keys | {
-
-    },
+    finetune_glue.SCHEMA.keys | {},
     rules=finetune_glue.SCHEMA.rules,
     source="bertjax/configs/finetune_swag.py",
 )

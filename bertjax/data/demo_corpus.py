@@ -381,6 +381,10 @@ if __name__ == "__main__":
     parser.add_argument("--max-documents", type=int, default=None)
     parser.add_argument("--num-files", type=int, default=4)
     cli_args = parser.parse_args()
-    result = build_demo_corpus(cli_args.out_dir, cli_args.max_documents,
-                               packages=cli_args.packages, num_files=cli_args.num_files)
+    result = build_demo_corpus(
+        cli_args.out_dir,
+        cli_args.max_documents,
+        packages=cli_args.packages,
+        num_files=cli_args.num_files,
+    )
     print(json.dumps({k: v for k, v in result.items() if k != "paths"}))

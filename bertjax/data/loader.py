@@ -153,9 +153,16 @@ def make_batch(
     indices = np.asarray(indices, dtype=np.int64)
     raw = ds.get_batch(indices)
     if ds.packed:  # several sequences per row (packing.py), each masked as a row of its own
-        return raw | mask_packed_batch(raw["input_ids"], raw["attn_segment_ids"], indices,
-                                       seed=seed, epoch=epoch, cfg=masking, vocab=vocab,
-                                       max_sequences_per_row=ds.max_sequences_per_row)
+        return raw | mask_packed_batch(
+            raw["input_ids"],
+            raw["attn_segment_ids"],
+            indices,
+            seed=seed,
+            epoch=epoch,
+            cfg=masking,
+            vocab=vocab,
+            max_sequences_per_row=ds.max_sequences_per_row,
+        )
     masked = mask_batch(
         raw["input_ids"],
         raw["input_mask"],

@@ -230,8 +230,9 @@ def mask_batch(
     }
 
 
-def packed_prediction_slots(max_sequences_per_row: int, max_seq_len: int, cfg: MaskingConfig
-                            ) -> int:
+def packed_prediction_slots(
+    max_sequences_per_row: int, max_seq_len: int, cfg: MaskingConfig
+) -> int:
     """Masked-LM slots of a packed row: enough for any K sequences sharing L positions.
 
     A sequence of n tokens predicts min(P, max(1, round(p x n))) <= p x n + 1 positions, so a
@@ -267,8 +268,9 @@ def mask_packed_batch(
     K, P = max_sequences_per_row, cfg.max_predictions_per_seq
     own_BKxL = (seg_BxL[:, None, :] == np.arange(1, K + 1)[None, :, None]).reshape(B * K, L)
     index_BK = (np.asarray(example_index_B, np.int64)[:, None] * K + np.arange(K)).reshape(-1)
-    m = mask_batch(np.repeat(ids, K, axis=0), own_BKxL, index_BK,
-                   seed=seed, epoch=epoch, cfg=cfg, vocab=vocab)
+    m = mask_batch(
+        np.repeat(ids, K, axis=0), own_BKxL, index_BK, seed=seed, epoch=epoch, cfg=cfg, vocab=vocab
+    )
     masked_BxKxL = m["input_ids"].reshape(B, K, L)
     out = ids.copy()
     for k in range(K):  # each sequence's tokens from its own masking
@@ -280,6 +282,9 @@ def mask_packed_batch(
         raise AssertionError(f"a packed row predicts more than {width} positions")
     order_BxW = np.argsort(~used_BxKP, axis=1, kind="stable")[:, :width]
     take = lambda a: np.take_along_axis(a.reshape(B, K * P), order_BxW, axis=1)
-    return {"input_ids": out, "masked_lm_positions": take(m["masked_lm_positions"]),
-            "masked_lm_ids": take(m["masked_lm_ids"]),
-            "masked_lm_weights": take(m["masked_lm_weights"])}
+    return {
+        "input_ids": out,
+        "masked_lm_positions": take(m["masked_lm_positions"]),
+        "masked_lm_ids": take(m["masked_lm_ids"]),
+        "masked_lm_weights": take(m["masked_lm_weights"]),
+    }

@@ -55,8 +55,9 @@ def merge_parts(part_dirs, out_dir, overwrite: bool = False) -> dict:
             f"merge needs parts 0..{n - 1} of one {n}-part run exactly once; got indices {indices}"
         )
     out_dir = Path(out_dir)
-    outputs.check_folder(out_dir, outputs.DATASET, overwrite=overwrite,
-                         inputs=[ds.path for ds in parts])
+    outputs.check_folder(
+        out_dir, outputs.DATASET, overwrite=overwrite, inputs=[ds.path for ds in parts]
+    )
     with outputs.replacing_folder(out_dir) as staging:  # out_dir changes only when complete
         return _merge(parts, staging)
 

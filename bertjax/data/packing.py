@@ -121,8 +121,10 @@ def sequences_per_row(manifest: dict) -> int | None:
     if not layout:
         return None
     if layout.get("kind") != LAYOUT_KIND:
-        raise UserError(f"manifest layout {layout.get('kind')!r} is unknown; this bertjax "
-                        f"reads {LAYOUT_KIND!r} or none")
+        raise UserError(
+            f"manifest layout {layout.get('kind')!r} is unknown; this bertjax "
+            f"reads {LAYOUT_KIND!r} or none"
+        )
     return int(layout["max_sequences_per_row"])
 
 

@@ -250,8 +250,20 @@ def prepare_dataset(
     inputs = [*getattr(corpus, "paths", ()), *tokenizer.files]
     outputs.check_folder(out_dir, outputs.DATASET, overwrite=overwrite, inputs=inputs)
     with outputs.replacing_folder(out_dir) as staging:  # out_dir changes only when complete
-        return _prepare(_Job(corpus, tokenizer, staging, opts, workers, shard_index,
-                             num_shards, held_out, progress, extra or {}))
+        return _prepare(
+            _Job(
+                corpus,
+                tokenizer,
+                staging,
+                opts,
+                workers,
+                shard_index,
+                num_shards,
+                held_out,
+                progress,
+                extra or {},
+            )
+        )
 
 
 @dataclasses.dataclass

@@ -65,8 +65,14 @@ class ShardWriter:
     shards whatever produced them.
     """
 
-    def __init__(self, out_dir, max_seq_len: int, vocab_size: int,
-                 shard_size: int = DEFAULT_SHARD_SIZE, max_sequences_per_row: int | None = None):
+    def __init__(
+        self,
+        out_dir,
+        max_seq_len: int,
+        vocab_size: int,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        max_sequences_per_row: int | None = None,
+    ):
         self.out_dir = Path(out_dir)
         self.max_seq_len = max_seq_len
         self.dtype = ids_dtype(vocab_size)
@@ -118,7 +124,8 @@ class ShardWriter:
         if self._buffered:
             self._flush(self._buffered)
         layout = self.packed_k and packing.layout_manifest(
-            self.packed_k, self._counts, self.num_instances, self.max_seq_len)
+            self.packed_k, self._counts, self.num_instances, self.max_seq_len
+        )
         manifest = {
             "schema_version": 2 if layout else SCHEMA_VERSION,
             **({"layout": layout} if layout else {}),
@@ -186,8 +193,9 @@ def write_dataset(
         )
     with outputs.replacing_folder(out_dir) as staging:
         copy_tokenizer(tokenizer, staging)
-        writer = ShardWriter(staging, max_seq_len, tokenizer.vocab_size, shard_size,
-                             max_sequences_per_row)
+        writer = ShardWriter(
+            staging, max_seq_len, tokenizer.vocab_size, shard_size, max_sequences_per_row
+        )
         writer.add(instances)
         writer.close(
             {

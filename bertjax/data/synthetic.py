@@ -19,8 +19,9 @@ def synthetic_vocab(out_dir, vocab_size: int = 30522) -> Path:
     return out_dir / "vocab.txt"
 
 
-def synthetic_arrays(n: int, max_seq_len: int, vocab_size: int, seed: int = 0, *,
-                     full_length: bool = False) -> dict:
+def synthetic_arrays(
+    n: int, max_seq_len: int, vocab_size: int, seed: int = 0, *, full_length: bool = False
+) -> dict:
     """Instance arrays shaped like real BERT data: `[CLS] A [SEP] B [SEP]`, most rows nearly
     full, 10% short (the original's short_seq_prob), random non-special tokens."""
     rng = np.random.default_rng(seed)
@@ -85,8 +86,16 @@ def synthetic_dataset(
     )
 
 
-def synthetic_batch(seed: int, *, batch: int, length: int, predictions: int, vocab: int,
-                    padded: bool = True, weight_prob: float = 1.0) -> dict[str, np.ndarray]:
+def synthetic_batch(
+    seed: int,
+    *,
+    batch: int,
+    length: int,
+    predictions: int,
+    vocab: int,
+    padded: bool = True,
+    weight_prob: float = 1.0,
+) -> dict[str, np.ndarray]:
     """A pretraining batch with the original BERT's keys, from `synthetic_arrays` rows (padded
     rows of uneven lengths, or every row full when not `padded`): up to `predictions` distinct
     masked positions per row among its real non-[CLS] tokens (rows with fewer get zero-weight

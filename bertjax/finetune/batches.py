@@ -51,6 +51,7 @@ def synthetic_inputs(batch_size: int, seq_len: int, vocab_size: int, seed: int =
     of 1: the inputs of a benchmark's or an ahead-of-time compile's batch."""
     from bertjax.data.synthetic import synthetic_batch
 
-    full = synthetic_batch(seed, batch=batch_size, length=seq_len, predictions=1,
-                           vocab=vocab_size, padded=False)
+    full = synthetic_batch(
+        seed, batch=batch_size, length=seq_len, predictions=1, vocab=vocab_size, padded=False
+    )
     return {k: full[k] for k in INPUT_KEYS} | {"weights": np.ones(batch_size, np.float32)}

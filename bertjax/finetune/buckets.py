@@ -109,8 +109,10 @@ class Plan:
     def padded_fraction(self, batch_size: int) -> float:
         """Tokens of an epoch's batches as a fraction of the same rows padded to the largest
         of `lengths` in ceil(n / batch_size) batches, for the log."""
-        tokens = sum(n * batch_size * length
-                     for n, length in zip(self.batches_per_bucket(batch_size), self.lengths))
+        tokens = sum(
+            n * batch_size * length
+            for n, length in zip(self.batches_per_bucket(batch_size), self.lengths)
+        )
         full = self.steps_per_epoch(batch_size) * batch_size * max(self.lengths)
         return tokens / max(full, 1)
 
@@ -138,8 +140,9 @@ class Plan:
                 rows, carried = rows[:full], rows[full:]
             chunks = rows.reshape(-1, batch_size)
             offset = rng.random() if len(self.lengths) > 1 else 0.0
-            keyed += [((j + offset) / len(chunks), b, length, chunk)
-                      for j, chunk in enumerate(chunks)]
+            keyed += [
+                ((j + offset) / len(chunks), b, length, chunk) for j, chunk in enumerate(chunks)
+            ]
         keyed.sort(key=lambda item: item[:2])
         return [(length, chunk) for _, _, length, chunk in keyed]
 
@@ -151,8 +154,16 @@ def take(split: batches.Split, rows: np.ndarray, length: int, keys=None) -> dict
     return cut(batches.take(split, rows, keys), length, split.arrays["input_ids"].shape[1:])
 
 
-def predict(predict_fn, params, split: batches.Split, batch_size: int, mesh,
-            bucket_lengths: tuple[int, ...], max_seq_len: int, token_outputs: bool):
+def predict(
+    predict_fn,
+    params,
+    split: batches.Split,
+    batch_size: int,
+    mesh,
+    bucket_lengths: tuple[int, ...],
+    max_seq_len: int,
+    token_outputs: bool,
+):
     """The model's outputs (each [n, ...]) on every row of `split`, in the split's order: rows
     grouped by the smallest of `bucket_lengths` that holds them, each group in batches of
     `batch_size` (the last padded, its padding rows dropped), so each row counts exactly once.
@@ -167,6 +178,7 @@ def predict(predict_fn, params, split: batches.Split, batch_size: int, mesh,
     bucket = assign(lengths, bucket_lengths)
     if (bucket == len(bucket_lengths)).any():  # a caller's mistake: no bucket holds the row
         raise ValueError(f"rows longer than every bucket {bucket_lengths}")
+
     def fetch(pending):  # the device's outputs of a dispatched batch, its padding rows cut
         out, chunk, length = pending
         out = jax.tree.map(lambda x: np.asarray(x)[: len(chunk)], jax.device_get(out))

@@ -51,8 +51,11 @@ def hf_spec(num_labels: int) -> hf.HeadSpec:
 def head(cfg: BertConfig, num_labels: int, regression: bool) -> Head:
     """BertForSequenceClassification with `num_labels` outputs (1 for a regression)."""
     return heads.finetuning_head(
-        BertForSequenceClassification(cfg, num_labels), hf_spec(num_labels),
-        functools.partial(_example_sums, regression=regression), MEANS)
+        BertForSequenceClassification(cfg, num_labels),
+        hf_spec(num_labels),
+        functools.partial(_example_sums, regression=regression),
+        MEANS,
+    )
 
 
 def _example_sums(logits_BxC, batch, *, regression: bool) -> dict:

@@ -69,8 +69,10 @@ def split_tag(tag: str) -> tuple[str, str] | None:
 
 
 def _bad_tag(tag: str) -> str:
-    return (f"tag {tag!r} is not O, B-TYPE or I-TYPE (NER tags in the IOB1 or IOB2 scheme, "
-            "as CoNLL-2003's)")
+    return (
+        f"tag {tag!r} is not O, B-TYPE or I-TYPE (NER tags in the IOB1 or IOB2 scheme, "
+        "as CoNLL-2003's)"
+    )
 
 
 def check_label_list(labels: Iterable[str], source: str = "the label list") -> tuple[str, ...]:
@@ -115,16 +117,21 @@ def scheme_violation(tags: Sequence[str], scheme: str) -> tuple[int, str] | None
         after = "the sentence start" if k == 0 else previous
         if scheme == "iob2" and _opens_chunk(previous, tag):
             return k, f"{tag} follows {after}, which IOB2 does not allow (a chunk opens with B-)"
-        if scheme == "iob1" and prefix == "B" and (previous == "O" or
-                                                   split_tag(previous)[1] != kind):
-            return k, (f"{tag} follows {after}, which IOB1 does not allow (B- only opens a "
-                       "chunk that directly follows one of its own type)")
+        if (
+            scheme == "iob1"
+            and prefix == "B"
+            and (previous == "O" or split_tag(previous)[1] != kind)
+        ):
+            return k, (
+                f"{tag} follows {after}, which IOB1 does not allow (B- only opens a "
+                "chunk that directly follows one of its own type)"
+            )
         previous = tag
     return None
 
 
 def detect_scheme(sentences: Iterable[Sentence]) -> str:
-    """"iob1" when an I- tag opens a chunk anywhere, else "iob2" (conlleval scores both the
+    """ "iob1" when an I- tag opens a chunk anywhere, else "iob2" (conlleval scores both the
     same way; the scheme says how to read the set's B- tags)."""
     for sentence in sentences:
         previous = "O"
@@ -181,7 +188,9 @@ def _lines(path: Path, encoding: str) -> list[str]:
 
 
 def read_conll_file(
-    path, labels: Sequence[str] | None = CONLL2003_LABELS, scheme: str = "auto",
+    path,
+    labels: Sequence[str] | None = CONLL2003_LABELS,
+    scheme: str = "auto",
     encoding: str = "utf-8",
 ) -> list[Sentence]:
     """The sentences of one CoNLL-format file, every tag checked against `labels` (None: any
@@ -216,13 +225,17 @@ def read_conll_file(
                 document += 1
             continue
         if len(fields) < 2:
-            raise UserError(f"{where} has one column ({line.strip()!r}): a token line needs "
-                            "the word first and the NER tag last")
+            raise UserError(
+                f"{where} has one column ({line.strip()!r}): a token line needs "
+                "the word first and the NER tag last"
+            )
         if columns is None:
             columns, columns_line = len(fields), number
         elif len(fields) != columns:
-            raise UserError(f"{where} has {len(fields)} columns where line {columns_line} has "
-                            f"{columns}: every token line needs the same columns")
+            raise UserError(
+                f"{where} has {len(fields)} columns where line {columns_line} has "
+                f"{columns}: every token line needs the same columns"
+            )
         tag = fields[-1]
         if allowed is not None and tag not in allowed:
             raise UserError(f"{where}: {_label_error(tag, labels)}")
@@ -253,18 +266,20 @@ def find_split_files(data_dir) -> dict[str, Path]:
     for split, names in SPLIT_FILES.items():
         present = [n for n in names if (data_dir / n).is_file()]
         if len(present) > 1:
-            raise UserError(f"{data_dir} holds the {split} split twice ({', '.join(present)}): "
-                            "keep one")
+            raise UserError(
+                f"{data_dir} holds the {split} split twice ({', '.join(present)}): keep one"
+            )
         if present:
             found[split] = data_dir / present[0]
         elif split != "test":
-            raise UserError(f"{data_dir} has no {split} file: expected one of "
-                            f"{', '.join(names)}")
+            raise UserError(f"{data_dir} has no {split} file: expected one of {', '.join(names)}")
     return found
 
 
 def load_conll_dir(
-    data_dir, labels: Sequence[str] | None = CONLL2003_LABELS, scheme: str = "auto",
+    data_dir,
+    labels: Sequence[str] | None = CONLL2003_LABELS,
+    scheme: str = "auto",
     encoding: str = "utf-8",
 ) -> NerData:
     """The splits of a CoNLL-format directory. `labels`: the label list every tag must be in
@@ -285,7 +300,10 @@ def load_conll_dir(
 
 
 def sentences_from_rows(
-    rows: Iterable[Mapping], label_names: Sequence[str], source: str, scheme: str = "auto",
+    rows: Iterable[Mapping],
+    label_names: Sequence[str],
+    source: str,
+    scheme: str = "auto",
 ) -> list[Sentence]:
     """Validated sentences of `datasets` rows with `tokens` and `ner_tags` (ids into
     `label_names`, or the tags themselves); a ["-DOCSTART-"] row starts a document."""
@@ -310,8 +328,10 @@ def sentences_from_rows(
         for k, tag in enumerate(ids):
             if not isinstance(tag, str):
                 if not 0 <= int(tag) < len(label_names):
-                    raise UserError(f"{where}, word {k + 1}: ner tag id {tag} is outside the "
-                                    f"label list of {len(label_names)} names")
+                    raise UserError(
+                        f"{where}, word {k + 1}: ner tag id {tag} is outside the "
+                        f"label list of {len(label_names)} names"
+                    )
                 tag = label_names[int(tag)]
             if tag not in allowed:
                 raise UserError(f"{where}, word {k + 1}: {_label_error(tag, label_names)}")
@@ -331,8 +351,10 @@ def label_names_of(dataset, source: str) -> tuple[str, ...]:
     feature = getattr(dataset, "features", {}).get("ner_tags")
     names = getattr(getattr(feature, "feature", None), "names", None)
     if not names:
-        raise UserError(f"{source}: its ner_tags column has no label names (a list of "
-                        "ClassLabel); give the label list")
+        raise UserError(
+            f"{source}: its ner_tags column has no label names (a list of "
+            "ClassLabel); give the label list"
+        )
     return tuple(names)
 
 
@@ -349,13 +371,17 @@ def load_conll_hub(name: str = HUB_NAME, scheme: str = "auto", splits=None) -> N
             dataset = datasets.load_dataset(name, split=split)
         except Exception as e:  # offline, unknown split, hub errors: all one message
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise UserError(f"could not load {name} split {split!r} from the hub ({reason}); "
-                            "without network, pass a directory of CoNLL files") from None
+            raise UserError(
+                f"could not load {name} split {split!r} from the hub ({reason}); "
+                "without network, pass a directory of CoNLL files"
+            ) from None
         source = f"{name}[{split}]"
         names = label_names_of(dataset, source)
         if labels is not None and names != labels:
-            raise UserError(f"{source} names its tags {', '.join(names)}, unlike the other "
-                            f"splits ({', '.join(labels)})")
+            raise UserError(
+                f"{source} names its tags {', '.join(names)}, unlike the other "
+                f"splits ({', '.join(labels)})"
+            )
         labels = names
         loaded[split] = sentences_from_rows(dataset, names, source, scheme)
     return NerData(loaded, check_label_list(labels), resolve_scheme(loaded, scheme))

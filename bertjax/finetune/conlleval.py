@@ -39,15 +39,19 @@ def split_tag(tag: str) -> tuple[str, str]:
 def chunk_ends(previous: tuple[str, str], current: tuple[str, str]) -> bool:
     """A chunk ended between the two (prefix, type) tags."""
     (p, p_type), (c, c_type) = previous, current
-    return (c in _ENDS_AFTER.get(p, ()) or (p not in ("O", ".") and p_type != c_type)
-            or p in ("[", "]"))
+    return (
+        c in _ENDS_AFTER.get(p, ()) or (p not in ("O", ".") and p_type != c_type) or p in ("[", "]")
+    )
 
 
 def chunk_starts(previous: tuple[str, str], current: tuple[str, str]) -> bool:
     """A chunk started between the two (prefix, type) tags."""
     (p, p_type), (c, c_type) = previous, current
-    return (p in _STARTS_AFTER.get(c, ()) or (c not in ("O", ".") and p_type != c_type)
-            or c in ("[", "]"))
+    return (
+        p in _STARTS_AFTER.get(c, ())
+        or (c not in ("O", ".") and p_type != c_type)
+        or c in ("[", "]")
+    )
 
 
 def _ratios(correct: int, found: int, phrases: int) -> dict:
@@ -71,8 +75,9 @@ def evaluate(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) 
     stream = []
     for s, (gold_tags, guessed_tags) in enumerate(zip(gold, predicted)):
         if len(gold_tags) != len(guessed_tags):
-            raise ValueError(f"sentence {s}: {len(gold_tags)} gold tags but "
-                             f"{len(guessed_tags)} predicted ones")
+            raise ValueError(
+                f"sentence {s}: {len(gold_tags)} gold tags but {len(guessed_tags)} predicted ones"
+            )
         stream += [(split_tag(g), split_tag(p), True) for g, p in zip(gold_tags, guessed_tags)]
         stream.append((_OUTSIDE, _OUTSIDE, False))  # the sentence break
     for cur_gold, cur_guess, is_word in stream:
@@ -108,17 +113,23 @@ def evaluate(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) 
 
 def format_report(scores: dict) -> str:
     """The text conlleval prints for these scores (overall, then a line per type)."""
-    lines = [f"processed {scores['tokens']} tokens with {scores['phrases']} phrases; "
-             f"found: {scores['found']} phrases; correct: {scores['correct']}."]
+    lines = [
+        f"processed {scores['tokens']} tokens with {scores['phrases']} phrases; "
+        f"found: {scores['found']} phrases; correct: {scores['correct']}."
+    ]
     if scores["tokens"]:
-        lines.append(f"accuracy: {scores['accuracy']:6.2f}%; precision: "
-                     f"{scores['precision']:6.2f}%; recall: {scores['recall']:6.2f}%; "
-                     f"FB1: {scores['f1']:6.2f}")
+        lines.append(
+            f"accuracy: {scores['accuracy']:6.2f}%; precision: "
+            f"{scores['precision']:6.2f}%; recall: {scores['recall']:6.2f}%; "
+            f"FB1: {scores['f1']:6.2f}"
+        )
     for kind, s in scores["per_type"].items():
         # The script prints the empty type (tags with no type) once per table it is in.
         repeats = (s["phrases"] > 0) + (s["found"] > 0) if kind == "" else 1
-        lines += repeats * [f"{kind:>17}: precision: {s['precision']:6.2f}%; recall: "
-                     f"{s['recall']:6.2f}%; FB1: {s['f1']:6.2f}  {s['found']}"]
+        lines += repeats * [
+            f"{kind:>17}: precision: {s['precision']:6.2f}%; recall: "
+            f"{s['recall']:6.2f}%; FB1: {s['f1']:6.2f}  {s['found']}"
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -129,8 +140,12 @@ def conll_word(word: str) -> str:
     return "_-X-_" if word == BOUNDARY else word
 
 
-def write_conll(path, words: Sequence[Sequence[str]], gold: Sequence[Sequence[str]],
-                predicted: Sequence[Sequence[str]]) -> Path:
+def write_conll(
+    path,
+    words: Sequence[Sequence[str]],
+    gold: Sequence[Sequence[str]],
+    predicted: Sequence[Sequence[str]],
+) -> Path:
     """Writes `word gold predicted` per line and a blank line after each sentence (the file
     `conlleval < path` scores as `evaluate` does), via a temporary name so that an
     interrupted run leaves no complete-looking file."""

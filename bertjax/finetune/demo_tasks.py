@@ -39,8 +39,17 @@ CHANCE_ACCURACY = 1 / NUM_CHOICES
 WORD = re.compile(r"\w+(?:[.'\u2019-]\w+)*|[^\w\s]")  # words (3.14, don't, Content-Type), marks
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 SWAG_MODES = ("second_half", "next_sentence")
-SWAG_HEADER = ("", "video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
-               *ENDINGS, "label")  # the official files' columns (the first: a row number)
+SWAG_HEADER = (
+    "",
+    "video-id",
+    "fold-ind",
+    "startphrase",
+    "sent1",
+    "sent2",
+    "gold-source",
+    *ENDINGS,
+    "label",
+)  # the official files' columns (the first: a row number)
 
 
 def corpus_documents(folder) -> list[list[str]]:
@@ -100,9 +109,17 @@ def _publish(files: dict[Path, str]) -> None:
         os.replace(path.with_name(path.name + ".tmp"), path)
 
 
-def write_ner_task(documents, out_dir, *, n_dev: int = 500, n_test: int = 500,
-                   n_train: int | None = None, keep_plain: float = 0.25, scheme: str = "iob2",
-                   seed: int = 0) -> dict:
+def write_ner_task(
+    documents,
+    out_dir,
+    *,
+    n_dev: int = 500,
+    n_test: int = 500,
+    n_train: int | None = None,
+    keep_plain: float = 0.25,
+    scheme: str = "iob2",
+    seed: int = 0,
+) -> dict:
     """Writes train.txt, valid.txt and test.txt in CoNLL format (word, two "_" columns, tag;
     a -DOCSTART- line before each document). Every sentence with an entity is kept, and a
     seeded `keep_plain` fraction of the others; n_*: sentences per split (None: the rest).
@@ -135,10 +152,14 @@ def write_ner_task(documents, out_dir, *, n_dev: int = 500, n_test: int = 500,
             for words, tags in tagged[d]:
                 lines += [f"{w} _ _ {t}\n" for w, t in zip(words, tags)] + ["\n"]
         files[paths[split]] = "".join(lines)
-        chunks = Counter(t[2:] for _, tags in sentences for t in conll_data.to_iob2(tags)
-                         if t.startswith("B-"))
-        summary[split] = {"sentences": len(sentences),
-                          "words": sum(len(w) for w, _ in sentences), "entities": dict(chunks)}
+        chunks = Counter(
+            t[2:] for _, tags in sentences for t in conll_data.to_iob2(tags) if t.startswith("B-")
+        )
+        summary[split] = {
+            "sentences": len(sentences),
+            "words": sum(len(w) for w, _ in sentences),
+            "entities": dict(chunks),
+        }
     _publish(files)
     return summary
 
@@ -167,8 +188,16 @@ def _questions(documents, indices, mode: str):
     return out
 
 
-def write_swag_task(documents, out_dir, *, n_train: int | None = 4000, n_dev: int = 500,
-                    n_test: int = 500, mode: str = "second_half", seed: int = 0) -> dict:
+def write_swag_task(
+    documents,
+    out_dir,
+    *,
+    n_train: int | None = 4000,
+    n_dev: int = 500,
+    n_test: int = 500,
+    mode: str = "second_half",
+    seed: int = 0,
+) -> dict:
     """Writes train.csv, val.csv and test.csv (no label column) in the official SWAG layout.
     mode "second_half": the context is the first half of a sentence (of 8 or more words), the
     start its next two words, the true ending the rest; "next_sentence": the context is a
@@ -192,8 +221,10 @@ def write_swag_task(documents, out_dir, *, n_train: int | None = 4000, n_dev: in
         questions = _questions(documents, indices, mode)[:size]
         doc_of = np.array([q[0] for q in questions])
         if len(set(doc_of.tolist())) < 2 or min(np.bincount(doc_of)[doc_of]) > len(doc_of) - 3:
-            raise UserError(f"the {split} split's questions come from too few documents to "
-                            f"draw {NUM_CHOICES - 1} other endings from other documents")
+            raise UserError(
+                f"the {split} split's questions come from too few documents to "
+                f"draw {NUM_CHOICES - 1} other endings from other documents"
+            )
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(SWAG_HEADER if split != "test" else SWAG_HEADER[:-1])
@@ -203,12 +234,13 @@ def write_swag_task(documents, out_dir, *, n_train: int | None = 4000, n_dev: in
             picks = rng.choice(others, NUM_CHOICES - 1, replace=False)
             endings = [questions[j][3] for j in picks]
             endings.insert(int(labels[i]), ending)
-            row = [i, f"demo-{d}", i, f"{context} {start}", context, start, "generated",
-                   *endings]
+            row = [i, f"demo-{d}", i, f"{context} {start}", context, start, "generated", *endings]
             writer.writerow(row + [int(labels[i])] if split != "test" else row)
         files[out_dir / names[split]] = text.getvalue()
-        summary[split] = {"examples": len(questions),
-                          "labels": np.bincount(labels, minlength=NUM_CHOICES).tolist()}
+        summary[split] = {
+            "examples": len(questions),
+            "labels": np.bincount(labels, minlength=NUM_CHOICES).tolist(),
+        }
     _publish(files)
     return summary
 
@@ -265,24 +297,29 @@ def squad_sentences(sentences: Sequence[str]) -> tuple[list[str], list[str]]:
     return [s for s in short if parenthesised(s)], [s for s in short if not set('()"') & set(s)]
 
 
-def write_squad_task(sentences: Sequence[str], out_dir, *, n_train: int, n_dev: int,
-                     seed: int = 0) -> list[list[str]]:
+def write_squad_task(
+    sentences: Sequence[str], out_dir, *, n_train: int, n_dev: int, seed: int = 0
+) -> list[list[str]]:
     """train-v1.1.json / dev-v1.1.json in `out_dir`: each context a parenthesised sentence and
     a filler in random order, the answer the text in the parentheses; dev uses sentences
     training never sees (the first 150 parenthesised ones and 300 fillers of a seeded order).
     Returns each dev context's sentences (for the baselines)."""
     spans, fillers = squad_sentences(sentences)
     if len(spans) <= 150 or len(fillers) <= 300:
-        raise UserError(f"{len(spans)} sentences with parentheses and {len(fillers)} without: "
-                        "too few for a SQuAD-style task (more than 150 and 300)")
+        raise UserError(
+            f"{len(spans)} sentences with parentheses and {len(fillers)} without: "
+            "too few for a SQuAD-style task (more than 150 and 300)"
+        )
     rng = np.random.default_rng(seed)
     spans = [spans[i] for i in rng.permutation(len(spans))]
     fillers = [fillers[i] for i in rng.permutation(len(fillers))]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files, dev_contexts = {}, []
-    for name, n, (pool, pad) in (("train", n_train, (spans[150:], fillers[300:])),
-                                 ("dev", n_dev, (spans[:150], fillers[:300]))):
+    for name, n, (pool, pad) in (
+        ("train", n_train, (spans[150:], fillers[300:])),
+        ("dev", n_dev, (spans[:150], fillers[:300])),
+    ):
         groups = []
         for _ in range(n):
             pair = (pool[rng.integers(len(pool))], pad[rng.integers(len(pad))])

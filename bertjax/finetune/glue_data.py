@@ -66,8 +66,9 @@ def parse_label(task: GlueTask, value, where: str) -> int | float | None:
             raise UserError(f"{where}: STS-B score {value!r} is not a number") from None
         low, high = task.score_range
         if not low <= score <= high:  # NaN fails this too, as does inf
-            raise UserError(f"{where}: STS-B score {value!r} is not a number from {low:g} to "
-                            f"{high:g}")
+            raise UserError(
+                f"{where}: STS-B score {value!r} is not a number from {low:g} to {high:g}"
+            )
         return score
     if isinstance(value, str) and value in task.label_names:
         return task.label_names.index(value)

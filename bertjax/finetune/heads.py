@@ -41,8 +41,11 @@ def real_rows(batch) -> jax.Array:
     return jnp.sum(batch["weights"].astype(jnp.float32))
 
 
-def example_objective(example_sums: Callable[[object, dict], dict], means: dict[str, str],
-                      count: Callable[[dict], jax.Array] = real_rows) -> Objective:
+def example_objective(
+    example_sums: Callable[[object, dict], dict],
+    means: dict[str, str],
+    count: Callable[[dict], jax.Array] = real_rows,
+) -> Objective:
     """A fine-tuning loss for `step.train_step`: `example_sums(outputs, batch)` gives weighted
     sums (`loss_sum`, `weight_sum`, ...) over what the loss averages, `count(batch)` how many
     of those the global batch holds (by default its real rows); the loss is `loss_sum` over
@@ -63,8 +66,13 @@ def example_objective(example_sums: Callable[[object, dict], dict], means: dict[
     return Objective(sums, denominators, loss, lambda s: losses.weighted_means(s, means))
 
 
-def finetuning_head(model, spec: hf.HeadSpec, example_sums, means: dict[str, str],
-                    count: Callable[[dict], jax.Array] = real_rows) -> Head:
+def finetuning_head(
+    model,
+    spec: hf.HeadSpec,
+    example_sums,
+    means: dict[str, str],
+    count: Callable[[dict], jax.Array] = real_rows,
+) -> Head:
     """A Head of `model` with `example_objective(example_sums, means, count)` and
     `predict_step`."""
     return Head(model, example_objective(example_sums, means, count), predict_step, spec)

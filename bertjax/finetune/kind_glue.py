@@ -51,8 +51,9 @@ class GlueKind:
 
         task, data_dir = self.task, self.cfg.data.dir
         splits = ["train", *task.dev_splits]
-        splits += [s for s in task.test_splits
-                   if data_dir is None or _has_split_file(task, data_dir, s)]
+        splits += [
+            s for s in task.test_splits if data_dir is None or _has_split_file(task, data_dir, s)
+        ]
         return {s: glue_data.load_split(task, s, data_dir) for s in splits}
 
     def encode(self, examples: dict, tokenizer) -> dict[str, batches.Split]:
@@ -62,8 +63,9 @@ class GlueKind:
         return {
             name: batches.Split(
                 name,
-                glue_data.encode_examples(rows, tokenizer, self.cfg.data.max_seq_len,
-                                          regression=self.task.is_regression),
+                glue_data.encode_examples(
+                    rows, tokenizer, self.cfg.data.max_seq_len, regression=self.task.is_regression
+                ),
                 np.array([r["idx"] for r in rows], np.int64),
             )
             for name, rows in examples.items()
@@ -73,8 +75,9 @@ class GlueKind:
         """BertForSequenceClassification with the task's labels (one output for STS-B)."""
         return classifier_head.head(model_cfg, self.task.num_labels, self.task.is_regression)
 
-    def synthetic_batch(self, batch_size: int, seq_len: int, vocab_size: int,
-                        seed: int = 0) -> dict:
+    def synthetic_batch(
+        self, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0
+    ) -> dict:
         """Full-length two-segment rows, random labels (class ids, or scores in [0, 5] for a
         regression) and weights of 1."""
         batch = batches.synthetic_inputs(batch_size, seq_len, vocab_size, seed)

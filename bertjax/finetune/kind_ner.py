@@ -37,7 +37,7 @@ def task_names() -> tuple[str, ...]:
 
 
 def canonical_name(name: str) -> str | None:
-    """"conll2003" for its spellings ("CoNLL-2003", "conll03"), "ner", else None."""
+    """ "conll2003" for its spellings ("CoNLL-2003", "conll03"), "ner", else None."""
     key = name.lower().replace("-", "").replace("_", "")
     return {"conll2003": "conll2003", "conll03": "conll2003", "ner": "ner"}.get(key)
 
@@ -53,8 +53,10 @@ def configured_labels(cfg, name: str) -> tuple[str, ...] | None:
     text = cfg.ner.labels.strip()
     if name == "conll2003":
         if text:
-            raise UserError(f"--labels {text!r} applies to --task ner; --task conll2003 has "
-                            "CoNLL-2003's labels (" + ",".join(conll_data.CONLL2003_LABELS) + ")")
+            raise UserError(
+                f"--labels {text!r} applies to --task ner; --task conll2003 has "
+                "CoNLL-2003's labels (" + ",".join(conll_data.CONLL2003_LABELS) + ")"
+            )
         return conll_data.CONLL2003_LABELS
     if not text:
         return None
@@ -64,17 +66,21 @@ def configured_labels(cfg, name: str) -> tuple[str, ...] | None:
 def check_config(cfg, name: str) -> None:
     """Raises a UserError naming the flag when an NER setting cannot work."""
     if "ner" not in cfg:
-        raise UserError(f"--task {name} needs the config key(s) "
-                        f"{', '.join('ner.' + k for k in FLAGS)}: use --config finetune_ner "
-                        "(the default for NER tasks) or a config derived from it")
+        raise UserError(
+            f"--task {name} needs the config key(s) "
+            f"{', '.join('ner.' + k for k in FLAGS)}: use --config finetune_ner "
+            "(the default for NER tasks) or a config derived from it"
+        )
     if cfg.ner.scheme not in conll_data.SCHEMES:
-        raise UserError(f"--tag-scheme {cfg.ner.scheme!r} is not one of "
-                        f"{', '.join(conll_data.SCHEMES)}")
+        raise UserError(
+            f"--tag-scheme {cfg.ner.scheme!r} is not one of {', '.join(conll_data.SCHEMES)}"
+        )
     try:
         "".encode(cfg.ner.encoding)
     except LookupError:
-        raise UserError(f"--config.ner.encoding={cfg.ner.encoding!r} is not a text encoding "
-                        "Python knows") from None
+        raise UserError(
+            f"--config.ner.encoding={cfg.ner.encoding!r} is not a text encoding Python knows"
+        ) from None
     configured_labels(cfg, name)
     token_features.check_window(cfg.data.max_seq_len, cfg.ner.doc_stride)
 
@@ -102,17 +108,22 @@ class NerKind:
         one, the hub's); fixes the label list (and the detected tag scheme)."""
         ner = self.cfg.ner
         if self.cfg.data.dir is None and self.name == "ner":
-            raise UserError("--task ner reads a directory of CoNLL-format files: pass --data "
-                            "DIR (train.txt, valid.txt, test.txt or eng.train, eng.testa, "
-                            "eng.testb)")
+            raise UserError(
+                "--task ner reads a directory of CoNLL-format files: pass --data "
+                "DIR (train.txt, valid.txt, test.txt or eng.train, eng.testa, "
+                "eng.testb)"
+            )
         if self.cfg.data.dir is None:
             data = conll_data.load_conll_hub(conll_data.HUB_NAME, ner.scheme)
             if data.labels != conll_data.CONLL2003_LABELS:
-                raise UserError(f"{conll_data.HUB_NAME} names its tags "
-                                f"{', '.join(data.labels)}, not CoNLL-2003's nine")
+                raise UserError(
+                    f"{conll_data.HUB_NAME} names its tags "
+                    f"{', '.join(data.labels)}, not CoNLL-2003's nine"
+                )
         else:
-            data = conll_data.load_conll_dir(self.cfg.data.dir, self.labels, ner.scheme,
-                                             ner.encoding)
+            data = conll_data.load_conll_dir(
+                self.cfg.data.dir, self.labels, ner.scheme, ner.encoding
+            )
         self.labels, self.scheme = data.labels, data.scheme
         return data.splits
 
@@ -122,24 +133,33 @@ class NerKind:
         splits = {}
         for name, sentences in examples.items():
             features = token_features.build_features(
-                [s.words for s in sentences], tokenizer,
-                conll_data.tag_ids(sentences, self.labels), self.cfg.data.max_seq_len,
-                self.cfg.ner.doc_stride)
-            splits[name] = batches.Split(name, features.model_inputs(),
-                                         features.sentence_index.astype(np.int64),
-                                         Sentences(sentences, features))
+                [s.words for s in sentences],
+                tokenizer,
+                conll_data.tag_ids(sentences, self.labels),
+                self.cfg.data.max_seq_len,
+                self.cfg.ner.doc_stride,
+            )
+            splits[name] = batches.Split(
+                name,
+                features.model_inputs(),
+                features.sentence_index.astype(np.int64),
+                Sentences(sentences, features),
+            )
         return splits
 
     def head(self, model_cfg):
         """BertForTokenClassification over the label list."""
         if self.labels is None:
-            raise UserError("--task ner takes its label list from its training file; to build "
-                            "the head without data, give the list (--labels O,B-X,I-X,..., "
-                            "config key ner.labels) or take --task conll2003's")
+            raise UserError(
+                "--task ner takes its label list from its training file; to build "
+                "the head without data, give the list (--labels O,B-X,I-X,..., "
+                "config key ner.labels) or take --task conll2003's"
+            )
         return token_head.head(model_cfg, self.labels)
 
-    def synthetic_batch(self, batch_size: int, seq_len: int, vocab_size: int,
-                        seed: int = 0) -> dict:
+    def synthetic_batch(
+        self, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0
+    ) -> dict:
         """Full-length rows, random label ids on a random two thirds of the positions
         between [CLS] and [SEP] (as words' first pieces), weight 1 there."""
         batch = batches.synthetic_inputs(batch_size, seq_len, vocab_size, seed)
@@ -177,16 +197,21 @@ class NerKind:
         prints for it."""
         sentences = split.source.sentences
         gold = [s.tags for s in sentences]
-        path = conlleval.write_conll(Path(out_dir) / f"{split.name}.conll",
-                                     [s.words for s in sentences], gold, predictions)
+        path = conlleval.write_conll(
+            Path(out_dir) / f"{split.name}.conll", [s.words for s in sentences], gold, predictions
+        )
         report = Path(out_dir) / f"{split.name}_conlleval.txt"
         report.write_text(conlleval.format_report(conlleval.evaluate(gold, predictions)))
         return [path, report]
 
     def checkpoint_info(self) -> dict:
         """What the checkpoint records of the task beside the model."""
-        return {"task": self.name, "labels": list(self.labels or ()), "scheme": self.scheme,
-                **{k: v for k, v in self.cfg.ner.to_dict().items() if k != "labels"}}
+        return {
+            "task": self.name,
+            "labels": list(self.labels or ()),
+            "scheme": self.scheme,
+            **{k: v for k, v in self.cfg.ner.to_dict().items() if k != "labels"},
+        }
 
     def export(self, out: Path, params, model_cfg, tokenizer) -> None:
         """`out`: a folder transformers.BertForTokenClassification loads, config.json naming

@@ -50,7 +50,7 @@ def task_names() -> tuple[str, ...]:
 
 
 def canonical_name(task: str) -> str | None:
-    """"squad" or "squad_v2" for any spelling of a SQuAD task ("SQuAD", "squad-v2.0"), else
+    """ "squad" or "squad_v2" for any spelling of a SQuAD task ("SQuAD", "squad-v2.0"), else
     None."""
     return _ALIASES.get(task.lower().replace("-", "").replace("_", "").replace(".", ""))
 
@@ -71,8 +71,9 @@ def check_config(cfg, name: str) -> None:
     # Each key's type and range are the config schema's (configs/finetune_squad.py); what
     # the keys allow together is checked here.
     squad = cfg.squad
-    squad_features.check_window_sizes(cfg.data.max_seq_len, squad.doc_stride,
-                                      squad.max_query_length)
+    squad_features.check_window_sizes(
+        cfg.data.max_seq_len, squad.doc_stride, squad.max_query_length
+    )
     threshold = squad.null_score_diff_threshold
     if VERSIONS[name] == "v1.1" and threshold != 0:
         raise UserError(
@@ -108,11 +109,16 @@ class SquadKind:
         for split, filename in FILES[self.version].items():
             if not (data / filename).is_file():
                 other = next(v for v in FILES if v != self.version)
-                hint = (f"; it holds {FILES[other][split]}, a SQuAD {other} file: choose "
-                        f"--task {'squad' if other == 'v1.1' else 'squad_v2'}"
-                        if (data / FILES[other][split]).is_file() else "")
-                raise UserError(f"SQuAD data directory {data} has no {filename} (the {split} "
-                                f"file of SQuAD {self.version}){hint}")
+                hint = (
+                    f"; it holds {FILES[other][split]}, a SQuAD {other} file: choose "
+                    f"--task {'squad' if other == 'v1.1' else 'squad_v2'}"
+                    if (data / FILES[other][split]).is_file()
+                    else ""
+                )
+                raise UserError(
+                    f"SQuAD data directory {data} has no {filename} (the {split} "
+                    f"file of SQuAD {self.version}){hint}"
+                )
             examples[split] = squad_data.read_squad_json(data / filename, self.version)
         return examples
 
@@ -121,18 +127,21 @@ class SquadKind:
         data, squad, splits = self.cfg.data, self.cfg.squad, {}
         for name, rows in examples.items():
             features = squad_features.build_features(
-                rows, tokenizer, data.max_seq_len, squad.doc_stride, squad.max_query_length)
+                rows, tokenizer, data.max_seq_len, squad.doc_stride, squad.max_query_length
+            )
             source = None if name == "train" else Windows(rows, features)
-            splits[name] = batches.Split(name, features.model_inputs(),
-                                         features.example_index.astype(np.int64), source)
+            splits[name] = batches.Split(
+                name, features.model_inputs(), features.example_index.astype(np.int64), source
+            )
         return splits
 
     def head(self, model_cfg):
         """BertForQuestionAnswering: start and end logits from the last hidden state."""
         return span_head.head(model_cfg)
 
-    def synthetic_batch(self, batch_size: int, seq_len: int, vocab_size: int,
-                        seed: int = 0) -> dict:
+    def synthetic_batch(
+        self, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0
+    ) -> dict:
         """Full-length two-segment rows, random answer start/end positions in the second
         segment (end >= start) and weights of 1."""
         batch = batches.synthetic_inputs(batch_size, seq_len, vocab_size, seed)
@@ -147,9 +156,15 @@ class SquadKind:
         difference (the threshold is applied when scoring and writing)."""
         start_logits, end_logits = real_positions(split, outputs)
         return squad_decode.decode_predictions(
-            split.source.examples, split.source.features, start_logits, end_logits,
-            version_2=self.version == "v2.0", n_best_size=self.cfg.squad.n_best_size,
-            max_answer_length=self.cfg.squad.max_answer_length, null_score_diff_threshold=math.inf)
+            split.source.examples,
+            split.source.features,
+            start_logits,
+            end_logits,
+            version_2=self.version == "v2.0",
+            n_best_size=self.cfg.squad.n_best_size,
+            max_answer_length=self.cfg.squad.max_answer_length,
+            null_score_diff_threshold=math.inf,
+        )
 
     def answers(self, predictions: squad_decode.SquadPredictions) -> dict[str, str]:
         """predictions.json: v2.0 answers "" where null minus best non-null score exceeds
@@ -173,12 +188,15 @@ class SquadKind:
             scores = squad_metrics.squad_v1_scores(gold, predictions.answers)
         else:
             threshold = self.cfg.squad.null_score_diff_threshold
-            scores = squad_metrics.squad_v2_scores(gold, self.answers(predictions),
-                                                   predictions.null_odds, threshold)
+            scores = squad_metrics.squad_v2_scores(
+                gold, self.answers(predictions), predictions.null_odds, threshold
+            )
             scores["null_score_diff_threshold"] = threshold
         start_logits, end_logits = real_positions(split, outputs)
-        loss = (mean_cross_entropy(start_logits, split.arrays["start_positions"])
-                + mean_cross_entropy(end_logits, split.arrays["end_positions"])) / 2
+        loss = (
+            mean_cross_entropy(start_logits, split.arrays["start_positions"])
+            + mean_cross_entropy(end_logits, split.arrays["end_positions"])
+        ) / 2
         return {**scores, "loss": loss, "examples": len(gold), "features": len(split)}
 
     def write_predictions(self, out_dir: Path, split: batches.Split, predictions) -> list[Path]:

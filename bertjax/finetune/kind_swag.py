@@ -23,7 +23,7 @@ def task_names() -> tuple[str, ...]:
 
 
 def canonical_name(name: str) -> str | None:
-    """"swag" for any spelling of it, else None."""
+    """ "swag" for any spelling of it, else None."""
     return "swag" if name.lower() == "swag" else None
 
 
@@ -57,8 +57,11 @@ class SwagKind:
         """split -> Split of [n, 4, max_seq_len] choices and the labels (-1: unlabelled)."""
         return {
             name: batches.Split(
-                name, swag_data.encode_examples(rows, tokenizer, self.cfg.data.max_seq_len),
-                np.array([ex.idx for ex in rows], np.int64), rows)
+                name,
+                swag_data.encode_examples(rows, tokenizer, self.cfg.data.max_seq_len),
+                np.array([ex.idx for ex in rows], np.int64),
+                rows,
+            )
             for name, rows in examples.items()
         }
 
@@ -66,8 +69,9 @@ class SwagKind:
         """BertForMultipleChoice: one score per choice from its pooled output."""
         return choice_head.head(model_cfg)
 
-    def synthetic_batch(self, batch_size: int, seq_len: int, vocab_size: int,
-                        seed: int = 0) -> dict:
+    def synthetic_batch(
+        self, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0
+    ) -> dict:
         """Full-length two-segment rows for each of the four choices ([B, 4, L]), a random
         true choice and weights of 1."""
         rows = batches.synthetic_inputs(batch_size * swag_data.NUM_CHOICES, seq_len,
@@ -89,8 +93,11 @@ class SwagKind:
         from bertjax.finetune.metrics import mean_cross_entropy
 
         labels = split.arrays["labels"]
-        return {"accuracy": float(np.mean(predictions == labels)),
-                "loss": mean_cross_entropy(outputs, labels), "examples": len(labels)}
+        return {
+            "accuracy": float(np.mean(predictions == labels)),
+            "loss": mean_cross_entropy(outputs, labels),
+            "examples": len(labels),
+        }
 
     def write_predictions(self, out_dir: Path, split: batches.Split, predictions) -> list[Path]:
         """`{split}_predictions.csv`: each example's row in its file (`idx`, 0-based after

@@ -35,8 +35,9 @@ class TaskKind(Protocol):
     def load_examples(self) -> dict: ...  # split -> examples, before the model is loaded
     def encode(self, examples: dict, tokenizer) -> dict: ...  # split -> batches.Split
     def head(self, model_cfg): ...  # train.head.Head: the model, its loss and predict step
-    def synthetic_batch(self, batch_size: int, seq_len: int, vocab_size: int,
-                        seed: int = 0) -> dict: ...  # a training batch of full rows (numpy)
+    def synthetic_batch(
+        self, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0
+    ) -> dict: ...  # a training batch of full rows (numpy)
     def decode(self, split, outputs): ...  # the model's outputs on a split -> predictions
     def metrics(self, split, outputs, predictions) -> dict: ...  # one split's dev metrics
     def write_predictions(self, out_dir: Path, split, predictions) -> list[Path]: ...

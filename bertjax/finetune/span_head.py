@@ -72,9 +72,15 @@ def span_sums(start_logits_BxL, end_logits_BxL, batch: dict) -> dict:
     start_logits_BxL = jnp.where(real_BxL, start_logits_BxL, PADDING_LOGIT)
     end_logits_BxL = jnp.where(real_BxL, end_logits_BxL, PADDING_LOGIT)
     start_B, end_B = batch["start_positions"], batch["end_positions"]
-    loss_B = (optax.softmax_cross_entropy_with_integer_labels(start_logits_BxL, start_B)
-              + optax.softmax_cross_entropy_with_integer_labels(end_logits_BxL, end_B)) / 2
-    exact_B = ((jnp.argmax(start_logits_BxL, -1) == start_B)
-               & (jnp.argmax(end_logits_BxL, -1) == end_B)).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(loss_B * weights_B), "exact_sum": jnp.sum(exact_B * weights_B),
-            "weight_sum": jnp.sum(weights_B)}
+    loss_B = (
+        optax.softmax_cross_entropy_with_integer_labels(start_logits_BxL, start_B)
+        + optax.softmax_cross_entropy_with_integer_labels(end_logits_BxL, end_B)
+    ) / 2
+    exact_B = (
+        (jnp.argmax(start_logits_BxL, -1) == start_B) & (jnp.argmax(end_logits_BxL, -1) == end_B)
+    ).astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(loss_B * weights_B),
+        "exact_sum": jnp.sum(exact_B * weights_B),
+        "weight_sum": jnp.sum(weights_B),
+    }

@@ -124,20 +124,34 @@ def examples_from_json(data: Mapping, version: str, source: str = "SQuAD JSON"):
                     has_impossible_key |= "is_impossible" in qa
                     answers = _answers(qa.get("answers", []), source, qid)
                     impossible = bool(qa.get("is_impossible", False))
-                    examples.append(SquadExample(qid, qa["question"], context, answers,
-                                                 impossible, article.get("title", "")))
+                    examples.append(
+                        SquadExample(
+                            qid,
+                            qa["question"],
+                            context,
+                            answers,
+                            impossible,
+                            article.get("title", ""),
+                        )
+                    )
     except (KeyError, TypeError) as e:
         raise UserError(f"{source} is not a SQuAD file: an entry lacks the key {e}") from None
     declared = data.get("version")
     found = _DECLARED_VERSIONS.get(str(declared), "v2.0" if has_impossible_key else "v1.1")
     if found != version:
-        why = (f'its "version" is {declared!r}' if str(declared) in _DECLARED_VERSIONS else
-               "its questions carry is_impossible" if has_impossible_key else
-               "no question carries is_impossible")
+        why = (
+            f'its "version" is {declared!r}'
+            if str(declared) in _DECLARED_VERSIONS
+            else "its questions carry is_impossible"
+            if has_impossible_key
+            else "no question carries is_impossible"
+        )
         raise _mismatch(source, found, version, why)
     if version == "v1.1" and has_impossible_key:
-        raise UserError(f"{source} says it is SQuAD v1.1 but its questions carry is_impossible, "
-                        "which only v2.0 has")
+        raise UserError(
+            f"{source} says it is SQuAD v1.1 but its questions carry is_impossible, "
+            "which only v2.0 has"
+        )
     for ex in examples:
         _check_example(ex, source)
     _check_unique(examples, source)
@@ -166,8 +180,10 @@ def examples_from_rows(rows: Iterable[Mapping], version: str, source: str):
         answers = row["answers"]
         texts, starts = list(answers["text"]), list(answers["answer_start"])
         if len(texts) != len(starts):
-            raise UserError(f"{source}: question {qid!r} has {len(texts)} answer texts but "
-                            f"{len(starts)} answer_start values")
+            raise UserError(
+                f"{source}: question {qid!r} has {len(texts)} answer texts but "
+                f"{len(starts)} answer_start values"
+            )
         if not texts and version == "v1.1":
             raise _mismatch(source, "v2.0", version, f"question {qid!r} has no answer")
         examples.append(SquadExample(

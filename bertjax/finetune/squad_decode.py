@@ -60,8 +60,17 @@ def _candidates(start_L, end_L, offsets_Lx2, max_context_L, n_best_size, max_ans
     return out
 
 
-def decode_example(context, windows, start_logits, end_logits, features, *, version_2: bool,
-                   n_best_size: int, max_answer_length: int):
+def decode_example(
+    context,
+    windows,
+    start_logits,
+    end_logits,
+    features,
+    *,
+    version_2: bool,
+    n_best_size: int,
+    max_answer_length: int,
+):
     """(n-best list, null score or None) of one question from the rows `windows` it owns."""
     prelim = []  # (score, window, start, end, start_logit, end_logit)
     null = None  # (score, start_logit, end_logit) of the window with the smallest null score
@@ -72,8 +81,12 @@ def decode_example(context, windows, start_logits, end_logits, features, *, vers
             if null is None or score < null[0]:
                 null = (score, float(start_L[0]), float(end_L[0]))
         for start, end, s_logit, e_logit in _candidates(
-            start_L, end_L, features.token_offsets[w], features.token_is_max_context[w],
-            n_best_size, max_answer_length,
+            start_L,
+            end_L,
+            features.token_offsets[w],
+            features.token_is_max_context[w],
+            n_best_size,
+            max_answer_length,
         ):
             prelim.append((s_logit + e_logit, w, start, end, s_logit, e_logit))
     if version_2:
@@ -122,8 +135,10 @@ def decode_predictions(
     """
     start_logits, end_logits = np.asarray(start_logits), np.asarray(end_logits)
     if start_logits.shape != features.input_ids.shape or end_logits.shape != start_logits.shape:
-        raise ValueError(f"logits of shapes {start_logits.shape} and {end_logits.shape} do not "
-                         f"match the features' {features.input_ids.shape}")
+        raise ValueError(
+            f"logits of shapes {start_logits.shape} and {end_logits.shape} do not "
+            f"match the features' {features.input_ids.shape}"
+        )
     windows_of = defaultdict(list)
     for row, example_index in enumerate(features.example_index):
         windows_of[int(example_index)].append(row)
@@ -132,8 +147,15 @@ def decode_predictions(
         if not windows_of[example_index]:
             raise ValueError(f"question {ex.qid!r} has no feature row")
         nbest, score_null = decode_example(
-            ex.context, windows_of[example_index], start_logits, end_logits, features,
-            version_2=version_2, n_best_size=n_best_size, max_answer_length=max_answer_length)
+            ex.context,
+            windows_of[example_index],
+            start_logits,
+            end_logits,
+            features,
+            version_2=version_2,
+            n_best_size=n_best_size,
+            max_answer_length=max_answer_length,
+        )
         all_nbest[ex.qid] = nbest
         if not version_2:
             answers[ex.qid] = nbest[0]["text"]

@@ -98,14 +98,18 @@ def check_window_sizes(max_seq_len: int, doc_stride: int, max_query_length: int)
         raise UserError(f"--max-query-length must be at least 1, got {max_query_length}")
     room = max_seq_len - max_query_length - 3  # [CLS] question [SEP] context [SEP]
     if room < 1:
-        raise UserError(f"--max-seq-len {max_seq_len} leaves no room for context after a "
-                        f"question of --max-query-length {max_query_length} and 3 special "
-                        "tokens; raise --max-seq-len or lower --max-query-length")
+        raise UserError(
+            f"--max-seq-len {max_seq_len} leaves no room for context after a "
+            f"question of --max-query-length {max_query_length} and 3 special "
+            "tokens; raise --max-seq-len or lower --max-query-length"
+        )
     if not 1 <= doc_stride < room:
-        raise UserError(f"--doc-stride {doc_stride} must be at least 1 and smaller than the "
-                        f"{room} context tokens a window holds (--max-seq-len {max_seq_len} - "
-                        f"--max-query-length {max_query_length} - 3), or windows would skip "
-                        "or not overlap context")
+        raise UserError(
+            f"--doc-stride {doc_stride} must be at least 1 and smaller than the "
+            f"{room} context tokens a window holds (--max-seq-len {max_seq_len} - "
+            f"--max-query-length {max_query_length} - 3), or windows would skip "
+            "or not overlap context"
+        )
     return room
 
 
@@ -159,8 +163,10 @@ def build_features(
             answer = ex.answers[0]
             answer_tokens = answer_token_span(doc_offsets, answer.start, answer.end)
             if answer_tokens is None:
-                raise UserError(f"question {ex.qid!r}: its answer {answer.text!r} covers no "
-                                "token of the context")
+                raise UserError(
+                    f"question {ex.qid!r}: its answer {answer.text!r} covers no "
+                    "token of the context"
+                )
         room = max_seq_len - len(query_ids) - 3
         spans = window_starts(len(doc_ids), room, doc_stride)
         best_window = max_context_window(spans, len(doc_ids))
@@ -171,8 +177,17 @@ def build_features(
             if answer_tokens and start <= answer_tokens[0] and answer_tokens[1] < start + length:
                 start_pos = answer_tokens[0] - start + doc_offset
                 end_pos = answer_tokens[1] - start + doc_offset
-            rows.append((example_index, ids, doc_offset, doc_offsets[start : start + length],
-                         best_window[start : start + length] == w, start_pos, end_pos))
+            rows.append(
+                (
+                    example_index,
+                    ids,
+                    doc_offset,
+                    doc_offsets[start : start + length],
+                    best_window[start : start + length] == w,
+                    start_pos,
+                    end_pos,
+                )
+            )
     return _stack(rows, max_seq_len, pad_id)
 
 
@@ -190,5 +205,6 @@ def _stack(rows: list[tuple], max_seq_len: int, pad_id: int) -> SquadFeatures:
         offsets[i, doc_offset : doc_offset + len(span_offsets)] = span_offsets
         max_context[i, doc_offset : doc_offset + len(span_max)] = span_max
     column = lambda k: np.array([r[k] for r in rows], np.int32).reshape(n)
-    return SquadFeatures(input_ids, input_mask, segment_ids, column(5), column(6), column(0),
-                         offsets, max_context)
+    return SquadFeatures(
+        input_ids, input_mask, segment_ids, column(5), column(6), column(0), offsets, max_context
+    )

@@ -131,8 +131,10 @@ def squad_v2_scores(
         na_probs = {qid: 0.0 for qid in predictions}
     lacking = [q for q in gold if q in predictions and q not in na_probs]
     if lacking:
-        raise UserError(f"the no-answer probabilities lack {len(lacking)} predicted question(s), "
-                        f"e.g. {lacking[0]!r}")
+        raise UserError(
+            f"the no-answer probabilities lack {len(lacking)} predicted question(s), "
+            f"e.g. {lacking[0]!r}"
+        )
     exact_raw, f1_raw = _v2_raw_scores(gold, predictions)
 
     def threshold(raw):
@@ -147,7 +149,9 @@ def squad_v2_scores(
             out.update({f"{prefix}_{k}": v for k, v in _summary(exact, f1, qids).items()})
     if with_probs:
         out["best_exact"], out["best_exact_thresh"] = best_threshold(
-            predictions, exact_raw, na_probs, has_answer)
+            predictions, exact_raw, na_probs, has_answer
+        )
         out["best_f1"], out["best_f1_thresh"] = best_threshold(
-            predictions, f1_raw, na_probs, has_answer)
+            predictions, f1_raw, na_probs, has_answer
+        )
     return out

@@ -58,11 +58,18 @@ def _label(value, where: str) -> int:
 def _example(record: Mapping, idx: int, where: str, labelled: bool) -> SwagExample:
     missing = [k for k in ENDINGS if not (record.get(k) or "").strip()]
     if missing:
-        raise UserError(f"{where} has {NUM_CHOICES - len(missing)} endings ({', '.join(missing)} "
-                        f"empty or missing): a SWAG row needs {NUM_CHOICES}")
+        raise UserError(
+            f"{where} has {NUM_CHOICES - len(missing)} endings ({', '.join(missing)} "
+            f"empty or missing): a SWAG row needs {NUM_CHOICES}"
+        )
     label = _label(record.get("label"), where) if labelled else None
-    return SwagExample(idx, record.get("sent1") or "", record.get("sent2") or "",
-                       tuple(record[k] for k in ENDINGS), label)
+    return SwagExample(
+        idx,
+        record.get("sent1") or "",
+        record.get("sent2") or "",
+        tuple(record[k] for k in ENDINGS),
+        label,
+    )
 
 
 def read_swag_csv(path, require_labels: bool = False) -> list[SwagExample]:
@@ -77,13 +84,17 @@ def read_swag_csv(path, require_labels: bool = False) -> list[SwagExample]:
         reader = csv.DictReader(f)
         header = reader.fieldnames
         if not header:
-            raise UserError(f"SWAG file {path} is empty; expected a CSV header with "
-                            f"{', '.join(TEXT_COLUMNS)}, label")
+            raise UserError(
+                f"SWAG file {path} is empty; expected a CSV header with "
+                f"{', '.join(TEXT_COLUMNS)}, label"
+            )
         wanted = [*TEXT_COLUMNS, *(["label"] if require_labels else [])]
         missing = [c for c in wanted if c not in header]
         if missing:
-            raise UserError(f"{path} has no column {', '.join(missing)}: a SWAG file's header "
-                            f"names {', '.join(TEXT_COLUMNS)} and (but for test.csv) label")
+            raise UserError(
+                f"{path} has no column {', '.join(missing)}: a SWAG file's header "
+                f"names {', '.join(TEXT_COLUMNS)} and (but for test.csv) label"
+            )
         labelled = "label" in header
         examples = []
         try:
@@ -111,8 +122,10 @@ def examples_from_rows(rows: Iterable[Mapping], source: str) -> list[SwagExample
     unlabelled = [r["label"] in (-1, None) for r in rows]
     if any(unlabelled) and not all(unlabelled):
         row = unlabelled.index(not unlabelled[0])
-        raise UserError(f"{source}, row {row}: label {rows[row]['label']!r} in a split whose "
-                        f"row 0 has label {rows[0]['label']!r}; a split is labelled or not")
+        raise UserError(
+            f"{source}, row {row}: label {rows[row]['label']!r} in a split whose "
+            f"row 0 has label {rows[0]['label']!r}; a split is labelled or not"
+        )
     return [_example(r, i, f"{source}, row {i}", not unlabelled[0]) for i, r in enumerate(rows)]
 
 
@@ -125,9 +138,11 @@ def load_swag_hub(split: str, name: str = HUB_NAME, config: str = HUB_CONFIG):
         rows = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # offline, unknown split, hub errors: all one message
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"could not load {name} ({config}) split {split!r} from the hub "
-                        f"({reason}); without network, pass a directory of SWAG CSV "
-                        "files") from None
+        raise UserError(
+            f"could not load {name} ({config}) split {split!r} from the hub "
+            f"({reason}); without network, pass a directory of SWAG CSV "
+            "files"
+        ) from None
     return examples_from_rows(rows, f"{name}[{split}]")
 
 
@@ -159,13 +174,16 @@ def truncate_longest_first(len_a: int, len_b: int, room: int) -> tuple[int, int]
     return (long, short) if swap else (short, long)
 
 
-def encode_examples(examples: Sequence[SwagExample], tokenizer, max_seq_len: int,
-                    chunk_size: int = 4096) -> dict[str, np.ndarray]:
+def encode_examples(
+    examples: Sequence[SwagExample], tokenizer, max_seq_len: int, chunk_size: int = 4096
+) -> dict[str, np.ndarray]:
     """input_ids, input_mask, segment_ids int32 [n, 4, max_seq_len] (each choice a row padded
     with pad_id) and labels int32 [n] (-1 where unlabelled)."""
     if max_seq_len < 5:
-        raise UserError(f"--max-seq-len {max_seq_len} leaves no room for a context and an "
-                        "ending beside [CLS] and two [SEP]; it must be at least 5")
+        raise UserError(
+            f"--max-seq-len {max_seq_len} leaves no room for a context and an "
+            "ending beside [CLS] and two [SEP]; it must be at least 5"
+        )
     n, room = len(examples), max_seq_len - 3
     input_ids = np.full((n, NUM_CHOICES, max_seq_len), tokenizer.pad_id, np.int32)
     input_mask = np.zeros((n, NUM_CHOICES, max_seq_len), np.int32)
@@ -175,7 +193,8 @@ def encode_examples(examples: Sequence[SwagExample], tokenizer, max_seq_len: int
         chunk = examples[first : first + chunk_size]
         contexts = tokenizer.encode_batch([ex.context for ex in chunk])
         seconds = tokenizer.encode_batch(
-            [f"{ex.start} {ending}" for ex in chunk for ending in ex.endings])
+            [f"{ex.start} {ending}" for ex in chunk for ending in ex.endings]
+        )
         for j, a in enumerate(contexts):
             for k in range(NUM_CHOICES):
                 b = seconds[j * NUM_CHOICES + k]
@@ -188,5 +207,9 @@ def encode_examples(examples: Sequence[SwagExample], tokenizer, max_seq_len: int
         if n > chunk_size:
             print(f"encoded {min(first + chunk_size, n)}/{n} SWAG examples", file=sys.stderr)
     labels = np.array([-1 if ex.label is None else ex.label for ex in examples], np.int32)
-    return {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids,
-            "labels": labels.reshape(n)}
+    return {
+        "input_ids": input_ids,
+        "input_mask": input_mask,
+        "segment_ids": segment_ids,
+        "labels": labels.reshape(n),
+    }

@@ -51,8 +51,17 @@ class GlueTask:
         return tuple(self.tsv_files)
 
 
-def _task(name, text_columns, label_names, metrics, main_metric, submission, fmt, mnli=False,
-          score_range=None):
+def _task(
+    name,
+    text_columns,
+    label_names,
+    metrics,
+    main_metric,
+    submission,
+    fmt,
+    mnli=False,
+    score_range=None,
+):
     if mnli:
         dev = ("validation_matched", "validation_mismatched")
         test = ("test_matched", "test_mismatched")

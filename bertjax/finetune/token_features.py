@@ -51,12 +51,16 @@ def check_window(max_seq_len: int, doc_stride: int | None) -> tuple[int, int]:
     flag at fault."""
     room = max_seq_len - 2  # [CLS] pieces [SEP]
     if room < 1:
-        raise UserError(f"--max-seq-len {max_seq_len} leaves no room for a word piece beside "
-                        "[CLS] and [SEP]; it must be at least 3")
+        raise UserError(
+            f"--max-seq-len {max_seq_len} leaves no room for a word piece beside "
+            "[CLS] and [SEP]; it must be at least 3"
+        )
     stride = max(1, room // 2) if doc_stride is None else doc_stride
     if not 1 <= stride <= room:
-        raise UserError(f"--doc-stride {stride} must be between 1 and the {room} pieces a window "
-                        f"holds (--max-seq-len {max_seq_len} - 2), or windows would skip pieces")
+        raise UserError(
+            f"--doc-stride {stride} must be between 1 and the {room} pieces a window "
+            f"holds (--max-seq-len {max_seq_len} - 2), or windows would skip pieces"
+        )
     return room, stride
 
 
@@ -97,8 +101,14 @@ def build_features(
         best_of_word = max_context_window(spans, len(flat))[first]
         for w, (start, length) in enumerate(spans):
             scored = np.flatnonzero(best_of_word == w) if len(words) else np.zeros(0, np.int64)
-            rows.append((s, [cls_id, *flat[start : start + length], sep_id],
-                         first[scored] - start + 1, scored))
+            rows.append(
+                (
+                    s,
+                    [cls_id, *flat[start : start + length], sep_id],
+                    first[scored] - start + 1,
+                    scored,
+                )
+            )
     return _stack(rows, sentences, labels, max_seq_len, tokenizer.pad_id)
 
 
@@ -129,8 +139,10 @@ def decode(features: TokenFeatures, predictions, label_names: Sequence[str] | No
     if predictions.ndim == 3:
         predictions = predictions.argmax(-1)
     if predictions.shape != features.word_index.shape:
-        raise ValueError(f"predictions of shape {predictions.shape} do not match the features' "
-                         f"{features.word_index.shape}")
+        raise ValueError(
+            f"predictions of shape {predictions.shape} do not match the features' "
+            f"{features.word_index.shape}"
+        )
     rows, cols = np.nonzero(features.word_index >= 0)
     offsets = np.concatenate([[0], np.cumsum(features.words_per_sentence, dtype=np.int64)])
     flat_index = offsets[features.sentence_index[rows]] + features.word_index[rows, cols]

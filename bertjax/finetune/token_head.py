@@ -35,8 +35,9 @@ class BertForTokenClassification(nn.Module):
         hidden_BxLxE, _ = model_lib.BertModel(cfg, name="bert")(
             input_ids, segment_ids, input_mask, deterministic
         )
-        hidden_BxLxE = nn.Dropout(cfg.hidden_dropout_prob)(hidden_BxLxE,
-                                                           deterministic=deterministic)
+        hidden_BxLxE = nn.Dropout(cfg.hidden_dropout_prob)(
+            hidden_BxLxE, deterministic=deterministic
+        )
         logits_BxLxK = dense(cfg, self.num_labels, ("embed", None), "classifier")(hidden_BxLxE)
         return logits_BxLxK.astype(jnp.float32)
 
@@ -50,17 +51,24 @@ def hf_spec(labels: Sequence[str]) -> hf.HeadSpec:
         functools.partial(BertForTokenClassification, num_labels=len(labels)),
         weights=tuple(hf.dense_weights("classifier", ("classifier",))),
         pooler=False,
-        config_json={"num_labels": len(labels),
-                     "id2label": {str(i): label for i, label in enumerate(labels)},
-                     "label2id": {label: i for i, label in enumerate(labels)}},
+        config_json={
+            "num_labels": len(labels),
+            "id2label": {str(i): label for i, label in enumerate(labels)},
+            "label2id": {label: i for i, label in enumerate(labels)},
+        },
     )
 
 
 def head(cfg: BertConfig, labels: Sequence[str]) -> Head:
     """BertForTokenClassification over `labels`, its loss the mean over the global batch's
     labelled tokens."""
-    return heads.finetuning_head(BertForTokenClassification(cfg, len(labels)), hf_spec(labels),
-                                 _example_sums, MEANS, labelled_tokens)
+    return heads.finetuning_head(
+        BertForTokenClassification(cfg, len(labels)),
+        hf_spec(labels),
+        _example_sums,
+        MEANS,
+        labelled_tokens,
+    )
 
 
 def labelled_tokens(batch) -> jnp.ndarray:
@@ -82,5 +90,8 @@ def token_sums(logits_BxLxK, label_ids_BxL, label_weights_BxL, weights_B) -> dic
     w_BxL = label_weights_BxL.astype(jnp.float32) * weights_B.astype(jnp.float32)[:, None]
     loss_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxK, label_ids_BxL)
     correct_BxL = (jnp.argmax(logits_BxLxK, axis=-1) == label_ids_BxL).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(loss_BxL * w_BxL), "correct_sum": jnp.sum(correct_BxL * w_BxL),
-            "weight_sum": jnp.sum(w_BxL)}
+    return {
+        "loss_sum": jnp.sum(loss_BxL * w_BxL),
+        "correct_sum": jnp.sum(correct_BxL * w_BxL),
+        "weight_sum": jnp.sum(w_BxL),
+    }

@@ -37,9 +37,13 @@ def optim_config(cfg, lr: float, total_steps: int):
     warming up over its `warmup_fraction` of `total_steps`."""
     import ml_collections
 
-    return ml_collections.ConfigDict({
-        **cfg.optim.to_dict(), "peak_lr": float(lr),
-        "warmup_steps": int(cfg.optim.warmup_fraction * total_steps)})
+    return ml_collections.ConfigDict(
+        {
+            **cfg.optim.to_dict(),
+            "peak_lr": float(lr),
+            "warmup_steps": int(cfg.optim.warmup_fraction * total_steps),
+        }
+    )
 
 
 # --- model ---------------------------------------------------------------------------------
@@ -135,8 +139,16 @@ def predict(run: Prepared, predict_fn, params, split: batches.Split):
     the run's length buckets (buckets.predict)."""
     max_seq_len = run.cfg.data.max_seq_len
     lengths = buckets.prediction_lengths(run.plan.lengths, max_seq_len)
-    return buckets.predict(predict_fn, params, split, run.cfg.train.global_batch_size, run.mesh,
-                           lengths, max_seq_len, run.kind.token_outputs)
+    return buckets.predict(
+        predict_fn,
+        params,
+        split,
+        run.cfg.train.global_batch_size,
+        run.mesh,
+        lengths,
+        max_seq_len,
+        run.kind.token_outputs,
+    )
 
 
 def dev_prefix(split: str) -> str:
@@ -153,14 +165,20 @@ def start_session(run: Prepared, lr: float, total_steps: int) -> Session:
 
     cfg = run.cfg
     optim_cfg = optim_config(cfg, lr, total_steps)
-    setup = step_setup.build(cfg, run.kind.head(run.model_cfg), run.mesh, optim_cfg=optim_cfg,
-                             total_steps=total_steps)
+    setup = step_setup.build(
+        cfg, run.kind.head(run.model_cfg), run.mesh, optim_cfg=optim_cfg, total_steps=total_steps
+    )
     root = jax.random.key(cfg.train.seed)
     bert = jax.device_put(run.bert_params, setup.state_shardings.params["bert"])
     # The head fresh; the encoder the pretrained one, never randomly initialised first.
     state = setup.init_state(jax.random.fold_in(root, 0), given_params={"bert": bert})
-    return Session(state, setup.train_fn, setup.predict_fn(), jax.random.fold_in(root, 1),
-                   optim_cfg.warmup_steps)
+    return Session(
+        state,
+        setup.train_fn,
+        setup.predict_fn(),
+        jax.random.fold_in(root, 1),
+        optim_cfg.warmup_steps,
+    )
 
 
 def train_epoch(run: Prepared, session: Session, state, epoch: int, step: int, step_metrics):
@@ -287,8 +305,12 @@ def prepare(cfg, workdir) -> Prepared:
     from bertjax.train import compile_cache, sharding
 
     kind = make_kind(cfg)
-    cache_dir = compile_cache.enable(cfg.train.compilation_cache_dir, workdir,
-                                     jax.process_count(), key="train.compilation_cache_dir")
+    cache_dir = compile_cache.enable(
+        cfg.train.compilation_cache_dir,
+        workdir,
+        jax.process_count(),
+        key="train.compilation_cache_dir",
+    )
     mesh = sharding.make_mesh(cfg.mesh)
     batch_size = cfg.train.global_batch_size
     ways = sharding.data_parallel_size(mesh) * cfg.train.grad_accum_steps
@@ -302,7 +324,8 @@ def prepare(cfg, workdir) -> Prepared:
     splits = kind.encode(examples, tokenizer)
     plan = buckets.Plan.of(splits["train"], cfg.data.length_buckets, cfg.data.max_seq_len)
     model_cfg, attention_line = run_model_config(
-        cfg, loaded.model_cfg, [*plan.lengths, cfg.data.max_seq_len])
+        cfg, loaded.model_cfg, [*plan.lengths, cfg.data.max_seq_len]
+    )
     _log(
         f"{kind.name}: "
         + ", ".join(f"{len(v)} {k}" for k, v in examples.items())
@@ -313,19 +336,20 @@ def prepare(cfg, workdir) -> Prepared:
         + f"; compilation cache {cache_dir or 'off'}"
     )
     _log(attention_line)
-    _log(f"length buckets {'/'.join(map(str, plan.lengths))} (--length-buckets="
-         f"{cfg.data.length_buckets}): rows per bucket "
-         f"{'/'.join(map(str, plan.rows_per_bucket()))}, an epoch computes "
-         f"{plan.padded_fraction(batch_size):.0%} of the positions of "
-         f"every row padded to {max(plan.lengths)}")
+    _log(
+        f"length buckets {'/'.join(map(str, plan.lengths))} (--length-buckets="
+        f"{cfg.data.length_buckets}): rows per bucket "
+        f"{'/'.join(map(str, plan.rows_per_bucket()))}, an epoch computes "
+        f"{plan.padded_fraction(batch_size):.0%} of the positions of "
+        f"every row padded to {max(plan.lengths)}"
+    )
     return Prepared(
         cfg=cfg,
         kind=kind,
         mesh=mesh,
         model_cfg=model_cfg,
         # In the run's layer layout (the `model` section may change scan_layers).
-        bert_params=encoder.to_layout(jax.device_get(loaded.params["bert"]),
-                                      model_cfg.scan_layers),
+        bert_params=encoder.to_layout(jax.device_get(loaded.params["bert"]), model_cfg.scan_layers),
         tokenizer=tokenizer,
         splits=splits,
         plan=plan,
@@ -352,8 +376,9 @@ def finetune(cfg, workdir) -> dict:
     if jax.process_index() == 0:
         for folder in (PREDICTIONS_DIR, EXPORT_DIR):  # the best run's, beside its results
             if (workdir / f"lr_{best:g}" / folder).is_dir():
-                shutil.copytree(workdir / f"lr_{best:g}" / folder, workdir / folder,
-                                dirs_exist_ok=True)
+                shutil.copytree(
+                    workdir / f"lr_{best:g}" / folder, workdir / folder, dirs_exist_ok=True
+                )
         outputs.write_file(workdir / RESULTS_FILE, json.dumps(result, indent=2) + "\n")
     _log(f"best learning rate {best:g}: dev {run.main_key} {runs[best][run.main_key]:.4f}")
     return result

@@ -45,8 +45,9 @@ class BatchLayout:
         return self.max_sequences_per_row or 1
 
 
-def batch_layout(config, *, seq_len: int, max_sequences_per_row: int | None,
-                 source: str) -> BatchLayout:
+def batch_layout(
+    config, *, seq_len: int, max_sequences_per_row: int | None, source: str
+) -> BatchLayout:
     """The layout of the config's batches at `seq_len` (packed when `max_sequences_per_row`),
     masked as the config's `data` section says; vocabulary: model.vocab_size, or BERT's."""
     from bertjax.data import masking, packing
@@ -59,10 +60,14 @@ def batch_layout(config, *, seq_len: int, max_sequences_per_row: int | None,
         cfg = masking.MaskingConfig(per_seq, prob, config.data.whole_word_masking)
     except ValueError as e:
         raise UserError(str(e)) from None
-    slots = per_seq if max_sequences_per_row is None else masking.packed_prediction_slots(
-        max_sequences_per_row, seq_len, cfg)
-    return BatchLayout(seq_len, slots, max_sequences_per_row,
-                       config.model.vocab_size or BERT_VOCAB_SIZE, source)
+    slots = (
+        per_seq
+        if max_sequences_per_row is None
+        else masking.packed_prediction_slots(max_sequences_per_row, seq_len, cfg)
+    )
+    return BatchLayout(
+        seq_len, slots, max_sequences_per_row, config.model.vocab_size or BERT_VOCAB_SIZE, source
+    )
 
 
 def dataset_layout(config, data_dir: str) -> BatchLayout:
@@ -70,9 +75,12 @@ def dataset_layout(config, data_dir: str) -> BatchLayout:
     from bertjax.data import packing, shards
 
     manifest = shards.read_manifest(data_dir)
-    layout = batch_layout(config, seq_len=int(manifest["max_seq_len"]),
-                          max_sequences_per_row=packing.sequences_per_row(manifest),
-                          source=f"dataset {data_dir}")
+    layout = batch_layout(
+        config,
+        seq_len=int(manifest["max_seq_len"]),
+        max_sequences_per_row=packing.sequences_per_row(manifest),
+        source=f"dataset {data_dir}",
+    )
     return dataclasses.replace(layout, vocab_size=int(manifest["tokenizer"]["vocab_size"]))
 
 
@@ -133,7 +141,9 @@ def _gib(n_bytes: float) -> str:
 
 _COMPILER_OOM = re.compile(
     r"(?:required for HLO temporaries \(|Used )([\d.]+)([KMGT])\)?.*?"
-    r"(?:exceeds available HBM \(| of )([\d.]+)([KMGT])", re.S)
+    r"(?:exceeds available HBM \(| of )([\d.]+)([KMGT])",
+    re.S,
+)
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -175,19 +185,30 @@ def memory_report(compiled, device_kind: str) -> dict:
     total = argument + output - alias + temp + code
     hbm = flops_lib.chip_hbm(device_kind)
     limit = None if hbm is None else int(hbm * (1 - HBM_HEADROOM))
-    return {"argument_bytes": argument, "output_bytes": output, "alias_bytes": alias,
-            "temp_bytes": temp, "code_bytes": code, "total_bytes": total, "hbm_bytes": hbm,
-            "limit_bytes": limit, "headroom": HBM_HEADROOM,
-            "fits": None if limit is None else total <= limit}
+    return {
+        "argument_bytes": argument,
+        "output_bytes": output,
+        "alias_bytes": alias,
+        "temp_bytes": temp,
+        "code_bytes": code,
+        "total_bytes": total,
+        "hbm_bytes": hbm,
+        "limit_bytes": limit,
+        "headroom": HBM_HEADROOM,
+        "fits": None if limit is None else total <= limit,
+    }
 
 
 def describe_memory(memory: dict) -> str:
     """One log line of memory_report's figures."""
-    line = (f"the compiled step needs {_gib(memory['total_bytes'])} per device (arguments "
-            f"{_gib(memory['argument_bytes'])}, temporaries {_gib(memory['temp_bytes'])})")
+    line = (
+        f"the compiled step needs {_gib(memory['total_bytes'])} per device (arguments "
+        f"{_gib(memory['argument_bytes'])}, temporaries {_gib(memory['temp_bytes'])})"
+    )
     if memory["hbm_bytes"] is not None:
-        line += (f" of {_gib(memory['hbm_bytes'])} HBM (usable {_gib(memory['limit_bytes'])}): "
-                 + ("fits" if memory["fits"] else "does not fit"))
+        line += f" of {_gib(memory['hbm_bytes'])} HBM (usable {_gib(memory['limit_bytes'])}): " + (
+            "fits" if memory["fits"] else "does not fit"
+        )
     return line
 
 
@@ -195,8 +216,11 @@ def flops_report(compiled, expected: dict, chips: int) -> dict:
     """Compiled matmul FLOPs of a step (all chips) against the model's, and XLA's own count."""
     cost = hlo_cost.analyze(compiled.as_text())
     compiled_flops = cost.matmul_flops * chips
-    explained = (expected["model_per_step"] - expected["heads_at_every_token"]
-                 - expected["attention_in_kernel"])
+    explained = (
+        expected["model_per_step"]
+        - expected["heads_at_every_token"]
+        - expected["attention_in_kernel"]
+    )
     xla = _cost_analysis(compiled)
     return {
         **expected,
@@ -217,8 +241,9 @@ def _cost_analysis(compiled) -> dict:
     return dict(costs or {})
 
 
-def roofline_report(compiled, flops: dict, *, tokens_per_step: int, chips: int,
-                    device_kind: str) -> dict:
+def roofline_report(
+    compiled, flops: dict, *, tokens_per_step: int, chips: int, device_kind: str
+) -> dict:
     """Step-time bounds, labelled: the compiler's roofline estimate (`optimal_seconds` of its
     cost analysis: per operation the slower of its FLOPs at peak and its bytes at HBM
     bandwidth) and the compiled matmuls at the chip's dense bf16 peak."""
@@ -226,22 +251,32 @@ def roofline_report(compiled, flops: dict, *, tokens_per_step: int, chips: int,
     per_chip_matmul = flops["compiled_matmul_per_step"] / chips
 
     def bound(step_s):
-        return {"step_s": step_s, "tokens_per_s": tokens_per_step / step_s,
-                "mfu": flops["model_per_step"] / (step_s * peak * chips)}
+        return {
+            "step_s": step_s,
+            "tokens_per_s": tokens_per_step / step_s,
+            "mfu": flops["model_per_step"] / (step_s * peak * chips),
+        }
 
     optimal = _cost_analysis(compiled).get("optimal_seconds")
     if flops["matmuls_in_loops"]:
-        compiler = {"unavailable": "XLA's cost analysis counts each loop body once (scanned "
-                    "layers, gradient accumulation); compile with model.scan_layers=false and "
-                    "train.grad_accum_steps=1 for its roofline"}
+        compiler = {
+            "unavailable": "XLA's cost analysis counts each loop body once (scanned "
+            "layers, gradient accumulation); compile with model.scan_layers=false and "
+            "train.grad_accum_steps=1 for its roofline"
+        }
     elif optimal is None or optimal <= 0:
         # HloCostAnalysis prices an operation it cannot cost at -1 s, and sums regardless.
-        compiler = {"unavailable": "the compiler's cost analysis could not price some "
-                    f"operations (optimal_seconds={optimal})"}
+        compiler = {
+            "unavailable": "the compiler's cost analysis could not price some "
+            f"operations (optimal_seconds={optimal})"
+        }
     else:
         compiler = bound(optimal)
-    return {"compiler_estimate": compiler, "matmuls_at_peak": bound(per_chip_matmul / peak),
-            "peak_flops_per_chip": peak}
+    return {
+        "compiler_estimate": compiler,
+        "matmuls_at_peak": bound(per_chip_matmul / peak),
+        "peak_flops_per_chip": peak,
+    }
 
 
 def compile_for_slice(config, tpu_slice, layout: BatchLayout, progress=print) -> dict:
@@ -255,25 +290,46 @@ def compile_for_slice(config, tpu_slice, layout: BatchLayout, progress=print) ->
 
     config_lib.validate(config, tpu_slice.chips, tpu_slice.hosts)
     model_cfg = config_lib.model_config(config.model, layout.vocab_size)
-    config_lib.validate_against_data(config, model_cfg, layout.seq_len, layout.vocab_size,
-                                     layout.source, platform="tpu")
+    config_lib.validate_against_data(
+        config, model_cfg, layout.seq_len, layout.vocab_size, layout.source, platform="tpu"
+    )
     model_cfg, choice = attention.resolved_config(model_cfg, layout.seq_len, platform="tpu")
     mesh = sharding.make_mesh(config.mesh, tpu_slice.devices)
     setup = step_setup.build(config, pretraining_head(model_cfg, config.train.nsp), mesh)
-    batch = {"global_batch_size": config.train.global_batch_size,
-             "grad_accum_steps": config.train.grad_accum_steps, "seq_len": layout.seq_len,
-             "layout": "padded" if layout.max_sequences_per_row is None else "packed",
-             "max_sequences_per_row": layout.max_sequences_per_row,
-             "predictions_per_row": layout.predictions, "vocab_size": layout.vocab_size,
-             "shapes_from": layout.source}
+    batch = {
+        "global_batch_size": config.train.global_batch_size,
+        "grad_accum_steps": config.train.grad_accum_steps,
+        "seq_len": layout.seq_len,
+        "layout": "padded" if layout.max_sequences_per_row is None else "packed",
+        "max_sequences_per_row": layout.max_sequences_per_row,
+        "predictions_per_row": layout.predictions,
+        "vocab_size": layout.vocab_size,
+        "shapes_from": layout.source,
+    }
     expected = expected_matmul_flops(model_cfg, config, layout, model_cfg.attention_impl)
-    return compile_setup(setup, abstract_batch(layout, config.train.global_batch_size),
-                         tpu_slice, preset=config.model.preset, attention_choice=choice,
-                         batch=batch, expected=expected, progress=progress)
+    return compile_setup(
+        setup,
+        abstract_batch(layout, config.train.global_batch_size),
+        tpu_slice,
+        preset=config.model.preset,
+        attention_choice=choice,
+        batch=batch,
+        expected=expected,
+        progress=progress,
+    )
 
 
-def compile_setup(setup, batch_shapes: dict, tpu_slice, *, preset: str, attention_choice: str,
-                  batch: dict, expected: dict | None = None, progress=print) -> dict:
+def compile_setup(
+    setup,
+    batch_shapes: dict,
+    tpu_slice,
+    *,
+    preset: str,
+    attention_choice: str,
+    batch: dict,
+    expected: dict | None = None,
+    progress=print,
+) -> dict:
     """Compiles `setup`'s train step (step_setup.StepSetup on a mesh of `tpu_slice`'s
     devices) for a global batch of `batch_shapes`; returns the report: the model, `batch`
     (what the report says of the batch), compile times, memory per chip and its verdict, and
@@ -284,26 +340,43 @@ def compile_setup(setup, batch_shapes: dict, tpu_slice, *, preset: str, attentio
     chips, model_cfg = tpu_slice.chips, setup.model_cfg
     args = setup.abstract_train_args(batch_shapes)
     mesh_text = " ".join(f"{axis}={size}" for axis, size in setup.mesh.shape.items())
-    progress(f"compiling the train step for {tpu_slice.name} ({chips} x {tpu_slice.device_kind},"
-             f" mesh {mesh_text}): seconds for bert-tiny, minutes for bert-base on 2 cores")
+    progress(
+        f"compiling the train step for {tpu_slice.name} ({chips} x {tpu_slice.device_kind},"
+        f" mesh {mesh_text}): seconds for bert-tiny, minutes for bert-base on 2 cores"
+    )
     compiled, lower_s, compile_s, oom = compile_step(setup.train_fn, args)
     report = {
-        "topology": tpu_slice.name, "chips": chips, "hosts": tpu_slice.hosts,
-        "device_kind": tpu_slice.device_kind, "mesh": dict(setup.mesh.shape),
-        "model": {"preset": preset, "head": setup.head.spec.architecture,
-                  "params": model_lib.count_params(args[0].params),
-                  "scan_layers": model_cfg.scan_layers, "remat_policy": model_cfg.remat_policy,
-                  "compute_dtype": model_cfg.compute_dtype,
-                  "attention": model_cfg.attention_impl, "attention_choice": attention_choice},
-        "batch": batch, "lower_s": round(lower_s, 2), "compile_s": round(compile_s, 2),
+        "topology": tpu_slice.name,
+        "chips": chips,
+        "hosts": tpu_slice.hosts,
+        "device_kind": tpu_slice.device_kind,
+        "mesh": dict(setup.mesh.shape),
+        "model": {
+            "preset": preset,
+            "head": setup.head.spec.architecture,
+            "params": model_lib.count_params(args[0].params),
+            "scan_layers": model_cfg.scan_layers,
+            "remat_policy": model_cfg.remat_policy,
+            "compute_dtype": model_cfg.compute_dtype,
+            "attention": model_cfg.attention_impl,
+            "attention_choice": attention_choice,
+        },
+        "batch": batch,
+        "lower_s": round(lower_s, 2),
+        "compile_s": round(compile_s, 2),
     }
     hbm = flops_lib.chip_hbm(tpu_slice.device_kind)
     if compiled is None:
         need, available = oom
         report["memory_per_chip"] = {
-            "total_bytes": need, "hbm_bytes": hbm, "compiler_available_bytes": available,
-            "limit_bytes": int(hbm * (1 - HBM_HEADROOM)), "headroom": HBM_HEADROOM,
-            "fits": False, "refused_by_compiler": True}
+            "total_bytes": need,
+            "hbm_bytes": hbm,
+            "compiler_available_bytes": available,
+            "limit_bytes": int(hbm * (1 - HBM_HEADROOM)),
+            "headroom": HBM_HEADROOM,
+            "fits": False,
+            "refused_by_compiler": True,
+        }
         report["fits"] = False
         return report
     report["memory_per_chip"] = memory_report(compiled, tpu_slice.device_kind)
@@ -316,8 +389,13 @@ def compile_setup(setup, batch_shapes: dict, tpu_slice, *, preset: str, attentio
         report["flops"] = flops_report(compiled, expected, chips)
         report["kernels"] = report["flops"].pop("kernels")
         tokens = batch["global_batch_size"] * batch["seq_len"]
-        report["roofline"] = roofline_report(compiled, report["flops"], tokens_per_step=tokens,
-                                             chips=chips, device_kind=tpu_slice.device_kind)
+        report["roofline"] = roofline_report(
+            compiled,
+            report["flops"],
+            tokens_per_step=tokens,
+            chips=chips,
+            device_kind=tpu_slice.device_kind,
+        )
     report["splash_attention"] = any(k.startswith("splash") for k in report["kernels"])
     return report
 
@@ -327,14 +405,19 @@ def no_fit_message(report: dict, config) -> str:
     memory = report["memory_per_chip"]
     remedies = []
     if config.model.remat_policy != "full":
-        remedies.append("--config.model.remat_policy=full (or another policy of "
-                        "docs/TRAINING.md)")
+        remedies.append("--config.model.remat_policy=full (or another policy of docs/TRAINING.md)")
     if report["mesh"]["fsdp"] < report["chips"]:
         remedies.append("a larger --config.mesh.fsdp")
-    remedies.append("more --config.train.grad_accum_steps or a smaller "
-                    "--config.train.global_batch_size")
-    where = ("the TPU compiler refused it" if memory.get("refused_by_compiler") else
-             f"{memory['headroom']:.0%} of HBM kept free")
-    return (f"the train step needs {_gib(memory['total_bytes'])} of the "
-            f"{_gib(memory['limit_bytes'])} usable per {report['device_kind']} chip "
-            f"({_gib(memory['hbm_bytes'])} HBM, {where}): try {', '.join(remedies)}")
+    remedies.append(
+        "more --config.train.grad_accum_steps or a smaller --config.train.global_batch_size"
+    )
+    where = (
+        "the TPU compiler refused it"
+        if memory.get("refused_by_compiler")
+        else f"{memory['headroom']:.0%} of HBM kept free"
+    )
+    return (
+        f"the train step needs {_gib(memory['total_bytes'])} of the "
+        f"{_gib(memory['limit_bytes'])} usable per {report['device_kind']} chip "
+        f"({_gib(memory['hbm_bytes'])} HBM, {where}): try {', '.join(remedies)}"
+    )

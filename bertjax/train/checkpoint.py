@@ -69,8 +69,15 @@ class Checkpointer:
       async_save: write in a background thread while training goes on.
     """
 
-    def __init__(self, workdir, *, keep: int = 3, keep_every: int | None = None,
-                 async_save: bool = True, read_only: bool = False):
+    def __init__(
+        self,
+        workdir,
+        *,
+        keep: int = 3,
+        keep_every: int | None = None,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else keep,
             save_interval_steps=0 if read_only else 1,  # what orbax forces (and warns) otherwise
@@ -82,13 +89,17 @@ class Checkpointer:
         self.directory = checkpoint_dir(workdir)
         self.read_only = read_only
         # Handlers named up front, so a fresh manager can read metadata before any save.
-        handlers = {"state": ocp.StandardCheckpointHandler(),
-                    "loader": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "loader": ocp.JsonCheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+        }
         with _without_absl_warning("Given directory is read only"):
             # Orbax warns on every read-only manager; reading a run (export, eval, plot)
             # is read-only by design, not a problem the user should be told about.
-            self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                                  item_handlers=handlers)
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_handlers=handlers
+            )
         self.last_save_blocking_s = 0.0  # how long the last save() held up the caller
         self.damaged_steps: list[int] = []  # skipped by restore, set aside by set_aside_damaged
 
@@ -100,8 +111,16 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any, rng: jax.Array, loader_state: dict, config: dict,
-             *, force: bool = False) -> bool:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        rng: jax.Array,
+        loader_state: dict,
+        config: dict,
+        *,
+        force: bool = False,
+    ) -> bool:
         """Starts saving a checkpoint of `step` (asynchronously when enabled); returns whether
         one was started. The arrays are copied before this returns, so the caller may donate
         `state` to the next step at once."""
@@ -121,8 +140,9 @@ class Checkpointer:
         self.last_save_blocking_s = time.perf_counter() - start
         return saved
 
-    def restore(self, abstract_state: Any, shardings: Any, step: int | None = None, *,
-                model_cfg=None):
+    def restore(
+        self, abstract_state: Any, shardings: Any, step: int | None = None, *, model_cfg=None
+    ):
         """Restores (state, rng, loader_state, config) onto `shardings`.
 
         `abstract_state` gives shapes and dtypes (e.g. from `jax.eval_shape`), `shardings` the
@@ -139,7 +159,9 @@ class Checkpointer:
         target = {
             "train": jax.tree.map(
                 lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                abstract_state, shardings),
+                abstract_state,
+                shardings,
+            ),
             "rng": None,
         }
         failures = []
@@ -154,13 +176,22 @@ class Checkpointer:
                 failures.append(f"step {candidate} ({reason})")
                 if step is not None:
                     break
-                aside = "" if self.read_only else (
-                    f" (set aside in {self.directory.parent / DAMAGED_DIR} when the run starts)")
-                quiet_restore.warn(f"checkpoint {self.directory / str(candidate)} could not be "
-                                   f"restored ({reason}); falling back to the one before{aside}")
+                aside = (
+                    ""
+                    if self.read_only
+                    else (
+                        f" (set aside in {self.directory.parent / DAMAGED_DIR} when the run starts)"
+                    )
+                )
+                quiet_restore.warn(
+                    f"checkpoint {self.directory / str(candidate)} could not be "
+                    f"restored ({reason}); falling back to the one before{aside}"
+                )
                 self.damaged_steps.append(candidate)
-        raise UserError(f"no checkpoint in {self.directory} could be restored: "
-                        f"{'; '.join(failures)}. Move {self.directory} aside to start afresh")
+        raise UserError(
+            f"no checkpoint in {self.directory} could be restored: "
+            f"{'; '.join(failures)}. Move {self.directory} aside to start afresh"
+        )
 
     def _check_same_model(self, step: int, model_cfg) -> None:
         """UserError when checkpoint `step` holds another architecture than `model_cfg`."""
@@ -172,20 +203,25 @@ class Checkpointer:
             return
         if not saved:
             return
-        differ = [f"{k}: {saved.get(k)!r} in the checkpoint, {getattr(model_cfg, k)!r} now"
-                  for k in ARCHITECTURE_FIELDS if saved.get(k) != getattr(model_cfg, k)]
+        differ = [
+            f"{k}: {saved.get(k)!r} in the checkpoint, {getattr(model_cfg, k)!r} now"
+            for k in ARCHITECTURE_FIELDS
+            if saved.get(k) != getattr(model_cfg, k)
+        ]
         if differ:
             raise UserError(
                 f"the checkpoint of step {step} in {self.directory} holds another model than "
                 f"the config ({'; '.join(differ)}): resume with the config it was trained "
-                "with, or use a new --workdir")
+                "with, or use a new --workdir"
+            )
         if bool(saved.get("scan_layers", False)) != model_cfg.scan_layers:
             # Restored as it is, the other layout would fail like damage and be set aside.
             raise UserError(
                 f"the checkpoint of step {step} in {self.directory} was written with "
                 f"model.scan_layers={bool(saved.get('scan_layers'))} and cannot restore into "
                 f"a state with model.scan_layers={model_cfg.scan_layers} (the run changed "
-                "layouts after it: move the newer steps aside to resume from this one)")
+                "layouts after it: move the newer steps aside to resume from this one)"
+            )
 
     def set_aside_damaged(self) -> None:
         """Moves the steps `restore` skipped as damaged aside (see `_set_aside`): called once
@@ -236,8 +272,10 @@ class Checkpointer:
         newest checkpoint that restores is taken; a damaged one is named in a warning.
         """
         if step is not None and int(step) not in self.all_steps():
-            raise FileNotFoundError(f"no complete checkpoint of step {step} in {self.directory}; "
-                                    f"steps there: {self.all_steps()}")
+            raise FileNotFoundError(
+                f"no complete checkpoint of step {step} in {self.directory}; "
+                f"steps there: {self.all_steps()}"
+            )
         steps = [int(step)] if step is not None else sorted(self.all_steps(), reverse=True)
         if not steps:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
@@ -248,20 +286,29 @@ class Checkpointer:
                 with quiet_restore.attempt():
                     meta = self._manager.item_metadata(candidate)["state"].tree
                     target = jax.tree.map(
-                        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta,
-                        is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-                    restored = self._manager.restore(candidate, args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()))
+                        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                        meta,
+                        is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
+                    )
+                    restored = self._manager.restore(
+                        candidate,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()
+                        ),
+                    )
             except Exception as e:  # damage shows as any of orbax's, tensorstore's or OS errors
                 reason = quiet_restore.reason(e)
                 failures.append(f"step {candidate} ({reason})")
                 if candidate != steps[-1]:
-                    quiet_restore.warn(f"checkpoint {self.directory / str(candidate)} could not "
-                                       f"be restored ({reason}); falling back to the one before")
+                    quiet_restore.warn(
+                        f"checkpoint {self.directory / str(candidate)} could not "
+                        f"be restored ({reason}); falling back to the one before"
+                    )
                 continue
             return restored["state"]["train"]["params"], dict(restored["config"]), candidate
-        raise UserError(f"no checkpoint in {self.directory} could be restored: "
-                        f"{'; '.join(failures)}")
+        raise UserError(
+            f"no checkpoint in {self.directory} could be restored: {'; '.join(failures)}"
+        )
 
     def restore_config(self, step: int | None = None) -> dict:
         """Only the config saved with a checkpoint (newest when `step` is None)."""
@@ -269,8 +316,9 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
         with quiet_restore.attempt():
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                config=ocp.args.JsonRestore()))
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+            )
         return dict(restored["config"])
 
     def wait(self) -> None:
@@ -352,13 +400,17 @@ def load_model(path, step: int | None = None, encoder_only: bool = False) -> Loa
     path = str(path)
     if not is_checkpoint_dir(path):
         if not (workdir_io.path(path) / hf.CONFIG_NAME).is_file():
-            raise UserError(f"{path} is neither a training workdir with checkpoints (no "
-                            f"{checkpoint_dir(path)}/<step>) nor a HuggingFace "
-                            f"folder (no {hf.CONFIG_NAME})")
+            raise UserError(
+                f"{path} is neither a training workdir with checkpoints (no "
+                f"{checkpoint_dir(path)}/<step>) nor a HuggingFace "
+                f"folder (no {hf.CONFIG_NAME})"
+            )
         if "train" in json.loads((workdir_io.path(path) / hf.CONFIG_NAME).read_text()):
             # bertjax train's own config.json, not a HuggingFace one: say what is missing.
-            raise UserError(f"{path} is a training workdir without checkpoints yet (no "
-                            f"{checkpoint_dir(path)}/<step>)")
+            raise UserError(
+                f"{path} is a training workdir without checkpoints yet (no "
+                f"{checkpoint_dir(path)}/<step>)"
+            )
         if step is not None:
             raise UserError(f"{path} is a HuggingFace folder: --step applies to checkpoints only")
         try:
@@ -377,6 +429,11 @@ def load_model(path, step: int | None = None, encoder_only: bool = False) -> Loa
     if MODEL_CONFIG_KEY not in meta:
         raise UserError(f"checkpoint in {path} has no model config; was it written by bertjax?")
     model_cfg = model_config.config_from_dict(meta[MODEL_CONFIG_KEY])
-    return LoadedModel(model_cfg, params, f"{path} step {used_step}",
-                       _tokenizer_files(meta.get(TOKENIZER_DIR_KEY, "")), used_step,
-                       meta.get(TOKENIZER_IDENTITY_KEY))
+    return LoadedModel(
+        model_cfg,
+        params,
+        f"{path} step {used_step}",
+        _tokenizer_files(meta.get(TOKENIZER_DIR_KEY, "")),
+        used_step,
+        meta.get(TOKENIZER_IDENTITY_KEY),
+    )

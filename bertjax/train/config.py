@@ -45,14 +45,22 @@ RENAMED_KEYS = {
 
 # Fine-tuning keys that moved into sections (the config dialect pretraining has): old -> new.
 MOVED_KEYS = {
-    "data": "data.dir", "tokenizer": "data.tokenizer", "max_seq_len": "data.max_seq_len",
-    "length_buckets": "data.length_buckets", "batch_size": "train.global_batch_size",
-    "grad_accum_steps": "train.grad_accum_steps", "epochs": "train.epochs",
-    "seed": "train.seed", "log_every": "train.log_every",
+    "data": "data.dir",
+    "tokenizer": "data.tokenizer",
+    "max_seq_len": "data.max_seq_len",
+    "length_buckets": "data.length_buckets",
+    "batch_size": "train.global_batch_size",
+    "grad_accum_steps": "train.grad_accum_steps",
+    "epochs": "train.epochs",
+    "seed": "train.seed",
+    "log_every": "train.log_every",
     "compilation_cache_dir": "train.compilation_cache_dir",
-    "learning_rates": "optim.learning_rates", "warmup": "optim.warmup_fraction",
-    "weight_decay": "optim.weight_decay", "doc_stride": "squad.doc_stride",
-    "max_query_length": "squad.max_query_length", "n_best_size": "squad.n_best_size",
+    "learning_rates": "optim.learning_rates",
+    "warmup": "optim.warmup_fraction",
+    "weight_decay": "optim.weight_decay",
+    "doc_stride": "squad.doc_stride",
+    "max_query_length": "squad.max_query_length",
+    "n_best_size": "squad.n_best_size",
     "max_answer_length": "squad.max_answer_length",
     "null_score_diff_threshold": "squad.null_score_diff_threshold",
 }
@@ -271,8 +279,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     keys = set(flat_keys(config))
     missing = [k for k in REQUIRED_KEYS if k not in keys]
     if missing:
-        raise UserError(f"the config lacks {', '.join(missing)}: every pretraining config "
-                        "has these keys (start from bertjax/configs/base.py)")
+        raise UserError(
+            f"the config lacks {', '.join(missing)}: every pretraining config "
+            "has these keys (start from bertjax/configs/base.py)"
+        )
     renamed = [k for k in RENAMED_KEYS if k in keys]
     if renamed:
         raise UserError(RENAMED_KEYS[renamed[0]])

@@ -59,26 +59,35 @@ class Key:
     def _in_range(self, value) -> bool:
         if self.type not in (int, float):
             return True
-        return ((self.low is None or value >= self.low)
-                and (self.high is None or value <= self.high)
-                and (self.above is None or value > self.above)
-                and (self.below is None or value < self.below))
+        return (
+            (self.low is None or value >= self.low)
+            and (self.high is None or value <= self.high)
+            and (self.above is None or value > self.above)
+            and (self.below is None or value < self.below)
+        )
 
     def kind(self) -> str:
         """The type in words."""
         if self.pattern is not None:
             return f"a string matching {self.pattern}"
-        words = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-                 tuple: "a tuple"}[self.type]
+        words = {
+            bool: "true or false",
+            int: "an integer",
+            float: "a number",
+            str: "a string",
+            tuple: "a tuple",
+        }[self.type]
         return words + (" or None" if self.none else "")
 
     def range(self) -> str:
         """The values allowed, in words."""
-        parts = [f">= {self.low:g}" if self.low is not None else "",
-                 f"> {self.above:g}" if self.above is not None else "",
-                 f"<= {self.high:g}" if self.high is not None else "",
-                 f"< {self.below:g}" if self.below is not None else "",
-                 f"not {', '.join(map(str, self.not_equal))}" if self.not_equal else ""]
+        parts = [
+            f">= {self.low:g}" if self.low is not None else "",
+            f"> {self.above:g}" if self.above is not None else "",
+            f"<= {self.high:g}" if self.high is not None else "",
+            f"< {self.below:g}" if self.below is not None else "",
+            f"not {', '.join(map(str, self.not_equal))}" if self.not_equal else "",
+        ]
         if self.choices:
             parts.append("one of " + ", ".join(map(str, self.choices)))
         return " and ".join(p for p in parts if p)
@@ -153,14 +162,22 @@ class Schema:
         schema does not know, or else every broken rule; one line."""
         unknown = [k for k in flat_keys(config) if k not in self.keys]
         if unknown:
-            raise UserError(f"the config has key(s) bertjax does not read: {', '.join(unknown)} "
-                            f"(the keys are those of {self.source})")
-        errors = [f"{k}={_get(config, k)!r} {why} ({key.meaning})" for k, key in self.keys.items()
-                  if _has(config, k) and (why := key.problem(_get(config, k))) is not None]
+            raise UserError(
+                f"the config has key(s) bertjax does not read: {', '.join(unknown)} "
+                f"(the keys are those of {self.source})"
+            )
+        errors = [
+            f"{k}={_get(config, k)!r} {why} ({key.meaning})"
+            for k, key in self.keys.items()
+            if _has(config, k) and (why := key.problem(_get(config, k))) is not None
+        ]
         if not errors:
-            errors = [f"{rule.says} (" + ", ".join(f"{k}={_get(config, k)!r}" for k in rule.keys)
-                      + ")" for rule in self.rules if all(_has(config, k) for k in rule.keys)
-                      and not rule.holds(*(_get(config, k) for k in rule.keys))]
+            errors = [
+                f"{rule.says} (" + ", ".join(f"{k}={_get(config, k)!r}" for k in rule.keys) + ")"
+                for rule in self.rules
+                if all(_has(config, k) for k in rule.keys)
+                and not rule.holds(*(_get(config, k) for k in rule.keys))
+            ]
         if errors:
             raise UserError("; ".join(errors))
 

@@ -19,8 +19,11 @@ def unroll_threefry_on_cpu(unrolled: bool = True) -> bool:
                 else threefry._threefry2x32_cpu_lowering_rule)  # fmt: skip
         primitive = threefry.threefry2x32_p
     except (ImportError, AttributeError) as e:
-        warnings.warn(f"threefry stays rolled on CPU (dropout masks slower, same bits): this "
-                      f"JAX has no {e.name if isinstance(e, ImportError) else e}", stacklevel=2)
+        warnings.warn(
+            f"threefry stays rolled on CPU (dropout masks slower, same bits): this "
+            f"JAX has no {e.name if isinstance(e, ImportError) else e}",
+            stacklevel=2,
+        )
         return False
     mlir.register_lowering(primitive, rule, platform="cpu")
     return True

@@ -35,8 +35,9 @@ def detect_cluster() -> str | None:
     return None
 
 
-def initialize_distributed(coordinator=None, num_processes=None, process_id=None, *,
-                           peer_timeout_s: float = 0) -> None:
+def initialize_distributed(
+    coordinator=None, num_processes=None, process_id=None, *, peer_timeout_s: float = 0
+) -> None:
     """Joins the processes of a multi-host run; must come before any other JAX call.
 
     Explicit flags win; otherwise the environment is detected (`detect_cluster`) and JAX
@@ -47,15 +48,20 @@ def initialize_distributed(coordinator=None, num_processes=None, process_id=None
     import jax
 
     explicit = [coordinator, num_processes, process_id]
-    kwargs = {"heartbeat_timeout_seconds": runtime_heartbeat_s(peer_timeout_s)} if (
-        peer_timeout_s) else {}
+    kwargs = (
+        {"heartbeat_timeout_seconds": runtime_heartbeat_s(peer_timeout_s)}
+        if (peer_timeout_s)
+        else {}
+    )
     if any(v is not None for v in explicit):
         if any(v is None for v in explicit):
             raise UserError("--coordinator, --num-processes and --process-id go together")
         if not 0 <= process_id < num_processes:
             raise UserError(f"--process-id={process_id} must be in [0, {num_processes})")
         jax.distributed.initialize(
-            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
+            coordinator_address=coordinator,
+            num_processes=num_processes,
+            process_id=process_id,
             **kwargs,
         )
     else:
@@ -79,6 +85,8 @@ def runtime_heartbeat_s(peer_timeout_s: float) -> int:
     heartbeat, sent at intervals of a good part of the timeout: measured at 0.78-0.98 of a
     20 s timeout, and 114 s of a 180 s one). Twice ours and a minute keeps it behind."""
     return int(2 * peer_timeout_s) + 60
+
+
 _KEY = "bertjax/heartbeat/"
 
 
@@ -98,8 +106,7 @@ class PeerWatchdog:
         self._me, self._n = jax.process_index(), jax.process_count()
         self._timeout_s, self._interval_s = float(timeout_s), float(interval_s)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bertjax-peer-watchdog",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="bertjax-peer-watchdog", daemon=True)
 
     def start(self) -> "PeerWatchdog":
         """Starts watching; at interpreter exit this process tells the others how it ended."""
@@ -133,9 +140,13 @@ class PeerWatchdog:
             self._stop.set()
 
     def _lost(self, process: int, why: str) -> None:
-        print(f"bertjax: error: lost process {process} of {self._n} ({why}); this process "
-              f"(process {self._me}) stops too. Rerun the same command on every host: the run "
-              "resumes from its last checkpoint.", file=sys.stderr, flush=True)
+        print(
+            f"bertjax: error: lost process {process} of {self._n} ({why}); this process "
+            f"(process {self._me}) stops too. Rerun the same command on every host: the run "
+            "resumes from its last checkpoint.",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(EXIT_LOST_PEER)
 
     def _run(self) -> None:
@@ -156,8 +167,11 @@ class PeerWatchdog:
                 last_contact = now
             except Exception as e:
                 if now - last_contact > self._timeout_s:
-                    self._lost(0, f"the coordinator has not answered for {self._timeout_s:.0f} "
-                               f"s: {str(e)[:120]}")
+                    self._lost(
+                        0,
+                        f"the coordinator has not answered for {self._timeout_s:.0f} "
+                        f"s: {str(e)[:120]}",
+                    )
                 continue
             if self._stop.is_set():
                 return

@@ -26,21 +26,35 @@ class Evaluator:
       nsp: whether the next-sentence head is scored.
     """
 
-    def __init__(self, eval_ds, *, batch_size: int, seed: int, masking: MaskingConfig, model,
-                 mesh, rules, param_shardings, nsp: bool = True):
+    def __init__(
+        self,
+        eval_ds,
+        *,
+        batch_size: int,
+        seed: int,
+        masking: MaskingConfig,
+        model,
+        mesh,
+        rules,
+        param_shardings,
+        nsp: bool = True,
+    ):
         from bertjax.train import sharding
         from bertjax.train import step as step_lib
 
         self.eval_ds = eval_ds
         self.batch_size = _fitted(batch_size, len(eval_ds), sharding.data_parallel_size(mesh))
         if self.batch_size < batch_size:  # a batch of padding rows would only cost memory
-            print(f"evaluation: batches of {self.batch_size}, not {batch_size}: that holds all "
-                  f"{len(eval_ds)} rows of {eval_ds.path}", file=sys.stderr, flush=True)
+            print(
+                f"evaluation: batches of {self.batch_size}, not {batch_size}: that holds all "
+                f"{len(eval_ds)} rows of {eval_ds.path}",
+                file=sys.stderr,
+                flush=True,
+            )
         self.seed = seed
         self.masking = masking
         self.mesh = mesh
-        self._eval_step = step_lib.jit_eval_step(mesh, rules, param_shardings, model=model,
-                                                 nsp=nsp)
+        self._eval_step = step_lib.jit_eval_step(mesh, rules, param_shardings, model=model, nsp=nsp)
 
     def eval(self, params) -> dict:
         """loss, mlm/nsp loss and accuracy, mlm_perplexity, masked_tokens, examples."""

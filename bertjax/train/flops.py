@@ -121,13 +121,23 @@ def device_peak(devices, local_device=None) -> Peak:
     kind, platform, count = devices[0].device_kind, devices[0].platform, len(devices)
     per_device = chip_peak(kind)
     if per_device is not None:
-        return Peak(per_device * count, f"dense bf16 peak of {count} x {kind} "
-                    f"({per_device / 1e12:g} TFLOP/s each, published)", measured=False)
+        return Peak(
+            per_device * count,
+            f"dense bf16 peak of {count} x {kind} ({per_device / 1e12:g} TFLOP/s each, published)",
+            measured=False,
+        )
     local_device = local_device or devices[0]
     if platform == "cpu":
         rate = matmul_flops(local_device, "float32")
-        return Peak(rate, f"measured float32 matmul peak of this CPU ({rate / 1e9:.1f} GFLOP/s, "
-                    "all cores)", measured=True)
+        return Peak(
+            rate,
+            f"measured float32 matmul peak of this CPU ({rate / 1e9:.1f} GFLOP/s, all cores)",
+            measured=True,
+        )
     rate = matmul_flops(local_device, "bfloat16")
-    return Peak(rate * count, f"measured bf16 matmul peak of {count} x {kind} "
-                f"({rate / 1e12:.1f} TFLOP/s each; not in bertjax's table of chips)", measured=True)
+    return Peak(
+        rate * count,
+        f"measured bf16 matmul peak of {count} x {kind} "
+        f"({rate / 1e12:.1f} TFLOP/s each; not in bertjax's table of chips)",
+        measured=True,
+    )

@@ -95,16 +95,27 @@ class Head:
     def init_params(self, model_cfg, rng: jax.Array):
         """The boxed parameters (logical axis names kept) of this head's model built with
         `model_cfg` (another layer layout, say, than the model's own)."""
-        return model_lib.init_params(model_cfg, rng, model=self.model.clone(cfg=model_cfg),
-                                     input_shape=self.spec.input_shape)
+        return model_lib.init_params(
+            model_cfg, rng, model=self.model.clone(cfg=model_cfg), input_shape=self.spec.input_shape
+        )
 
 
 def pretraining_head(model_cfg, nsp: bool = True) -> Head:
     """BertForPreTraining with BERT's loss (MLM, plus NSP when `nsp`)."""
-    return Head(model_lib.BertForPreTraining(model_cfg), pretraining_objective(nsp),
-                _pretraining_outputs, hf.PRETRAINING)
+    return Head(
+        model_lib.BertForPreTraining(model_cfg),
+        pretraining_objective(nsp),
+        _pretraining_outputs,
+        hf.PRETRAINING,
+    )
 
 
 def _pretraining_outputs(params, batch: dict, *, model: nn.Module):
-    return model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
-                       batch["input_mask"], batch.get("masked_lm_positions"), deterministic=True)
+    return model.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["segment_ids"],
+        batch["input_mask"],
+        batch.get("masked_lm_positions"),
+        deterministic=True,
+    )

@@ -26,7 +26,8 @@ _MATMUL = re.compile(
     r"%?([\w.\-]+),\s*%?([\w.\-]+)\)"
 )
 _INT_CONSTANT = re.compile(
-    r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*s(?:32|64)\[\]\S*\s+constant\((\d+)\)")
+    r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*s(?:32|64)\[\]\S*\s+constant\((\d+)\)"
+)
 _LESS_THAN = re.compile(r"^\s*ROOT\s.*\scompare\(%?[\w.\-]+,\s*%?([\w.\-]+)\),\s*direction=LT")
 _CALLEE = re.compile(r"\b(calls|to_apply|body|condition)=%?([\w.\-]+)")
 _CALLEE_LIST = re.compile(r"\b(?:branch_computations|called_computations)=\{([^}]*)\}")
@@ -37,7 +38,8 @@ _WINDOW = re.compile(r"window=\{([^}]*)\}")
 _DIM_LABELS = re.compile(r"dim_labels=(\w+)_(\w+)->(\w+)")
 _GROUPS = re.compile(r"\b(feature|batch)_group_count=(\d+)")
 _KERNEL = re.compile(
-    r"^\s*(?:ROOT\s+)?%?([\w\-]+?)(?:\.\d+)*\s*=.*custom_call_target=\"tpu_custom_call\"")
+    r"^\s*(?:ROOT\s+)?%?([\w\-]+?)(?:\.\d+)*\s*=.*custom_call_target=\"tpu_custom_call\""
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +122,16 @@ def _convolution_flops(line: str, shapes: dict, out: list[int], lhs: str, rhs: s
     def per_dim(key, default):
         return _ints(window[key], "x") if key in window else [default] * spatial
 
-    stride, lhs_dilate, rhs_dilate = per_dim("stride", 1), per_dim("lhs_dilate", 1), per_dim(
-        "rhs_dilate", 1)
-    pad_low = [int(p.split("_")[0]) for p in window["pad"].split("x")] if "pad" in window else [
-        0] * spatial
+    stride, lhs_dilate, rhs_dilate = (
+        per_dim("stride", 1),
+        per_dim("lhs_dilate", 1),
+        per_dim("rhs_dilate", 1),
+    )
+    pad_low = (
+        [int(p.split("_")[0]) for p in window["pad"].split("x")]
+        if "pad" in window
+        else [0] * spatial
+    )
     positions = 1
     for i in range(spatial):
         size_in = lhs_dims[lhs_labels.index(str(i))]

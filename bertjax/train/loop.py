@@ -71,8 +71,11 @@ def setup_compile_cache(run: Run) -> None:
     from bertjax.train import compile_cache
 
     run.compile_cache_dir = compile_cache.enable(
-        run.config.train.compilation_cache_dir, run.workdir, jax.process_count(),
-        key="train.compilation_cache_dir")
+        run.config.train.compilation_cache_dir,
+        run.workdir,
+        jax.process_count(),
+        key="train.compilation_cache_dir",
+    )
 
 
 def _open(path, key, verify_checksums: bool):
@@ -105,13 +108,20 @@ def setup_data(run: Run) -> None:
                 "--config.data.eval_dir=DIR or --config.train.eval_every=0"
             )
         run.eval_ds = _open(eval_dir, "data.eval_dir", data.verify_checksums)
-        check_same_tokenizer(run.train_ds.tokenizer_identity, run.eval_ds.tokenizer_identity,
-                             f"data.eval_dir={eval_dir}")
+        check_same_tokenizer(
+            run.train_ds.tokenizer_identity,
+            run.eval_ds.tokenizer_identity,
+            f"data.eval_dir={eval_dir}",
+        )
     run.model_cfg = config_lib.model_config(run.config.model, run.train_ds.vocab_size)
     for ds, key in ((run.train_ds, "data.train_dir"), (run.eval_ds, "data.eval_dir")):
         if ds is not None:
             config_lib.validate_against_data(
-                run.config, run.model_cfg, ds.max_seq_len, ds.vocab_size, f"{key}={ds.path}",
+                run.config,
+                run.model_cfg,
+                ds.max_seq_len,
+                ds.vocab_size,
+                f"{key}={ds.path}",
                 dataset_nsp=ds.manifest.get("nsp", True),
             )
     resolved, choice = attention.resolved_config(run.model_cfg, run.train_ds.max_seq_len)
@@ -158,10 +168,13 @@ def init_or_restore(run: Run, ckpt):
     state = run.setup.init_state(init_rng)
     train_cfg = run.config.train
     if train_cfg.init_from:
-        state, source = warm_start(state, train_cfg.init_from, run.setup,
-                                   init_opt_state=train_cfg.init_opt_state)
-        _log(f"initialised from {source}"
-             + (" (parameters and optimizer moments)" if train_cfg.init_opt_state else ""))
+        state, source = warm_start(
+            state, train_cfg.init_from, run.setup, init_opt_state=train_cfg.init_opt_state
+        )
+        _log(
+            f"initialised from {source}"
+            + (" (parameters and optimizer moments)" if train_cfg.init_opt_state else "")
+        )
     return state, dropout_rng, 0
 
 
@@ -193,11 +206,16 @@ def check_resumed_loader(run: Run, loader) -> None:
     if saved is None:
         return
     now = loader.state()
-    differ = [f"{k}: {saved.get(k)!r} in the checkpoint, {now[k]!r} now"
-              for k in now if saved.get(k) != now[k]]
+    differ = [
+        f"{k}: {saved.get(k)!r} in the checkpoint, {now[k]!r} now"
+        for k in now
+        if saved.get(k) != now[k]
+    ]
     if differ:
-        raise UserError(f"cannot resume {run.workdir} exactly: the data differs from the "
-                        f"checkpoint's ({'; '.join(differ)}); use a new --workdir")
+        raise UserError(
+            f"cannot resume {run.workdir} exactly: the data differs from the "
+            f"checkpoint's ({'; '.join(differ)}); use a new --workdir"
+        )
 
 
 def make_evaluator(run: Run):
@@ -226,8 +244,10 @@ def compile_train_step(run: Run, state, batch, dropout_rng):
     t0 = time.perf_counter()
     with compile_cache.watch() as cache_events:
         compiled = run.setup.train_fn.lower(state, batch, dropout_rng).compile()
-    _log(f"compiled the train step in {time.perf_counter() - t0:.1f}s "
-         f"({cache_events.describe(run.compile_cache_dir)})")
+    _log(
+        f"compiled the train step in {time.perf_counter() - t0:.1f}s "
+        f"({cache_events.describe(run.compile_cache_dir)})"
+    )
     check_memory(run, compiled)
     return compiled
 
@@ -246,8 +266,12 @@ def check_memory(run: Run, compiled) -> None:
     memory = aot.memory_report(compiled, device.device_kind)
     _log(aot.describe_memory(memory))
     if memory["fits"] is False:
-        report = {"memory_per_chip": memory, "mesh": dict(run.mesh.shape),
-                  "chips": jax.device_count(), "device_kind": device.device_kind}
+        report = {
+            "memory_per_chip": memory,
+            "mesh": dict(run.mesh.shape),
+            "chips": jax.device_count(),
+            "device_kind": device.device_kind,
+        }
         raise UserError(aot.no_fit_message(report, run.config))
 
 
@@ -264,8 +288,9 @@ def throughput_counts(run: Run, seq_len: int) -> dict:
     slots = masking.max_predictions_per_seq  # prediction slots per row
     if run.train_ds.packed:
         slots = packed_prediction_slots(run.train_ds.max_sequences_per_row, seq_len, masking)
-    per_step = flops.model_flops_per_step(run.model_cfg, run.config.train.global_batch_size,
-                                          seq_len, slots)
+    per_step = flops.model_flops_per_step(
+        run.model_cfg, run.config.train.global_batch_size, seq_len, slots
+    )
     peak = flops.device_peak(jax.devices(), jax.local_devices()[0])
     _log(f"MFU against the {peak.denominator}")
     return {"flops_per_step": per_step, "peak_flops": peak.flops_per_s}
@@ -286,9 +311,11 @@ def train(config, workdir) -> list[dict]:
     train_cfg = config.train
     with contextlib.ExitStack() as cleanup:
         ckpt = checkpoint.Checkpointer(
-            run.workdir, keep=train_cfg.keep_checkpoints,
+            run.workdir,
+            keep=train_cfg.keep_checkpoints,
             keep_every=train_cfg.keep_checkpoints_every or None,
-            async_save=train_cfg.async_checkpointing)
+            async_save=train_cfg.async_checkpointing,
+        )
         # Closing waits for the last asynchronous save to be complete on storage.
         cleanup.callback(ckpt.close)
         state, dropout_rng, start_step = init_or_restore(run, ckpt)  # 4. init or restore
@@ -324,9 +351,9 @@ def run_steps(run: Run, train_fn, state, dropout_rng, batch, loader, ckpt, start
 
     train_cfg = run.config.train
     evaluator = make_evaluator(run)
-    ckpt_meta = checkpoint.checkpoint_metadata(run.model_cfg, run.config,
-                                               run.train_ds.tokenizer_dir,
-                                               run.train_ds.tokenizer_identity)
+    ckpt_meta = checkpoint.checkpoint_metadata(
+        run.model_cfg, run.config, run.train_ds.tokenizer_dir, run.train_ds.tokenizer_identity
+    )
     history = []
     if run.is_writer and start_step > 0:
         # What a killed (or failed) run logged past its checkpoint is logged again now.
@@ -341,8 +368,13 @@ def run_steps(run: Run, train_fn, state, dropout_rng, batch, loader, ckpt, start
             cleanup.callback(profiler.close)
         seq_len = run.train_ds.max_seq_len
         tokens_per_step = train_cfg.global_batch_size * seq_len
-        step_metrics = StepMetrics(writer, tokens_per_step, start_step, remedy=PRETRAINING_REMEDY,
-                                   **throughput_counts(run, seq_len))
+        step_metrics = StepMetrics(
+            writer,
+            tokens_per_step,
+            start_step,
+            remedy=PRETRAINING_REMEDY,
+            **throughput_counts(run, seq_len),
+        )
 
         def evaluate(done: int) -> dict:
             eval_metrics = evaluator.eval(state.params)
@@ -362,12 +394,14 @@ def run_steps(run: Run, train_fn, state, dropout_rng, batch, loader, ckpt, start
             state, metrics = train_fn(state, batch, dropout_rng)
             done = step + 1
             is_eval = evaluator is not None and (
-                done % train_cfg.eval_every == 0 or done == train_cfg.steps)
+                done % train_cfg.eval_every == 0 or done == train_cfg.steps
+            )
             preempted = watcher.should_stop(done)
             is_ckpt = preempted or done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps
             is_log = done % train_cfg.log_every == 0 or done == train_cfg.steps
-            history += filter(None, [step_metrics.dispatched(done, metrics,
-                                                              log=is_log or is_eval or is_ckpt)])
+            history += filter(
+                None, [step_metrics.dispatched(done, metrics, log=is_log or is_eval or is_ckpt)]
+            )
             if is_eval or is_ckpt:  # a NaN stops the run here, before it is saved
                 history += filter(None, [step_metrics.flush()])
             if is_eval:
@@ -382,6 +416,8 @@ def run_steps(run: Run, train_fn, state, dropout_rng, batch, loader, ckpt, start
         history += filter(None, [step_metrics.flush()])
         jax.block_until_ready(state)
     if watcher.interrupted:  # after the cleanup: the checkpoint is complete on storage
-        raise interrupt.Stopped(f"saved the checkpoint of step {done} in {ckpt.directory}; "
-                                "the same command resumes from it")
+        raise interrupt.Stopped(
+            f"saved the checkpoint of step {done} in {ckpt.directory}; "
+            "the same command resumes from it"
+        )
     return history

@@ -327,8 +327,11 @@ def drop_after(workdir: str | os.PathLike, step: int) -> int:
         except json.JSONDecodeError:
             dropped += 1
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and (
-                record["step"] > step):
+        if (
+            isinstance(record, dict)
+            and isinstance(record.get("step"), int)
+            and (record["step"] > step)
+        ):
             dropped += 1
             continue
         kept.append(line)

@@ -75,9 +75,11 @@ def scale_by_trust_ratio_per_layer() -> optax.GradientTransformation:
         if params is None:
             raise ValueError("the trust ratio needs the parameters: pass them to update")
         updates = jax.tree_util.tree_map_with_path(
-            lambda path, u, p: jax.vmap(scale)(u, p) if encoder.is_stacked_path(path)
-            else scale(u, p),
-            updates, params,
+            lambda path, u, p: (
+                jax.vmap(scale)(u, p) if encoder.is_stacked_path(path) else scale(u, p)
+            ),
+            updates,
+            params,
         )
         return updates, state
 

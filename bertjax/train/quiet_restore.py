@@ -41,8 +41,11 @@ class _DropAbandonedReads(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name != "asyncio" or "never retrieved" not in str(record.msg):
             return True
-        text = record.getMessage() + "".join(traceback.format_exception(*record.exc_info)) if (
-            record.exc_info) else record.getMessage()
+        text = (
+            record.getMessage() + "".join(traceback.format_exception(*record.exc_info))
+            if (record.exc_info)
+            else record.getMessage()
+        )
         return not any(word in text for word in ("orbax", "tensorstore"))
 
 

@@ -23,13 +23,16 @@ def restore_state(ckpt, setup, step=None):
         saved = {}
     saved_scan = bool(saved.get("scan_layers", False))
     if saved_scan == model_cfg.scan_layers:
-        return ckpt.restore(nn.meta.unbox(setup.abstract_state), state_shardings, step,
-                            model_cfg=model_cfg)
+        return ckpt.restore(
+            nn.meta.unbox(setup.abstract_state), state_shardings, step, model_cfg=model_cfg
+        )
     saved_cfg = dataclasses.replace(model_cfg, scan_layers=saved_scan)
     saved_abstract, saved_shardings = step_lib.state_shardings(
-        saved_cfg, setup.tx, setup.mesh, setup.rules, setup.head.init_params)
+        saved_cfg, setup.tx, setup.mesh, setup.rules, setup.head.init_params
+    )
     state, rng, loader_state, config = ckpt.restore(
-        nn.meta.unbox(saved_abstract), saved_shardings, step, model_cfg=saved_cfg)
+        nn.meta.unbox(saved_abstract), saved_shardings, step, model_cfg=saved_cfg
+    )
     # Both layouts are briefly in memory; a one-off at the start of a run.
     state = jax.device_put(encoder.to_layout(state, model_cfg.scan_layers), state_shardings)
     return state, rng, loader_state, config

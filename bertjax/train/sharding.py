@@ -80,8 +80,9 @@ def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
             shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
         )
     except NotImplementedError:  # jax lays each mesh axis along whole sides of a TPU torus
-        torus = "x".join(str(max(d.coords[i] for d in devices) + 1)
-                         for i in range(len(devices[0].coords)))
+        torus = "x".join(
+            str(max(d.coords[i] for d in devices) + 1) for i in range(len(devices[0].coords))
+        )
         raise UserError(
             f"mesh: axis sizes {_describe(sizes)} cannot be laid onto the {torus} torus of "
             f"the {len(devices)} {devices[0].device_kind} chips: each axis size must be a "

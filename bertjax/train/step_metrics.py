@@ -39,8 +39,16 @@ class StepMetrics:
     non-finite loss.
     """
 
-    def __init__(self, writer, tokens_per_step: int, start_step: int, *, remedy: str,
-                 flops_per_step: float = 0.0, peak_flops: float | None = None):
+    def __init__(
+        self,
+        writer,
+        tokens_per_step: int,
+        start_step: int,
+        *,
+        remedy: str,
+        flops_per_step: float = 0.0,
+        peak_flops: float | None = None,
+    ):
         self._writer = writer
         self._tokens_per_step = tokens_per_step
         self._flops_per_step = flops_per_step
@@ -57,8 +65,9 @@ class StepMetrics:
         """Throughput excludes what happened since the last fetch (an evaluation, a save)."""
         self._last_time = time.perf_counter()
 
-    def dispatched(self, step: int, metrics, *, log: bool,
-                   tokens: int | None = None) -> dict | None:
+    def dispatched(
+        self, step: int, metrics, *, log: bool, tokens: int | None = None
+    ) -> dict | None:
         """Fetches the pending step (returns its record, or None), or waits for the previous
         step to finish, then defers this one. `tokens`: the padded tokens this step computed,
         when steps differ (default: tokens_per_step)."""

@@ -39,35 +39,48 @@ class StepSetup:
     def init_state(self, rng: jax.Array, given_params: dict | None = None) -> step_lib.TrainState:
         """A fresh state, initialised directly into its shardings; `given_params` (say a
         pretrained {"bert": ...}) replace those subtrees, which are then never initialised."""
-        return step_lib.create_sharded_state(rng, model_cfg=self.model_cfg, tx=self.tx,
-                                             shardings=self.state_shardings,
-                                             init_params=self.head.init_params,
-                                             given_params=given_params)
+        return step_lib.create_sharded_state(
+            rng,
+            model_cfg=self.model_cfg,
+            tx=self.tx,
+            shardings=self.state_shardings,
+            init_params=self.head.init_params,
+            given_params=given_params,
+        )
 
     def predict_fn(self):
         """The head's predict step jitted for the mesh: (params, batch) -> outputs, replicated."""
         fn = functools.partial(self.head.predict_step, model=self.model)
-        return jax.jit(fn, in_shardings=(self.state_shardings.params,
-                                         sharding.batch_sharding(self.mesh)),
-                       out_shardings=sharding.replicated(self.mesh))
+        return jax.jit(
+            fn,
+            in_shardings=(self.state_shardings.params, sharding.batch_sharding(self.mesh)),
+            out_shardings=sharding.replicated(self.mesh),
+        )
 
     def abstract_train_args(self, batch_shapes: dict):
         """(state, batch, rng) as ShapeDtypeStructs with their shardings, for
         `train_fn.trace(...).lower().compile()` without allocating anything; `batch_shapes`
         maps each batch key to an array (or anything with .shape and .dtype) of the global
         batch."""
-        state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                             nn.meta.unbox(self.abstract_state), self.state_shardings)
+        state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            nn.meta.unbox(self.abstract_state),
+            self.state_shardings,
+        )
         batch_sharding = sharding.batch_sharding(self.mesh)
-        batch = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding)
-                 for k, x in batch_shapes.items()}
-        rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
-                                   sharding=sharding.replicated(self.mesh))
+        batch = {
+            k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding)
+            for k, x in batch_shapes.items()
+        }
+        rng = jax.ShapeDtypeStruct(
+            (), jax.random.key(0).dtype, sharding=sharding.replicated(self.mesh)
+        )
         return state, batch, rng
 
 
-def build(config, head: Head, mesh: jax.sharding.Mesh, *, optim_cfg=None,
-          total_steps: int | None = None) -> StepSetup:
+def build(
+    config, head: Head, mesh: jax.sharding.Mesh, *, optim_cfg=None, total_steps: int | None = None
+) -> StepSetup:
     """The step of `head` on `mesh` as `config` says: `optim_cfg` (default config.optim) over
     `total_steps` (default config.train.steps), config.train.grad_accum_steps micro-batches,
     the config's logical_axis_rules."""
@@ -80,6 +93,13 @@ def build(config, head: Head, mesh: jax.sharding.Mesh, *, optim_cfg=None,
     abstract, shardings = step_lib.state_shardings(model_cfg, tx, mesh, rules, head.init_params)
     sharding.check_divisible(abstract, shardings)
     train_fn = step_lib.jit_train_step(
-        mesh, rules, shardings, model=head.model, tx=tx, schedule=schedule,
-        accum_steps=config.train.grad_accum_steps, objective=head.objective)
+        mesh,
+        rules,
+        shardings,
+        model=head.model,
+        tx=tx,
+        schedule=schedule,
+        accum_steps=config.train.grad_accum_steps,
+        objective=head.objective,
+    )
     return StepSetup(mesh, rules, head, tx, schedule, abstract, shardings, train_fn)

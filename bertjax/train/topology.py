@@ -140,7 +140,13 @@ def tpu_slice(name: str) -> Slice:
             ).devices
     except jax.errors.JaxRuntimeError as e:
         reason = str(e).splitlines()[0]
-        raise UserError(f"--topology {name}: libtpu does not accept it ({reason}); "
-                        f"expected {known_forms()}") from None
-    return Slice(name=name, generation=generation, shape=shape, devices=tuple(devices),
-                 hosts=len({d.process_index for d in devices}))
+        raise UserError(
+            f"--topology {name}: libtpu does not accept it ({reason}); expected {known_forms()}"
+        ) from None
+    return Slice(
+        name=name,
+        generation=generation,
+        shape=shape,
+        devices=tuple(devices),
+        hosts=len({d.process_index for d in devices}),
+    )
