@@ -10,6 +10,8 @@ PRESETS: dict[str, dict[str, int]] = {
     # name: (layers, hidden, heads), intermediate = 4 x hidden as in Turc et al. 2019 / BERT.
     "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2),
     "mini": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4),
+    # MiniLM-L6-H384 (Wang et al. 2020), the encoder of sentence-transformers' all-MiniLM-L6-v2.
+    "minilm": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12),
     "small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8),
     "medium": dict(num_hidden_layers=8, hidden_size=512, num_attention_heads=8),
     "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12),

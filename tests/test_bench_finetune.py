@@ -107,3 +107,35 @@ def test_bad_options_are_one_clear_error(capsys, options, message):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.slow  # two fresh processes that each import their framework and train: ~50 s
+def test_end_to_end_mode_runs_both_whole_runs_in_processes_of_their_own(
+    capsys, demo_corpus_dir, tmp_path
+):
+    """--end-to-end: `bertjax finetune` and the transformers loop each train the same generated
+    SQuAD task from the same HF folder in a fresh process, score dev after the epoch and write
+    predictions; examples/s is epochs x training questions over each wall time, the ratio
+    theirs over ours in wall time."""
+    argv = (
+        f"bench finetune --end-to-end --task squad --preset tiny --seq-len 32 --train 24 "
+        f"--dev 8 --epochs 1 --batch-size 8 --corpus {demo_corpus_dir} "
+        f"--workdir {tmp_path / 'e2e'} --json"
+    )
+    code = cli.main(argv.split())
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result = json.loads(out.strip().splitlines()[-1])
+    ours, theirs = result["ours"], result["transformers"]
+    assert ours["examples_per_s"] == pytest.approx(24 / ours["wall_s"])
+    assert theirs["examples_per_s"] == pytest.approx(24 / theirs["wall_s"])
+    assert result["ratio_vs_hf"] == pytest.approx(theirs["wall_s"] / ours["wall_s"])
+    # Both scored dev: our last epoch's metrics, theirs after each epoch (one here).
+    assert ours["dev"]["examples"] == 8 and 0 <= ours["dev"]["f1"] <= 100
+    assert len(theirs["dev"]) == 1 and 0 <= theirs["dev"][0]["f1"] <= 100
+    assert theirs["jax_loaded"] is False and theirs["pid"] != os.getpid()
+    assert theirs["steps"] >= 3  # ceil(windows / 8): every question has one window or more
+    # Each wrote its predictions (and ours the whole run's files) in its own folder.
+    assert (tmp_path / "e2e" / "ours" / "predictions" / "predictions.json").is_file()
+    assert (tmp_path / "e2e" / "theirs" / "predictions.json").is_file()
+    assert "ours / transformers = " in out

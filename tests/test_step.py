@@ -216,3 +216,27 @@ def test_eval_step_sums_add_up_over_a_split():
     got = losses.metrics_from_sums(totals)
     for k in want:
         np.testing.assert_allclose(got[k], float(want[k]), rtol=1e-5, err_msg=k)
+
+
+def test_given_params_replace_their_subtree_and_leave_the_rest_as_initialised():
+    """create_sharded_state(given_params={"bert": ...}): the state holds the given encoder as
+    given, every other parameter as a plain initialisation makes it, and zero moments."""
+    cfg = model_cfg()
+    tx, _ = optim.make_optimizer(OPTIM_CFG, 10)
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+    _, shardings = step_lib.state_shardings(cfg, tx, mesh, RULES)
+    make = functools.partial(
+        step_lib.create_sharded_state, jax.random.key(0), model_cfg=cfg, tx=tx, shardings=shardings
+    )
+    plain = make()
+    given = jax.tree.map(lambda x: x + 1.0, plain.params["bert"])  # any encoder but the fresh one
+    state = make(given_params={"bert": given})
+    assert_trees_close(state.params["bert"], given, atol=0)
+    rest = lambda params: {k: v for k, v in params.items() if k != "bert"}
+    assert rest(state.params) and rest(state.params).keys() == rest(plain.params).keys()
+    assert_trees_close(rest(state.params), rest(plain.params), atol=0)
+    assert all(
+        float(jnp.abs(x).max()) == 0
+        for x in jax.tree.leaves(state.opt_state)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    )

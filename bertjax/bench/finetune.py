@@ -5,6 +5,8 @@ bertjax bench finetune --preset base [--task sst2] [--seq-len L] [--batch-size B
     [--epochs E] [--json]
 bertjax bench finetune --preset base --task squad     (the SQuAD recipe's seq 384, 2 epochs)
 bertjax bench finetune --preset base --task conll2003 / --task swag   (NER / multiple choice)
+bertjax bench finetune --end-to-end --preset minilm --task squad --seq-len 128 --epochs 4
+    (whole runs, ours vs transformers, each in its own process: finetune_e2e.py)
 
 On one synthetic batch of full rows (no data, no checkpoint needed): the jitted fine-tuning
 train step `bertjax finetune` runs for the task's head (BERT's AdamW with clipping at 1) on
@@ -19,6 +21,7 @@ dev evaluation after each epoch.
 import json
 import math
 
+from bertjax.bench import finetune_e2e
 from bertjax.errors import UserError
 
 
@@ -52,6 +55,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="end with one JSON object on the last line"
     )
+    finetune_e2e.add_arguments(parser)
 
 
 def check_args(args, model_cfg) -> None:
@@ -130,6 +134,8 @@ def run(args) -> int:
     from bertjax.model_config import preset_config
 
     config = task_config(args.task, args)
+    if args.end_to_end:
+        return finetune_e2e.run(args, config)
     kind = make_kind(config)
     model_cfg = preset_config(args.preset, vocab_size=BERT_VOCAB)
     check_args(args, model_cfg)

@@ -23,7 +23,7 @@ def get_config():
     config = ml_collections.ConfigDict()
 
     config.model = dict(
-        preset="base",  # bertjax.model.PRESETS: tiny mini small medium base large
+        preset="base",  # bertjax.model.PRESETS: tiny mini minilm small medium base large
         compute_dtype="float32",  # "bfloat16": bf16 matmuls/activations, params stay float32
         vocab_size=0,  # 0 = the dataset tokenizer's vocabulary size
         num_hidden_layers=0,  # 0 = the preset's

@@ -178,7 +178,20 @@ def predict(
     bucket = assign(lengths, bucket_lengths)
     if (bucket == len(bucket_lengths)).any():  # a caller's mistake: no bucket holds the row
         raise ValueError(f"rows longer than every bucket {bucket_lengths}")
-    parts, order = [], []
+
+    def fetch(pending):  # the device's outputs of a dispatched batch, its padding rows cut
+        out, chunk, length = pending
+        out = jax.tree.map(lambda x: np.asarray(x)[: len(chunk)], jax.device_get(out))
+        if token_outputs and length < max_seq_len:
+            out = jax.tree.map(lambda x: np.pad(
+                x, [(0, 0), (0, max_seq_len - length)] + [(0, 0)] * (x.ndim - 2),
+                constant_values=-np.inf), out)  # fmt: skip
+        parts.append(out)
+        order.append(chunk)
+
+    # Batch n+1 is built and dispatched before batch n's outputs are fetched, so the host's
+    # fetching, padding and batch building overlap the device's work.
+    parts, order, pending = [], [], None
     for b, length in enumerate(bucket_lengths):
         members = np.flatnonzero(bucket == b)
         for start in range(0, len(members), batch_size):
@@ -188,14 +201,12 @@ def predict(
             batch = batches.local_slice(take(split, rows, length, batches.INPUT_KEYS),
                                         jax.process_index(), jax.process_count())  # fmt: skip
             del batch["weights"]
-            out = jax.device_get(predict_fn(params, sharding.global_batch(batch, mesh)))
-            out = jax.tree.map(lambda x: np.asarray(x)[: len(chunk)], out)
-            if token_outputs and length < max_seq_len:
-                out = jax.tree.map(lambda x: np.pad(
-                    x, [(0, 0), (0, max_seq_len - length)] + [(0, 0)] * (x.ndim - 2),
-                    constant_values=-np.inf), out)  # fmt: skip
-            parts.append(out)
-            order.append(chunk)
+            dispatched = (predict_fn(params, sharding.global_batch(batch, mesh)), chunk, length)
+            if pending is not None:
+                fetch(pending)
+            pending = dispatched
+    if pending is not None:
+        fetch(pending)
     if not parts:
         raise ValueError(f"split {split.name} has no rows")
     outputs = jax.tree.map(lambda *p: np.concatenate(p), *parts)

@@ -169,9 +169,9 @@ def start_session(run: Prepared, lr: float, total_steps: int) -> Session:
         cfg, run.kind.head(run.model_cfg), run.mesh, optim_cfg=optim_cfg, total_steps=total_steps
     )
     root = jax.random.key(cfg.train.seed)
-    state = setup.init_state(jax.random.fold_in(root, 0))
     bert = jax.device_put(run.bert_params, setup.state_shardings.params["bert"])
-    state = state.replace(params={**state.params, "bert": bert})  # the head stays fresh
+    # The head fresh; the encoder the pretrained one, never randomly initialised first.
+    state = setup.init_state(jax.random.fold_in(root, 0), given_params={"bert": bert})
     return Session(
         state,
         setup.train_fn,

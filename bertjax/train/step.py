@@ -51,14 +51,18 @@ def state_shardings(model_cfg, tx, mesh, rules, init_params=model_lib.init_param
 
 
 def create_sharded_state(
-    rng, *, model_cfg, tx, shardings, init_params=model_lib.init_params
+    rng, *, model_cfg, tx, shardings, init_params=model_lib.init_params, given_params=None
 ) -> TrainState:
-    """Initialises the state directly into its shardings: no device ever holds all of it."""
+    """Initialises the state directly into its shardings: no device ever holds all of it.
+    `given_params`: top-level parameter subtrees (a pretrained `bert`) that take the place of
+    the initialised ones; the moments start at zero all the same, so the given subtrees'
+    random initialisation is dead code that XLA drops (neither computed nor compiled)."""
 
-    def init(rng):
-        return nn.meta.unbox(init_state(rng, model_cfg=model_cfg, tx=tx, init_params=init_params))
+    def init(rng, given):
+        state = nn.meta.unbox(init_state(rng, model_cfg=model_cfg, tx=tx, init_params=init_params))
+        return state.replace(params={**state.params, **given})
 
-    return jax.jit(init, out_shardings=shardings)(rng)
+    return jax.jit(init, out_shardings=shardings)(rng, given_params or {})
 
 
 def _split_micro_batches(batch, accum_steps: int, micro_sharding):

@@ -10,7 +10,7 @@ import functools
 import flax.linen as nn
 import jax
 
-from bertjax.train import optim, sharding
+from bertjax.train import cpu_rng, optim, sharding
 from bertjax.train import step as step_lib
 from bertjax.train.head import Head
 
@@ -36,14 +36,16 @@ class StepSetup:
     def model_cfg(self):
         return self.head.model.cfg
 
-    def init_state(self, rng: jax.Array) -> step_lib.TrainState:
-        """A fresh state, initialised directly into its shardings."""
+    def init_state(self, rng: jax.Array, given_params: dict | None = None) -> step_lib.TrainState:
+        """A fresh state, initialised directly into its shardings; `given_params` (say a
+        pretrained {"bert": ...}) replace those subtrees, which are then never initialised."""
         return step_lib.create_sharded_state(
             rng,
             model_cfg=self.model_cfg,
             tx=self.tx,
             shardings=self.state_shardings,
             init_params=self.head.init_params,
+            given_params=given_params,
         )
 
     def predict_fn(self):
@@ -82,6 +84,7 @@ def build(
     """The step of `head` on `mesh` as `config` says: `optim_cfg` (default config.optim) over
     `total_steps` (default config.train.steps), config.train.grad_accum_steps micro-batches,
     the config's logical_axis_rules."""
+    cpu_rng.unroll_threefry_on_cpu()  # dropout's random bits: the same, far cheaper on CPU
     rules = sharding.logical_rules(config)
     optim_cfg = config.optim if optim_cfg is None else optim_cfg
     total_steps = config.train.steps if total_steps is None else total_steps
