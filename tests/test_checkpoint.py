@@ -228,3 +228,27 @@ def test_a_relative_workdir_works(tmp_path, monkeypatch):
     ckpt.close()
     assert (tmp_path / "runs" / "relative" / "checkpoints" / "1").is_dir()
     assert checkpoint.Checkpointer("runs/relative", read_only=True).all_steps() == [1]
+
+
+def test_after_a_failed_restore_only_the_abandoned_reads_errors_are_dropped():
+    """The unraisable hook installed after a failed restore drops errors raised in callbacks of
+    tensorstore's abandoned reads (a closed event loop, or any error in a TensorStore object's
+    callback) and passes every other unraisable error on."""
+    import types
+
+    from bertjax.train import quiet_restore
+
+    class TensorStoreCallback:
+        def __repr__(self):
+            return "<bound method spec of TensorStore({'driver': 'zarr'})>"
+
+    passed = []
+    hook = quiet_restore._drop_closed_loop_callbacks(passed.append)
+    dropped = [
+        types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None),
+        types.SimpleNamespace(exc_value=ValueError("NOT_FOUND"), object=TensorStoreCallback()),
+    ]
+    kept = types.SimpleNamespace(exc_value=ValueError("a user's own"), object="<function f>")
+    for unraisable in [*dropped, kept]:
+        hook(unraisable)
+    assert passed == [kept]

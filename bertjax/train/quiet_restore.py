@@ -52,13 +52,27 @@ class _DropAbandonedReads(logging.Filter):
 _DROP_ABANDONED = _DropAbandonedReads()
 
 
+def _from_abandoned_read(unraisable) -> bool:
+    """Whether an unraisable exception comes from a tensorstore read of the failed restore:
+    "Event loop is closed" when the read finishes after orbax closed its loop, or any error
+    raised in a callback of a TensorStore object (seen under load: the callback's repr alone
+    is a TensorStore spec of hundreds of lines)."""
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+        return True
+    try:
+        where = repr(unraisable.object)
+    except Exception:  # a repr that fails is no reason to print a traceback
+        return False
+    return "TensorStore" in where
+
+
 def _drop_closed_loop_callbacks(previous_hook):
-    """A sys.unraisablehook that drops "Event loop is closed" from tensorstore reads that
-    finish after orbax closed the event loop of the failed restore."""
+    """A sys.unraisablehook that drops what tensorstore reads of the failed restore raise in
+    callbacks after orbax gave up on them (`_from_abandoned_read`)."""
 
     def hook(unraisable):
-        exc = unraisable.exc_value
-        if not (isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)):
+        if not _from_abandoned_read(unraisable):
             previous_hook(unraisable)
 
     hook.drops_closed_loop = True
