@@ -243,7 +243,7 @@ def test_after_a_failed_restore_only_the_abandoned_reads_errors_are_dropped():
             return "<bound method spec of TensorStore({'driver': 'zarr'})>"
 
     passed = []
-    hook = quiet_restore._drop_closed_loop_callbacks(passed.append)
+    hook = quiet_restore._drop_abandoned_read_errors(passed.append)
     dropped = [
         types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None),
         types.SimpleNamespace(exc_value=ValueError("NOT_FOUND"), object=TensorStoreCallback()),

@@ -67,7 +67,7 @@ def _from_abandoned_read(unraisable) -> bool:
     return "TensorStore" in where
 
 
-def _drop_closed_loop_callbacks(previous_hook):
+def _drop_abandoned_read_errors(previous_hook):
     """A sys.unraisablehook that drops what tensorstore reads of the failed restore raise in
     callbacks after orbax gave up on them (`_from_abandoned_read`)."""
 
@@ -75,7 +75,7 @@ def _drop_closed_loop_callbacks(previous_hook):
         if not _from_abandoned_read(unraisable):
             previous_hook(unraisable)
 
-    hook.drops_closed_loop = True
+    hook.drops_abandoned_reads = True
     return hook
 
 
@@ -95,8 +95,8 @@ def attempt():
     hold, handlers = _Hold(), _handlers()
     for h in handlers:
         h.addFilter(hold)
-    if not getattr(sys.unraisablehook, "drops_closed_loop", False):  # they come mid-attempt
-        sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+    if not getattr(sys.unraisablehook, "drops_abandoned_reads", False):  # they come mid-attempt
+        sys.unraisablehook = _drop_abandoned_read_errors(sys.unraisablehook)
     failed = False
     try:
         with warnings.catch_warnings():
