@@ -232,7 +232,8 @@ def test_a_relative_workdir_works(tmp_path, monkeypatch):
 
 def test_after_a_failed_restore_only_the_abandoned_reads_errors_are_dropped():
     """The unraisable hook installed after a failed restore drops errors raised in callbacks of
-    tensorstore's abandoned reads (a closed event loop, or any error in a TensorStore object's
+    tensorstore's abandoned reads (a closed event loop, an error raised in orbax's own code such
+    as its read coroutine re-raising when closed, or any error in a TensorStore object's
     callback) and passes every other unraisable error on."""
     import types
 
@@ -242,11 +243,31 @@ def test_after_a_failed_restore_only_the_abandoned_reads_errors_are_dropped():
         def __repr__(self):
             return "<bound method spec of TensorStore({'driver': 'zarr'})>"
 
+    # An error raised in a coroutine of orbax's serialization module, as its read coroutine
+    # raises when garbage-collected: the unraisable's object is the coroutine, whose repr does
+    # not name TensorStore; only where the error was raised says it is orbax's.
+    orbax_code = compile(
+        "def read():\n    raise Exception('Encountered error while reading array index')\n",
+        "/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py",
+        "exec",
+    )
+    namespace = {}
+    exec(orbax_code, namespace)
+    try:
+        namespace["read"]()
+    except Exception as e:
+        orbax_error = e
+
     passed = []
     hook = quiet_restore._drop_abandoned_read_errors(passed.append)
     dropped = [
         types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None),
         types.SimpleNamespace(exc_value=ValueError("NOT_FOUND"), object=TensorStoreCallback()),
+        types.SimpleNamespace(
+            exc_value=orbax_error,
+            exc_traceback=orbax_error.__traceback__,
+            object="<coroutine object _read_array_index_and_device_put at 0x7f>",
+        ),
     ]
     kept = types.SimpleNamespace(exc_value=ValueError("a user's own"), object="<function f>")
     for unraisable in [*dropped, kept]:

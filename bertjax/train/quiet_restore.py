@@ -13,6 +13,8 @@ import warnings
 
 DEBUG_ENV = "BERTJAX_DEBUG"
 _NOISY_LOGGERS = ("absl", "asyncio", "orbax", "tensorstore", "jax")
+# Where the code of a checkpoint read lives (path parts of site-packages).
+_CHECKPOINT_IO_CODE = ("/orbax/checkpoint/", "/tensorstore/")
 
 
 def debugging() -> bool:
@@ -54,12 +56,17 @@ _DROP_ABANDONED = _DropAbandonedReads()
 
 def _from_abandoned_read(unraisable) -> bool:
     """Whether an unraisable exception comes from a tensorstore read of the failed restore:
-    "Event loop is closed" when the read finishes after orbax closed its loop, or any error
-    raised in a callback of a TensorStore object (seen under load: the callback's repr alone
-    is a TensorStore spec of hundreds of lines)."""
+    "Event loop is closed" when the read finishes after orbax closed its loop, an error raised
+    in orbax's or tensorstore's own code (seen under load: orbax's read coroutine, closed when
+    collected, raises its read error again; its message alone is a TensorStore spec of hundreds
+    of lines), or any error in a callback of a TensorStore object."""
     exc = unraisable.exc_value
     if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
         return True
+    tb = getattr(unraisable, "exc_traceback", None) or getattr(exc, "__traceback__", None)
+    for frame, _ in traceback.walk_tb(tb):
+        if any(part in frame.f_code.co_filename for part in _CHECKPOINT_IO_CODE):
+            return True
     try:
         where = repr(unraisable.object)
     except Exception:  # a repr that fails is no reason to print a traceback
