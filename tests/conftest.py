@@ -1,7 +1,7 @@
 """Shared pytest set-up: 8 fake CPU devices for mesh tests (set before JAX is imported)."""
 
+import contextlib
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,25 +14,58 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def _session_root(tmp_path_factory) -> Path:
+    """The folder of this test session that every pytest-xdist worker shares (each worker's
+    basetemp is a popen-gwN folder inside it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def fresh_compile():
+    """JAX's persistent compilation cache off inside the block: what is compiled there is
+    compiled afresh, so the compiler's warnings are printed (a program loaded from the cache
+    prints none, and a test reading them would pass without compiling anything)."""
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_home(tmp_path_factory):
+    """Commands the tests start in processes of their own cache what they compile under this
+    session's XDG_CACHE_HOME, never in the user's ~/.cache; every worker and process of the
+    session shares it, so a program compiled once (the same tiny run trained, resumed or
+    evaluated in several tests) is loaded by the next process, as on a user's machine."""
+    cache_home = _session_root(tmp_path_factory) / "xdg_cache"
+    cache_home.mkdir(exist_ok=True)
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache_home)
+    yield cache_home
+    if previous is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(autouse=True)
-def _compilation_cache_per_test(tmp_path_factory, monkeypatch):
-    """A run whose config says `compilation_cache_dir="auto"` caches in a folder of this test
-    session (not the user's ~/.cache), and the next test starts with JAX's persistent cache
-    off again, as a fresh process would: a program loaded from the cache prints no compiler
-    warnings, which some tests read."""
+def _session_compilation_cache(_session_cache_home, monkeypatch):
+    """Every test compiles with JAX's persistent cache on, in this session's folder (the one
+    its subprocesses use and a run's `compilation_cache_dir="auto"` means here, never the
+    user's ~/.cache): the tests build the same small programs again and again, and the second
+    build of one loads it. A test that reads what the compiler prints compiles with the cache
+    off (`fresh_compile`); one that points the cache elsewhere gets the session's back after."""
     from bertjax.train import compile_cache
 
-    session_cache = str(tmp_path_factory.getbasetemp() / "jax_cache")
+    session_cache = str(_session_cache_home / "bertjax" / "jax_cache")
     monkeypatch.setattr(compile_cache, "user_cache_dir", lambda: session_cache)
+    compile_cache.configure(session_cache)
     yield
-    if "jax" in sys.modules:
-        import jax
-        from jax.experimental.compilation_cache import compilation_cache
-
-        if jax.config.jax_compilation_cache_dir is not None:
-            compilation_cache.reset_cache()
-            jax.config.update("jax_compilation_cache_dir", None)
-        jax.config.update("jax_enable_compilation_cache", True)
+    compile_cache.configure(session_cache)
 
 
 @pytest.fixture(scope="session")

@@ -88,14 +88,18 @@ def constraints(lowered) -> set[tuple[str, str]]:
 
 @contextlib.contextmanager
 def stderr_captured():
-    """Collects what is written to file descriptor 2, where XLA's C++ logging goes."""
+    """Collects what is written to file descriptor 2, where XLA's C++ logging goes, of what is
+    compiled inside (afresh: conftest's session cache is off there)."""
+    from tests.conftest import fresh_compile
+
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+") as out:
         os.dup2(out.fileno(), 2)
         captured = []
         try:
-            yield captured
+            with fresh_compile():
+                yield captured
         finally:
             os.dup2(saved, 2)
             os.close(saved)

@@ -23,6 +23,8 @@ SCRIPTS = [LOCAL, TPU, SLURM, RENDER]
 def clean_env(**extra):
     """A small, known environment: the launchers' output depends on XLA_FLAGS, SLURM_* etc."""
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
+    if "XDG_CACHE_HOME" in os.environ:  # the test session's cache (conftest), not ~/.cache
+        env["XDG_CACHE_HOME"] = os.environ["XDG_CACHE_HOME"]
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
