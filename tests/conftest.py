@@ -2,6 +2,8 @@
 
 import contextlib
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,92 @@ def tiny_dataset(tmp_path_factory):
     synthetic_dataset(root / "eval_split", 16, 32, vocab_size=256, seed=1)
     (root / "eval_split").rename(path / "eval")
     return path
+
+
+def shared_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder `build(folder)` fills once per test session, whichever xdist worker asks first
+    (the others wait for it, then reuse it): for what several test files share and is too slow
+    to make twice. pytest-xdist's own recipe for session fixtures executed once."""
+    from filelock import FileLock
+
+    folder = _session_root(tmp_path_factory) / name
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
+def _build_real_text(root: Path) -> None:
+    from bertjax import cli
+    from tests.helpers import demo_corpus_file
+
+    # Documents in a seeded random order, so the held-out split is a sample of the same text.
+    corpus = demo_corpus_file(root / "corpus")
+    tokenizer = ["tokenizer", "train", "--input", corpus, "--kind", "wordpiece"]
+    assert cli.main([*tokenizer, "--vocab-size", "4000", "--out", str(root / "tok")]) == 0
+    # dupe-factor 5: five different sentence pairings (and NSP negatives) per document.
+    prepare = ["prepare", "--input", corpus, "--tokenizer", str(root / "tok"), "--max-seq-len",
+               "64", "--held-out", "1024", "--dupe-factor", "5", "--quiet"]  # fmt: skip
+    assert cli.main([*prepare, "--out", str(root / "padded")]) == 0
+    assert cli.main([*prepare, "--out", str(root / "packed"), "--pack"]) == 0
+
+
+@pytest.fixture(scope="session")
+def real_text(tmp_path_factory) -> Path:
+    """The standard library's own docs (ROOT/corpus) -> WordPiece of 4,000 (ROOT/tok) ->
+    64-token shards, padded and packed (ROOT/padded, ROOT/packed: the same sequences, the same
+    held-out split of 1,024)."""
+    return shared_once(tmp_path_factory, "real_text", _build_real_text)
+
+
+# bert-tiny's learning run on real_text: a short, fast schedule (dropout off: 650 steps cannot
+# overfit 44k pairs). 10 prediction slots per 64-token sequence (15% of 64, the floor) instead
+# of the default 20 halve the MLM decoder's work, which is ~45% of this small model's step.
+E2E_STEPS = 650
+E2E_OVERRIDES = [
+    f"--config.train.steps={E2E_STEPS}",
+    "--config.train.global_batch_size=64",
+    "--config.train.log_every=50",
+    f"--config.train.eval_every={E2E_STEPS}",
+    "--config.train.eval_batch_size=128",
+    "--config.data.max_predictions_per_seq=10",
+    "--config.optim.peak_lr=2e-3",
+    "--config.optim.warmup_steps=65",
+    "--config.optim.b2=0.98",
+    "--config.model.hidden_dropout_prob=0",
+    "--config.model.attention_probs_dropout_prob=0",
+]
+
+
+def train_on_real_text(real_text: Path, layout: str, workdir: Path, steps: int):
+    """`bertjax train` of bert-tiny on real_text's `layout` rows for `steps` steps (E2E
+    settings) in a 1-device process of its own; returns the finished process."""
+    import subprocess
+
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "bertjax.cli", "train", "--config", "bert_tiny", "--workdir",
+         str(workdir), f"--config.data.train_dir={real_text / layout}",
+         f"--config.data.eval_dir={real_text / 'padded' / 'eval'}", *E2E_OVERRIDES,
+         f"--config.train.steps={steps}", f"--config.train.eval_every={steps}"],
+        env=env, capture_output=True, text=True, timeout=840, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny(real_text, tmp_path_factory) -> Path:
+    """A pretraining workdir (ROOT/run): bert-tiny after E2E_STEPS steps on real_text's padded
+    rows, trained once per session: the learning test scores it, the downstream test
+    fine-tunes it. ROOT/stderr.txt holds what the run printed there."""
+
+    def build(root: Path) -> None:
+        proc = train_on_real_text(real_text, "padded", root / "run", E2E_STEPS)
+        (root / "stderr.txt").write_text(proc.stderr)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return shared_once(tmp_path_factory, "pretrained_tiny", build) / "run"

@@ -51,21 +51,20 @@ def test_bench_train_on_a_dataset_counts_its_real_tokens(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_packing_bench_compares_the_layouts_on_the_same_sequences(tmp_path, capsys):
+def test_packing_bench_compares_the_layouts_on_the_same_sequences(real_text, tmp_path, capsys):
     """Both layouts of each length hold the same sequences; each row of the table is the
     manifest's efficiency and the timed step's real tokens/s; the accuracy runs train on the
-    same real tokens per step (packed: fewer rows) and are scored on the same held-out split."""
-    from tests.helpers import demo_corpus_file
-
-    corpus = demo_corpus_file(tmp_path / "corpus")
+    same real tokens per step (packed: fewer rows) and are scored on the same held-out split.
+    On the session's real_text corpus and tokenizer."""
+    (corpus,) = sorted((real_text / "corpus").glob("*.txt"))
     work = tmp_path / "w"
     argv = [
         "bench",
         "packing",
         "--input",
         str(corpus),
-        "--vocab-size",
-        "1000",
+        "--tokenizer",
+        str(real_text / "tok"),
         "--seq-lens",
         "32,64",
         "--steps",

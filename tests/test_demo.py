@@ -1,5 +1,7 @@
 """`bertjax demo`, shortened, end to end through the CLI: every artifact is written, held-out MLM
-accuracy rises, and `bertjax eval` on the result reproduces the run's own final evaluation."""
+accuracy rises, `bertjax eval` on the result reproduces the run's own final evaluation, and the
+downstream stage (one seed, one epoch here: tests/test_downstream.py shows the payoff) prints
+its table and draws its panel."""
 
 import json
 import math
@@ -28,6 +30,10 @@ def test_short_demo_end_to_end(tmp_path, capsys, monkeypatch):
                 "3000",
                 "--held-out",
                 "96",
+                "--downstream-seeds",
+                "1",
+                "--downstream-epochs",
+                "1",
             ]
         )
         == 0
@@ -38,6 +44,11 @@ def test_short_demo_end_to_end(tmp_path, capsys, monkeypatch):
         for line in out.splitlines()
         if line.startswith(("mlm_accuracy", "nsp_accuracy", "mlm_loss", "train tokens/s"))
     }
+    assert "downstream: word order (dev accuracy, 1 seed)" in out
+    assert "gain of pretraining" in out and "unigram logistic" in out
+    summary = json.loads((workdir / "downstream" / "downstream.json").read_text())
+    assert set(summary["accuracy"]) == {"pretrained", "random_init"}
+    assert all(0 <= a[0] <= 1 for a in summary["accuracy"].values())
     before, after = map(float, table["mlm_accuracy"])
     assert after > before + 0.02, table  # it learned something real
     assert float(table["mlm_loss"][1]) < float(table["mlm_loss"][0])

@@ -2,9 +2,6 @@
 compiling, NaN stops with the step, and (e) a tiny BERT learning real text."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +11,7 @@ from bertjax.data import open_dataset
 from bertjax.data.synthetic import synthetic_dataset
 from bertjax.train import config as config_lib
 from bertjax.train.metrics_writer import read_metrics
+from tests.conftest import E2E_STEPS, train_on_real_text
 
 CONFIG = "bert_tiny"
 
@@ -179,101 +177,29 @@ def baselines(eval_dir):
     return np.bincount(targets).max() / len(targets), max(labels.mean(), 1 - labels.mean())
 
 
-# (e): a short, fast schedule for bert-tiny (dropout off: 650 steps cannot overfit 44k pairs).
-# 10 prediction slots per 64-token sequence (15% of 64, the floor) instead of the default 20
-# halve the MLM decoder's work, which is ~45% of this small model's step.
-E2E_STEPS = 650
-E2E_OVERRIDES = [
-    f"--config.train.steps={E2E_STEPS}",
-    "--config.train.global_batch_size=64",
-    "--config.train.log_every=50",
-    f"--config.train.eval_every={E2E_STEPS}",
-    "--config.train.eval_batch_size=128",
-    "--config.data.max_predictions_per_seq=10",
-    "--config.optim.peak_lr=2e-3",
-    "--config.optim.warmup_steps=65",
-    "--config.optim.b2=0.98",
-    "--config.model.hidden_dropout_prob=0",
-    "--config.model.attention_probs_dropout_prob=0",
-]
-MLM_THRESHOLD = 0.11  # measured 0.143-0.150 (unigram baseline 0.055)
-NSP_MARGIN = 0.03  # over the majority label (0.633); measured 0.698-0.701
-
-
-@pytest.fixture(scope="module")
-def real_text(tmp_path_factory):
-    """The standard library's own docs -> WordPiece -> 64-token shards, padded and packed (the
-    same sequences, the same held-out split)."""
-    from tests.helpers import demo_corpus_file
-
-    root = tmp_path_factory.mktemp("real_text")
-    # Documents in a seeded random order, so the held-out split is a sample of the same text.
-    corpus = demo_corpus_file(root / "corpus")
-    tok = root / "tok"
-    assert (
-        cli.main(
-            [
-                "tokenizer",
-                "train",
-                "--input",
-                corpus,
-                "--kind",
-                "wordpiece",
-                "--vocab-size",
-                "4000",
-                "--out",
-                str(tok),
-            ]
-        )
-        == 0
-    )
-    # dupe-factor 5: five different sentence pairings (and NSP negatives) per document.
-    prepare = [
-        "prepare",
-        "--input",
-        corpus,
-        "--tokenizer",
-        str(tok),
-        "--max-seq-len",
-        "64",
-        "--held-out",
-        "1024",
-        "--dupe-factor",
-        "5",
-        "--quiet",
-    ]
-    assert cli.main([*prepare, "--out", str(root / "padded")]) == 0
-    assert cli.main([*prepare, "--out", str(root / "packed"), "--pack"]) == 0
-    return root
+MLM_THRESHOLD = 0.11  # measured 0.143-0.152 (unigram baseline 0.055)
+NSP_MARGIN = 0.03  # over the majority label (0.633); measured 0.681-0.701
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("layout", ["padded", "packed"])
-def test_tiny_bert_learns_real_text(real_text, layout, tmp_path, capsys):
+def test_tiny_bert_learns_real_text(real_text, pretrained_tiny, layout, tmp_path, capsys):
     """(e) bert-tiny trained by the real CLI in a 1-device subprocess on the 64-token shards:
     held-out MLM and NSP accuracy well above the unigram and majority-label baselines. On
     packed rows it trains on the same number of real tokens (fewer steps) and is scored on
-    the same held-out sequences (the padded split)."""
+    the same held-out sequences (the padded split). The padded run is the session's
+    `pretrained_tiny` (the downstream test fine-tunes it)."""
     capsys.readouterr()
     eval_dir = real_text / "padded" / "eval"
     mlm_base, nsp_base = baselines(eval_dir)
-    steps = E2E_STEPS
+    steps, workdir = E2E_STEPS, pretrained_tiny
     if layout == "packed":
         packing = open_dataset(real_text / "packed").manifest["layout"]
         steps = round(E2E_STEPS * packing["efficiency_unpacked"] / packing["efficiency_packed"])
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu"
-    )
-    workdir = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bertjax.cli", "train", "--config", CONFIG, "--workdir",
-         str(workdir), f"--config.data.train_dir={real_text / layout}",
-         f"--config.data.eval_dir={eval_dir}", *E2E_OVERRIDES,
-         f"--config.train.steps={steps}", f"--config.train.eval_every={steps}"],
-        env=env, capture_output=True, text=True, timeout=840, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        workdir = tmp_path / "run"
+        proc = train_on_real_text(real_text, layout, workdir, steps)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     final = [r for r in read_metrics(workdir) if r["split"] == "eval"][-1]
     with capsys.disabled():
         print(

@@ -1,10 +1,13 @@
 """`bertjax demo`: the whole product on a laptop with no network, in one command.
 
-corpus (the Python standard library's own docs) -> WordPiece tokenizer -> 128-token shards with a
+corpus (the Python standard library's own docs) -> WordPiece tokenizer -> 64-token shards with a
 held-out split -> bert-tiny pretraining with evaluation before and after -> checkpoint,
-HuggingFace export, metrics.jsonl, TensorBoard events and a PNG of the curves, in one workdir.
+HuggingFace export, metrics.jsonl, TensorBoard events -> the payoff downstream: the pretrained
+encoder and a random initialisation of it fine-tuned on the word-order task made of the same
+corpus (finetune/downstream.py) -> a PNG of the curves and the comparison, in one workdir.
 """
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -16,6 +19,20 @@ from bertjax import outputs
 from bertjax.errors import UserError
 
 TABLE_ROWS = ("mlm_accuracy", "nsp_accuracy", "mlm_loss", "nsp_loss", "loss", "mlm_perplexity")
+SEQ_LEN = 64
+DEMO_SETTINGS = "demo_settings.json"  # what the demo built a folder with (reused when equal)
+# bert-tiny learning fast on a CPU (the recipe tests/test_train_e2e.py proves on this corpus):
+# dropout off (a few hundred steps cannot overfit tens of thousands of pairs), a large
+# learning rate, and 10 prediction slots per 64-token row (15% of 64, the floor).
+RECIPE = (
+    "--config.train.global_batch_size=64",
+    "--config.train.eval_batch_size=128",
+    "--config.data.max_predictions_per_seq=10",
+    "--config.optim.peak_lr=2e-3",
+    "--config.optim.b2=0.98",
+    "--config.model.hidden_dropout_prob=0",
+    "--config.model.attention_probs_dropout_prob=0",
+)
 
 
 def register(subparsers) -> None:
@@ -32,20 +49,34 @@ def register(subparsers) -> None:
         default="stdlib",
         help="stdlib: offline, from this Python's docs; wikitext: via `datasets`",
     )
-    p.add_argument("--steps", type=int, default=300, help="pretraining steps")
+    p.add_argument("--steps", type=int, default=650, help="pretraining steps")
     p.add_argument(
         "--max-documents", type=int, default=None, help="cap the corpus (shortened demos and tests)"
     )
-    p.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary size")
+    p.add_argument("--vocab-size", type=int, default=4000, help="WordPiece vocabulary size")
     p.add_argument("--held-out", type=int, default=512, help="eval instances")
     p.add_argument(
         "--config", default="bert_tiny", help="training config (model and optimizer of the demo)"
+    )
+    p.add_argument(
+        "--downstream-seeds",
+        type=int,
+        default=2,
+        help="fine-tunes per starting point (pretrained, random init) on the word-order task "
+        "(0: no downstream comparison)",
+    )
+    p.add_argument(
+        "--downstream-epochs", type=int, default=None, help="epochs of each downstream fine-tune"
     )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     """Entry point of `bertjax demo`."""
+    if args.downstream_seeds < 0:
+        raise UserError(f"--downstream-seeds {args.downstream_seeds} must be 0 or more")
+    if args.downstream_epochs is not None and args.downstream_epochs < 1:
+        raise UserError(f"--downstream-epochs {args.downstream_epochs} must be at least 1")
     summary = run_demo(
         args.workdir,
         corpus=args.corpus,
@@ -54,6 +85,8 @@ def run(args) -> int:
         vocab_size=args.vocab_size,
         held_out=args.held_out,
         config_path=args.config,
+        downstream_seeds=args.downstream_seeds,
+        downstream_epochs=args.downstream_epochs,
     )
     print(format_table(summary))
     return 0
@@ -98,12 +131,23 @@ def build_corpus(out_dir: Path, corpus: str, max_documents: int | None) -> list[
     return sorted(out_dir.glob("*.txt"))
 
 
+def _built_with(folder: Path, settings: dict) -> bool:
+    """Whether an earlier demo built `folder` with these settings."""
+    try:
+        return json.loads((folder / DEMO_SETTINGS).read_text()) == json.loads(json.dumps(settings))
+    except (OSError, ValueError):
+        return False
+
+
 def build_tokenizer(files: list[Path], out_dir: Path, vocab_size: int):
-    """A WordPiece vocabulary trained on the corpus (reused when already there)."""
+    """A WordPiece vocabulary trained on the corpus (reused when an earlier demo trained one
+    of the same size there; one of another size, the demo's own, is replaced)."""
     from bertjax.data.tokenizer import load_tokenizer, train_wordpiece
 
-    if (out_dir / "vocab.txt").exists():
+    settings = {"vocab_size": vocab_size}
+    if _built_with(out_dir, settings) and (out_dir / "vocab.txt").exists():
         return load_tokenizer(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
 
     def lines():
         for f in files:
@@ -111,25 +155,33 @@ def build_tokenizer(files: list[Path], out_dir: Path, vocab_size: int):
                 yield from (line for line in fh if line.strip())
 
     tok = train_wordpiece(lines(), vocab_size, out_dir)
+    (out_dir / DEMO_SETTINGS).write_text(json.dumps(settings))
     _say(f"tokenizer: WordPiece, {tok.vocab_size} tokens in {out_dir}")
     return tok
 
 
 def build_dataset(files: list[Path], tokenizer, out_dir: Path, held_out: int) -> Path:
-    """128-token sentence-pair shards with a held-out eval split (reused when complete)."""
+    """SEQ_LEN-token sentence-pair shards with a held-out eval split (reused when complete)."""
     from bertjax.data.corpus import TextCorpus
     from bertjax.data.prepare_engine import InstanceOptions, prepare_dataset
 
-    if (out_dir / "manifest.json").exists():
+    settings = {
+        "max_seq_len": SEQ_LEN,
+        "held_out": held_out,
+        "tokenizer": [str(f) for f in tokenizer.files],
+    }
+    if _built_with(out_dir, settings) and (out_dir / "manifest.json").exists():
         return out_dir
+    shutil.rmtree(out_dir, ignore_errors=True)  # an earlier demo's, of other settings
     manifest = prepare_dataset(
         TextCorpus([str(f) for f in files], "bert", "strict"),
         tokenizer,
         out_dir,
-        InstanceOptions(max_seq_len=128, seed=0, block_docs=200),
+        InstanceOptions(max_seq_len=SEQ_LEN, seed=0, block_docs=200),
         held_out=held_out,
         progress=sys.stderr.isatty(),
     )
+    (out_dir / DEMO_SETTINGS).write_text(json.dumps(settings))
     _say(
         f"dataset: {manifest['num_instances']} training instances (+{held_out} held out) "
         f"in {out_dir}"
@@ -141,14 +193,17 @@ def run_demo(
     workdir,
     *,
     corpus="stdlib",
-    steps=300,
+    steps=650,
     max_documents=None,
-    vocab_size=8000,
+    vocab_size=4000,
     held_out=512,
     config_path=None,
     overrides=(),
+    downstream_seeds=2,
+    downstream_epochs=None,
 ) -> dict:
-    """Runs every stage; returns {before, after, tokens_per_s, paths, seconds}."""
+    """Runs every stage; returns {before, after, tokens_per_s, downstream, paths, seconds}
+    (downstream: finetune.downstream's comparison, None with no seeds)."""
     from bertjax import hf
     from bertjax.commands import plot
     from bertjax.configs import base
@@ -174,11 +229,11 @@ def run_demo(
             f"--config.train.eval_every={max(1, steps // 3)}",
             "--config.train.eval_at_start=True",
             f"--config.train.checkpoint_every={steps}",
+            f"--config.optim.warmup_steps={max(1, steps // 10)}",
+            *RECIPE,
             *overrides,
         ],
     )
-    if config.optim.warmup_steps > steps:  # a shortened demo warms up over its first tenth
-        config.optim.warmup_steps = max(1, steps // 10)
     base.SCHEMA.check(config)
     _say(f"pretraining bert-{config.model.preset} for {steps} steps in {run_dir}")
     history = loop.train(config, run_dir)
@@ -187,7 +242,21 @@ def run_demo(
     loaded = checkpoint.load_model(run_dir)
     with outputs.replacing_folder(hf_dir) as staging:
         hf.write_folder(loaded.params, loaded.model_cfg, staging, loaded.tokenizer_files)
-    png = plot.plot_workdir(run_dir, workdir / "metrics.png")
+    comparison = None
+    if downstream_seeds:
+        from bertjax.finetune import downstream
+
+        downstream_dir = workdir / "downstream"
+        shutil.rmtree(downstream_dir, ignore_errors=True)  # an earlier demo's: its own
+        settings = downstream.Settings(seeds=tuple(range(downstream_seeds)))
+        if downstream_epochs is not None:
+            settings = dataclasses.replace(settings, epochs=downstream_epochs)
+        _say(
+            f"downstream: fine-tuning the pretrained encoder and a random initialisation "
+            f"({downstream_seeds} seeds each) on the word-order task in {downstream_dir}"
+        )
+        comparison = downstream.compare(str(run_dir), files, downstream_dir, settings)
+    png = plot.plot_workdir(run_dir, workdir / "metrics.png", downstream=comparison)
     before = _eval_at(history, 0)
     after = _eval_at(history, steps)
     train_rows = [h for h in history if "tokens_per_s" in h and h["step"] > 0]
@@ -196,6 +265,7 @@ def run_demo(
         "before": before,
         "after": after,
         "tokens_per_s": tokens_per_s,
+        "downstream": comparison,
         "seconds": time.perf_counter() - start,
         "paths": {
             "workdir": str(workdir),
@@ -222,6 +292,10 @@ def format_table(summary: dict) -> str:
         if key in summary["before"] and key in summary["after"]:
             lines.append(f"{key:<18}{summary['before'][key]:>12.4f}{summary['after'][key]:>12.4f}")
     lines.append(f"{'train tokens/s':<18}{'':>12}{summary['tokens_per_s']:>12.0f}")
+    if summary.get("downstream"):
+        from bertjax.finetune import downstream
+
+        lines.append(downstream.format_table(summary["downstream"]))
     lines.append(f"wall time {summary['seconds']:.0f} s")
     lines += [f"{name:<12} {path}" for name, path in summary["paths"].items()]
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+from pathlib import Path
 
 import ml_collections
 
@@ -19,11 +20,14 @@ def register(subparsers) -> None:
         "eval",
         help="evaluate MLM/NSP loss, accuracy and perplexity on a prepared split",
         description="Evaluate a checkpoint (or a HuggingFace folder) on every example of a "
-        "prepared dataset once; prints one JSON object.",
+        "prepared dataset once; prints one JSON object. With --downstream: fine-tune it and a "
+        "random initialisation of its architecture on the word-order task of a text corpus "
+        "(two seeds each) and print the dev accuracies beside the task's baselines: does "
+        "pretraining pay off downstream?",
     )
     p.add_argument("--workdir", required=True, help="training workdir, or a HuggingFace folder")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
-    p.add_argument("--data", required=True, help="dataset directory (e.g. DATA/eval)")
+    p.add_argument("--data", default=None, help="dataset directory (e.g. DATA/eval)")
     p.add_argument(
         "--batch-size",
         type=int,
@@ -37,11 +41,33 @@ def register(subparsers) -> None:
         help="attention kernel (default auto: the fastest that runs here, whichever "
         "the checkpoint was trained with)",
     )
+    d = p.add_argument_group("downstream (--downstream)")
+    d.add_argument(
+        "--downstream",
+        action="store_true",
+        help="compare fine-tuning from this model with fine-tuning from a random "
+        "initialisation on the generated word-order task, instead of MLM/NSP metrics",
+    )
+    d.add_argument("--out", default=None, help="a new folder for the task and the fine-tunes")
+    d.add_argument(
+        "--corpus",
+        nargs="+",
+        default=None,
+        help="text files in BERT's format the task is made of (default: the demo's corpus "
+        "of the standard library's docs, built offline in OUT/corpus)",
+    )
+    d.add_argument("--seeds", type=int, default=2, help="fine-tunes per starting point")
+    d.add_argument("--epochs", type=int, default=None, help="passes over the task's training rows")
+    d.add_argument("--lr", type=float, default=None, help="peak learning rate of every fine-tune")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     """Entry point of `bertjax eval`."""
+    if args.downstream:
+        return run_downstream(args)
+    if args.data is None:
+        raise UserError("--data is required (a prepared dataset's split), unless --downstream")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(
             f"--batch-size {args.batch_size} must be at least 1 (leave it out for "
@@ -64,6 +90,38 @@ def run(args) -> int:
             "and token ids), then the model"
         )
     print(json.dumps(out, allow_nan=False))
+    return 0
+
+
+def run_downstream(args) -> int:
+    """`bertjax eval --downstream`: finetune.downstream.compare on the model, then its table
+    on stdout (and WORKDIR's summary in OUT/downstream.json)."""
+    import dataclasses
+
+    from bertjax import outputs
+    from bertjax.commands import demo
+    from bertjax.finetune import downstream
+
+    if args.data is not None:
+        raise UserError("--data is the MLM/NSP evaluation's; --downstream makes its own task")
+    if args.out is None:
+        raise UserError("--downstream needs --out: a new folder for the task and the fine-tunes")
+    if args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds} must be at least 1")
+    changes = {"seeds": tuple(range(args.seeds))}
+    for key in ("epochs", "lr"):
+        value = getattr(args, key)
+        if value is not None and value <= 0:
+            raise UserError(f"--{key} {value} must be positive")
+        if value is not None:
+            changes[key] = value
+    corpus = downstream.check_corpus(args.corpus) if args.corpus else []
+    outputs.check_new_folder(args.out, inputs=[args.workdir, *corpus], flag="--out")
+    if not corpus:
+        corpus = demo.build_corpus(Path(args.out) / "corpus", "stdlib", None)
+    settings = dataclasses.replace(downstream.Settings(), **changes)
+    summary = downstream.compare(args.workdir, corpus, args.out, settings)
+    print(downstream.format_table(summary), flush=True)
     return 0
 
 

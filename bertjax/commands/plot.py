@@ -43,8 +43,31 @@ def _format_value(key: str, value: float) -> str:
     return f"{value / 1e3:.1f}k" if key == "tokens_per_s" else f"{value:.4g}"
 
 
-def build_figure(records: Sequence[dict], title: str = ""):
-    """Returns a matplotlib Figure (Agg canvas, no display) with one panel per PANELS entry.
+def _downstream_panel(ax, summary: dict) -> None:
+    """finetune.downstream's comparison: a bar per starting point (its mean dev accuracy, a
+    dot per seed) and a dashed line per baseline."""
+    names = ("pretrained", "random_init")
+    colors = ("tab:blue", "tab:gray")
+    means = [summary["mean"][n] for n in names]
+    ax.bar(range(2), means, color=colors, width=0.6)
+    for x, name in enumerate(names):
+        seeds = summary["accuracy"][name]
+        ax.plot([x] * len(seeds), seeds, "o", color="black", markersize=5)
+        ax.text(x, means[x] + 0.01, f"{means[x]:.3f}", ha="center", va="bottom", fontsize=11)
+    for (name, value), style in zip(summary["baselines"].items(), ("--", ":"), strict=False):
+        ax.axhline(value, color="tab:red", linestyle=style, linewidth=1.2,
+                   label=f"{name.replace('_', ' ')} {value:.3f}")  # fmt: skip
+    ax.set_xticks(range(2), ["pretrained", "random init"])
+    ax.set_title("Downstream: word order", fontsize=13, fontweight="bold")
+    ax.set_ylabel("dev accuracy (dots: seeds)")
+    ax.set_ylim(0.4, 1.0)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=9)
+
+
+def build_figure(records: Sequence[dict], title: str = "", downstream: dict | None = None):
+    """Returns a matplotlib Figure (Agg canvas, no display) with one panel per PANELS entry,
+    and one more for a `finetune.downstream` comparison when given.
 
     Training curves are lines (raw and faint, plus smoothed when long), evaluation results are
     dots joined by a line; each legend entry shows the last value. A panel without data says so.
@@ -53,10 +76,15 @@ def build_figure(records: Sequence[dict], title: str = ""):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(15, 8.5), dpi=100, layout="constrained")
+    columns = 3 if downstream is None else 4
+    fig = Figure(figsize=(5 * columns, 8.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3).ravel()
-    for ax, (panel_title, ylabel, train_key, eval_key, smoothed) in zip(axes, PANELS, strict=True):
+    axes = fig.subplots(2, columns).ravel()
+    if downstream is not None:
+        _downstream_panel(axes[len(PANELS)], downstream)
+        for ax in axes[len(PANELS) + 1 :]:
+            ax.set_axis_off()
+    for ax, (panel_title, ylabel, train_key, eval_key, smoothed) in zip(axes, PANELS):
         ax.set_title(panel_title, fontsize=13, fontweight="bold")
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
@@ -129,14 +157,17 @@ def load_records(workdir: str | pathlib.Path) -> list[dict]:
     return records
 
 
-def plot_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path):
-    """Draws the workdir's curves into `out` (format from the extension, e.g. .png); either may
-    be local or a URL (gs://...). Returns the path written."""
+def plot_workdir(
+    workdir: str | pathlib.Path, out: str | pathlib.Path, downstream: dict | None = None
+):
+    """Draws the workdir's curves (and a `finetune.downstream` comparison, when given) into
+    `out` (format from the extension, e.g. .png); either may be local or a URL (gs://...).
+    Returns the path written."""
     records = load_records(workdir)
     last = max(r["step"] for r in records)
     wd = workdir_io.path(workdir)
     name = wd.name if workdir_io.is_remote(workdir) else wd.resolve().name
-    fig = build_figure(records, title=f"{name}: step {last}")
+    fig = build_figure(records, title=f"{name}: step {last}", downstream=downstream)
     out = workdir_io.path(out)
     fmt = out.suffix.lstrip(".").lower()
     if fmt not in fig.canvas.get_supported_filetypes():

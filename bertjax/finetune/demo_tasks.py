@@ -54,12 +54,18 @@ SWAG_HEADER = (
 
 def corpus_documents(folder) -> list[list[str]]:
     """The documents (lists of sentences) of a demo corpus folder's .txt files, in order."""
-    from bertjax.data.corpus import TextCorpus
-
     paths = sorted(Path(folder).glob("*.txt"))
     if not paths:
         raise UserError(f"{folder} holds no demo corpus (.txt) files")
-    return list(TextCorpus(paths, "bert"))
+    return corpus_documents_of(paths)
+
+
+def corpus_documents_of(files) -> list[list[str]]:
+    """The documents (lists of sentences) of text files in BERT's format (a sentence per
+    line, a blank line between documents), in order."""
+    from bertjax.data.corpus import TextCorpus
+
+    return list(TextCorpus([str(f) for f in files], "bert"))
 
 
 def ner_tags(words: Sequence[str]) -> tuple[str, ...]:
