@@ -46,6 +46,7 @@ def test_the_task_is_balanced_and_its_splits_share_no_document(tmp_path):
     # Intact sentences name their document; the splits never share one.
     docs = [{sentence_doc[s] for s, y in zip(*split, strict=True) if y} for split in (train, dev)]
     assert docs[0] and docs[1] and not docs[0] & docs[1]
+
     # Every moved sentence is a sentence of the corpus with its words in another order.
     def bag(s):
         return tuple(sorted(s.rstrip(".").split()))
