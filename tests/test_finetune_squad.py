@@ -17,6 +17,7 @@ from bertjax.data import load_tokenizer
 from bertjax.finetune import demo_tasks, span_head, squad_data, squad_features, squad_metrics
 from bertjax.train import checkpoint
 from bertjax.train.metrics_writer import read_metrics
+from tests.conftest import shared_once
 from tests.helpers import save_tiny_encoder
 
 QUESTION = demo_tasks.SQUAD_QUESTION
@@ -57,16 +58,20 @@ def tiny_encoder(corpus, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def learnt_run(corpus, tiny_encoder, tmp_path_factory):
-    """`bertjax finetune --task squad` on 3000 generated training questions, 5 epochs."""
-    root = tmp_path_factory.mktemp("squad_run")
-    dev_contexts = paren_task(corpus, root / "data", n_train=3000, n_dev=150)
-    workdir = root / "run"
-    argv = ["finetune", "--task", "squad", "--init", str(tiny_encoder), "--data",
-            str(root / "data"), "--workdir", str(workdir), *WINDOWS, "--epochs", "5", "--lr",
-            "3e-3", "--batch-size", "32", "--log-every", "100"]  # fmt: skip
-    assert cli.main(argv) == 0
+    """`bertjax finetune --task squad` on 3000 generated training questions, 5 epochs: run
+    once per session, whichever xdist worker asks first (conftest.shared_once)."""
+
+    def build(root: Path) -> None:
+        dev_contexts = paren_task(corpus, root / "data", n_train=3000, n_dev=150)
+        (root / "dev_contexts.json").write_text(json.dumps(dev_contexts))
+        argv = ["finetune", "--task", "squad", "--init", str(tiny_encoder), "--data",
+                str(root / "data"), "--workdir", str(root / "run"), *WINDOWS, "--epochs", "5",
+                "--lr", "3e-3", "--batch-size", "32", "--log-every", "100"]  # fmt: skip
+        assert cli.main(argv) == 0
+
+    root = shared_once(tmp_path_factory, "squad_learnt_run", build)
     dev = squad_data.read_squad_json(root / "data" / "dev-v1.1.json", "v1.1")
-    return workdir, dev, dev_contexts
+    return root / "run", dev, json.loads((root / "dev_contexts.json").read_text())
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from bertjax.data.synthetic import synthetic_dataset
 from bertjax.train import checkpoint
 from bertjax.train.config import load_config
 from bertjax.train.distributed import EXIT_LOST_PEER
+from tests.conftest import shared_once
 from tests.helpers import BERTJAX_WITH_SIGINT
 
 STEPS = 24
@@ -30,9 +31,12 @@ LAUNCH_TIMEOUT_S = 240
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return synthetic_dataset(
-        tmp_path_factory.mktemp("mh") / "data", 128, 32, vocab_size=256, shard_size=64
+    root = shared_once(
+        tmp_path_factory,
+        "multihost_recovery_data",
+        lambda root: synthetic_dataset(root / "data", 128, 32, vocab_size=256, shard_size=64),
     )
+    return root / "data"
 
 
 def free_port() -> int:
@@ -147,9 +151,12 @@ def final_params(workdir):
 
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("straight") / "run"
-    run_to_end(data_dir, workdir)
-    return final_params(workdir)
+    """The parameters of the run uninterrupted: trained once per session, whichever xdist
+    worker asks first (the module's tests are split between workers)."""
+    root = shared_once(
+        tmp_path_factory, "multihost_uninterrupted", lambda root: run_to_end(data_dir, root / "run")
+    )
+    return final_params(root / "run")
 
 
 @pytest.mark.slow
