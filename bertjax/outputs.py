@@ -40,7 +40,7 @@ RUN_ENTRIES = (
     "predictions",
     "hf_model",
 )
-DEMO_ENTRIES = ("corpus", "tokenizer", "data", "run", "hf_export", "metrics.png")
+DEMO_ENTRIES = ("corpus", "tokenizer", "data", "run", "hf_export", "downstream", "metrics.png")
 _DATASET_NAMES = ("manifest.json", "tokenizer", "eval", ".tokenizer.tmp")
 _STAGING = re.compile(r"\..+\.(partial|replaced)-\d+(\.\w+)?")  # _staging_name's, left by a kill
 

@@ -72,6 +72,19 @@ def test_short_demo_end_to_end(tmp_path, capsys, monkeypatch):
         "tokens_per_s",
     } <= set(next(r for r in records if r["split"] == "train"))
 
+    # A second demo may use the folder again: everything in it is the demo's own, and the
+    # tokenizer and dataset of the same settings are reused, not rebuilt.
+    from bertjax import outputs
+    from bertjax.commands import demo
+
+    assert outputs.holding(workdir).kind == outputs.DEMO, outputs.holding(workdir)
+    outputs.check_folder(workdir, outputs.DEMO, overwrite=True, flag="--workdir")
+    vocab = (workdir / "tokenizer" / "vocab.txt").read_bytes()
+    tokenizer = demo.build_tokenizer([], workdir / "tokenizer", len(vocab.splitlines()))
+    assert (workdir / "tokenizer" / "vocab.txt").read_bytes() == vocab
+    assert demo._same_dataset(workdir / "data", tokenizer, 96)
+    assert not demo._same_dataset(workdir / "data", tokenizer, 95)
+
     # `bertjax eval` of the saved checkpoint gives the run's final evaluation again.
     assert cli.main(["eval", "--workdir", str(run), "--data", str(workdir / "data" / "eval")]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -20,7 +20,6 @@ from bertjax.errors import UserError
 
 TABLE_ROWS = ("mlm_accuracy", "nsp_accuracy", "mlm_loss", "nsp_loss", "loss", "mlm_perplexity")
 SEQ_LEN = 64
-DEMO_SETTINGS = "demo_settings.json"  # what the demo built a folder with (reused when equal)
 # bert-tiny learning fast on a CPU (the recipe tests/test_train_e2e.py proves on this corpus):
 # dropout off (a few hundred steps cannot overfit tens of thousands of pairs), a large
 # learning rate, and 10 prediction slots per 64-token row (15% of 64, the floor).
@@ -131,57 +130,65 @@ def build_corpus(out_dir: Path, corpus: str, max_documents: int | None) -> list[
     return sorted(out_dir.glob("*.txt"))
 
 
-def _built_with(folder: Path, settings: dict) -> bool:
-    """Whether an earlier demo built `folder` with these settings."""
-    try:
-        return json.loads((folder / DEMO_SETTINGS).read_text()) == json.loads(json.dumps(settings))
-    except (OSError, ValueError):
-        return False
-
-
 def build_tokenizer(files: list[Path], out_dir: Path, vocab_size: int):
     """A WordPiece vocabulary trained on the corpus (reused when an earlier demo trained one
-    of the same size there; one of another size, the demo's own, is replaced)."""
+    of this size there; else trained afresh and put in the earlier one's place only once
+    complete: train_wordpiece stages it)."""
     from bertjax.data.tokenizer import load_tokenizer, train_wordpiece
 
-    settings = {"vocab_size": vocab_size}
-    if _built_with(out_dir, settings) and (out_dir / "vocab.txt").exists():
-        return load_tokenizer(out_dir)
-    shutil.rmtree(out_dir, ignore_errors=True)
+    holding = outputs.holding(out_dir)
+    if holding is not None and holding.kind == outputs.TOKENIZER:
+        earlier = load_tokenizer(out_dir)
+        if earlier.vocab_size == vocab_size:
+            return earlier
 
     def lines():
         for f in files:
             with open(f, encoding="utf-8") as fh:
                 yield from (line for line in fh if line.strip())
 
-    tok = train_wordpiece(lines(), vocab_size, out_dir)
-    (out_dir / DEMO_SETTINGS).write_text(json.dumps(settings))
+    tok = train_wordpiece(lines(), vocab_size, out_dir, overwrite=True)
     _say(f"tokenizer: WordPiece, {tok.vocab_size} tokens in {out_dir}")
     return tok
 
 
+def _same_dataset(out_dir: Path, tokenizer, held_out: int) -> bool:
+    """Whether `out_dir` holds a dataset this demo would prepare: its row length, its
+    tokenizer, its held-out size (as its manifests record them)."""
+    from bertjax.data import open_dataset
+
+    holding = outputs.holding(out_dir)
+    if holding is None or holding.kind != outputs.DATASET or not holding.complete:
+        return False
+    try:
+        train, held = open_dataset(out_dir), open_dataset(out_dir / "eval")
+    except (OSError, ValueError, UserError):
+        return False
+    return (
+        train.manifest["max_seq_len"] == SEQ_LEN
+        and train.tokenizer_identity == tokenizer.identity
+        and len(held) == held_out
+    )
+
+
 def build_dataset(files: list[Path], tokenizer, out_dir: Path, held_out: int) -> Path:
-    """SEQ_LEN-token sentence-pair shards with a held-out eval split (reused when complete)."""
+    """SEQ_LEN-token sentence-pair shards with a held-out eval split (reused when an earlier
+    demo prepared the same; else prepared afresh and put in the earlier one's place only once
+    complete: prepare_dataset stages it)."""
     from bertjax.data.corpus import TextCorpus
     from bertjax.data.prepare_engine import InstanceOptions, prepare_dataset
 
-    settings = {
-        "max_seq_len": SEQ_LEN,
-        "held_out": held_out,
-        "tokenizer": [str(f) for f in tokenizer.files],
-    }
-    if _built_with(out_dir, settings) and (out_dir / "manifest.json").exists():
+    if _same_dataset(out_dir, tokenizer, held_out):
         return out_dir
-    shutil.rmtree(out_dir, ignore_errors=True)  # an earlier demo's, of other settings
     manifest = prepare_dataset(
         TextCorpus([str(f) for f in files], "bert", "strict"),
         tokenizer,
         out_dir,
         InstanceOptions(max_seq_len=SEQ_LEN, seed=0, block_docs=200),
         held_out=held_out,
+        overwrite=True,
         progress=sys.stderr.isatty(),
     )
-    (out_dir / DEMO_SETTINGS).write_text(json.dumps(settings))
     _say(
         f"dataset: {manifest['num_instances']} training instances (+{held_out} held out) "
         f"in {out_dir}"
