@@ -10,7 +10,7 @@ import pytest
 
 from bertjax import model as model_lib
 from bertjax.data import open_dataset
-from bertjax.data.loader import default_masking, make_batch, masking_vocab
+from bertjax.data.loader import BATCH_KEYS, default_masking, make_batch, masking_vocab
 from bertjax.train import step as step_lib
 from tests.test_prepare import prepare, setup  # noqa: F401 (the module-scoped fixture)
 
@@ -49,21 +49,7 @@ def packed(setup, tmp_path_factory):  # noqa: F811
 def unpack(batch, P=20):
     """The same sequences, masked the same way, one per row of P prediction slots; and (row,
     sequence, its packed prediction slots) of each."""
-    rows, where = (
-        {
-            k: []
-            for k in (
-                "input_ids",
-                "input_mask",
-                "segment_ids",
-                "masked_lm_positions",
-                "masked_lm_ids",
-                "masked_lm_weights",
-                "next_sentence_labels",
-            )
-        },
-        [],
-    )
+    rows, where = {k: [] for k in BATCH_KEYS}, []  # an unpacked batch's arrays
     for r, k in zip(*np.nonzero(batch["next_sentence_weights"])):
         own = batch["attn_segment_ids"][r] == k + 1
         start, n = int(np.argmax(own)), int(own.sum())

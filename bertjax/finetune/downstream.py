@@ -133,9 +133,9 @@ def compare(init: str, corpus_files, workdir, settings: Settings = Settings()) -
         cfg = _config(init, task_dir, settings, seed)
         if prepared is None:  # one load, encoding and bucket plan for every run
             prepared = finetune_train.prepare(cfg, workdir)
-        random = random_bert_params(prepared.model_cfg, prepared.model_cfg.scan_layers, seed)
+        random_bert = random_bert_params(prepared.model_cfg, prepared.model_cfg.scan_layers, seed)
         for name in INITS:
-            bert = prepared.bert_params if name == "pretrained" else random
+            bert = prepared.bert_params if name == "pretrained" else random_bert
             run = dataclasses.replace(prepared, cfg=cfg, bert_params=bert)
             _say(f"fine-tuning from {name.replace('_', ' ')}, seed {seed}")
             result = finetune_train.train_one(run, settings.lr, workdir / f"{name}_seed{seed}")
