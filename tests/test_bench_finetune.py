@@ -63,6 +63,32 @@ def test_squad_bench_times_the_span_step_at_the_papers_settings(capsys):
     assert "squad head (BertForQuestionAnswering)" in out and "2 epochs x 10950 steps" in out
 
 
+@pytest.mark.parametrize("seq_len", [128, 64])
+def test_squad_bench_at_a_shorter_row_scales_the_windows_to_fit(seq_len):
+    """`--task squad --seq-len 128` was refused: run_squad.py's query length 64 and stride 128
+    leave no room in a 128-token row. The bench takes the end-to-end bench's scaled windows,
+    which the SQuAD kind accepts."""
+    import argparse
+
+    from bertjax.bench import finetune, finetune_e2e
+    from bertjax.finetune.kinds import make_kind
+
+    args = argparse.Namespace(seq_len=seq_len, batch_size=None, epochs=None)
+    config = finetune.task_config("squad", args)
+    windows = finetune_e2e.squad_windows(seq_len)
+    assert config.data.max_seq_len == seq_len
+    assert (config.squad.max_query_length, config.squad.doc_stride) == (
+        windows["max_query_length"],
+        windows["doc_stride"],
+    )
+    assert make_kind(config).name == "squad"  # the kind's own window check passes
+    # At the recipe's length the recipe's windows are kept.
+    config = finetune.task_config(
+        "squad", argparse.Namespace(seq_len=384, batch_size=None, epochs=None)
+    )
+    assert (config.squad.max_query_length, config.squad.doc_stride) == (64, 128)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "task, architecture, rows, examples",

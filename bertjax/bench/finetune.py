@@ -77,6 +77,12 @@ def task_config(task: str, args):
     from bertjax.train.config import load_config
 
     config = load_config(default_config(task), [f"task={task}"])
+    if args.seq_len and args.seq_len != config.data.max_seq_len and "squad" in config:
+        # run_squad.py's query and stride do not fit a shorter row: scale them as the
+        # end-to-end bench does (the step's batch does not depend on them)
+        windows = finetune_e2e.squad_windows(args.seq_len)
+        config.squad.max_query_length = windows["max_query_length"]
+        config.squad.doc_stride = windows["doc_stride"]
     args.seq_len = args.seq_len or config.data.max_seq_len
     args.batch_size = args.batch_size or config.train.global_batch_size
     args.epochs = args.epochs or config.train.epochs
