@@ -91,3 +91,37 @@ def test_short_demo_end_to_end(tmp_path, capsys, monkeypatch):
     assert result["examples"] == 96
     for key in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"):
         assert math.isclose(result[key], evals[-1][f"eval_{key}"], rel_tol=1e-5), key
+
+
+def test_the_demo_corpus_is_reused_only_when_built_from_the_same_source(tmp_path, monkeypatch):
+    """`bertjax demo --corpus wikitext` after a stdlib demo in the same folder reused the stdlib
+    corpus (reuse looked at --max-documents alone): the corpus records its source and is
+    rebuilt, saying so, when the source or the limit differ."""
+    from bertjax.commands import demo
+    from bertjax.data import wikitext
+
+    builds = []
+
+    def fake_wikitext(out_dir, max_documents):  # the hub is not reachable in tests
+        builds.append(max_documents)
+        (out_dir / "wiki_000.txt").write_text("A wiki sentence.\nAnother one.\n")
+        return {"documents": 1, "sentences": 2, "words": 5}
+
+    monkeypatch.setattr(wikitext, "build_wikitext_corpus", fake_wikitext)
+    corpus = tmp_path / "corpus"
+    wiki_files = demo.build_corpus(corpus, "wikitext", 3)
+    assert builds == [3] and [f.name for f in wiki_files] == ["wiki_000.txt"]
+    done = json.loads((corpus / "DONE.json").read_text())
+    assert (done["corpus"], done["max_documents"]) == ("wikitext", 3)
+    assert demo.build_corpus(corpus, "wikitext", 3) == wiki_files and builds == [3]  # reused
+    demo.build_corpus(corpus, "wikitext", 5)  # another limit: rebuilt
+    assert builds == [3, 5]
+    # What a stdlib demo leaves (its corpus is built in a child process, too slow to run
+    # here): another source, so rebuilt.
+    (corpus / "DONE.json").write_text(json.dumps(done | {"corpus": "stdlib", "max_documents": 5}))
+    demo.build_corpus(corpus, "wikitext", 5)
+    assert builds == [3, 5, 5]
+    # A corpus an older demo built records no source: rebuilt rather than guessed.
+    (corpus / "DONE.json").write_text(json.dumps({"max_documents": 5}))
+    demo.build_corpus(corpus, "wikitext", 5)
+    assert builds == [3, 5, 5, 5]

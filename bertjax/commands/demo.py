@@ -96,10 +96,18 @@ def _say(msg: str) -> None:
 
 
 def build_corpus(out_dir: Path, corpus: str, max_documents: int | None) -> list[Path]:
-    """Corpus files in BERT format; reused when a previous demo already built them."""
+    """Corpus files in BERT format; reused when a previous demo already built them from the
+    same source (`corpus`) and document limit."""
     done = out_dir / "DONE.json"
-    if done.exists() and json.loads(done.read_text()).get("max_documents") == max_documents:
-        return sorted(out_dir.glob("*.txt"))
+    wanted = {"corpus": corpus, "max_documents": max_documents}
+    if done.exists():
+        built = json.loads(done.read_text())
+        if {key: built.get(key) for key in wanted} == wanted:
+            return sorted(out_dir.glob("*.txt"))
+        _say(
+            f"corpus: the one in {out_dir} was built with {_settings(built, wanted)}; "
+            f"building it again with {_settings(wanted, wanted)}"
+        )
     with outputs.replacing_folder(out_dir) as staging:  # a corpus of other settings: the demo's
         if corpus == "wikitext":
             from bertjax.data.wikitext import build_wikitext_corpus
@@ -118,7 +126,7 @@ def build_corpus(out_dir: Path, corpus: str, max_documents: int | None) -> list[
         (staging / done.name).write_text(
             json.dumps(
                 {
-                    "max_documents": max_documents,
+                    **wanted,
                     **{k: stats[k] for k in ("documents", "sentences", "words")},
                 }
             )
@@ -128,6 +136,12 @@ def build_corpus(out_dir: Path, corpus: str, max_documents: int | None) -> list[
         f"{stats['words']} words in {out_dir}"
     )
     return sorted(out_dir.glob("*.txt"))
+
+
+def _settings(recorded: dict, keys) -> str:
+    """`--corpus X --max-documents N` as `recorded` holds them (an older demo recorded no
+    corpus)."""
+    return ", ".join(f"{key}={recorded.get(key, 'unrecorded')}" for key in keys)
 
 
 def build_tokenizer(files: list[Path], out_dir: Path, vocab_size: int):
