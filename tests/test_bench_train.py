@@ -12,12 +12,15 @@ import pytest
 
 from bertjax import cli
 from bertjax import model as model_lib
+from bertjax.bench.train import BERT_VOCAB
+from bertjax.model_config import preset_config
 from bertjax.train import flops
 from bertjax.train.flops import model_flops_per_step
 
 CONFIG = "bert_tiny"
 KEYS = {"preset", "seq_len", "global_batch_size", "tokens_per_s", "model_flops_per_s", "mfu",
-        "peak_flops", "mfu_denominator", "hf_tokens_per_s", "ratio_vs_hf"}  # fmt: skip
+        "peak_flops", "mfu_denominator", "hf_tokens_per_s", "ratio_vs_hf",
+        "hf_work_ratio", "ratio_vs_hf_per_flop"}  # fmt: skip
 
 
 def test_tiny_bench_reports_tokens_mfu_and_the_ratio_vs_hf(capsys):
@@ -45,6 +48,16 @@ def test_tiny_bench_reports_tokens_mfu_and_the_ratio_vs_hf(capsys):
         result["tokens_per_s"] / result["hf_tokens_per_s"]
     )
     assert "(own process, " in out and "ours / theirs" in out
+    # transformers scores all 32 tokens of a row against the vocabulary, we the 20 masked slots.
+    cfg = preset_config("tiny", vocab_size=BERT_VOCAB)
+    assert model_flops_per_step(cfg, 8, 32, 20) == result["model_flops_per_step"]
+    hf_flops = model_flops_per_step(cfg, 8, 32, predictions=32)
+    assert result["hf_work_ratio"] == pytest.approx(hf_flops / result["model_flops_per_step"])
+    assert result["hf_work_ratio"] > 1
+    assert result["ratio_vs_hf_per_flop"] == pytest.approx(
+        result["ratio_vs_hf"] / result["hf_work_ratio"]
+    )
+    assert "its 20 masked slots" in out and "per model FLOP ours / theirs" in out
     assert result["hf_process"]["pid"] != os.getpid()
     assert result["hf_process"]["jax_loaded"] is False
 
