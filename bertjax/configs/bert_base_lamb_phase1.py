@@ -14,8 +14,9 @@ so after warm-up our learning rate is NVIDIA's times 1/sqrt(1 - 0.2843) = 1.18.
 
 65,536 sequences do not fit on any device at once: each step accumulates the gradients of
 `grad_accum_steps` micro-batches of 65,536 / 64 = 1,024 sequences (128 per device on 8
-devices, 256 on a 4-chip v4-8). Halve the micro-batch (double grad_accum_steps) if it does
-not fit; the optimizer step is the same.
+devices, 256 on a 4-chip v4-8). Compiled for TPU (`bertjax compile`, docs/REPRODUCE.md
+section 7) that needs 8.30 GiB per chip of a v5e-8 (16 GiB), 15.02 of a v4-8 (32 GiB); on a
+smaller device halve the micro-batch (double grad_accum_steps): the optimizer step is the same.
 """
 
 from bertjax.configs import bert_base_phase1
