@@ -7,8 +7,8 @@ The schedule and optimizer of bertjax/configs/bert_base_lamb_phase2.py on BERT-l
 of 32,768 / 512 = 64 sequences: 8 per device on 8 devices, NVIDIA's per-GPU micro-batch.
 No recomputation: compiled for TPU (`bertjax compile`, docs/REPRODUCE.md section 7) that
 needs 12.48 GiB per chip of a v5e-8 (16 GiB), 22.20 of a v4-8 (32 GiB, 16 x 512 per chip);
-recomputing whole layers (remat_policy "full",
-which this recipe set until the compiler was asked) needs 7.16 GiB at 32% more matmul FLOPs.
+recomputing whole layers (remat_policy "full", which this recipe set until the compiler was
+asked) needs 7.16 GiB per v5e chip at 32% more matmul FLOPs.
 """
 
 from bertjax.configs import bert_base_lamb_phase2
