@@ -236,25 +236,68 @@ def dot_product_attention(
     return _on_shards(impl, kernel, q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, attn_segment_ids_BxL)
 
 
-def _xla(q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, attn_segment_ids_BxL, *, dropout_rate, dropout_rng):
-    """The explicit form: [B, N, L, L] float32 probabilities, optionally dropped out.
+def attention_at_positions(
+    q_BxQxNxD,
+    k_BxLxNxD,
+    v_BxLxNxD,
+    attn_segment_ids_BxL,
+    query_positions_BxQ,
+    *,
+    dropout_rate: float = 0.0,
+    dropout_rng=None,
+):
+    """`dot_product_attention` for the queries of Q positions of each row only (keys and
+    values at every position): the outputs [B, Q, N, D] are the full attention's rows at
+    `query_positions_BxQ`, each query seeing what it would see there.
+
+    Always the explicit `xla` form: a layer whose outputs are read at a few positions (the
+    last one, under a head that reads only [CLS]) has Q x L scores, too few for a fused
+    kernel to matter, and splash's and cuDNN's tiles assume Q = L.
+    """
+    q_ids_BxL = query_segment_ids(attn_segment_ids_BxL)
+    q_ids_BxQ = jnp.take_along_axis(q_ids_BxL, query_positions_BxQ.astype(jnp.int32), axis=1)
+    with_dropout = dropout_rng is not None and dropout_rate > 0
+    return _xla(
+        q_BxQxNxD,
+        k_BxLxNxD,
+        v_BxLxNxD,
+        attn_segment_ids_BxL,
+        dropout_rate=dropout_rate if with_dropout else 0.0,
+        dropout_rng=dropout_rng,
+        q_ids_BxQ=q_ids_BxQ,
+    )
+
+
+def _xla(
+    q_BxQxNxD,
+    k_BxLxNxD,
+    v_BxLxNxD,
+    attn_segment_ids_BxL,
+    *,
+    dropout_rate,
+    dropout_rng,
+    q_ids_BxQ=None,
+):
+    """The explicit form: [B, N, Q, L] float32 probabilities, optionally dropped out. The
+    queries are every position's (Q = L) unless `q_ids_BxQ` gives the segment ids of a subset.
 
     The logits come out of the matmul in the compute dtype: asking bfloat16 inputs for
     float32 logits would make the backward matmuls float32 too (jax-ml/jax#24047).
     """
-    depth = q_BxLxNxD.shape[-1]
-    logits_BxNxLxL = jnp.einsum("bqnd,bknd->bnqk", q_BxLxNxD, k_BxLxNxD) / jnp.sqrt(depth)
-    q_ids_BxL = query_segment_ids(attn_segment_ids_BxL)
-    allowed_Bx1xLxL = q_ids_BxL[:, None, :, None] == attn_segment_ids_BxL[:, None, None, :]
+    depth = q_BxQxNxD.shape[-1]
+    logits_BxNxQxL = jnp.einsum("bqnd,bknd->bnqk", q_BxQxNxD, k_BxLxNxD) / jnp.sqrt(depth)
+    if q_ids_BxQ is None:
+        q_ids_BxQ = query_segment_ids(attn_segment_ids_BxL)
+    allowed_Bx1xQxL = q_ids_BxQ[:, None, :, None] == attn_segment_ids_BxL[:, None, None, :]
     # The most negative float, as BERT's additive mask: masked keys get probability exactly 0.
-    logits_BxNxLxL = jnp.where(
-        allowed_Bx1xLxL, logits_BxNxLxL.astype(jnp.float32), jnp.finfo(jnp.float32).min
+    logits_BxNxQxL = jnp.where(
+        allowed_Bx1xQxL, logits_BxNxQxL.astype(jnp.float32), jnp.finfo(jnp.float32).min
     )
-    probs_BxNxLxL = jax.nn.softmax(logits_BxNxLxL, axis=-1)
+    probs_BxNxQxL = jax.nn.softmax(logits_BxNxQxL, axis=-1)
     if dropout_rate > 0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxNxLxL.shape)
-        probs_BxNxLxL = jnp.where(keep, probs_BxNxLxL / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum("bnqk,bknd->bqnd", probs_BxNxLxL.astype(v_BxLxNxD.dtype), v_BxLxNxD)
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxNxQxL.shape)
+        probs_BxNxQxL = jnp.where(keep, probs_BxNxQxL / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bnqk,bknd->bqnd", probs_BxNxQxL.astype(v_BxLxNxD.dtype), v_BxLxNxD)
 
 
 def _on_shards(impl, kernel, q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, attn_segment_ids_BxL):

@@ -38,14 +38,29 @@ def checkpoint_policy(name: str):
 # --- one layer --------------------------------------------------------------------------------
 
 
+def take_positions(x_BxLx_, positions_BxQ):
+    """The rows of `x_BxLx_` ([B, L, ...]) at `positions_BxQ` of each row: [B, Q, ...]."""
+    idx = positions_BxQ.astype(jnp.int32).reshape(positions_BxQ.shape + (1,) * (x_BxLx_.ndim - 2))
+    return jnp.take_along_axis(x_BxLx_, idx, axis=1)
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention within segments (attention.py), output projection, LayerNorm."""
+    """Multi-head self-attention within segments (attention.py), output projection, LayerNorm.
+
+    With `query_positions_BxQ`, only those positions query (keys and values are every
+    position's) and the output is theirs, [B, Q, E]: the layer's output read at those rows.
+    """
 
     cfg: BertConfig
 
     @nn.compact
     def __call__(
-        self, x_BxLxE, attn_segment_ids_BxL, deterministic: bool, one_segment_per_row: bool
+        self,
+        x_BxLxE,
+        attn_segment_ids_BxL,
+        deterministic: bool,
+        one_segment_per_row: bool,
+        query_positions_BxQ=None,
     ):
         cfg = self.cfg
         qkv = functools.partial(
@@ -55,6 +70,10 @@ class SelfAttention(nn.Module):
             in_axes=1,
             kernel_axes=("embed", "heads", "kv"),
         )
+        if query_positions_BxQ is not None:
+            return self._at_positions(
+                qkv, x_BxLxE, attn_segment_ids_BxL, deterministic, query_positions_BxQ
+            )
         q_BxLxNxD = checkpoint_name(qkv(name="query")(x_BxLxE), "query_proj")
         k_BxLxNxD = checkpoint_name(qkv(name="key")(x_BxLxE), "key_proj")
         v_BxLxNxD = checkpoint_name(qkv(name="value")(x_BxLxE), "value_proj")
@@ -83,6 +102,33 @@ class SelfAttention(nn.Module):
         out_BxLxE = nn.Dropout(cfg.hidden_dropout_prob)(out_BxLxE, deterministic=deterministic)
         return layer_norm(cfg, "output_LayerNorm")(out_BxLxE + x_BxLxE)
 
+    def _at_positions(self, qkv, x_BxLxE, attn_segment_ids_BxL, deterministic, positions_BxQ):
+        """The same layer's output at `positions_BxQ` only: the queries, the output
+        projection, the residual and the LayerNorm at Q positions; keys and values at all."""
+        cfg = self.cfg
+        x_BxQxE = take_positions(x_BxLxE, positions_BxQ)
+        q_BxQxNxD = checkpoint_name(qkv(name="query")(x_BxQxE), "query_proj")
+        k_BxLxNxD = checkpoint_name(qkv(name="key")(x_BxLxE), "key_proj")
+        v_BxLxNxD = checkpoint_name(qkv(name="value")(x_BxLxE), "value_proj")
+        use_dropout = not deterministic and cfg.attention_probs_dropout_prob > 0
+        ctx_BxQxNxD = attention.attention_at_positions(
+            q_BxQxNxD,
+            k_BxLxNxD,
+            v_BxLxNxD,
+            attn_segment_ids_BxL,
+            positions_BxQ,
+            dropout_rate=cfg.attention_probs_dropout_prob,
+            dropout_rng=self.make_rng("dropout") if use_dropout else None,
+        )
+        ctx_BxQxNxD = nn.with_logical_constraint(ctx_BxQxNxD, ("batch", "length", "heads", "kv"))
+        ctx_BxQxNxD = checkpoint_name(ctx_BxQxNxD, "context")
+        out_BxQxE = HeadsDense(
+            cfg, (cfg.hidden_size,), in_axes=2, kernel_axes=("heads", "kv", "embed"), name="output"
+        )(ctx_BxQxNxD)
+        out_BxQxE = checkpoint_name(out_BxQxE, "out_proj")
+        out_BxQxE = nn.Dropout(cfg.hidden_dropout_prob)(out_BxQxE, deterministic=deterministic)
+        return layer_norm(cfg, "output_LayerNorm")(out_BxQxE + x_BxQxE)
+
 
 class EncoderLayer(nn.Module):
     """One post-LN transformer layer: attention, then the GELU feed-forward block.
@@ -90,7 +136,9 @@ class EncoderLayer(nn.Module):
     Returns (output, output if `collect` else None): the (carry, per-step output) pair
     `nn.scan` expects of its body, so that the same class runs unrolled and scanned; scanned
     with `collect`, the per-step outputs stack into every layer's output [layers, B, L, E],
-    and without it the scan stacks nothing.
+    and without it the scan stacks nothing. With `query_positions_BxQ` (unrolled only), the
+    output is the layer's at those positions, [B, Q, E], computed there alone
+    (`SelfAttention`; the feed-forward block runs at Q positions).
     """
 
     cfg: BertConfig
@@ -103,10 +151,11 @@ class EncoderLayer(nn.Module):
         deterministic: bool,
         one_segment_per_row: bool,
         collect: bool = False,
+        query_positions_BxQ=None,
     ):
         cfg = self.cfg
         x_BxLxE = SelfAttention(cfg, name="attention")(
-            x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row
+            x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row, query_positions_BxQ
         )
         h_BxLxF = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_BxLxE)
         h_BxLxF = checkpoint_name(h_BxLxF, "mlpwi")
@@ -128,7 +177,8 @@ def make_layers(cfg) -> list[nn.Module]:
     STACKED_KEY (`cfg.scan_layers`), else `layer_0 ... layer_{n-1}`. Each is called as
     `x, outs = layer(x_BxLxE, attn_segment_ids_BxL, deterministic, one_segment_per_row,
     collect)`: `outs` is None, or with `collect` the layer's output [B, L, E] (unrolled) or
-    every layer's [layers, B, L, E] (scanned)."""
+    every layer's [layers, B, L, E] (scanned). An unrolled layer also takes
+    `query_positions_BxQ` last (EncoderLayer)."""
     layer_cls = EncoderLayer
     if cfg.remat_policy != "none":
         layer_cls = nn.remat(

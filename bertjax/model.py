@@ -104,30 +104,50 @@ class BertModel(nn.Module):
         position_ids=None,
         cls_positions=None,
         output_hidden_states: bool = False,
+        cls_only: bool = False,
     ):
         """Returns (last_hidden_state [B, L, H], pooled_output [B, H]) for [B, L] int inputs.
         Packed rows give `attn_segment_ids` (0 = padding; else a row is one segment),
         `position_ids` [B, L] and `cls_positions` [B, K] (then pooled_output is [B, K, H]).
         `output_hidden_states`: a third element, every encoder layer's output [layers, B, L,
         H] (HuggingFace's hidden_states[1:]; the original's get_all_encoder_layers), built
-        only when asked for."""
+        only when asked for.
+
+        `cls_only`, for heads that read only the pooled output (sequence classification,
+        multiple choice): the last layer runs at [CLS] alone, its keys and values still
+        every token's (about a twelfth of BERT-base's encoder FLOPs saved, forward and
+        backward), and last_hidden_state is [B, 1, H]. The pooled output is the same. With
+        scanned layers the last layer is the scan's body like every other: it runs whole,
+        and only then is [CLS] taken."""
         input_ids_BxL, segment_ids_BxL, input_mask_BxL = input_ids, segment_ids, input_mask
         x_BxLxE = self.embeddings(input_ids_BxL, segment_ids_BxL, deterministic, position_ids)
         x_BxLxE = nn.with_logical_constraint(x_BxLxE, ("batch", "length", "embed"))
         one_segment_per_row = attn_segment_ids is None
         ids_BxL = (input_mask_BxL != 0) if one_segment_per_row else attn_segment_ids
         attn_segment_ids_BxL = ids_BxL.astype(jnp.int32)
+        if cls_only and (output_hidden_states or cls_positions is not None):
+            raise ValueError(
+                "cls_only reads row position 0 alone: it takes neither output_hidden_states "
+                "nor packed rows' cls_positions"
+            )
         collected = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            last_unrolled = not self.cfg.scan_layers and i == len(self.layers) - 1
+            positions = (
+                [jnp.zeros((x_BxLxE.shape[0], 1), jnp.int32)] if cls_only and last_unrolled else []
+            )
             x_BxLxE, outs = layer(
                 x_BxLxE,
                 attn_segment_ids_BxL,
                 deterministic,
                 one_segment_per_row,
                 output_hidden_states,
+                *positions,
             )
             if output_hidden_states:  # scanned: all layers' [N, B, L, E]; unrolled: one's
                 collected.append(outs if self.cfg.scan_layers else outs[None])
+        if cls_only:  # unrolled, the last layer already ran at [CLS] alone: [B, 1, E]
+            x_BxLxE = x_BxLxE[:, :1]
         # [CLS] of each row [B, E], or of each packed sequence [B, K, E] (`cls_positions`):
         # the pooled output and the NSP logits keep that leading shape.
         cls_Bx_E = (

@@ -107,6 +107,28 @@ def test_xla_path_attends_within_segments_and_pads_like_bert():
     assert np.isfinite(out).all()
 
 
+def test_attention_at_positions_is_the_full_attention_read_at_those_rows():
+    """attention_at_positions: the queries of a few positions per row (a packed segment's,
+    a padding position's, a row of padding only) against every key give exactly the full
+    attention's rows there, and the gradients w.r.t. k and v of a cotangent on those rows."""
+    ids = SEGMENT_IDS["mixed"]
+    q, k, v, cotangent = qkv_and_cotangent(jnp.float32)
+    positions = jnp.asarray([[0, 76, 200], [5, 150, 230], [2, 3, 255], [0, 9, 100]], jnp.int32)
+    pick = functools.partial(jnp.take_along_axis, indices=positions[:, :, None, None], axis=1)
+
+    def full(q, k, v):
+        return pick(xla(q, k, v, ids))
+
+    def at_positions(q, k, v):
+        return attention.attention_at_positions(pick(q), k, v, ids, positions)
+
+    cot_BxQxNxD = pick(cotangent)
+    want, want_vjp = jax.vjp(full, q, k, v)
+    got, got_vjp = jax.vjp(at_positions, q, k, v)
+    assert got.shape == (B, 3, N, D)
+    assert_close([got, *got_vjp(cot_BxQxNxD)], [want, *want_vjp(cot_BxQxNxD)], jnp.float32)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
 def test_splash_in_interpret_mode_matches_xla(dtype):
     """The TPU splash kernel (run by Pallas' interpreter) gives the xla path's outputs and

@@ -1,5 +1,6 @@
 """Model parity with HuggingFace's PyTorch BertForPreTraining, HF folder I/O and bad input."""
 
+import dataclasses
 import json
 import warnings
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from bertjax import hf
+from bertjax import encoder, hf
 from bertjax import model as bert_model
 
 # Two deliberately different shapes: odd sizes, exact and tanh GELU, three segment types.
@@ -159,6 +160,89 @@ def test_load_save_load_is_lossless(hf_folder, tmp_path):
     second = hf.load_pretrained(tmp_path / "a")
     assert second.config == first.config
     jax.tree_util.tree_map(np.testing.assert_array_equal, first.params, second.params)
+
+
+def _pooled_and_grads(cfg, params, ids, segments, mask, cls_only):
+    """BertModel's pooled output [B, H] and the gradients of its sum w.r.t. the parameters."""
+
+    def pooled_sum(params):
+        _, pooled = bert_model.BertModel(cfg).apply(
+            {"params": params}, ids, segments, mask, cls_only=cls_only
+        )
+        return jnp.sum(pooled * jnp.arange(1.0, 1.0 + pooled.shape[-1])), pooled
+
+    return jax.jit(jax.grad(pooled_sum, has_aux=True))(params)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["unrolled", "scanned"])
+def test_cls_only_gives_the_same_pooled_output_and_gradients(hf_folder, scan_layers):
+    """cls_only (the last layer at [CLS] alone, for the heads that read only the pooled
+    output) changes nothing those heads see: the pooled output and every parameter's
+    gradient of it equal the full model's, on rows with padding; last_hidden_state is the
+    [CLS] row alone."""
+    kwargs, _, folder = hf_folder
+    loaded = hf.load_pretrained(folder)
+    cfg = dataclasses.replace(loaded.config, scan_layers=scan_layers)
+    params = encoder.to_layout(loaded.params["bert"], scan_layers)
+    ids, segments, mask = (jnp.asarray(x) for x in random_batch(kwargs))
+    full_grads, full_pooled = _pooled_and_grads(cfg, params, ids, segments, mask, False)
+    grads, pooled = _pooled_and_grads(cfg, params, ids, segments, mask, True)
+    assert max_diff(pooled, full_pooled) <= 1e-6
+    # The last layer's query, output and feed-forward weights get their gradient from [CLS]
+    # alone either way; an error in the subset path would show here first.
+    # Each parameter's gradient within 1e-5 of its largest entry (float32 sums reordered), or
+    # of 1 where it is ~0 (the key biases': softmax ignores what adds to every logit of a row).
+    relative = jax.tree.map(
+        lambda g, w: max_diff(g, w) / max(float(jnp.abs(w).max()), 1.0), grads, full_grads
+    )
+    assert max(jax.tree.leaves(relative)) <= 1e-5, relative
+    hidden, _ = bert_model.BertModel(cfg).apply(
+        {"params": params}, ids, segments, mask, cls_only=True
+    )
+    full_hidden, _ = bert_model.BertModel(cfg).apply({"params": params}, ids, segments, mask)
+    assert hidden.shape == (3, 1, kwargs["hidden_size"])
+    assert max_diff(hidden, full_hidden[:, :1]) <= 1e-6
+
+
+def test_cls_only_runs_the_last_layer_at_cls_alone():
+    """The saving is in the program: a BERT-mini classifier step (forward and backward, 8 x
+    128) compiles to fewer FLOPs with cls_only, by at least 90% of the last layer's query,
+    output-projection and feed-forward matmuls at the 127 other positions of each row."""
+    cfg = bert_model.preset_config("mini", vocab_size=1000)
+    batch, length = 8, 128
+    params = jax.eval_shape(
+        lambda: bert_model.BertModel(cfg).init(
+            jax.random.key(0), *(jnp.zeros((1, 8), jnp.int32),) * 3
+        )["params"]
+    )
+    ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+
+    def compiled_flops(cls_only):
+        def loss(params, ids):
+            _, pooled = bert_model.BertModel(cfg).apply(
+                {"params": params}, ids, ids, ids, cls_only=cls_only
+            )
+            return jnp.sum(pooled)
+
+        compiled = jax.jit(jax.grad(loss)).lower(params, ids).compile()
+        return compiled.cost_analysis()["flops"]
+
+    e, f = cfg.hidden_size, cfg.intermediate_size
+    # Multiply-adds per token of the query and output projections and the two feed-forward
+    # matmuls; x2 FLOPs each, x3 for forward, input gradient and weight gradient.
+    skipped = batch * (length - 1) * (2 * e * e + 2 * e * f) * 2 * 3
+    saved = compiled_flops(False) - compiled_flops(True)
+    print(f"compiled FLOPs saved {saved:.4g}, the skipped matmuls {skipped:.4g}")
+    assert saved >= 0.9 * skipped, (saved, skipped)
+
+
+def test_cls_only_refuses_what_it_cannot_give():
+    cfg = bert_model.preset_config("tiny", vocab_size=50)
+    ids = jnp.ones((2, 8), jnp.int32)
+    model = bert_model.BertModel(cfg)
+    params = model.init(jax.random.key(0), ids, ids, ids)["params"]
+    with pytest.raises(ValueError, match="cls_only"):
+        model.apply({"params": params}, ids, ids, ids, output_hidden_states=True, cls_only=True)
 
 
 def test_bfloat16_compute_stays_within_bf16_tolerance(hf_folder):
