@@ -165,3 +165,57 @@ def test_end_to_end_mode_runs_both_whole_runs_in_processes_of_their_own(
     assert (tmp_path / "e2e" / "ours" / "predictions" / "predictions.json").is_file()
     assert (tmp_path / "e2e" / "theirs" / "predictions.json").is_file()
     assert "ours / transformers = " in out
+
+
+def _folder_with(*names):
+    def make(folder):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text("x")
+
+    return make
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda folder: None, "model: no such folder"),
+        (_folder_with("config.json"), "not a HuggingFace BERT folder (missing vocab.txt)"),
+        (_folder_with("config.json", "vocab.txt"), "holds no model.safetensors or pytorch_model"),
+    ],
+    ids=["no-folder", "no-vocab", "no-weights"],
+)
+def test_end_to_end_init_that_is_not_a_bert_folder_is_one_clear_error(
+    capsys, tmp_path, make, message
+):
+    """--init FOLDER is checked before any data or run is made: one line, exit 2."""
+    folder = tmp_path / "model"
+    make(folder)
+    argv = f"bench finetune --end-to-end --task sst2 --init {folder} --workdir {tmp_path / 'w'}"
+    assert cli.main(argv.split()) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_end_to_end_init_is_the_model_both_sides_fine_tune(tmp_path, demo_corpus_dir):
+    """With --init, the data are generated as ever and both sides get the user's folder:
+    no random model is made, and the transformers request names the folder."""
+    import argparse
+
+    from bertjax.bench import finetune, finetune_e2e
+
+    folder = tmp_path / "real"
+    _folder_with("config.json", "vocab.txt", "model.safetensors")(folder)
+    args = argparse.Namespace(task="sst2", train=8, dev=4, seq_len=32, batch_size=4, epochs=1,
+                              lr=1e-4, init=str(folder), corpus=str(demo_corpus_dir),
+                              preset="minilm")  # fmt: skip
+    finetune_e2e.check_args(args)
+    data, model = finetune_e2e.build_inputs(args, tmp_path / "root")
+    assert model == folder and not (tmp_path / "root" / "model").exists()
+    assert (data / "train.tsv").is_file()
+    request = finetune_e2e.torch_request(
+        args, finetune.task_config("sst2", args), data, model, tmp_path / "out"
+    )
+    assert request["model"] == str(folder)
+    assert finetune_e2e.model_name(args) == f"the BERT of {folder}"

@@ -2,12 +2,15 @@
 transformers, each in a fresh process of its own, on the same data, model and schedule.
 
 bertjax bench finetune --end-to-end [--task sst2|squad] [--preset minilm] [--seq-len 128]
-    [--train 2000] [--dev 500] [--epochs 4] [--batch-size 32] [--lr 1e-4] [--json]
+    [--train 2000] [--dev 500] [--epochs 4] [--batch-size 32] [--lr 1e-4] [--init FOLDER]
+    [--json]
 
 The data are generated offline from the demo corpus (`bertjax demo`'s): `--task sst2`
 sentences in SST-2's layout (finetune_buckets.write_sst2_layout), `--task squad`
 demo_tasks.write_squad_task's extractive questions; the model is a randomly initialised BERT
-of --preset saved as a HuggingFace folder with a WordPiece vocabulary learnt from the text.
+of --preset saved as a HuggingFace folder with a WordPiece vocabulary learnt from the text,
+or with --init a HuggingFace BERT folder of the user's (a real checkpoint, its own vocabulary;
+both sides start from it, the head fresh).
 Ours is `bertjax finetune` with the task's config (its length buckets, a dev evaluation after
 every epoch, the predictions and, for SQuAD, the exported model written at the end) and the
 persistent compilation cache off, so every program it needs is compiled in the run; theirs is
@@ -67,6 +70,12 @@ def add_arguments(parser) -> None:
         default=None,
         help="end-to-end: where data and runs go (default: a temporary folder)",
     )
+    parser.add_argument(
+        "--init",
+        default=None,
+        help="end-to-end: a HuggingFace BERT folder (config.json, weights, vocab.txt) both "
+        "sides fine-tune, instead of a random --preset model",
+    )
 
 
 def squad_windows(seq_len: int) -> dict:
@@ -95,10 +104,25 @@ def build_inputs(args, root: Path) -> tuple[Path, Path]:
         write_sst2_layout(data, sentences, args.train, args.dev)
         used = [line.split("\t")[0] for name in ("train", "dev")
                 for line in (data / f"{name}.tsv").read_text().splitlines()[1:]]  # fmt: skip
+    if args.init:
+        return data, Path(args.init)
     model = random_model(
         root / "model", args.preset, used, args.seq_len, sinusoid_positions=args.task == "squad"
     )
     return data, model
+
+
+def check_init_folder(folder: Path) -> None:
+    """Raises UserError unless `folder` looks like a HuggingFace BERT folder both sides load."""
+    if not folder.is_dir():
+        raise UserError(f"--init {folder}: no such folder")
+    missing = [name for name in ("config.json", "vocab.txt") if not (folder / name).is_file()]
+    if missing:
+        raise UserError(
+            f"--init {folder}: not a HuggingFace BERT folder (missing {', '.join(missing)})"
+        )
+    if not any((folder / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
+        raise UserError(f"--init {folder}: holds no model.safetensors or pytorch_model.bin")
 
 
 def corpus_sentences_in(folder: Path) -> list[str]:
@@ -228,6 +252,13 @@ def check_args(args) -> None:
             raise UserError(f"--{flag.replace('_', '-')}={getattr(args, flag)}: must be positive")
     if not 16 <= args.seq_len <= 512:
         raise UserError(f"--seq-len={args.seq_len}: between 16 and 512")
+    if args.init:
+        check_init_folder(Path(args.init))
+
+
+def model_name(args) -> str:
+    """What both sides fine-tune, as the table names it."""
+    return f"the BERT of {args.init}" if args.init else f"random {args.preset} BERT"
 
 
 def run(args, config) -> int:
@@ -242,7 +273,7 @@ def run(args, config) -> int:
         data, model = build_inputs(args, root)
         say(
             f"bench finetune --end-to-end: {args.task}, {args.train} train / {args.dev} dev "
-            f"generated examples, random {args.preset} BERT, seq {args.seq_len}, batch "
+            f"generated examples, {model_name(args)}, seq {args.seq_len}, batch "
             f"{args.batch_size}, {args.epochs} epochs at lr {args.lr:g}; each side a fresh "
             f"process"
         )
@@ -274,6 +305,7 @@ def run(args, config) -> int:
                 {
                     "task": args.task,
                     "preset": args.preset,
+                    "init": args.init,
                     "seq_len": args.seq_len,
                     "batch_size": args.batch_size,
                     "epochs": args.epochs,
