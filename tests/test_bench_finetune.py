@@ -10,8 +10,11 @@ import os
 import pytest
 
 from bertjax import cli
+from bertjax.bench.train import BERT_VOCAB
 from bertjax.finetune.kind_squad import TRAIN_EXAMPLES as SQUAD_TRAIN_EXAMPLES
 from bertjax.finetune.tasks import TASKS, TRAIN_EXAMPLES
+from bertjax.model_config import preset_config
+from bertjax.train import flops
 
 KEYS = {"preset", "seq_len", "batch_size", "tokens_per_s", "hf_tokens_per_s", "ratio_vs_hf",
         "task", "epochs", "estimated_hours"}  # fmt: skip
@@ -41,6 +44,17 @@ def test_tiny_bench_reports_the_ratio_and_a_consistent_estimate(capsys):
     assert result["estimated_hours"] == pytest.approx(hours)
     assert result["estimated_hours"] > 0
     assert "ours / theirs" in out and "2 epochs x 719 steps (5749 stsb" in out
+    # The classifier runs the last layer at [CLS] alone, transformers' at every token: the
+    # ratio per model FLOP takes that work out, as bench train's does for the MLM decoder.
+    cfg = preset_config("tiny", vocab_size=BERT_VOCAB)
+    full = flops.model_flops_per_step(cfg, 8, 16, predictions=0)
+    ours = full - flops.cls_only_flops_saved(cfg, 8, 16)
+    assert result["model_flops_per_step"] == pytest.approx(ours)
+    assert result["hf_work_ratio"] == pytest.approx(full / ours) and result["hf_work_ratio"] > 1
+    assert result["ratio_vs_hf_per_flop"] == pytest.approx(
+        result["ratio_vs_hf"] / result["hf_work_ratio"]
+    )
+    assert "of which work: ours runs the last layer at [CLS] alone" in out
     # The PyTorch reference ran in another process, one that never imported JAX.
     assert result["hf_process"]["pid"] != os.getpid()
     assert result["hf_process"]["jax_loaded"] is False
@@ -61,6 +75,9 @@ def test_squad_bench_times_the_span_step_at_the_papers_settings(capsys):
     hours = 2 * math.ceil(87_599 / 8) * result["step_s"] / 3600
     assert result["estimated_hours"] == pytest.approx(hours)
     assert "squad head (BertForQuestionAnswering)" in out and "2 epochs x 10950 steps" in out
+    # The span head reads every token: both sides do the same work.
+    assert result["hf_work_ratio"] == 1.0
+    assert result["ratio_vs_hf_per_flop"] == pytest.approx(result["ratio_vs_hf"])
 
 
 @pytest.mark.parametrize("seq_len", [128, 64])

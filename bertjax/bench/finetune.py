@@ -125,6 +125,25 @@ def time_hf(config, head, batch_np, steps: int) -> dict:
     )
 
 
+def work_ratio(head, model_cfg, batch: dict, ratio_vs_hf: float) -> dict:
+    """Model FLOPs per step of ours and of transformers' model of the same head
+    (flops.model_flops_per_step without the MLM decoder; ours less what cls_only skips), and
+    the throughput ratio per model FLOP, as `bench train` reports pretraining's."""
+    from bertjax.train import flops as flops_lib
+
+    seq_len = batch["input_ids"].shape[-1]
+    rows = batch["input_ids"].size // seq_len  # multiple choice: every choice is a row
+    theirs = flops_lib.model_flops_per_step(model_cfg, rows, seq_len, predictions=0)
+    ours = theirs
+    if getattr(head.model, "cls_only", False):
+        ours -= flops_lib.cls_only_flops_saved(model_cfg, rows, seq_len)
+    return {
+        "model_flops_per_step": ours,
+        "hf_work_ratio": theirs / ours,
+        "ratio_vs_hf_per_flop": ratio_vs_hf * ours / theirs,
+    }
+
+
 def estimate_hours(train_examples: int, epochs: int, batch_size: int, step_s: float) -> float:
     """Hours of `epochs` epochs of ceil(train_examples / batch_size) steps of `step_s` each."""
     return epochs * math.ceil(train_examples / batch_size) * step_s / 3600
@@ -190,6 +209,13 @@ def run(args) -> int:
         f"(own process, {hf['torch_threads']} threads; ours / theirs = "
         f"{result['ratio_vs_hf']:.2f}x)"
     )
+    result |= work_ratio(head, model_cfg, batch, result["ratio_vs_hf"])
+    if result["hf_work_ratio"] != 1.0:
+        say(
+            f"  of which work: ours runs the last layer at [CLS] alone, transformers at every "
+            f"token: {result['hf_work_ratio']:.3f}x our model FLOPs; per model FLOP ours / "
+            f"theirs = {result['ratio_vs_hf_per_flop']:.2f}x"
+        )
     if kind.train_examples is None:
         say(f"estimate: none ({kind.name} has no published training-set size)")
     else:

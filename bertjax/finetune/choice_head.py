@@ -24,6 +24,8 @@ class BertForMultipleChoice(nn.Module):
     output, then `classifier`: one score per choice."""
 
     cfg: BertConfig
+    # Only the pooled [CLS] is read: the last layer runs there alone (BertModel's cls_only).
+    cls_only: bool = True
 
     @nn.compact
     def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True):
@@ -31,8 +33,9 @@ class BertForMultipleChoice(nn.Module):
         cfg = self.cfg
         batch, choices, length = input_ids.shape
         flat = [x.reshape(batch * choices, length) for x in (input_ids, segment_ids, input_mask)]
-        # Only the pooled [CLS] is read: the last layer runs there alone (BertModel).
-        _, pooled_RxE = model_lib.BertModel(cfg, name="bert")(*flat, deterministic, cls_only=True)
+        _, pooled_RxE = model_lib.BertModel(cfg, name="bert")(
+            *flat, deterministic, cls_only=self.cls_only
+        )
         pooled_RxE = nn.Dropout(cfg.hidden_dropout_prob)(pooled_RxE, deterministic=deterministic)
         scores_Rx1 = dense(cfg, 1, ("embed", None), "classifier")(pooled_RxE)
         return scores_Rx1.astype(jnp.float32).reshape(batch, choices)

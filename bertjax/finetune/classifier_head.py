@@ -23,14 +23,15 @@ class BertForSequenceClassification(nn.Module):
 
     cfg: BertConfig
     num_labels: int
+    # Only the pooled [CLS] is read: the last layer runs there alone (BertModel's cls_only).
+    cls_only: bool = True
 
     @nn.compact
     def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True):
         """Inputs [B, L] int; returns float32 logits [B, num_labels]."""
         cfg = self.cfg
-        # Only the pooled [CLS] is read: the last layer runs there alone (BertModel).
         _, pooled_BxE = model_lib.BertModel(cfg, name="bert")(
-            input_ids, segment_ids, input_mask, deterministic, cls_only=True
+            input_ids, segment_ids, input_mask, deterministic, cls_only=self.cls_only
         )
         pooled_BxE = nn.Dropout(cfg.hidden_dropout_prob)(pooled_BxE, deterministic=deterministic)
         # google-research/bert's output_weights: normal(initializer_range), zero bias.

@@ -77,6 +77,18 @@ def model_flops_per_step(cfg, batch: int, seq_len: int, predictions: int) -> flo
     return 6 * dense * tokens + attention + decoder
 
 
+def cls_only_flops_saved(cfg, rows: int, seq_len: int) -> float:
+    """Training FLOPs (as model_flops_per_step counts them) that a model whose last layer runs
+    at [CLS] alone (BertModel's cls_only) does not do over `rows` rows of `seq_len`: that
+    layer's query, output and feed-forward matmuls and its attention at the other positions
+    (its keys and values still run at every position)."""
+    h = cfg.hidden_size
+    skipped = rows * (seq_len - 1)
+    dense = 6 * (2 * h * h + 2 * h * cfg.intermediate_size) * skipped
+    attention = 12 * rows * (seq_len * seq_len - seq_len) * h
+    return dense + attention
+
+
 def chip_peak(device_kind: str) -> float | None:
     """The dense bf16 peak FLOP/s of one device of this kind, None if not in CHIP_PEAKS."""
     for pattern, peak in CHIP_PEAKS:
