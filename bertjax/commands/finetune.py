@@ -186,7 +186,7 @@ def run(args) -> int:
     """Entry point of `bertjax finetune`."""
     from bertjax.configs import finetune_schema
     from bertjax.finetune.train import finetune
-    from bertjax.train import distributed
+    from bertjax.train import accelerator, distributed
 
     config = config_from_args(args)
     # Every key's type and range, and the rules across keys, before anything is read.
@@ -198,6 +198,7 @@ def run(args) -> int:
     # Before any other JAX call; a lone process does nothing. With several, a lost one is
     # named by the watchdog, as in pretraining.
     distributed.initialize_distributed(peer_timeout_s=distributed.DEFAULT_PEER_TIMEOUT_S)
+    accelerator.check_in_use()  # not a silent fall-back to the CPU of a TPU or GPU machine
     try:
         result = finetune(config, args.workdir)
     except FloatingPointError as e:  # a diverged run: say where, without a traceback

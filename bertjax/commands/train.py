@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     """Entry point of `bertjax train`."""
     from bertjax.configs import base
-    from bertjax.train import distributed, loop
+    from bertjax.train import accelerator, distributed, loop
 
     overrides = list(args.config_overrides)
     if args.init_from is not None:
@@ -61,6 +61,7 @@ def run(args) -> int:
         args.process_id,
         peer_timeout_s=config.train.peer_timeout_s,
     )
+    accelerator.check_in_use()  # not a silent fall-back to the CPU of a TPU or GPU machine
     check_resume(config, args.workdir, base.SCHEMA)
     try:
         loop.train(config, args.workdir)
