@@ -70,56 +70,44 @@ class SelfAttention(nn.Module):
             in_axes=1,
             kernel_axes=("embed", "heads", "kv"),
         )
+        # Queries at every position, or at `query_positions_BxQ` alone (then the output
+        # projection, the residual and the LayerNorm run there alone too).
+        x_BxQxE = x_BxLxE
         if query_positions_BxQ is not None:
-            return self._at_positions(
-                qkv, x_BxLxE, attn_segment_ids_BxL, deterministic, query_positions_BxQ
-            )
-        q_BxLxNxD = checkpoint_name(qkv(name="query")(x_BxLxE), "query_proj")
-        k_BxLxNxD = checkpoint_name(qkv(name="key")(x_BxLxE), "key_proj")
-        v_BxLxNxD = checkpoint_name(qkv(name="value")(x_BxLxE), "value_proj")
-        use_dropout = not deterministic and cfg.attention_probs_dropout_prob > 0
-        impl = cfg.attention_impl
-        if self.is_initializing():  # no kernel has parameters; init runs at lengths splash can't
-            impl = "xla"
-        elif impl == "auto":  # resolved from the config, so training and evaluation agree
-            impl, _ = attention.resolve_for_model(cfg, seq_len=x_BxLxE.shape[1])
-        ctx_BxLxNxD = attention.dot_product_attention(
-            q_BxLxNxD,
-            k_BxLxNxD,
-            v_BxLxNxD,
-            attn_segment_ids_BxL,
-            impl=impl,
-            one_segment_per_row=one_segment_per_row,
-            dropout_rate=cfg.attention_probs_dropout_prob,
-            dropout_rng=self.make_rng("dropout") if use_dropout else None,
-        )
-        ctx_BxLxNxD = nn.with_logical_constraint(ctx_BxLxNxD, ("batch", "length", "heads", "kv"))
-        ctx_BxLxNxD = checkpoint_name(ctx_BxLxNxD, "context")
-        out_BxLxE = HeadsDense(
-            cfg, (cfg.hidden_size,), in_axes=2, kernel_axes=("heads", "kv", "embed"), name="output"
-        )(ctx_BxLxNxD)
-        out_BxLxE = checkpoint_name(out_BxLxE, "out_proj")
-        out_BxLxE = nn.Dropout(cfg.hidden_dropout_prob)(out_BxLxE, deterministic=deterministic)
-        return layer_norm(cfg, "output_LayerNorm")(out_BxLxE + x_BxLxE)
-
-    def _at_positions(self, qkv, x_BxLxE, attn_segment_ids_BxL, deterministic, positions_BxQ):
-        """The same layer's output at `positions_BxQ` only: the queries, the output
-        projection, the residual and the LayerNorm at Q positions; keys and values at all."""
-        cfg = self.cfg
-        x_BxQxE = take_positions(x_BxLxE, positions_BxQ)
+            x_BxQxE = take_positions(x_BxLxE, query_positions_BxQ)
         q_BxQxNxD = checkpoint_name(qkv(name="query")(x_BxQxE), "query_proj")
         k_BxLxNxD = checkpoint_name(qkv(name="key")(x_BxLxE), "key_proj")
         v_BxLxNxD = checkpoint_name(qkv(name="value")(x_BxLxE), "value_proj")
         use_dropout = not deterministic and cfg.attention_probs_dropout_prob > 0
-        ctx_BxQxNxD = attention.attention_at_positions(
-            q_BxQxNxD,
-            k_BxLxNxD,
-            v_BxLxNxD,
-            attn_segment_ids_BxL,
-            positions_BxQ,
-            dropout_rate=cfg.attention_probs_dropout_prob,
-            dropout_rng=self.make_rng("dropout") if use_dropout else None,
-        )
+        dropout = {
+            "dropout_rate": cfg.attention_probs_dropout_prob,
+            "dropout_rng": self.make_rng("dropout") if use_dropout else None,
+        }
+        if query_positions_BxQ is not None:
+            ctx_BxQxNxD = attention.attention_at_positions(
+                q_BxQxNxD,
+                k_BxLxNxD,
+                v_BxLxNxD,
+                attn_segment_ids_BxL,
+                query_positions_BxQ,
+                **dropout,
+            )
+        else:
+            impl = cfg.attention_impl
+            # No kernel has parameters; init runs at lengths splash can't.
+            if self.is_initializing():
+                impl = "xla"
+            elif impl == "auto":  # resolved from the config, so training and evaluation agree
+                impl, _ = attention.resolve_for_model(cfg, seq_len=x_BxLxE.shape[1])
+            ctx_BxQxNxD = attention.dot_product_attention(
+                q_BxQxNxD,
+                k_BxLxNxD,
+                v_BxLxNxD,
+                attn_segment_ids_BxL,
+                impl=impl,
+                one_segment_per_row=one_segment_per_row,
+                **dropout,
+            )
         ctx_BxQxNxD = nn.with_logical_constraint(ctx_BxQxNxD, ("batch", "length", "heads", "kv"))
         ctx_BxQxNxD = checkpoint_name(ctx_BxQxNxD, "context")
         out_BxQxE = HeadsDense(
