@@ -46,13 +46,25 @@ CPU_FALLBACK = accelerator.Facts(
             "installed: pip install 'bertjax[tpu]')",
         ),
         (
-            {"nvidia_gpu": True},
-            "this machine has an NVIDIA GPU but JAX runs on its CPU (no cuda backend is "
-            "installed: pip install 'jax[cuda12]')",
+            {"nvidia_gpu": True, "backend_errors": {"cuda": "CUDA driver too old"}},
+            "this machine has an NVIDIA GPU but JAX runs on its CPU (JAX's cuda backend "
+            "failed: CUDA driver too old)",
         ),
+        # A CPU-only jaxlib on a workstation with a GPU (`make demo`'s install): JAX warns
+        # of the fall-back itself, and the CPU is what was installed.
+        ({"nvidia_gpu": True}, None),
         ({"backend": "gpu", "nvidia_gpu": True}, None),
     ],
-    ids=["cpu-only", "cpu-chosen", "tpu-in-use", "tpu-failed", "no-libtpu", "no-cuda", "gpu"],
+    ids=[
+        "cpu-only",
+        "cpu-chosen",
+        "tpu-in-use",
+        "tpu-failed",
+        "no-libtpu",
+        "cuda-failed",
+        "cpu-jaxlib-on-a-gpu-machine",
+        "gpu",
+    ],  # fmt: skip
 )
 def test_an_accelerator_jax_did_not_bring_up_is_named(change, message):
     assert accelerator.unused_accelerator(dataclasses.replace(CPU_FALLBACK, **change)) == message

@@ -43,14 +43,18 @@ def facts() -> Facts:
 
 def unused_accelerator(f: Facts) -> str | None:
     """A sentence naming the accelerator the machine has while JAX runs on its CPU without
-    being told to; None when JAX runs on an accelerator, none is attached, or the platforms
-    were chosen."""
+    being told to: TPU chips (a TPU VM never means its CPU), or an NVIDIA GPU whose CUDA
+    backend failed to start; None when JAX runs on an accelerator, none is attached, or the
+    platforms were chosen."""
     if f.platforms_chosen or f.backend != "cpu":
         return None
     if f.tpu_chips:
         kind = f"{f.tpu_chips} TPU {f.tpu_version + ' ' if f.tpu_version else ''}chip(s)"
         return _sentence(kind, "tpu", f.backend_errors, "pip install 'bertjax[tpu]'")
-    if f.nvidia_gpu:
+    if f.nvidia_gpu and "cuda" in f.backend_errors:
+        # Without a CUDA jaxlib JAX says itself that it falls back (a logged warning), and a
+        # workstation's GPU is no reason to refuse the CPU install `make demo` makes; a CUDA
+        # backend that is installed and fails is said at INFO level only: refused.
         return _sentence("an NVIDIA GPU", "cuda", f.backend_errors, "pip install 'jax[cuda12]'")
     return None
 
