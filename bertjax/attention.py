@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from bertjax.errors import UserError
+from bertjax.layers import take_positions
 from bertjax.model_config import ATTENTION_IMPLS
 
 # Splash tiles the sequence in blocks of 128 lanes at least (its segment-id path requires
@@ -255,7 +256,7 @@ def attention_at_positions(
     kernel to matter, and splash's and cuDNN's tiles assume Q = L.
     """
     q_ids_BxL = query_segment_ids(attn_segment_ids_BxL)
-    q_ids_BxQ = jnp.take_along_axis(q_ids_BxL, query_positions_BxQ.astype(jnp.int32), axis=1)
+    q_ids_BxQ = take_positions(q_ids_BxL, query_positions_BxQ)
     with_dropout = dropout_rng is not None and dropout_rate > 0
     return _xla(
         q_BxQxNxD,

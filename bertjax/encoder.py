@@ -17,7 +17,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from bertjax import attention
-from bertjax.layers import HeadsDense, activation, dense, layer_norm
+from bertjax.layers import HeadsDense, activation, dense, layer_norm, take_positions
 from bertjax.model_config import REMAT_POLICIES, BertConfig
 
 LAYERS_AXIS = "layers"  # logical name of the stacked parameters' leading axis (no mesh axis)
@@ -36,12 +36,6 @@ def checkpoint_policy(name: str):
 
 
 # --- one layer --------------------------------------------------------------------------------
-
-
-def take_positions(x_BxLx_, positions_BxQ):
-    """The rows of `x_BxLx_` ([B, L, ...]) at `positions_BxQ` of each row: [B, Q, ...]."""
-    idx = positions_BxQ.astype(jnp.int32).reshape(positions_BxQ.shape + (1,) * (x_BxLx_.ndim - 2))
-    return jnp.take_along_axis(x_BxLx_, idx, axis=1)
 
 
 class SelfAttention(nn.Module):

@@ -84,3 +84,9 @@ class HeadsDense(nn.Module):
         # and add transposes to the backward pass).
         contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
         return jax.lax.dot_general(x, kernel, (contract, ((), ()))) + bias
+
+
+def take_positions(x_BxLx_, positions_BxQ):
+    """The rows of `x_BxLx_` ([B, L, ...]) at `positions_BxQ` of each row: [B, Q, ...]."""
+    idx = positions_BxQ.astype(jnp.int32).reshape(positions_BxQ.shape + (1,) * (x_BxLx_.ndim - 2))
+    return jnp.take_along_axis(x_BxLx_, idx, axis=1)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from bertjax import encoder
-from bertjax.layers import activation, dense, dense_init, layer_norm, zeros_init
+from bertjax.layers import activation, dense, dense_init, layer_norm, take_positions, zeros_init
 
 # The config is model_config.py's; these names are also the model's public API.
 from bertjax.model_config import PRESETS, BertConfig, preset_config  # noqa: F401
@@ -152,9 +152,7 @@ class BertModel(nn.Module):
         # [CLS] of each row [B, E], or of each packed sequence [B, K, E] (`cls_positions`):
         # the pooled output and the NSP logits keep that leading shape.
         cls_Bx_E = (
-            x_BxLxE[:, 0]
-            if cls_positions is None
-            else jnp.take_along_axis(x_BxLxE, cls_positions[..., None].astype(jnp.int32), axis=1)
+            x_BxLxE[:, 0] if cls_positions is None else take_positions(x_BxLxE, cls_positions)
         )
         pooled_Bx_E = jnp.tanh(self.pooler(cls_Bx_E))
         if output_hidden_states:
@@ -211,9 +209,7 @@ class BertForPreTraining(nn.Module):
         else:
             # Gather the masked positions first, as the original does: training never
             # materialises B x L x V logits.
-            x_BxPxE = jnp.take_along_axis(
-                hidden_BxLxE, masked_lm_positions_BxP[..., None].astype(jnp.int32), axis=1
-            )
+            x_BxPxE = take_positions(hidden_BxLxE, masked_lm_positions_BxP)
         mlm_transform = dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "mlm_transform")
         x_BxPxE = mlm_transform(x_BxPxE)
         x_BxPxE = activation(cfg.hidden_act)(x_BxPxE)
