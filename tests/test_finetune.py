@@ -92,13 +92,16 @@ def init_params(cfg) -> dict:
     return jax.jit(lambda key: nn.meta.unbox(model_lib.init_params(cfg, key)))(jax.random.key(0))
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
+def write_tiny_model(folder: Path) -> Path:
     """A randomly initialised 2-layer, hidden-64 BERT as a HuggingFace folder with vocab.txt."""
-    folder = tmp_path_factory.mktemp("tiny_model")
     vocab = write_vocab(folder)
     params = init_params(tiny_cfg())
     return hf.write_folder(params, tiny_cfg(), folder, [vocab])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
 
 def read_submission(path: Path) -> tuple[list[int], list[str]]:

@@ -42,7 +42,7 @@ def take(split: Split, rows: np.ndarray, keys=None) -> dict:
 
 def local_slice(batch: dict, process_index: int, process_count: int) -> dict:
     """This process's rows of a global batch (process p holds the p-th contiguous block)."""
-    b = len(batch["weights"]) // process_count
+    b = len(batch["input_ids"]) // process_count
     return {k: v[process_index * b : (process_index + 1) * b] for k, v in batch.items()}
 
 

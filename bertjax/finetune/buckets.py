@@ -154,6 +154,13 @@ def take(split: batches.Split, rows: np.ndarray, length: int, keys=None) -> dict
     return cut(batches.take(split, rows, keys), length, split.arrays["input_ids"].shape[1:])
 
 
+def prediction_batch(split: batches.Split, rows: np.ndarray, length: int) -> dict:
+    """The model inputs alone (batches.INPUT_KEYS, no weights) of `rows` cut to `length`."""
+    batch = take(split, rows, length, batches.INPUT_KEYS)
+    del batch["weights"]
+    return batch
+
+
 def predict(
     predict_fn,
     params,
@@ -198,9 +205,8 @@ def predict(
             rows = np.full(batch_size, -1)
             chunk = members[start : start + batch_size]
             rows[: len(chunk)] = chunk
-            batch = batches.local_slice(take(split, rows, length, batches.INPUT_KEYS),
+            batch = batches.local_slice(prediction_batch(split, rows, length),
                                         jax.process_index(), jax.process_count())  # fmt: skip
-            del batch["weights"]
             dispatched = (predict_fn(params, sharding.global_batch(batch, mesh)), chunk, length)
             if pending is not None:
                 fetch(pending)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from bertjax import outputs
 from bertjax.errors import UserError
-from bertjax.finetune import batches, buckets
+from bertjax.finetune import batches, buckets, programs
 from bertjax.finetune.kinds import TaskKind, make_kind
 
 RESULTS_FILE = "eval_results.json"
@@ -128,8 +128,8 @@ class Session(NamedTuple):
     """One learning rate's compiled functions and starting state."""
 
     state: object  # step.TrainState: the pretrained encoder, a fresh head, fresh moments
-    train_fn: object  # (state, batch, rng) -> (state, metrics), jitted
-    predict_fn: object  # (params, batch) -> outputs, jitted
+    train_fn: object  # (state, batch, rng) -> (state, metrics), compiled at each length
+    predict_fn: object  # (params, batch) -> outputs, compiled at each length
     dropout_rng: object
     warmup_steps: int
 
@@ -157,8 +157,9 @@ def dev_prefix(split: str) -> str:
 
 
 def start_session(run: Prepared, lr: float, total_steps: int) -> Session:
-    """The sharded state (the pretrained encoder and a fresh head) and the jitted train and
-    predict steps of the kind's head at peak learning rate `lr` (step_setup.build)."""
+    """The sharded state (the pretrained encoder and a fresh head) and the train and predict
+    steps of the kind's head at peak learning rate `lr` (step_setup.build), compiled for
+    every length the run's batches have before the first step (programs.compile_all)."""
     import jax
 
     from bertjax.train import step_setup
@@ -172,13 +173,34 @@ def start_session(run: Prepared, lr: float, total_steps: int) -> Session:
     bert = jax.device_put(run.bert_params, setup.state_shardings.params["bert"])
     # The head fresh; the encoder the pretrained one, never randomly initialised first.
     state = setup.init_state(jax.random.fold_in(root, 0), given_params={"bert": bert})
+    batch_size = cfg.train.global_batch_size
+    predicted = [run.splits[name] for name in predicted_splits(run)]
+    compiled = programs.compile_all(
+        setup,
+        cfg,
+        programs.train_batch_shapes(run.splits["train"], run.plan, batch_size),
+        programs.predict_batch_shapes(
+            predicted,
+            buckets.prediction_lengths(run.plan.lengths, cfg.data.max_seq_len),
+            batch_size,
+        ),
+        _log,
+    )
     return Session(
         state,
-        setup.train_fn,
-        setup.predict_fn(),
+        compiled.train_step,
+        compiled.predict_step,
         jax.random.fold_in(root, 1),
         optim_cfg.warmup_steps,
     )
+
+
+def predicted_splits(run: Prepared) -> list[str]:
+    """The splits a run predicts: its dev splits after each epoch, then those it writes
+    predictions of (GLUE's test sets) that it has."""
+    kind = run.kind
+    return list(dict.fromkeys([*kind.dev_splits, *(s for s in kind.output_splits
+                                                    if s in run.splits)]))  # fmt: skip
 
 
 def train_epoch(run: Prepared, session: Session, state, epoch: int, step: int, step_metrics):

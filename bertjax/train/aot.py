@@ -212,6 +212,28 @@ def describe_memory(memory: dict) -> str:
     return line
 
 
+def check_fits(compiled, mesh, config, log) -> None:
+    """Logs what a compiled train step needs per device (`log`: one line); on a chip whose HBM
+    is known (a TPU) a step that cannot fit is a UserError naming the bytes and what to change
+    (`no_fit_message`), raised before the first step rather than an out-of-memory trace
+    during it. A backend that reports no memory: nothing."""
+    import jax
+
+    if compiled.memory_analysis() is None:
+        return
+    device_kind = jax.local_devices()[0].device_kind
+    memory = memory_report(compiled, device_kind)
+    log(describe_memory(memory))
+    if memory["fits"] is False:
+        report = {
+            "memory_per_chip": memory,
+            "mesh": dict(mesh.shape),
+            "chips": jax.device_count(),
+            "device_kind": device_kind,
+        }
+        raise UserError(no_fit_message(report, config))
+
+
 def flops_report(compiled, expected: dict, chips: int) -> dict:
     """Compiled matmul FLOPs of a step (all chips) against the model's, and XLA's own count."""
     cost = hlo_cost.analyze(compiled.as_text())

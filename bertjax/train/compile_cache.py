@@ -67,6 +67,14 @@ def configure(cache_dir: str | None) -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+def current_dir() -> str | None:
+    """The folder JAX's persistent cache uses now (None: off)."""
+    import jax
+
+    enabled = jax.config.jax_enable_compilation_cache
+    return jax.config.jax_compilation_cache_dir if enabled else None
+
+
 def enable(setting: str, workdir, process_count: int, *, key: str) -> str | None:
     """Resolves a config value (`resolve`), creates a local folder, switches the cache on
     (`configure`); returns the folder (None: off). `key` names the setting in errors."""

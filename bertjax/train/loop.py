@@ -253,26 +253,11 @@ def compile_train_step(run: Run, state, batch, dropout_rng):
 
 
 def check_memory(run: Run, compiled) -> None:
-    """Logs what the compiled step needs per device; on a chip whose HBM is known (a TPU) a
-    step that cannot fit is `bertjax compile`'s one error, before the first step rather than
-    an out-of-memory trace during it."""
-    import jax
-
+    """aot.check_fits of the compiled train step: a log line of its memory, and a step that
+    cannot fit a known chip is an error before the first step."""
     from bertjax.train import aot
 
-    if compiled.memory_analysis() is None:  # a backend that does not report it
-        return
-    device = jax.local_devices()[0]
-    memory = aot.memory_report(compiled, device.device_kind)
-    _log(aot.describe_memory(memory))
-    if memory["fits"] is False:
-        report = {
-            "memory_per_chip": memory,
-            "mesh": dict(run.mesh.shape),
-            "chips": jax.device_count(),
-            "device_kind": device.device_kind,
-        }
-        raise UserError(aot.no_fit_message(report, run.config))
+    aot.check_fits(compiled, run.mesh, run.config, _log)
 
 
 def throughput_counts(run: Run, seq_len: int) -> dict:

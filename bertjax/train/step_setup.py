@@ -67,15 +67,19 @@ class StepSetup:
             nn.meta.unbox(self.abstract_state),
             self.state_shardings,
         )
-        batch_sharding = sharding.batch_sharding(self.mesh)
-        batch = {
-            k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding)
-            for k, x in batch_shapes.items()
-        }
         rng = jax.ShapeDtypeStruct(
             (), jax.random.key(0).dtype, sharding=sharding.replicated(self.mesh)
         )
-        return state, batch, rng
+        return state, self.abstract_batch(batch_shapes), rng
+
+    def abstract_batch(self, batch_shapes: dict) -> dict:
+        """A global batch as ShapeDtypeStructs split over the batch axes: `batch_shapes`'
+        keys, each an array (or anything with .shape and .dtype) of the global batch."""
+        batch_sharding = sharding.batch_sharding(self.mesh)
+        return {
+            k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding)
+            for k, x in batch_shapes.items()
+        }
 
 
 def build(
