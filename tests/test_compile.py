@@ -325,6 +325,42 @@ def test_fine_tuning_steps_compile_for_a_tpu_slice(capsys, task, head):
     assert r["model"]["attention"] == "xla" and not r["splash_attention"]
 
 
+def test_the_compilers_refusal_of_a_step_too_large_is_one_sentence(monkeypatch):
+    """`bertjax train` and `bertjax finetune` compile through aot.compile_fitting: on a TPU
+    the compiler refuses a step that cannot fit (RESOURCE_EXHAUSTED, its own bytes, as the
+    v5e compiler words it in test_a_step_that_cannot_fit_exits_2_naming_the_bytes); that is
+    a UserError naming the bytes and the remedies, not the compiler's trace. Another runtime
+    error is raised as it is."""
+    from bertjax.errors import UserError
+    from bertjax.train import aot
+
+    def lowered(message):
+        def compile():
+            raise jax.errors.JaxRuntimeError(message)
+
+        return types.SimpleNamespace(compile=compile)
+
+    refusal = (
+        "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+        "space hbm. Used 19.83G of 15.75G hbm. Exceeded hbm capacity by 4.08G."
+    )
+    mesh = types.SimpleNamespace(shape={"data": 4, "fsdp": 1, "tensor": 1})
+    monkeypatch.setattr(
+        jax, "local_devices", lambda: [types.SimpleNamespace(device_kind="TPU v5 lite")]
+    )
+    monkeypatch.setattr(jax, "device_count", lambda: 4)
+    config = config_lib.load_config("finetune_squad")
+    with pytest.raises(UserError) as refused:
+        aot.compile_fitting(lowered(refusal), mesh, config)
+    assert str(refused.value).startswith(
+        "the train step needs 19.83 GiB of the 15.20 GiB usable per TPU v5 lite chip (16.00 "
+        "GiB HBM, the TPU compiler refused it): try --config.model.remat_policy=full"
+    )
+    assert "--config.train.global_batch_size" in str(refused.value)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL: something else"):
+        aot.compile_fitting(lowered("INTERNAL: something else"), mesh, config)
+
+
 def test_train_logs_the_compiled_memory_and_refuses_a_step_that_cannot_fit(monkeypatch, capsys):
     """`bertjax train` reads the memory of the step it compiles anyway: on this CPU a log
     line; on a TPU whose HBM is known, a step that cannot fit is compile's one error naming

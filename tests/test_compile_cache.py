@@ -80,6 +80,10 @@ def test_auto_is_the_user_cache_dir_alone_and_the_workdir_with_several_processes
     assert compile_cache.resolve("auto", "/runs/a", 4) == "/runs/a/jax_cache"
     assert compile_cache.resolve("auto", "gs://b/run/", 4) == "gs://b/run/jax_cache"
     assert compile_cache.resolve("", "/runs/a", 4) is None
+    # What one types for "off" is off, not a folder of that name in the current directory.
+    for off in ("none", "None", "null", "off", "false", "no"):
+        assert compile_cache.resolve(off, "/runs/a", 1) is None
+    assert compile_cache.resolve("./none", "/runs/a", 1) == "./none"
     assert compile_cache.resolve("~/jc", "/runs/a", 1) == "/home/me/jc"
     assert compile_cache.resolve("gs://b/jc", "/runs/a", 1) == "gs://b/jc"
 

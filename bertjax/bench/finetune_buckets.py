@@ -68,7 +68,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--dev", type=int, default=None, help="dev ones (default 1000; 150)")
     parser.add_argument(
-        "--epochs", type=int, default=None, help="at least 2, epoch 1 compiles (default 3; squad 5)"
+        "--epochs", type=int, default=None, help="at least 2, epoch 1 untimed (default 3; squad 5)"
     )
     parser.add_argument("--batch-size", type=int, default=32, help="global batch size")
     parser.add_argument(
@@ -217,9 +217,8 @@ def time_run(args, data: Path, model: Path, root: Path, buckets: int, seed: int)
     """One fine-tuning of `bertjax finetune` (train.prepare, start_session, train_epoch,
     evaluate) in root/run_k<buckets>_s<seed>, timed per epoch; its training examples/s and
     tokens/s over epochs 2.., and its dev score (accuracy, or SQuAD's F1) after the last
-    epoch. The runs share a
-    compilation cache in root: the programs of a second seed are the first's (it shortens the
-    untimed epoch 1 only)."""
+    epoch. The runs share a compilation cache in root: the programs of a second seed are the
+    first's (it shortens the untimed start_session only)."""
     import jax
 
     from bertjax.finetune import train as ft

@@ -304,7 +304,7 @@ def run(args, config) -> int:
             json.dumps(
                 {
                     "task": args.task,
-                    "preset": args.preset,
+                    "preset": None if args.init else args.preset,  # --init's model instead
                     "init": args.init,
                     "seq_len": args.seq_len,
                     "batch_size": args.batch_size,

@@ -5,10 +5,12 @@ several at once.
 jit would compile each the first time its shape came up, one after another, in the middle
 of the first epoch and the first evaluation. Compiled here instead: XLA compiles in threads
 of its own (tracing and lowering take the GIL, compiling does not), so on a host with idle
-cores (a TPU VM's, a GPU machine's) the run waits for about one program instead of all of
-them (on this 2-core CPU, 4 SQuAD train programs in 32 s instead of 46); and the longest
-bucket's step is checked against the chip's memory before any step runs, not found to be too
-large mid-epoch.
+cores (a TPU VM's, a GPU machine's) the run waits for about the slowest program instead of
+all of them in turn (on this 2-core CPU a SQuAD run's 4 train programs alone take 32 s two at
+a time against 46 s one after another; a whole short run gains less, 4-6%, as jit's lazy
+compiles there overlapped the steps already dispatched); and a step too large for the chip
+is one error before any step runs (the compiler's refusal, or the longest bucket's memory),
+not a failure at that bucket's first batch mid-epoch.
 """
 
 import concurrent.futures
@@ -73,10 +75,10 @@ def predict_batch_shapes(splits: list, bucket_lengths: tuple, batch_size: int) -
 def compile_all(setup, config, train_shapes: dict, predict_shapes: dict, log, workers=None):
     """Programs of `setup`'s (step_setup.StepSetup) train step at each of `train_shapes`'
     lengths and its predict step at each of `predict_shapes`', compiled concurrently
-    (`workers` at a time; default one per core, at most MAX_WORKERS); the longest train
-    step's memory checked against the chip's (aot.check_fits: a UserError naming what in
-    `config` to change when it cannot fit). `log` gets a line of what was compiled and how
-    long it took, and one of the memory."""
+    (`workers` at a time; default one per core, at most MAX_WORKERS). A step that cannot fit
+    the chip is a UserError naming what in `config` to change: the TPU compiler's refusal
+    (aot.compile_fitting) or the longest train step's memory (aot.check_fits). `log` gets a
+    line of what was compiled and how long it took, and one of the memory."""
     from bertjax.train import aot, compile_cache
 
     predict_fn = setup.predict_fn()
@@ -90,7 +92,7 @@ def compile_all(setup, config, train_shapes: dict, predict_shapes: dict, log, wo
 
     def compile_one(job):
         _, _, fn, args = job
-        return fn.trace(*args).lower().compile()
+        return aot.compile_fitting(fn.trace(*args).lower(), setup.mesh, config)
 
     start = time.perf_counter()
     with compile_cache.watch() as cache_events:

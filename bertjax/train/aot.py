@@ -156,6 +156,45 @@ def compiler_oom(message: str) -> tuple[float, float] | None:
     return float(need) * _UNITS[need_unit], float(have) * _UNITS[have_unit]
 
 
+def refused_memory(oom: tuple[float, float], device_kind: str) -> dict:
+    """memory_report's dict for a step the TPU compiler refused: `oom` is compiler_oom's
+    (bytes needed, bytes available); a chip of unknown HBM is taken to have what the compiler
+    said was available."""
+    need, available = oom
+    hbm = flops_lib.chip_hbm(device_kind)
+    return {
+        "total_bytes": need,
+        "hbm_bytes": available if hbm is None else hbm,
+        "compiler_available_bytes": available,
+        "limit_bytes": int(available if hbm is None else hbm * (1 - HBM_HEADROOM)),
+        "headroom": HBM_HEADROOM,
+        "fits": False,
+        "refused_by_compiler": True,
+    }
+
+
+def compile_fitting(lowered, mesh, config):
+    """`lowered.compile()`; the TPU compiler's refusal of a step too large for the chip is a
+    UserError, no_fit_message's sentence of the bytes and what in `config` to change, not the
+    compiler's trace. `bertjax train` and `bertjax finetune` compile their steps here."""
+    import jax
+
+    try:
+        return lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        oom = compiler_oom(str(e))
+        if oom is None:
+            raise
+    device_kind = jax.local_devices()[0].device_kind
+    report = {
+        "memory_per_chip": refused_memory(oom, device_kind),
+        "mesh": dict(mesh.shape),
+        "chips": jax.device_count(),
+        "device_kind": device_kind,
+    }
+    raise UserError(no_fit_message(report, config))
+
+
 def compile_step(train_fn, args):
     """(compiled executable or None, seconds to lower, seconds to compile, the compiler's
     (needed, available) bytes when it ran out of HBM)."""
@@ -387,18 +426,8 @@ def compile_setup(
         "lower_s": round(lower_s, 2),
         "compile_s": round(compile_s, 2),
     }
-    hbm = flops_lib.chip_hbm(tpu_slice.device_kind)
     if compiled is None:
-        need, available = oom
-        report["memory_per_chip"] = {
-            "total_bytes": need,
-            "hbm_bytes": hbm,
-            "compiler_available_bytes": available,
-            "limit_bytes": int(hbm * (1 - HBM_HEADROOM)),
-            "headroom": HBM_HEADROOM,
-            "fits": False,
-            "refused_by_compiler": True,
-        }
+        report["memory_per_chip"] = refused_memory(oom, tpu_slice.device_kind)
         report["fits"] = False
         return report
     report["memory_per_chip"] = memory_report(compiled, tpu_slice.device_kind)

@@ -33,10 +33,15 @@ def default_cache_dir(workdir, process_count: int) -> str:
     return user_cache_dir()
 
 
+# Values that switch the cache off besides "": what a user types for "off" would otherwise
+# make a folder of that name in the current directory (./none is that folder).
+OFF_WORDS = ("none", "null", "off", "false", "no")
+
+
 def resolve(setting: str, workdir, process_count: int) -> str | None:
-    """The cache folder of a config value: "" = None (off), "auto" = `default_cache_dir`,
-    anything else is the folder itself (a local path or a gs:// URL)."""
-    if not setting:
+    """The cache folder of a config value: "" or one of OFF_WORDS = None (off), "auto" =
+    `default_cache_dir`, anything else is the folder itself (a local path or a gs:// URL)."""
+    if not setting or setting.strip().lower() in OFF_WORDS:
         return None
     if setting == AUTO:
         return default_cache_dir(workdir, process_count)

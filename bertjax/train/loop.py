@@ -239,11 +239,12 @@ def make_evaluator(run: Run):
 
 def compile_train_step(run: Run, state, batch, dropout_rng):
     """5. The train step, compiled once with explicit shardings; the state is donated."""
-    from bertjax.train import compile_cache
+    from bertjax.train import aot, compile_cache
 
     t0 = time.perf_counter()
     with compile_cache.watch() as cache_events:
-        compiled = run.setup.train_fn.lower(state, batch, dropout_rng).compile()
+        lowered = run.setup.train_fn.lower(state, batch, dropout_rng)
+        compiled = aot.compile_fitting(lowered, run.mesh, run.config)
     _log(
         f"compiled the train step in {time.perf_counter() - t0:.1f}s "
         f"({cache_events.describe(run.compile_cache_dir)})"
