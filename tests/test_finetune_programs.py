@@ -18,15 +18,16 @@ from tests.test_finetune_buckets import MESH, mask_split
 
 
 def small_setup(length_buckets: int):
-    """A tiny classifier's StepSetup on the 8 CPU devices, its config and a training split
-    of 64 rows whose lengths fill `length_buckets` buckets."""
+    """A tiny classifier's StepSetup on one CPU device (the run below takes all 8), its config
+    and a training split of 64 rows whose lengths fill `length_buckets` buckets."""
     cfg = load_config("finetune_glue", ["train.global_batch_size=8",
                                         f"data.length_buckets={length_buckets}"])  # fmt: skip
     model_cfg = tiny_cfg(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)  # fmt: skip
     head = classifier_head.head(model_cfg, 2, regression=False)
     optim_cfg = ft.optim_config(cfg, 1e-3, total_steps=10)
-    setup = step_setup.build(cfg, head, sharding.make_mesh(MESH), optim_cfg=optim_cfg,
+    mesh = sharding.make_mesh(MESH, devices=jax.devices()[:1])
+    setup = step_setup.build(cfg, head, mesh, optim_cfg=optim_cfg,
                              total_steps=10)  # fmt: skip
     train = mask_split(np.random.default_rng(0).integers(3, 60, 64))
     return setup, cfg, train
