@@ -48,6 +48,7 @@ def test_each_program_is_the_jitted_step_at_its_length_bit_for_bit():
             [mask_split([], name="test"), mask_split([5, 7], name="dev")], (*plan.lengths, 64), 8
         ),
         lines.append,
+        workers=2,  # whatever this machine's cores
     )
     assert sorted(compiled.train) == list(plan.lengths) and len(plan.lengths) == 2
     # The dev rows of 5 and 7 tokens fall in the shortest bucket alone.

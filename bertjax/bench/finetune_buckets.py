@@ -15,8 +15,8 @@ BERT of --preset randomly initialised. The same `bertjax finetune` run (the task
 model's own steps) is then made with --length-buckets K and with 0 (every batch padded to
 --max-seq-len), for each of --seeds seeds, so that the seed-to-seed noise of the dev score is
 measured beside the difference between the two. Training examples/s count epochs 2.. only:
-epoch 1 holds the compilation of every batch shape (each bucket has batches in every epoch);
-the dev evaluation is outside the clock too.
+epoch 1, the first runs of every program (compiled before it), is a warm-up; the dev
+evaluation and the compilation are outside the clock too.
 """
 
 import json
@@ -110,7 +110,7 @@ def check_args(args) -> None:
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')}={getattr(args, flag)}: must be positive")
     if args.epochs < 2:
-        raise UserError(f"--epochs={args.epochs}: at least 2 (epoch 1 holds the compilation)")
+        raise UserError(f"--epochs={args.epochs}: at least 2 (epoch 1 is a warm-up)")
     if not 8 <= args.max_seq_len <= 512:
         raise UserError(f"--max-seq-len={args.max_seq_len}: between 8 and 512")
 
@@ -355,8 +355,8 @@ def run(args) -> int:
         result = summary(runs)
     say(table(runs, result))
     say(
-        f"examples/s and tokens/s: epochs 2-{args.epochs} (epoch 1 compiles every batch "
-        "shape); dev evaluation, data and model preparation excluded"
+        f"examples/s and tokens/s: epochs 2-{args.epochs} (epoch 1 is a warm-up); compilation, "
+        "dev evaluation, data and model preparation excluded"
     )
     if args.json:
         print(json.dumps({**result, "runs": runs, "data": data, "preset": args.preset,
