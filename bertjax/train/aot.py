@@ -173,44 +173,53 @@ def refused_memory(oom: tuple[float, float], device_kind: str) -> dict:
     }
 
 
+def _compile_or_oom(lowered):
+    """(compiled executable, None), or (None, compiler_oom's bytes) when the TPU compiler ran
+    out of HBM; any other compiler error is raised."""
+    import jax
+
+    try:
+        return lowered.compile(), None
+    except jax.errors.JaxRuntimeError as e:
+        oom = compiler_oom(str(e))
+        if oom is None:
+            raise
+        return None, oom
+
+
+def _no_fit_error(memory: dict, mesh, config) -> UserError:
+    """no_fit_message's UserError for this process's chips on `mesh`."""
+    import jax
+
+    report = {
+        "memory_per_chip": memory,
+        "mesh": dict(mesh.shape),
+        "chips": jax.device_count(),
+        "device_kind": jax.local_devices()[0].device_kind,
+    }
+    return UserError(no_fit_message(report, config))
+
+
 def compile_fitting(lowered, mesh, config):
     """`lowered.compile()`; the TPU compiler's refusal of a step too large for the chip is a
     UserError, no_fit_message's sentence of the bytes and what in `config` to change, not the
     compiler's trace. `bertjax train` and `bertjax finetune` compile their steps here."""
     import jax
 
-    try:
-        return lowered.compile()
-    except jax.errors.JaxRuntimeError as e:
-        oom = compiler_oom(str(e))
-        if oom is None:
-            raise
-    device_kind = jax.local_devices()[0].device_kind
-    report = {
-        "memory_per_chip": refused_memory(oom, device_kind),
-        "mesh": dict(mesh.shape),
-        "chips": jax.device_count(),
-        "device_kind": device_kind,
-    }
-    raise UserError(no_fit_message(report, config))
+    compiled, oom = _compile_or_oom(lowered)
+    if compiled is None:
+        raise _no_fit_error(refused_memory(oom, jax.local_devices()[0].device_kind), mesh, config)
+    return compiled
 
 
 def compile_step(train_fn, args):
     """(compiled executable or None, seconds to lower, seconds to compile, the compiler's
     (needed, available) bytes when it ran out of HBM)."""
-    import jax
-
     start = time.perf_counter()
     lowered = train_fn.trace(*args).lower()
     lowered_at = time.perf_counter()
-    try:
-        compiled = lowered.compile()
-    except jax.errors.JaxRuntimeError as e:
-        oom = compiler_oom(str(e))
-        if oom is None:
-            raise
-        return None, lowered_at - start, time.perf_counter() - lowered_at, oom
-    return compiled, lowered_at - start, time.perf_counter() - lowered_at, None
+    compiled, oom = _compile_or_oom(lowered)
+    return compiled, lowered_at - start, time.perf_counter() - lowered_at, oom
 
 
 def memory_report(compiled, device_kind: str) -> dict:
@@ -260,17 +269,10 @@ def check_fits(compiled, mesh, config, log) -> None:
 
     if compiled.memory_analysis() is None:
         return
-    device_kind = jax.local_devices()[0].device_kind
-    memory = memory_report(compiled, device_kind)
+    memory = memory_report(compiled, jax.local_devices()[0].device_kind)
     log(describe_memory(memory))
     if memory["fits"] is False:
-        report = {
-            "memory_per_chip": memory,
-            "mesh": dict(mesh.shape),
-            "chips": jax.device_count(),
-            "device_kind": device_kind,
-        }
-        raise UserError(no_fit_message(report, config))
+        raise _no_fit_error(memory, mesh, config)
 
 
 def flops_report(compiled, expected: dict, chips: int) -> dict:
